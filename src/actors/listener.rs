@@ -1,0 +1,345 @@
+//! ListenerActor: one per configured listener, one transport each.
+//!
+//! - TCP and WebSocket: accepts connections and starts an acceptor PeerActor for each, bounded by
+//!   the node's limit on connections still handshaking.
+//! - UDP: owns the socket and demultiplexes datagrams to the PeerActor of each session by the
+//!   session index in the datagram header (WireGuard's scheme). New sessions start on a
+//!   handshake-init datagram; dialers register outbound sessions with [`RegisterDial`] so that
+//!   punching and dialling later happen from the same socket that listens.
+//!
+//! Garbage, unknown sessions and datagrams from the wrong source are dropped and counted here:
+//! a UDP source address can be spoofed, so a stray datagram never reaches, let alone closes, an
+//! existing link.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use log::{debug, warn};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::codec::BytesCodec;
+use tokio_util::udp::UdpFramed;
+
+use crate::actors::discovery::DiscoveryActor;
+use crate::actors::peer::{Incoming, PeerActor, UdpConn, UdpIn};
+use crate::config::Transport;
+use crate::node::NodeShared;
+use crate::wire::udp::Datagram;
+
+/// Most UDP sessions one socket keeps (established and handshaking), so a flood of handshake
+/// inits cannot grow the table without bound.
+pub const MAX_UDP_SESSIONS: usize = 4096;
+
+/// How often dead UDP sessions are swept.
+const SESSION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A UDP socket dialers may use, with the address it is bound to.
+#[derive(Clone)]
+pub struct UdpEndpoint {
+    /// Bound address (its family and loopback-ness decide which remotes it can reach).
+    pub local: SocketAddr,
+    /// The ListenerActor owning the socket.
+    pub addr: Addr<ListenerActor>,
+}
+
+/// A dialer asks for an outbound UDP session on this socket; answers its index and the socket.
+#[derive(Message)]
+#[rtype(result = "(u32, Arc<UdpSocket>)")]
+pub struct RegisterDial {
+    pub remote: SocketAddr,
+    pub peer: Addr<PeerActor>,
+}
+
+/// A session ended; forget its index.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub local_idx: u32,
+}
+
+/// One UDP session.
+struct Session {
+    /// The PeerActor serving it.
+    peer: Addr<PeerActor>,
+    /// Where its datagrams must come from.
+    remote: SocketAddr,
+    /// The remote's sender index from its handshake init (acceptor sessions), for duplicates.
+    remote_idx: Option<u32>,
+}
+
+/// What kind of listener this is, with its socket.
+enum Socket {
+    /// TCP or WebSocket; the listener moves into the accept stream when started.
+    Stream {
+        transport: Transport,
+        listener: Option<TcpListener>,
+    },
+    Udp {
+        socket: Arc<UdpSocket>,
+        sessions: HashMap<u32, Session>,
+        /// (remote address, remote sender index) -> our index: recognises a retransmitted init.
+        by_remote: HashMap<(SocketAddr, u32), u32>,
+    },
+}
+
+/// See the module docs.
+pub struct ListenerActor {
+    node: Arc<NodeShared>,
+    discovery: Addr<DiscoveryActor>,
+    /// Bound address, for logs.
+    local: SocketAddr,
+    socket: Socket,
+}
+
+impl ListenerActor {
+    /// A TCP or WebSocket listener on a bound socket.
+    pub fn stream(
+        node: Arc<NodeShared>,
+        discovery: Addr<DiscoveryActor>,
+        transport: Transport,
+        listener: TcpListener,
+    ) -> std::io::Result<ListenerActor> {
+        Ok(ListenerActor {
+            node,
+            discovery,
+            local: listener.local_addr()?,
+            socket: Socket::Stream {
+                transport,
+                listener: Some(listener),
+            },
+        })
+    }
+
+    /// A UDP listener on a bound socket.
+    pub fn udp(
+        node: Arc<NodeShared>,
+        discovery: Addr<DiscoveryActor>,
+        socket: UdpSocket,
+    ) -> std::io::Result<ListenerActor> {
+        Ok(ListenerActor {
+            node,
+            discovery,
+            local: socket.local_addr()?,
+            socket: Socket::Udp {
+                socket: Arc::new(socket),
+                sessions: HashMap::new(),
+                by_remote: HashMap::new(),
+            },
+        })
+    }
+
+    fn next_index(sessions: &HashMap<u32, Session>, random: u64) -> u32 {
+        let mut idx = random as u32;
+        while idx == 0 || sessions.contains_key(&idx) {
+            idx = idx.wrapping_mul(2_654_435_761).wrapping_add(1);
+        }
+        idx
+    }
+}
+
+impl Actor for ListenerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        match &mut self.socket {
+            Socket::Stream { listener, .. } => {
+                if let Some(listener) = listener.take() {
+                    let accepts = futures_util::stream::unfold(listener, |l| async move {
+                        let next = l.accept().await;
+                        Some((next, l))
+                    });
+                    ctx.add_stream(accepts);
+                }
+            }
+            Socket::Udp { socket, .. } => {
+                ctx.add_stream(UdpFramed::new(socket.clone(), BytesCodec::new()));
+                // Sessions whose actor died without unregistering (a panic) are swept here.
+                ctx.run_interval(SESSION_SWEEP_INTERVAL, |act, _| {
+                    if let Socket::Udp {
+                        sessions,
+                        by_remote,
+                        ..
+                    } = &mut act.socket
+                    {
+                        sessions.retain(|_, s| s.peer.connected());
+                        by_remote.retain(|_, idx| sessions.contains_key(idx));
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Accepted TCP connections.
+impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ListenerActor {
+    fn handle(&mut self, item: std::io::Result<(TcpStream, SocketAddr)>, _: &mut Self::Context) {
+        let (stream, remote) = match item {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: log and keep accepting.
+                warn!("accept on {}: {e}", self.local);
+                return;
+            }
+        };
+        let Socket::Stream { transport, .. } = &self.socket else {
+            return;
+        };
+        let Some(slot) = self.node.try_handshake_slot() else {
+            debug!("dropping connection from {remote}: too many handshakes in progress");
+            self.node.metrics.refused.overload.inc();
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let incoming = match transport {
+            Transport::Ws => Incoming::Ws(stream, remote),
+            _ => Incoming::Tcp(stream, remote),
+        };
+        PeerActor::acceptor(self.node.clone(), self.discovery.clone(), incoming, slot).start();
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        warn!("listener {} stopped accepting", self.local);
+    }
+}
+
+/// UDP datagrams.
+impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
+    fn handle(&mut self, item: std::io::Result<(BytesMut, SocketAddr)>, ctx: &mut Self::Context) {
+        let (data, from) = match item {
+            Ok(d) => d,
+            Err(e) => {
+                // ICMP errors surface here on Linux (connection refused): not fatal.
+                debug!("udp {}: {e}", self.local);
+                return;
+            }
+        };
+        let node = self.node.clone();
+        let Socket::Udp {
+            socket,
+            sessions,
+            by_remote,
+        } = &mut self.socket
+        else {
+            return;
+        };
+        let drop_it = |why: &str| {
+            debug!("udp {from}: dropped datagram: {why}");
+            node.metrics.datagrams_dropped.inc();
+        };
+        let datagram = match Datagram::parse(&data) {
+            Ok(d) => d,
+            Err(e) => {
+                node.metrics.refused.bad_frame.inc();
+                drop_it(&e.to_string());
+                return;
+            }
+        };
+        let target = match datagram {
+            Datagram::HandshakeInit { sender, .. } => {
+                if let Some(idx) = by_remote.get(&(from, sender)) {
+                    *idx
+                } else {
+                    let slot = match node.try_handshake_slot() {
+                        Some(slot) if sessions.len() < MAX_UDP_SESSIONS => slot,
+                        _ => {
+                            node.metrics.refused.overload.inc();
+                            drop_it("too many sessions");
+                            return;
+                        }
+                    };
+                    let idx = ListenerActor::next_index(sessions, node.random_u64());
+                    let conn = UdpConn {
+                        socket: socket.clone(),
+                        listener: ctx.address(),
+                        remote: from,
+                        local_idx: idx,
+                        remote_idx: Some(sender),
+                    };
+                    let peer = PeerActor::acceptor(
+                        node.clone(),
+                        self.discovery.clone(),
+                        Incoming::Udp(conn),
+                        slot,
+                    )
+                    .start();
+                    sessions.insert(
+                        idx,
+                        Session {
+                            peer,
+                            remote: from,
+                            remote_idx: Some(sender),
+                        },
+                    );
+                    by_remote.insert((from, sender), idx);
+                    idx
+                }
+            }
+            Datagram::HandshakeResp { receiver, .. }
+            | Datagram::HandshakeFinal { receiver, .. }
+            | Datagram::Transport { receiver, .. } => receiver,
+        };
+        let Some(session) = sessions.get(&target) else {
+            drop_it("unknown session");
+            return;
+        };
+        if session.remote != from {
+            drop_it("wrong source address for the session");
+            return;
+        }
+        let msg = UdpIn {
+            data: Bytes::from(data),
+            from,
+        };
+        if session.peer.try_send(msg).is_err() {
+            drop_it("session mailbox full or gone");
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        warn!("udp listener {} stopped", self.local);
+    }
+}
+
+impl Handler<RegisterDial> for ListenerActor {
+    type Result = MessageResult<RegisterDial>;
+
+    fn handle(&mut self, msg: RegisterDial, _: &mut Self::Context) -> Self::Result {
+        let Socket::Udp {
+            socket, sessions, ..
+        } = &mut self.socket
+        else {
+            unreachable!("dialers only register with UDP listeners");
+        };
+        let idx = ListenerActor::next_index(sessions, self.node.random_u64());
+        sessions.insert(
+            idx,
+            Session {
+                peer: msg.peer,
+                remote: msg.remote,
+                remote_idx: None,
+            },
+        );
+        MessageResult((idx, socket.clone()))
+    }
+}
+
+impl Handler<Unregister> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
+        if let Socket::Udp {
+            sessions,
+            by_remote,
+            ..
+        } = &mut self.socket
+        {
+            if let Some(s) = sessions.remove(&msg.local_idx) {
+                if let Some(r) = s.remote_idx {
+                    by_remote.remove(&(s.remote, r));
+                }
+            }
+        }
+    }
+}

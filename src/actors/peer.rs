@@ -1,0 +1,1174 @@
+//! PeerActor: one link to one peer, over one transport, with its own Init/Active/Disconnected
+//! state machine.
+//!
+//! Two kinds exist:
+//! - a *dialer*, created by the DiscoveryActor for a configured or learned address. It runs
+//!   under an actix `Supervisor`: every failure (connect error, handshake failure, timeout, a
+//!   closed socket, a caught panic) stops the actor, the supervisor restarts it (same struct,
+//!   same `Addr`), and `started()` re-dials after an exponential backoff;
+//! - an *acceptor*, created by a ListenerActor for an inbound connection or UDP session. It lives
+//!   as long as its link; the remote side is the one that re-dials.
+//!
+//! The actor owns the socket (read half through `add_stream`, write half in a writer future
+//! spawned in its own context behind a bounded channel; UDP through its ListenerActor's socket)
+//! and moves bytes and timers; the protocol itself is the sans-io [`Link`].
+//!
+//! Talks to: DiscoveryActor (`Admit` when the peer is authenticated, `LinkDown` when it goes),
+//! ListenerActor (UDP session registration). Receives `UdpIn`, `CloseLink`, `Redial`.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, StreamExt};
+use log::{debug, info, warn};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::actors::discovery::{Admit, DiscoveryActor, LinkDown};
+use crate::actors::listener::{ListenerActor, RegisterDial, UdpEndpoint, Unregister};
+use crate::config::{Endpoint, Transport};
+use crate::node::{HandshakeSlot, NodeShared};
+use crate::proto::backoff::Backoff;
+use crate::proto::link::{Cause, Event, Link, Packet, Phase, Rtt, Transmit};
+use crate::wire::frame::CloseReason;
+use crate::wire::udp::Datagram;
+
+/// Frames queued for one stream socket before the link counts as stuck. A heartbeat link needs
+/// a handful; later data traffic gets backpressure from this bound instead of unbounded memory.
+pub const WRITE_QUEUE_FRAMES: usize = 1024;
+/// Inbound UDP datagrams waiting in this actor's mailbox; beyond it they are dropped (and counted),
+/// as a router would drop them.
+pub const UDP_MAILBOX_DATAGRAMS: usize = 256;
+/// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Link state as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PeerState {
+    Init,
+    Active,
+    Disconnected,
+}
+
+/// What `/status` shows about one link; written by the PeerActor, read by the DiscoveryActor.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    /// The link's transport.
+    pub transport: Transport,
+    /// Did this node dial it?
+    pub dialed: bool,
+    /// The address dialled (dialers only).
+    pub target: Option<Endpoint>,
+    /// Local socket address of the current connection.
+    pub local_addr: Option<SocketAddr>,
+    /// Remote socket address of the current connection.
+    pub remote_addr: Option<SocketAddr>,
+    /// Init -> Active -> Disconnected.
+    pub state: PeerState,
+    /// The remote node, once it authenticated (kept while Disconnected).
+    pub node_id: Option<String>,
+    /// Pong RTT statistics of the current connection.
+    pub rtt: Option<Rtt>,
+    /// Node-clock ms when the peer was last heard.
+    pub last_heard_ms: Option<u64>,
+    /// Why the last connection ended.
+    pub last_error: Option<String>,
+    /// Times the supervisor restarted this actor (dialers).
+    pub restarts: u32,
+    /// Dial attempts since the last success.
+    pub attempts: u32,
+    /// A dialer waiting because another link to the same node was preferred.
+    pub standby: bool,
+}
+
+/// Shared handle on a [`LinkStatus`].
+pub type StatusCell = Arc<Mutex<LinkStatus>>;
+
+/// A UDP datagram for this link's session, from the ListenerActor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UdpIn {
+    pub data: Bytes,
+    pub from: SocketAddr,
+}
+
+/// Close the link (sent by the DiscoveryActor when this link lost the duplicate rule).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseLink {
+    pub reason: CloseReason,
+}
+
+/// Wake a dialer that stood by because another link to the same node was preferred.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Redial;
+
+/// Test-only: make this actor fail, to prove supervision brings it back.
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum InjectFault {
+    /// Panic inside a handler.
+    Panic,
+    /// Fail the link as if the socket broke.
+    Error,
+}
+
+/// An inbound connection handed over by a ListenerActor.
+pub enum Incoming {
+    /// Accepted TCP connection.
+    Tcp(TcpStream, SocketAddr),
+    /// Accepted TCP connection that must complete a WebSocket upgrade.
+    Ws(TcpStream, SocketAddr),
+    /// A new UDP session (its first datagram follows as `UdpIn`).
+    Udp(UdpConn),
+}
+
+/// One UDP session on a ListenerActor's socket.
+#[derive(Debug, Clone)]
+pub struct UdpConn {
+    /// The listener's socket, shared for sending.
+    pub socket: Arc<UdpSocket>,
+    /// The listener, to unregister the session.
+    pub listener: Addr<ListenerActor>,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Our index for this session.
+    pub local_idx: u32,
+    /// The peer's index, once known.
+    pub remote_idx: Option<u32>,
+}
+
+/// How frames leave this link.
+enum Conn {
+    /// TCP or WebSocket: a writer future in our context drains this bounded channel.
+    Stream { tx: mpsc::Sender<Vec<u8>> },
+    /// UDP through the listener's socket.
+    Udp(UdpConn),
+}
+
+/// A connection and its protocol.
+struct Attempt {
+    conn: Conn,
+    link: Link,
+    /// ListenerActor address for the observed-address report (`welcome`).
+    remote: SocketAddr,
+}
+
+/// The card's state machine. Transitions happen in [`PeerActor::transition`].
+enum State {
+    /// Not yet Active since this actor was created: dialling or handshaking.
+    Init { attempt: Option<Attempt> },
+    /// Authenticated and admitted.
+    Active { attempt: Attempt },
+    /// Lost after being Active (or refused); a dialer re-dials from here.
+    Disconnected { attempt: Option<Attempt> },
+}
+
+/// Dialer or acceptor, with what each needs.
+enum Role {
+    Dialer {
+        target: Endpoint,
+        backoff: Backoff,
+        /// Another link to the same node won the duplicate rule: wait for `Redial`.
+        standby: bool,
+        /// Whether any attempt has been made yet (the first dial goes out at once).
+        dialed_once: bool,
+        /// UDP sockets to dial from.
+        udp: Vec<UdpEndpoint>,
+    },
+    Acceptor {
+        incoming: Option<Incoming>,
+        /// Held while handshaking; bounds concurrent inbound handshakes node-wide.
+        slot: Option<HandshakeSlot>,
+    },
+}
+
+/// See the module docs.
+pub struct PeerActor {
+    node: Arc<NodeShared>,
+    discovery: Addr<DiscoveryActor>,
+    role: Role,
+    state: State,
+    /// Shared with the DiscoveryActor for `/status`.
+    status: StatusCell,
+    /// Identifies the current connection in the DiscoveryActor's tables; new per attempt.
+    link_id: u64,
+    /// Whether the DiscoveryActor has admitted the current connection.
+    admitted: bool,
+    /// The pending link timer and its deadline.
+    timer: Option<(u64, SpawnHandle)>,
+}
+
+impl PeerActor {
+    /// A dialer for `target`; start it with `Supervisor::start`.
+    pub fn dialer(
+        node: Arc<NodeShared>,
+        discovery: Addr<DiscoveryActor>,
+        target: Endpoint,
+        udp: Vec<UdpEndpoint>,
+    ) -> (PeerActor, StatusCell) {
+        let status = Arc::new(Mutex::new(LinkStatus::new(
+            target.transport,
+            true,
+            Some(target.clone()),
+        )));
+        let backoff = Backoff::new(node.backoff_base_ms, node.backoff_max_ms);
+        let actor = PeerActor {
+            node,
+            discovery,
+            role: Role::Dialer {
+                target,
+                backoff,
+                standby: false,
+                dialed_once: false,
+                udp,
+            },
+            state: State::Init { attempt: None },
+            status: status.clone(),
+            link_id: 0,
+            admitted: false,
+            timer: None,
+        };
+        (actor, status)
+    }
+
+    /// An acceptor for an inbound connection; start it with `Actor::start`.
+    pub fn acceptor(
+        node: Arc<NodeShared>,
+        discovery: Addr<DiscoveryActor>,
+        incoming: Incoming,
+        slot: HandshakeSlot,
+    ) -> PeerActor {
+        let transport = match incoming {
+            Incoming::Tcp(..) => Transport::Tcp,
+            Incoming::Ws(..) => Transport::Ws,
+            Incoming::Udp(..) => Transport::Udp,
+        };
+        PeerActor {
+            node,
+            discovery,
+            role: Role::Acceptor {
+                incoming: Some(incoming),
+                slot: Some(slot),
+            },
+            state: State::Init { attempt: None },
+            status: Arc::new(Mutex::new(LinkStatus::new(transport, false, None))),
+            link_id: 0,
+            admitted: false,
+            timer: None,
+        }
+    }
+}
+
+impl LinkStatus {
+    fn new(transport: Transport, dialed: bool, target: Option<Endpoint>) -> LinkStatus {
+        LinkStatus {
+            transport,
+            dialed,
+            target,
+            local_addr: None,
+            remote_addr: None,
+            state: PeerState::Init,
+            node_id: None,
+            rtt: None,
+            last_heard_ms: None,
+            last_error: None,
+            restarts: 0,
+            attempts: 0,
+            standby: false,
+        }
+    }
+}
+
+impl Actor for PeerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(UDP_MAILBOX_DATAGRAMS);
+        self.link_id = self.node.next_link_id();
+        self.admitted = false;
+        match &mut self.role {
+            Role::Acceptor { incoming, .. } => {
+                if let Some(incoming) = incoming.take() {
+                    self.start_incoming(incoming, ctx);
+                }
+            }
+            Role::Dialer {
+                standby,
+                backoff,
+                dialed_once,
+                ..
+            } => {
+                if *standby {
+                    return;
+                }
+                let delay = if *dialed_once {
+                    backoff.next_delay_ms(self.node.random_u64())
+                } else {
+                    0
+                };
+                *dialed_once = true;
+                ctx.run_later(Duration::from_millis(delay), |act, ctx| act.dial(ctx));
+            }
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.release_attempt();
+    }
+}
+
+impl Supervised for PeerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // Streams, the writer and timers were dropped with the old context.
+        self.release_attempt();
+        self.timer = None;
+        if let Ok(mut s) = self.status.lock() {
+            s.restarts += 1;
+        }
+    }
+}
+
+impl Handler<UdpIn> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UdpIn, ctx: &mut Self::Context) {
+        self.guarded(ctx, |act, ctx| act.on_udp(msg, ctx));
+    }
+}
+
+impl Handler<CloseLink> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseLink, ctx: &mut Self::Context) {
+        if let Some(attempt) = self.attempt_mut() {
+            attempt.link.refuse(msg.reason);
+        }
+        self.drive(ctx);
+    }
+}
+
+impl Handler<Redial> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Redial, ctx: &mut Self::Context) {
+        if let Role::Dialer { standby, .. } = &mut self.role {
+            if *standby {
+                *standby = false;
+                if let Ok(mut s) = self.status.lock() {
+                    s.standby = false;
+                }
+                debug!("{}: woken to re-dial", self.describe());
+                ctx.stop(); // restart: started() schedules the dial with backoff
+            }
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectFault> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InjectFault, ctx: &mut Self::Context) {
+        warn!("{}: injected fault {msg:?}", self.describe());
+        self.guarded(ctx, |act, ctx| match msg {
+            InjectFault::Panic => panic!("injected panic in PeerActor"),
+            InjectFault::Error => {
+                if let Some(a) = act.attempt_mut() {
+                    a.link.transport_error(Cause::TransportClosed);
+                }
+                act.drive(ctx);
+            }
+        });
+    }
+}
+
+/// TCP: length-prefixed records.
+impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerActor {
+    fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Self::Context) {
+        self.guarded(ctx, |act, ctx| {
+            match item {
+                Ok(bytes) => act.on_stream_message(&bytes),
+                Err(e) => act.on_stream_error(tcp_error_cause(&e)),
+            }
+            act.drive(ctx);
+        });
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.on_stream_error(Cause::TransportClosed);
+        self.drive(ctx);
+    }
+}
+
+/// WebSocket: one binary message per record.
+impl StreamHandler<Result<Message, tungstenite::Error>> for PeerActor {
+    fn handle(&mut self, item: Result<Message, tungstenite::Error>, ctx: &mut Self::Context) {
+        self.guarded(ctx, |act, ctx| {
+            match item {
+                Ok(Message::Binary(bytes)) => act.on_stream_message(&bytes),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => act.on_stream_error(Cause::TransportClosed),
+                Ok(Message::Text(_)) => {
+                    act.on_stream_error(Cause::BadFrame("text message on a binary link".into()))
+                }
+                Err(tungstenite::Error::Capacity(_)) => act.on_stream_error(Cause::Oversize),
+                Err(e) => act.on_stream_error(Cause::BadFrame(e.to_string())),
+            }
+            act.drive(ctx);
+        });
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.on_stream_error(Cause::TransportClosed);
+        self.drive(ctx);
+    }
+}
+
+fn tcp_error_cause(e: &std::io::Error) -> Cause {
+    let oversize = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>());
+    if oversize {
+        Cause::Oversize
+    } else {
+        Cause::TransportClosed
+    }
+}
+
+impl PeerActor {
+    // ---- setting up a connection ----
+
+    fn dial(&mut self, ctx: &mut Context<Self>) {
+        let Role::Dialer { target, udp, .. } = &self.role else {
+            return;
+        };
+        let target = target.clone();
+        if let Ok(mut s) = self.status.lock() {
+            s.attempts += 1;
+        }
+        debug!("dialing {target}");
+        match target.transport {
+            Transport::Tcp | Transport::Ws => self.dial_stream(target, ctx),
+            Transport::Udp => {
+                let udp = udp.clone();
+                let me = ctx.address();
+                let fut = async move {
+                    let remote = resolve(&target).await?;
+                    let listener = pick_udp(&udp, remote)
+                        .ok_or_else(|| format!("no UDP socket that can reach {remote}"))?;
+                    listener
+                        .send(RegisterDial { remote, peer: me })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .map(|r| (r, listener, remote))
+                };
+                ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+                    Ok(((local_idx, socket), listener, remote)) => {
+                        let conn = UdpConn {
+                            socket,
+                            listener,
+                            remote,
+                            local_idx,
+                            remote_idx: None,
+                        };
+                        act.attach(Conn::Udp(conn), remote, true, ctx);
+                    }
+                    Err(e) => act.dial_failed(e, ctx),
+                }));
+            }
+        }
+    }
+
+    fn dial_stream(&mut self, target: Endpoint, ctx: &mut Context<Self>) {
+        let ws_config = self.ws_config();
+        let fut = async move { connect_stream(&target, ws_config).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Connected::Tcp(stream, remote)) => act.attach_tcp(stream, remote, true, ctx),
+            Ok(Connected::Ws(ws, remote)) => act.attach_ws(ws, remote, true, ctx),
+            Err(e) => act.dial_failed(e, ctx),
+        }));
+    }
+
+    fn dial_failed(&mut self, error: String, ctx: &mut Context<Self>) {
+        debug!("{}: {error}", self.describe());
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(error);
+        }
+        ctx.stop();
+    }
+
+    fn start_incoming(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+        match incoming {
+            Incoming::Tcp(stream, remote) => self.attach_tcp(stream, remote, false, ctx),
+            Incoming::Udp(conn) => {
+                let remote = conn.remote;
+                self.attach(Conn::Udp(conn), remote, false, ctx);
+            }
+            Incoming::Ws(stream, remote) => {
+                let config = self.ws_config();
+                let fut = async move {
+                    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+                    tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), accept)
+                        .await
+                        .map_err(|_| "websocket upgrade timed out".to_string())?
+                        .map_err(|e| format!("websocket upgrade: {e}"))
+                };
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(ws) => act.attach_ws(ws, remote, false, ctx),
+                    Err(e) => {
+                        debug!("inbound websocket from {remote}: {e}");
+                        act.node.metrics.refused.bad_frame.inc();
+                        ctx.stop();
+                    }
+                }));
+            }
+        }
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        let limit = self.node.max_record_bytes();
+        WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+    }
+
+    fn attach_tcp(
+        &mut self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        dialed: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let local = stream.local_addr().ok();
+        let (read, write) = stream.into_split();
+        let codec = || {
+            LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(self.node.max_record_bytes())
+                .new_codec()
+        };
+        ctx.add_stream(FramedRead::new(read, codec()));
+        let tx = spawn_writer(FramedWrite::new(write, codec()), Bytes::from, ctx);
+        self.set_local(local);
+        self.attach(Conn::Stream { tx }, remote, dialed, ctx);
+    }
+
+    fn attach_ws(
+        &mut self,
+        ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+        remote: SocketAddr,
+        dialed: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let local = ws.get_ref().local_addr().ok();
+        let (sink, stream) = ws.split();
+        ctx.add_stream(stream);
+        let tx = spawn_writer(sink, |v: Vec<u8>| Message::Binary(v.into()), ctx);
+        self.set_local(local);
+        self.attach(Conn::Stream { tx }, remote, dialed, ctx);
+    }
+
+    fn set_local(&self, local: Option<SocketAddr>) {
+        if let Ok(mut s) = self.status.lock() {
+            s.local_addr = local;
+        }
+    }
+
+    /// A socket exists: start the link protocol on it.
+    fn attach(&mut self, conn: Conn, remote: SocketAddr, dialed: bool, ctx: &mut Context<Self>) {
+        let datagram = matches!(conn, Conn::Udp(_));
+        let params = self.node.link_params(datagram);
+        let now = self.node.now_ms();
+        let (local, keys) = (self.node.local.clone(), self.node.keys.clone());
+        let link = if dialed {
+            Link::dial(params, local, keys, now)
+        } else {
+            Link::accept(params, local, keys, now)
+        };
+        if let Ok(mut s) = self.status.lock() {
+            s.remote_addr = Some(remote);
+            if let Conn::Udp(u) = &conn {
+                s.local_addr = u.socket.local_addr().ok();
+            }
+        }
+        let link = match link {
+            Ok(link) => link,
+            Err(cause) => {
+                warn!("cannot start a link to {remote}: {cause}");
+                ctx.stop();
+                return;
+            }
+        };
+        let attempt = Attempt { conn, link, remote };
+        self.state = match std::mem::replace(&mut self.state, State::Init { attempt: None }) {
+            State::Disconnected { .. } => State::Disconnected {
+                attempt: Some(attempt),
+            },
+            _ => State::Init {
+                attempt: Some(attempt),
+            },
+        };
+        self.drive(ctx);
+    }
+
+    // ---- input ----
+
+    fn on_stream_message(&mut self, bytes: &[u8]) {
+        let now = self.node.now_ms();
+        self.node.metrics.bytes_in.add(bytes.len() as u64);
+        if let Some(a) = self.attempt_mut() {
+            a.link.handle_stream_message(now, bytes);
+        }
+    }
+
+    fn on_stream_error(&mut self, cause: Cause) {
+        if let Some(a) = self.attempt_mut() {
+            a.link.transport_error(cause);
+        }
+    }
+
+    fn on_udp(&mut self, msg: UdpIn, ctx: &mut Context<Self>) {
+        let now = self.node.now_ms();
+        self.node.metrics.bytes_in.add(msg.data.len() as u64);
+        let Some(attempt) = self.attempt_mut() else {
+            return;
+        };
+        let Conn::Udp(conn) = &mut attempt.conn else {
+            return;
+        };
+        let Ok(datagram) = Datagram::parse(&msg.data) else {
+            return; // the listener parsed it already
+        };
+        let packet = match datagram {
+            Datagram::HandshakeInit { sender, noise } => {
+                conn.remote_idx.get_or_insert(sender);
+                Packet::Handshake {
+                    step: 1,
+                    bytes: noise,
+                }
+            }
+            Datagram::HandshakeResp { sender, noise, .. } => {
+                conn.remote_idx.get_or_insert(sender);
+                Packet::Handshake {
+                    step: 2,
+                    bytes: noise,
+                }
+            }
+            Datagram::HandshakeFinal { noise, .. } => Packet::Handshake {
+                step: 3,
+                bytes: noise,
+            },
+            Datagram::Transport { record, .. } => Packet::Record(record),
+        };
+        attempt.link.handle_datagram(now, packet);
+        self.drive(ctx);
+    }
+
+    // ---- driving the link ----
+
+    /// Sends what the link queued, handles its events and re-arms its timer.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        let node = self.node.clone();
+        loop {
+            let Some(attempt) = self.attempt_mut() else {
+                return;
+            };
+            let mut failed = None;
+            while let Some(t) = attempt.link.poll_transmit() {
+                if let Err(e) = send(&mut attempt.conn, t, &node) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(cause) = failed {
+                attempt.link.transport_error(cause);
+            }
+            let Some(event) = attempt.link.poll_event() else {
+                break;
+            };
+            self.on_event(event, ctx);
+        }
+        self.update_status();
+        self.arm_timer(ctx);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let next = self.attempt_mut().and_then(|a| a.link.next_timeout());
+        match (next, &self.timer) {
+            (Some(deadline), Some((current, _))) if *current == deadline => {}
+            (next, _) => {
+                if let Some((_, handle)) = self.timer.take() {
+                    ctx.cancel_future(handle);
+                }
+                if let Some(deadline) = next {
+                    let wait = deadline.saturating_sub(self.node.now_ms());
+                    let handle = ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+                        act.timer = None;
+                        let now = act.node.now_ms();
+                        if let Some(a) = act.attempt_mut() {
+                            a.link.handle_timeout(now);
+                        }
+                        act.drive(ctx);
+                    });
+                    self.timer = Some((deadline, handle));
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &mut Context<Self>) {
+        match event {
+            Event::HelloVerified(hello) => self.request_admission(hello, None, ctx),
+            Event::Up { hello, welcome } => {
+                if self.admitted {
+                    self.transition_active(ctx);
+                } else {
+                    self.request_admission(hello, welcome, ctx);
+                }
+            }
+            Event::Frame(frame) => {
+                debug!("{}: unexpected frame {}", self.describe(), frame.kind());
+            }
+            Event::Closed(cause) => self.on_closed(cause, ctx),
+        }
+    }
+
+    /// Asks the DiscoveryActor to admit an authenticated peer (duplicate rule, key pinning) and
+    /// for the known-node list the listener puts in its `welcome`.
+    fn request_admission(
+        &mut self,
+        hello: Box<crate::wire::frame::Hello>,
+        welcome: Option<crate::proto::link::WelcomeInfo>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(attempt) = self.attempt_ref() else {
+            return;
+        };
+        let dialed = matches!(self.role, Role::Dialer { .. });
+        let transport = self.status.lock().map(|s| s.transport).unwrap_or(Transport::Tcp);
+        let remote = attempt.remote;
+        let msg = Admit {
+            link_id: self.link_id,
+            peer: ctx.address(),
+            dialed,
+            transport,
+            remote,
+            hello,
+            welcome,
+            status: self.status.clone(),
+        };
+        let link_id = self.link_id;
+        ctx.spawn(
+            self.discovery
+                .send(msg)
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    if act.link_id != link_id {
+                        return;
+                    }
+                    let now = act.node.now_ms();
+                    let observed = format!("{}://{}", transport, remote);
+                    let Some(phase) = act.attempt_ref().map(|a| a.link.phase()) else {
+                        return;
+                    };
+                    match res {
+                        Ok(Ok(known)) => {
+                            act.admitted = true;
+                            if phase == Phase::Active {
+                                // Dialer: the welcome already made the link Active.
+                                act.transition_active(ctx);
+                            } else if let Some(a) = act.attempt_mut() {
+                                a.link.admit(now, observed, known);
+                            }
+                        }
+                        Ok(Err(reason)) => {
+                            if let Some(a) = act.attempt_mut() {
+                                a.link.refuse(reason);
+                            }
+                        }
+                        Err(_) => {
+                            if let Some(a) = act.attempt_mut() {
+                                a.link.refuse(CloseReason::Shutdown);
+                            }
+                        }
+                    }
+                    act.drive(ctx);
+                }),
+        );
+    }
+
+    fn transition_active(&mut self, _ctx: &mut Context<Self>) {
+        let attempt = match std::mem::replace(&mut self.state, State::Init { attempt: None }) {
+            State::Init { attempt } | State::Disconnected { attempt } => attempt,
+            State::Active { attempt } => Some(attempt),
+        };
+        let Some(attempt) = attempt else {
+            return;
+        };
+        let peer = attempt.link.peer().map(|h| h.node_id.clone());
+        info!(
+            "link up: {} {} via {} ({})",
+            peer.as_deref().unwrap_or("?"),
+            attempt.remote,
+            self.status.lock().map(|s| s.transport.to_string()).unwrap_or_default(),
+            if self.is_dialer() { "dialed" } else { "accepted" }
+        );
+        self.node.metrics.links_established.inc();
+        match &mut self.role {
+            Role::Dialer { backoff, .. } => backoff.reset(),
+            Role::Acceptor { slot, .. } => *slot = None,
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.node_id = peer;
+            s.attempts = 0;
+            s.last_error = None;
+        }
+        self.state = State::Active { attempt };
+    }
+
+    fn on_closed(&mut self, cause: Cause, ctx: &mut Context<Self>) {
+        let was_active = matches!(self.state, State::Active { .. });
+        self.count_close(&cause);
+        let what = self.describe();
+        match &cause {
+            Cause::Refused(CloseReason::WrongSecret) => {
+                warn!("{what}: refused: peer does not know the network secret (wrong secret)")
+            }
+            Cause::ClosedByPeer(CloseReason::WrongSecret) => {
+                warn!("{what}: peer refused us: wrong secret")
+            }
+            Cause::Refused(CloseReason::Foreign) | Cause::ClosedByPeer(CloseReason::Foreign) => {
+                warn!("{what}: refused: foreign network (relaying for other networks is not enabled)")
+            }
+            Cause::Refused(CloseReason::Duplicate) | Cause::ClosedByPeer(CloseReason::Duplicate) => {
+                debug!("{what}: closed as a duplicate link")
+            }
+            other if was_active => info!("{what}: link down: {other}"),
+            other => debug!("{what}: {other}"),
+        }
+        if self.admitted {
+            self.discovery.do_send(LinkDown {
+                link_id: self.link_id,
+            });
+            self.admitted = false;
+        }
+        if let Role::Dialer {
+            backoff, standby, ..
+        } = &mut self.role
+        {
+            match cause {
+                Cause::Refused(CloseReason::Duplicate)
+                | Cause::ClosedByPeer(CloseReason::Duplicate) => {
+                    *standby = true;
+                    if let Ok(mut s) = self.status.lock() {
+                        s.standby = true;
+                    }
+                }
+                // Refusals that will not fix themselves: do not re-dial in a tight loop.
+                Cause::Refused(
+                    CloseReason::WrongSecret
+                    | CloseReason::Foreign
+                    | CloseReason::KeyMismatch
+                    | CloseReason::Protocol,
+                )
+                | Cause::ClosedByPeer(
+                    CloseReason::WrongSecret
+                    | CloseReason::Foreign
+                    | CloseReason::KeyMismatch
+                    | CloseReason::Protocol,
+                ) => backoff.saturate(),
+                _ => {}
+            }
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some(cause.to_string());
+        }
+        if was_active || matches!(self.state, State::Disconnected { .. }) {
+            self.state = State::Disconnected { attempt: None };
+        } else {
+            self.state = State::Init { attempt: None };
+        }
+        self.update_status();
+        ctx.stop();
+    }
+
+    fn count_close(&self, cause: &Cause) {
+        let m = &self.node.metrics;
+        m.links_closed.inc();
+        let (set, reason) = match cause {
+            Cause::Refused(r) => (&m.refused, *r),
+            Cause::ClosedByPeer(r) => (&m.refused_by_peer, *r),
+            Cause::BadFrame(_) => (&m.refused, CloseReason::BadFrame),
+            Cause::Oversize => {
+                m.refused.oversize.inc();
+                return;
+            }
+            Cause::Handshake(_) => {
+                m.refused.handshake.inc();
+                return;
+            }
+            Cause::Timeout | Cause::TransportClosed => return,
+        };
+        match reason {
+            CloseReason::WrongSecret => set.wrong_secret.inc(),
+            CloseReason::Foreign => set.foreign.inc(),
+            CloseReason::Duplicate => set.duplicate.inc(),
+            CloseReason::KeyMismatch => set.key_mismatch.inc(),
+            CloseReason::BadFrame => set.bad_frame.inc(),
+            CloseReason::Protocol => set.protocol.inc(),
+            CloseReason::Timeout | CloseReason::Shutdown => {}
+        }
+    }
+
+    fn update_status(&self) {
+        let (state, rtt, heard) = match &self.state {
+            State::Init { .. } => (PeerState::Init, None, None),
+            State::Active { attempt } => (
+                PeerState::Active,
+                attempt.link.rtt(),
+                attempt.link.last_heard_ms(),
+            ),
+            State::Disconnected { .. } => (PeerState::Disconnected, None, None),
+        };
+        if let Ok(mut s) = self.status.lock() {
+            s.state = state;
+            if state == PeerState::Active {
+                s.rtt = rtt;
+                s.last_heard_ms = heard;
+            }
+        }
+    }
+
+    // ---- helpers ----
+
+    /// Runs `f`, turning a panic into a supervised restart instead of a lost actor.
+    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx)));
+        if result.is_err() {
+            warn!("{}: panicked; the supervisor restarts it", self.describe());
+            if let Ok(mut s) = self.status.lock() {
+                s.last_error = Some("panic".into());
+            }
+            if self.admitted {
+                self.discovery.do_send(LinkDown {
+                    link_id: self.link_id,
+                });
+                self.admitted = false;
+            }
+            self.state = State::Disconnected { attempt: None };
+            self.update_status();
+            ctx.stop();
+        }
+    }
+
+    fn attempt_mut(&mut self) -> Option<&mut Attempt> {
+        match &mut self.state {
+            State::Init { attempt } | State::Disconnected { attempt } => attempt.as_mut(),
+            State::Active { attempt } => Some(attempt),
+        }
+    }
+
+    fn attempt_ref(&self) -> Option<&Attempt> {
+        match &self.state {
+            State::Init { attempt } | State::Disconnected { attempt } => attempt.as_ref(),
+            State::Active { attempt } => Some(attempt),
+        }
+    }
+
+    fn is_dialer(&self) -> bool {
+        matches!(self.role, Role::Dialer { .. })
+    }
+
+    /// Drops the connection; a UDP session is unregistered from its listener.
+    fn release_attempt(&mut self) {
+        let attempt = match &mut self.state {
+            State::Init { attempt } | State::Disconnected { attempt } => attempt.take(),
+            State::Active { .. } => {
+                let State::Active { attempt } =
+                    std::mem::replace(&mut self.state, State::Disconnected { attempt: None })
+                else {
+                    unreachable!()
+                };
+                Some(attempt)
+            }
+        };
+        if let Some(Attempt {
+            conn: Conn::Udp(u), ..
+        }) = attempt
+        {
+            u.listener.do_send(Unregister {
+                local_idx: u.local_idx,
+            });
+        }
+    }
+
+    fn describe(&self) -> String {
+        let s = self.status.lock();
+        match (&self.role, s) {
+            (Role::Dialer { target, .. }, Ok(s)) => match &s.node_id {
+                Some(id) => format!("peer {id} ({target})"),
+                None => format!("peer {target}"),
+            },
+            (Role::Acceptor { .. }, Ok(s)) => match (&s.node_id, s.remote_addr) {
+                (Some(id), Some(r)) => format!("peer {id} ({}://{r})", s.transport),
+                (None, Some(r)) => format!("inbound {}://{r}", s.transport),
+                _ => "inbound link".into(),
+            },
+            _ => "peer".into(),
+        }
+    }
+}
+
+/// Result of connecting a stream transport.
+enum Connected {
+    Tcp(TcpStream, SocketAddr),
+    Ws(tokio_tungstenite::WebSocketStream<TcpStream>, SocketAddr),
+}
+
+async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
+    if let Some(addr) = target.socket_addr() {
+        return Ok(addr);
+    }
+    let host = target.host.to_string();
+    tokio::net::lookup_host(format!("{host}:{}", target.port))
+        .await
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolve {host}: no address"))
+}
+
+async fn connect_stream(target: &Endpoint, ws_config: WebSocketConfig) -> Result<Connected, String> {
+    let addr = resolve(target).await?;
+    let stream = tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    if target.transport == Transport::Tcp {
+        return Ok(Connected::Tcp(stream, addr));
+    }
+    let url = format!("ws://{addr}/");
+    let upgrade = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config));
+    let (ws, _response) = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), upgrade)
+        .await
+        .map_err(|_| "websocket upgrade timed out".to_string())?
+        .map_err(|e| format!("websocket upgrade: {e}"))?;
+    Ok(Connected::Ws(ws, addr))
+}
+
+/// A UDP socket of the same address family that can reach `remote` (a socket bound to loopback
+/// only reaches loopback).
+fn pick_udp(sockets: &[UdpEndpoint], remote: SocketAddr) -> Option<Addr<ListenerActor>> {
+    sockets
+        .iter()
+        .filter(|s| s.local.is_ipv4() == remote.is_ipv4() && s.addr.connected())
+        .find(|s| !s.local.ip().is_loopback() || remote.ip().is_loopback())
+        .map(|s| s.addr.clone())
+}
+
+/// Spawns, in the actor's own context, the future that writes queued records to `sink`;
+/// returns the bounded queue feeding it. Records are fed in batches and flushed once per batch.
+fn spawn_writer<S, T>(
+    mut sink: S,
+    wrap: fn(Vec<u8>) -> T,
+    ctx: &mut Context<PeerActor>,
+) -> mpsc::Sender<Vec<u8>>
+where
+    S: Sink<T> + Unpin + 'static,
+    S::Error: std::fmt::Display,
+    T: 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_FRAMES);
+    let fut = async move {
+        while let Some(first) = rx.recv().await {
+            sink.feed(wrap(first)).await.map_err(|e| e.to_string())?;
+            while let Ok(more) = rx.try_recv() {
+                sink.feed(wrap(more)).await.map_err(|e| e.to_string())?;
+            }
+            sink.flush().await.map_err(|e| e.to_string())?;
+        }
+        let _ = sink.close().await;
+        Ok::<(), String>(())
+    };
+    ctx.spawn(actix::fut::wrap_future::<_, PeerActor>(fut).map(|res, act, ctx| {
+        if let Err(e) = res {
+            debug!("{}: write failed: {e}", act.describe());
+            act.on_stream_error(Cause::TransportClosed);
+            act.drive(ctx);
+        }
+    }));
+    tx
+}
+
+/// Sends one transmit on the connection.
+fn send(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Result<(), Cause> {
+    node.metrics.frames_out.inc();
+    match conn {
+        Conn::Stream { tx } => {
+            let bytes = match t {
+                Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) => bytes,
+            };
+            node.metrics.bytes_out.add(bytes.len() as u64);
+            tx.try_send(bytes).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Cause::Refused(CloseReason::Timeout),
+                mpsc::error::TrySendError::Closed(_) => Cause::TransportClosed,
+            })
+        }
+        Conn::Udp(u) => {
+            let mut out = Vec::with_capacity(crate::wire::udp::MAX_DATAGRAM_BYTES);
+            let Some(remote_idx) = u.remote_idx.or(match &t {
+                Transmit::Handshake { step: 1, .. } => Some(0),
+                _ => None,
+            }) else {
+                return Ok(()); // nothing can be addressed before the peer's index is known
+            };
+            let datagram = match &t {
+                Transmit::Handshake { step: 1, bytes } => Datagram::HandshakeInit {
+                    sender: u.local_idx,
+                    noise: bytes,
+                },
+                Transmit::Handshake { step: 2, bytes } => Datagram::HandshakeResp {
+                    sender: u.local_idx,
+                    receiver: remote_idx,
+                    noise: bytes,
+                },
+                Transmit::Handshake { bytes, .. } => Datagram::HandshakeFinal {
+                    sender: u.local_idx,
+                    receiver: remote_idx,
+                    noise: bytes,
+                },
+                Transmit::Record(record) => Datagram::Transport {
+                    receiver: remote_idx,
+                    record,
+                },
+            };
+            datagram.write(&mut out);
+            node.metrics.bytes_out.add(out.len() as u64);
+            // UDP semantics: a full socket buffer drops the datagram; the protocol retransmits
+            // what matters (handshake) and heartbeats tolerate loss.
+            match u.socket.try_send_to(&out, u.remote) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    node.metrics.datagrams_dropped.inc();
+                    Ok(())
+                }
+                Err(e) => {
+                    debug!("udp send to {}: {e}", u.remote);
+                    Ok(())
+                }
+            }
+        }
+    }
+}

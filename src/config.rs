@@ -1,0 +1,2060 @@
+//! Node configuration: loading, validating and describing a node's JSON config file.
+//!
+//! A msgtier node is started with one config file (`msgtier node.json`). This module turns that
+//! file into a validated [`Config`]: the node's identity (`id`, `secret`, `network`), the
+//! endpoints it listens on and dials ([`Endpoint`]), the HTTP API address, the named scripts it
+//! may run, relay policy, timing and size limits, and where it keeps its data.
+//!
+//! The file is JSON5 (comments, trailing commas, unquoted keys are fine), which keeps it
+//! compatible with MsgTier's config files. It is parsed into a [`serde_json::Value`] first and
+//! then checked field by field by hand, so that every problem is reported as exactly one
+//! one-line [`ConfigError`] of the form `<file>: <field path>: <problem>`, e.g.
+//! `node.json: listeners[1]: unknown scheme "quic" (expected udp, tcp or ws)`.
+//! Things that are not errors (unknown fields, MsgTier fields msgtier does not use) come back as
+//! warning lines in [`Loaded::warnings`] for the caller to log.
+//!
+//! Users: the binary's startup code calls [`load`] and logs the warnings; the transport and
+//! peer actors read [`Config::listeners`] / [`Config::peers`]; the HTTP API serves
+//! [`Config::redacted_json`] (which, like every `Debug` output here, never shows the secret).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Network name used when the config has no `network` field.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// Longest accepted `id` / `network`, in characters. Ids travel in every frame header and show
+/// up in HTTP routes and log lines; 64 is plenty for a host name or a UUID (36) with a prefix.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// Default interval between heartbeats (`ping`) to each peer, in milliseconds. MsgTier pings
+/// every 10 s; msgtier keeps that cadence.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+
+/// Smallest accepted heartbeat interval, in milliseconds. Anything shorter would be a busy loop
+/// rather than a liveness check; 10 ms still lets tests run fast.
+pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 10;
+
+/// Default time without any traffic from a peer before it is considered gone, in milliseconds:
+/// three missed heartbeats at the default interval.
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 30_000;
+
+/// Default largest frame a node sends or accepts, in bytes (1 MiB): big enough for scripts'
+/// output and chat messages, small enough that a hostile peer cannot make us buffer much.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Smallest accepted `max_frame_bytes`, in bytes (4 KiB): handshake and gossip frames must fit.
+pub const MIN_MAX_FRAME_BYTES: usize = 4096;
+
+/// Largest accepted `max_frame_bytes`, in bytes (16 MiB): a bound on per-connection buffering.
+pub const MAX_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every output of this module shows in place of the secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Top-level fields that are validated and stored in [`Config`].
+const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "secret",
+    "network",
+    "listeners",
+    "peers",
+    "web_api",
+    "scripts",
+    "relay_network_whitelist",
+    "relay_all_peer_rpc",
+    "foreign_relay_bps_limit",
+    "log",
+    "data_dir",
+    "heartbeat_interval_ms",
+    "peer_timeout_ms",
+    "auto_connect",
+    "max_frame_bytes",
+    "metadata",
+];
+
+/// MsgTier fields that are accepted (with a warning) but not used by msgtier.
+const IGNORED_MSGTIER_FIELDS: &[&str] = &["disable_encryption", "upload_dir", "hot_reload"];
+
+/// Why a config file could not be loaded. Display is always a single line starting with the
+/// file name as it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable, a directory, not UTF-8).
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file as it was given.
+        file: String,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid JSON5.
+    #[error("{file}: {}{message}", position_prefix(.position))]
+    Syntax {
+        /// The file as it was given.
+        file: String,
+        /// Where the parser stopped, when it could tell.
+        position: Option<TextPosition>,
+        /// The parser's message, e.g. `expected comma`.
+        message: String,
+    },
+    /// The text is valid JSON5 but its top level is not an object.
+    #[error("{file}: expected a JSON object at the top level")]
+    NotAnObject {
+        /// The file as it was given.
+        file: String,
+    },
+    /// One field has a wrong type or value, or a required field is missing.
+    #[error("{file}: {field}: {problem}")]
+    Field {
+        /// The file as it was given.
+        file: String,
+        /// Path to the field, e.g. `listeners[1]`, `scripts.chrome`, `web_api`.
+        field: String,
+        /// What is wrong with it, one line.
+        problem: String,
+    },
+}
+
+/// A 1-based line and column in the config text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextPosition {
+    /// Line number, starting at 1.
+    pub line: usize,
+    /// Column (in characters) within the line, starting at 1.
+    pub column: usize,
+}
+
+impl fmt::Display for TextPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {} column {}", self.line, self.column)
+    }
+}
+
+fn position_prefix(position: &Option<TextPosition>) -> String {
+    match position {
+        Some(p) => format!("{p}: "),
+        None => String::new(),
+    }
+}
+
+/// A successfully loaded config plus the non-fatal findings about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The validated config.
+    pub config: Config,
+    /// One line per finding, prefixed with the file name, e.g.
+    /// `node.json: unknown field "foo" ignored`. Meant to be logged at warn level.
+    pub warnings: Vec<String>,
+}
+
+/// The shared network secret. Its `Debug` (and `Serialize`) output is always `"<redacted>"`;
+/// it has no `Display`. Use [`Secret::expose`] where the actual bytes are needed (key
+/// derivation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Never log or serialize the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// A node's validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id, unique within its network: ASCII letters, digits, `.`, `_`, `-`,
+    /// 1 to [`MAX_ID_CHARS`] characters.
+    pub id: String,
+    /// Shared network secret; nodes with a different secret are rejected.
+    pub secret: Secret,
+    /// Network name (same character rule as `id`), default [`DEFAULT_NETWORK`].
+    pub network: String,
+    /// Endpoints to bind; hosts are IP literals, port 0 lets the OS pick.
+    pub listeners: Vec<Endpoint>,
+    /// Seed peers to dial; hosts are IP literals or DNS names, ports 1-65535.
+    pub peers: Vec<Endpoint>,
+    /// Bind address of the HTTP API; `None` means no HTTP API.
+    pub web_api: Option<SocketAddr>,
+    /// Script name -> shell command, run when a peer sends a `script` message with that name.
+    pub scripts: BTreeMap<String, String>,
+    /// Foreign-network name patterns allowed to relay through this node (`*` = any, `?`/`*`
+    /// wildcards); empty = none.
+    pub relay_network_whitelist: Vec<String>,
+    /// Forward RPCs for unknown targets to eligible relay peers.
+    pub relay_all_peer_rpc: bool,
+    /// Throughput cap for cross-network relay, in bytes per second; 0 = unlimited.
+    pub foreign_relay_bps_limit: u64,
+    /// Log level from the config, if any (the command line / environment may override it).
+    pub log: Option<log::LevelFilter>,
+    /// Where the node keeps its identity and state; always absolute when the config came from
+    /// [`load`] (relative paths in the file are resolved against the file's directory).
+    pub data_dir: PathBuf,
+    /// Interval between heartbeats to each peer, in milliseconds (at least
+    /// [`MIN_HEARTBEAT_INTERVAL_MS`]).
+    pub heartbeat_interval_ms: u64,
+    /// Silence from a peer after which it is dropped, in milliseconds; greater than
+    /// `heartbeat_interval_ms`.
+    pub peer_timeout_ms: u64,
+    /// Dial the configured peers (and gossiped ones) automatically.
+    pub auto_connect: bool,
+    /// Largest frame sent or accepted, in bytes
+    /// ([`MIN_MAX_FRAME_BYTES`]..=[`MAX_MAX_FRAME_BYTES`]).
+    pub max_frame_bytes: usize,
+    /// Free-form string metadata advertised to peers.
+    pub metadata: BTreeMap<String, String>,
+    /// The file this config came from (as given to [`parse`]), for messages.
+    pub source: PathBuf,
+}
+
+impl Config {
+    /// The effective config as JSON, with every field, endpoints as URL strings, `log` as a
+    /// lowercase level name or null, paths as strings, and `"secret": "<redacted>"`.
+    pub fn redacted_json(&self) -> Value {
+        let urls = |endpoints: &[Endpoint]| -> Vec<String> {
+            endpoints.iter().map(Endpoint::to_string).collect()
+        };
+        serde_json::json!({
+            "id": self.id,
+            "secret": REDACTED,
+            "network": self.network,
+            "listeners": urls(&self.listeners),
+            "peers": urls(&self.peers),
+            "web_api": self.web_api.map(|a| a.to_string()),
+            "scripts": self.scripts,
+            "relay_network_whitelist": self.relay_network_whitelist,
+            "relay_all_peer_rpc": self.relay_all_peer_rpc,
+            "foreign_relay_bps_limit": self.foreign_relay_bps_limit,
+            "log": self.log.map(|l| l.as_str().to_ascii_lowercase()),
+            "data_dir": self.data_dir.to_string_lossy(),
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "peer_timeout_ms": self.peer_timeout_ms,
+            "auto_connect": self.auto_connect,
+            "max_frame_bytes": self.max_frame_bytes,
+            "metadata": self.metadata,
+            "source": self.source.to_string_lossy(),
+        })
+    }
+}
+
+/// The transport of an [`Endpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Datagrams over UDP.
+    Udp,
+    /// A byte stream over TCP.
+    Tcp,
+    /// WebSocket (binary messages) over TCP.
+    Ws,
+}
+
+impl Transport {
+    /// The URL scheme: `"udp"`, `"tcp"` or `"ws"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        }
+    }
+
+    /// Whether the transport binds a TCP socket (so `tcp` and `ws` on one port conflict).
+    fn uses_tcp_port(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Ws)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The host part of an [`Endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Host {
+    /// An IP literal.
+    Ip(IpAddr),
+    /// A DNS name, stored in lowercase.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    /// As it appears in a URL: IPv6 in brackets (`[::1]`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A transport URL such as `tcp://127.0.0.1:6667`, `ws://[::1]:80` or `udp://example.org:5`.
+///
+/// [`FromStr`] accepts a case-insensitive scheme, an IP literal (IPv6 in brackets) or DNS name,
+/// a port 0-65535, and for `ws` only an optional `/` path; [`fmt::Display`] writes the same
+/// form back. Whether port 0 or DNS names are acceptable depends on the use (listener or peer)
+/// and is checked by the config loader.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// The transport (URL scheme).
+    pub transport: Transport,
+    /// IP literal or DNS name.
+    pub host: Host,
+    /// Port number; 0 only makes sense for listeners (the OS picks one).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The socket address, when the host is an IP literal (no DNS lookup is done).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.transport, self.host, self.port)
+    }
+}
+
+impl Serialize for Endpoint {
+    /// Serialized as its URL string.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Why a string is not a valid [`Endpoint`] URL. Each message quotes the offending input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// No `scheme://` prefix.
+    #[error("missing scheme in {input:?} (expected udp://, tcp:// or ws://)")]
+    MissingScheme {
+        /// The whole URL.
+        input: String,
+    },
+    /// A scheme other than udp, tcp or ws.
+    #[error("unknown scheme {scheme:?} (expected udp, tcp or ws)")]
+    UnknownScheme {
+        /// The scheme as written.
+        scheme: String,
+    },
+    /// `user@` before the host.
+    #[error("user info is not allowed in {input:?}")]
+    UserInfo {
+        /// The whole URL.
+        input: String,
+    },
+    /// Nothing between `://` and the port.
+    #[error("missing host in {input:?}")]
+    MissingHost {
+        /// The whole URL.
+        input: String,
+    },
+    /// The host is neither an IPv4 address nor a DNS name.
+    #[error("invalid host {host:?} in {input:?} (expected an IP address or a DNS name)")]
+    InvalidHost {
+        /// The host as written.
+        host: String,
+        /// The whole URL.
+        input: String,
+    },
+    /// A bracketed host that is not an IPv6 address.
+    #[error("invalid IPv6 address {host:?} in {input:?}")]
+    InvalidIpv6 {
+        /// The bracketed host as written.
+        host: String,
+        /// The whole URL.
+        input: String,
+    },
+    /// An IPv6 address without brackets.
+    #[error("IPv6 address must be in brackets (e.g. \"tcp://[::1]:6667\") in {input:?}")]
+    UnbracketedIpv6 {
+        /// The whole URL.
+        input: String,
+    },
+    /// No `:port`, or an empty one.
+    #[error("missing port in {input:?}")]
+    MissingPort {
+        /// The whole URL.
+        input: String,
+    },
+    /// The port is not a number in 0-65535.
+    #[error("invalid port {port:?} in {input:?} (expected a number 0-65535)")]
+    InvalidPort {
+        /// The port as written.
+        port: String,
+        /// The whole URL.
+        input: String,
+    },
+    /// A path on a udp or tcp URL.
+    #[error("a path ({path:?}) is only allowed for ws URLs, found in {input:?}")]
+    PathNotAllowed {
+        /// The path as written.
+        path: String,
+        /// The whole URL.
+        input: String,
+    },
+    /// A ws path other than `/`.
+    #[error("ws path {path:?} is not supported yet (only \"/\" or none) in {input:?}")]
+    UnsupportedWsPath {
+        /// The path as written.
+        path: String,
+        /// The whole URL.
+        input: String,
+    },
+    /// A `?query` part.
+    #[error("a query string is not allowed in {input:?}")]
+    Query {
+        /// The whole URL.
+        input: String,
+    },
+    /// A `#fragment` part.
+    #[error("a fragment is not allowed in {input:?}")]
+    Fragment {
+        /// The whole URL.
+        input: String,
+    },
+}
+
+impl FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let owned = || input.to_string();
+        let (scheme, rest) = match input.split_once("://") {
+            Some((scheme, rest)) if !scheme.is_empty() => (scheme, rest),
+            _ => return Err(EndpointError::MissingScheme { input: owned() }),
+        };
+        let transport = match scheme.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "ws" => Transport::Ws,
+            _ => {
+                return Err(EndpointError::UnknownScheme {
+                    scheme: scheme.to_string(),
+                })
+            }
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if authority.contains('@') {
+            return Err(EndpointError::UserInfo { input: owned() });
+        }
+
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let invalid_v6 = |host: &str| EndpointError::InvalidIpv6 {
+                host: host.to_string(),
+                input: owned(),
+            };
+            let Some((inside, after)) = bracketed.split_once(']') else {
+                return Err(invalid_v6(authority));
+            };
+            let ip: Ipv6Addr = inside
+                .parse()
+                .map_err(|_| invalid_v6(&format!("[{inside}]")))?;
+            let port = if after.is_empty() {
+                None
+            } else if let Some(port) = after.strip_prefix(':') {
+                Some(port)
+            } else {
+                return Err(invalid_v6(authority));
+            };
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else {
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if host.contains(':') {
+                return Err(EndpointError::UnbracketedIpv6 { input: owned() });
+            }
+            (parse_plain_host(host, input)?, port)
+        };
+
+        let port = match port {
+            None | Some("") => return Err(EndpointError::MissingPort { input: owned() }),
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>().map_err(|_| EndpointError::InvalidPort {
+                    port: p.to_string(),
+                    input: owned(),
+                })?
+            }
+            Some(p) => {
+                return Err(EndpointError::InvalidPort {
+                    port: p.to_string(),
+                    input: owned(),
+                })
+            }
+        };
+
+        if tail.contains('#') {
+            return Err(EndpointError::Fragment { input: owned() });
+        }
+        if tail.contains('?') {
+            return Err(EndpointError::Query { input: owned() });
+        }
+        match (transport, tail) {
+            (_, "") | (Transport::Ws, "/") => {}
+            (Transport::Ws, path) => {
+                return Err(EndpointError::UnsupportedWsPath {
+                    path: path.to_string(),
+                    input: owned(),
+                })
+            }
+            (_, path) => {
+                return Err(EndpointError::PathNotAllowed {
+                    path: path.to_string(),
+                    input: owned(),
+                })
+            }
+        }
+
+        Ok(Endpoint {
+            transport,
+            host,
+            port,
+        })
+    }
+}
+
+/// Parses an unbracketed host: an IPv4 literal or a DNS name (RFC 1123 labels; underscores
+/// tolerated; the last label must not be all digits, so `1.2.3.999` is rejected).
+fn parse_plain_host(host: &str, input: &str) -> Result<Host, EndpointError> {
+    if host.is_empty() {
+        return Err(EndpointError::MissingHost {
+            input: input.to_string(),
+        });
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(Host::Ip(IpAddr::V4(ip)));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let last_label_numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if host.len() > 253 || !host.split('.').all(label_ok) || last_label_numeric {
+        return Err(EndpointError::InvalidHost {
+            host: host.to_string(),
+            input: input.to_string(),
+        });
+    }
+    Ok(Host::Name(host.to_ascii_lowercase()))
+}
+
+/// Reads and validates the config file at `path`.
+///
+/// Relative paths inside the file (`data_dir`) are resolved against the file's directory,
+/// made absolute. Error and warning lines name the file as `path` displays.
+///
+/// # Errors
+/// [`ConfigError::Io`] when the file cannot be read, otherwise as [`parse`].
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    parse(&file, &text, &base_dir)
+}
+
+/// Validates config `text`. `source_name` is used in messages and stored as
+/// [`Config::source`]; relative paths in the text are resolved against `base_dir`.
+///
+/// # Errors
+/// The first problem found: [`ConfigError::Syntax`] for invalid JSON5,
+/// [`ConfigError::NotAnObject`], or [`ConfigError::Field`] naming the offending field.
+pub fn parse(source_name: &str, text: &str, base_dir: &Path) -> Result<Loaded, ConfigError> {
+    let root = parse_json5(source_name, text)?;
+    let Value::Object(root) = root else {
+        return Err(ConfigError::NotAnObject {
+            file: source_name.to_string(),
+        });
+    };
+    let mut checker = Checker {
+        file: source_name,
+        warnings: Vec::new(),
+    };
+    let config = checker.config(&root, base_dir)?;
+    Ok(Loaded {
+        config,
+        warnings: checker.warnings,
+    })
+}
+
+fn parse_json5(file: &str, text: &str) -> Result<Value, ConfigError> {
+    json5::from_str::<StrictValue>(text)
+        .map(|v| v.0)
+        .map_err(|err| {
+            use json5::ErrorCode as C;
+            let eof = matches!(
+                err.code(),
+                Some(
+                    C::EofParsingArray
+                        | C::EofParsingBool
+                        | C::EofParsingComment
+                        | C::EofParsingEscapeSequence
+                        | C::EofParsingIdentifier
+                        | C::EofParsingNull
+                        | C::EofParsingNumber
+                        | C::EofParsingObject
+                        | C::EofParsingString
+                        | C::EofParsingValue
+                )
+            );
+            // EOF errors carry no position (or the enclosing collection's); the end of the text
+            // is where the parser actually ran out.
+            let position = if eof {
+                Some(json5::Position::from_offset(text.len(), text))
+            } else {
+                err.position()
+            };
+            let message = match (err.code(), err.position()) {
+                (Some(code), _) => code.to_string(),
+                (None, Some(pos)) => {
+                    let full = err.to_string();
+                    full.strip_suffix(&format!(" at {pos}"))
+                        .map(str::to_string)
+                        .unwrap_or(full)
+                }
+                (None, None) => err.to_string(),
+            };
+            ConfigError::Syntax {
+                file: file.to_string(),
+                position: position.map(|p| TextPosition {
+                    line: p.line + 1,
+                    column: p.column + 1,
+                }),
+                message,
+            }
+        })
+}
+
+/// A [`Value`] built from JSON5 that rejects what `serde_json::Value` would silently accept:
+/// duplicate object keys (last-one-wins hides mistakes) and NaN/Infinity (which would turn
+/// into null).
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON5 value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("NaN and Infinity are not allowed"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(deserializer).map(|v| v.0)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "duplicate key {key:?} in the object starting here"
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// The JSON type name of a value, for "expected X, found Y" messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `parent.key`, or `parent["key"]` when the key is not a plain word.
+fn child_path(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        format!("{parent}.{key}")
+    } else {
+        format!("{parent}[{key:?}]")
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=MAX_ID_CHARS).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Field-by-field validation state: the file name for messages and the warnings so far.
+struct Checker<'a> {
+    file: &'a str,
+    warnings: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Field {
+            file: self.file.to_string(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn warn(&mut self, line: impl fmt::Display) {
+        self.warnings.push(format!("{}: {line}", self.file));
+    }
+
+    fn config(
+        &mut self,
+        root: &Map<String, Value>,
+        base_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        // `null` means "not set" for every optional field.
+        let get = |key: &str| root.get(key).filter(|v| !v.is_null());
+
+        let id = match root.get("id") {
+            None => return Err(self.err("id", "missing required field")),
+            Some(v) => self.string("id", v)?,
+        };
+        if !valid_id(&id) {
+            return Err(self.err(
+                "id",
+                format!(
+                    "{id:?} is not a valid id (letters, digits, '.', '_', '-', 1-{MAX_ID_CHARS} characters)"
+                ),
+            ));
+        }
+
+        let secret = match root.get("secret") {
+            None => return Err(self.err("secret", "missing required field")),
+            // Only the type is named on errors: the value must never appear in a message.
+            Some(v) => self.string("secret", v)?,
+        };
+        if secret.trim().is_empty() {
+            return Err(self.err("secret", "must not be empty"));
+        }
+
+        let network = match get("network") {
+            None => DEFAULT_NETWORK.to_string(),
+            Some(v) => self.string("network", v)?,
+        };
+        if !valid_id(&network) {
+            return Err(self.err(
+                "network",
+                format!(
+                    "{network:?} is not a valid network name (letters, digits, '.', '_', '-', 1-{MAX_ID_CHARS} characters)"
+                ),
+            ));
+        }
+
+        let listeners = self.endpoints("listeners", get("listeners"), true)?;
+        let peers = self.endpoints("peers", get("peers"), false)?;
+
+        let web_api = match get("web_api") {
+            None => None,
+            Some(v) => {
+                let s = self.string("web_api", v)?;
+                Some(s.parse::<SocketAddr>().map_err(|_| {
+                    self.err(
+                        "web_api",
+                        format!(
+                            "{s:?} is not a valid address (expected IP:port, e.g. \"127.0.0.1:9000\" or \"[::1]:9000\")"
+                        ),
+                    )
+                })?)
+            }
+        };
+
+        let scripts = self.scripts(get("scripts"))?;
+        let relay_network_whitelist = self.whitelist(get("relay_network_whitelist"))?;
+        let relay_all_peer_rpc =
+            self.boolean("relay_all_peer_rpc", get("relay_all_peer_rpc"), false)?;
+        let foreign_relay_bps_limit =
+            self.integer("foreign_relay_bps_limit", get("foreign_relay_bps_limit"), 0)?;
+
+        let log = match get("log") {
+            None => None,
+            Some(v) => {
+                let s = self.string("log", v)?;
+                Some(s.trim().parse::<log::LevelFilter>().map_err(|_| {
+                    self.err(
+                        "log",
+                        format!(
+                            "unknown log level {s:?} (expected trace, debug, info, warn, error or off)"
+                        ),
+                    )
+                })?)
+            }
+        };
+
+        let data_dir = match get("data_dir") {
+            None => default_data_dir(&id, base_dir),
+            Some(v) => {
+                let s = self.string("data_dir", v)?;
+                if s.trim().is_empty() {
+                    return Err(self.err("data_dir", "must not be empty"));
+                }
+                resolve_dir(&s, base_dir)
+            }
+        };
+
+        let heartbeat_interval_ms = self.integer(
+            "heartbeat_interval_ms",
+            get("heartbeat_interval_ms"),
+            DEFAULT_HEARTBEAT_INTERVAL_MS,
+        )?;
+        if heartbeat_interval_ms < MIN_HEARTBEAT_INTERVAL_MS {
+            return Err(self.err(
+                "heartbeat_interval_ms",
+                format!(
+                    "must be at least {MIN_HEARTBEAT_INTERVAL_MS}, found {heartbeat_interval_ms}"
+                ),
+            ));
+        }
+        let peer_timeout_ms = self.integer(
+            "peer_timeout_ms",
+            get("peer_timeout_ms"),
+            DEFAULT_PEER_TIMEOUT_MS,
+        )?;
+        if peer_timeout_ms <= heartbeat_interval_ms {
+            return Err(self.err(
+                "peer_timeout_ms",
+                format!("must be greater than heartbeat_interval_ms ({heartbeat_interval_ms})"),
+            ));
+        }
+
+        let auto_connect = self.boolean("auto_connect", get("auto_connect"), true)?;
+
+        let max_frame_bytes = self.integer(
+            "max_frame_bytes",
+            get("max_frame_bytes"),
+            DEFAULT_MAX_FRAME_BYTES as u64,
+        )?;
+        let max_frame_bytes = usize::try_from(max_frame_bytes)
+            .ok()
+            .filter(|n| (MIN_MAX_FRAME_BYTES..=MAX_MAX_FRAME_BYTES).contains(n))
+            .ok_or_else(|| {
+                self.err(
+                    "max_frame_bytes",
+                    format!(
+                        "must be between {MIN_MAX_FRAME_BYTES} and {MAX_MAX_FRAME_BYTES}, found {max_frame_bytes}"
+                    ),
+                )
+            })?;
+
+        let metadata = self.string_map("metadata", get("metadata"))?;
+
+        self.unknown_fields(root);
+
+        Ok(Config {
+            id,
+            secret: Secret(secret),
+            network,
+            listeners,
+            peers,
+            web_api,
+            scripts,
+            relay_network_whitelist,
+            relay_all_peer_rpc,
+            foreign_relay_bps_limit,
+            log,
+            data_dir,
+            heartbeat_interval_ms,
+            peer_timeout_ms,
+            auto_connect,
+            max_frame_bytes,
+            metadata,
+            source: PathBuf::from(self.file),
+        })
+    }
+
+    fn string(&self, field: &str, value: &Value) -> Result<String, ConfigError> {
+        match value {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(self.err(field, format!("expected a string, found {}", kind(other)))),
+        }
+    }
+
+    fn boolean(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+        default: bool,
+    ) -> Result<bool, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.err(
+                field,
+                format!("expected true or false, found {}", kind(other)),
+            )),
+        }
+    }
+
+    fn integer(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, found {n}"))
+            }),
+            Some(other) => Err(self.err(
+                field,
+                format!("expected a non-negative integer, found {}", kind(other)),
+            )),
+        }
+    }
+
+    /// `listeners` / `peers`: an array of URL strings, parsed and checked for the role.
+    fn endpoints(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+        listener: bool,
+    ) -> Result<Vec<Endpoint>, ConfigError> {
+        let items = match value {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(self.err(
+                    field,
+                    format!("expected an array of URL strings, found {}", kind(other)),
+                ))
+            }
+        };
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{field}[{i}]");
+            let Value::String(url) = item else {
+                return Err(self.err(path, format!("expected a URL string, found {}", kind(item))));
+            };
+            let endpoint: Endpoint = url
+                .parse()
+                .map_err(|e: EndpointError| self.err(&path, e.to_string()))?;
+            if listener {
+                if let Host::Name(name) = &endpoint.host {
+                    return Err(self.err(
+                        path,
+                        format!(
+                            "listener host must be an IP address (e.g. 0.0.0.0 or 127.0.0.1), found {name:?} in {url:?}"
+                        ),
+                    ));
+                }
+            } else if endpoint.port == 0 {
+                return Err(self.err(
+                    path,
+                    format!("port 0 is not allowed for a peer in {url:?} (expected 1-65535)"),
+                ));
+            }
+            for (j, earlier) in endpoints.iter().enumerate() {
+                if *earlier == endpoint && (endpoint.port != 0 || !listener) {
+                    return Err(self.err(
+                        path,
+                        format!("duplicate of {field}[{j}] ({:?})", earlier.to_string()),
+                    ));
+                }
+                if listener
+                    && endpoint.port != 0
+                    && earlier.host == endpoint.host
+                    && earlier.port == endpoint.port
+                    && earlier.transport.uses_tcp_port()
+                    && endpoint.transport.uses_tcp_port()
+                {
+                    return Err(self.err(
+                        path,
+                        format!(
+                            "{url:?} conflicts with {field}[{j}] ({:?}): tcp and ws listeners both need TCP port {}",
+                            earlier.to_string(),
+                            endpoint.port
+                        ),
+                    ));
+                }
+            }
+            endpoints.push(endpoint);
+        }
+        Ok(endpoints)
+    }
+
+    fn scripts(&self, value: Option<&Value>) -> Result<BTreeMap<String, String>, ConfigError> {
+        let scripts = self.string_map("scripts", value)?;
+        for (name, command) in &scripts {
+            if name.trim().is_empty() {
+                return Err(self.err(
+                    "scripts",
+                    format!("script name must not be empty (found {name:?})"),
+                ));
+            }
+            if command.trim().is_empty() {
+                return Err(self.err(child_path("scripts", name), "command must not be empty"));
+            }
+        }
+        Ok(scripts)
+    }
+
+    /// An object whose values are all strings.
+    fn string_map(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let object = match value {
+            None => return Ok(BTreeMap::new()),
+            Some(Value::Object(object)) => object,
+            Some(other) => {
+                return Err(self.err(
+                    field,
+                    format!("expected an object of strings, found {}", kind(other)),
+                ))
+            }
+        };
+        object
+            .iter()
+            .map(|(key, v)| Ok((key.clone(), self.string(&child_path(field, key), v)?)))
+            .collect()
+    }
+
+    /// `"*"`, a space-separated pattern string, or an array of patterns.
+    fn whitelist(&self, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
+        const FIELD: &str = "relay_network_whitelist";
+        match value {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let path = format!("{FIELD}[{i}]");
+                    let pattern = self.string(&path, item)?;
+                    if pattern.is_empty() {
+                        Err(self.err(path, "pattern must not be empty"))
+                    } else if pattern.chars().any(char::is_whitespace) {
+                        Err(self.err(
+                            path,
+                            format!("pattern {pattern:?} must not contain whitespace"),
+                        ))
+                    } else {
+                        Ok(pattern)
+                    }
+                })
+                .collect(),
+            Some(other) => Err(self.err(
+                FIELD,
+                format!(
+                    "expected \"*\", a space-separated string or an array of strings, found {}",
+                    kind(other)
+                ),
+            )),
+        }
+    }
+
+    /// Warnings for MsgTier fields msgtier ignores and for unknown fields.
+    /// Sorted by field name, so the order does not depend on serde_json's map features.
+    fn unknown_fields(&mut self, root: &Map<String, Value>) {
+        let mut entries: Vec<(&String, &Value)> = root.iter().collect();
+        entries.sort_by_key(|(key, _)| *key);
+        for (key, value) in entries {
+            if KNOWN_FIELDS.contains(&key.as_str()) {
+                continue;
+            }
+            match key.as_str() {
+                "disable_encryption" if value == &Value::Bool(true) => self.warn(
+                    "disable_encryption: encryption cannot be disabled in msgtier; field ignored",
+                ),
+                "disable_encryption" => {
+                    self.warn("disable_encryption: ignored (encryption is always on)")
+                }
+                k if IGNORED_MSGTIER_FIELDS.contains(&k) => self.warn(format_args!(
+                    "{k}: MsgTier field not used by msgtier; ignored"
+                )),
+                k => match suggestion(k) {
+                    Some(known) => self.warn(format_args!(
+                        "unknown field {k:?} ignored (did you mean {known:?}?)"
+                    )),
+                    None => self.warn(format_args!("unknown field {k:?} ignored")),
+                },
+            }
+        }
+    }
+}
+
+/// The known field closest to a misspelt one, if it is close enough to be a likely typo.
+fn suggestion(unknown: &str) -> Option<&'static str> {
+    let unknown = unknown.to_ascii_lowercase();
+    KNOWN_FIELDS
+        .iter()
+        .map(|known| (edit_distance(&unknown, known), *known))
+        .filter(|(d, known)| *d <= 2.min(known.len() / 3))
+        .min()
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `dirs::data_dir()/msgtier/<id>`, or `base_dir/.msgtier/<id>` where there is none.
+fn default_data_dir(id: &str, base_dir: &Path) -> PathBuf {
+    match dirs::data_dir() {
+        Some(dir) => dir.join("msgtier").join(id),
+        None => base_dir.join(".msgtier").join(id),
+    }
+}
+
+/// Absolute paths as they are, `~` / `~/...` under the home directory, anything else relative
+/// to `base_dir`.
+fn resolve_dir(raw: &str, base_dir: &Path) -> PathBuf {
+    let home_relative = if raw == "~" {
+        Some("")
+    } else {
+        raw.strip_prefix("~/")
+    };
+    if let (Some(rest), Some(home)) = (home_relative, dirs::home_dir()) {
+        return home.join(rest);
+    }
+    let path = Path::new(raw);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cret-value-do-not-print";
+
+    fn base() -> &'static Path {
+        Path::new("/srv/msgtier")
+    }
+
+    /// A minimal valid config with `extra` fields appended (JSON5 fragment, no trailing comma).
+    fn with(extra: &str) -> String {
+        let sep = if extra.is_empty() { "" } else { ", " };
+        format!(r#"{{"id": "n1", "secret": "{SECRET}"{sep}{extra}}}"#)
+    }
+
+    fn ok(text: &str) -> Loaded {
+        match parse("node.json", text, base()) {
+            Ok(loaded) => loaded,
+            Err(e) => panic!("expected success, got: {e}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        match parse("node.json", text, base()) {
+            Ok(loaded) => panic!("expected an error, got {:?}", loaded.config),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "multi-line error: {msg}");
+                assert!(!msg.contains(SECRET), "secret leaked: {msg}");
+                msg
+            }
+        }
+    }
+
+    fn url_err(url: &str) -> String {
+        match url.parse::<Endpoint>() {
+            Ok(e) => panic!("expected {url:?} to be rejected, got {e}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // ---- the exact messages from the spec ----
+
+    #[test]
+    fn error_unknown_scheme() {
+        assert_eq!(
+            err(&with(
+                r#""listeners": ["udp://0.0.0.0:1", "quic://0.0.0.0:2"]"#
+            )),
+            r#"node.json: listeners[1]: unknown scheme "quic" (expected udp, tcp or ws)"#
+        );
+    }
+
+    #[test]
+    fn error_missing_id() {
+        assert_eq!(
+            err(r#"{"secret": "x"}"#),
+            "node.json: id: missing required field"
+        );
+    }
+
+    #[test]
+    fn error_invalid_id() {
+        assert_eq!(
+            err(r#"{"id": "a b", "secret": "x"}"#),
+            r#"node.json: id: "a b" is not a valid id (letters, digits, '.', '_', '-', 1-64 characters)"#
+        );
+        err(r#"{"id": "", "secret": "x"}"#);
+        err(&format!(r#"{{"id": "{}", "secret": "x"}}"#, "a".repeat(65)));
+        ok(&format!(r#"{{"id": "{}", "secret": "x"}}"#, "a".repeat(64)));
+        ok(r#"{"id": "Node_1.example-2", "secret": "x"}"#);
+    }
+
+    #[test]
+    fn error_empty_secret() {
+        assert_eq!(
+            err(r#"{"id": "n1", "secret": ""}"#),
+            "node.json: secret: must not be empty"
+        );
+        assert_eq!(
+            err(r#"{"id": "n1"}"#),
+            "node.json: secret: missing required field"
+        );
+    }
+
+    #[test]
+    fn error_peer_missing_port() {
+        assert_eq!(
+            err(&with(r#""peers": ["tcp://127.0.0.1"]"#)),
+            r#"node.json: peers[0]: missing port in "tcp://127.0.0.1""#
+        );
+    }
+
+    #[test]
+    fn error_integer_field_given_a_string() {
+        assert_eq!(
+            err(&with(r#""heartbeat_interval_ms": "10s""#)),
+            "node.json: heartbeat_interval_ms: expected a non-negative integer, found string"
+        );
+    }
+
+    #[test]
+    fn error_peer_timeout_not_greater_than_heartbeat() {
+        assert_eq!(
+            err(&with(r#""peer_timeout_ms": 5000"#)),
+            "node.json: peer_timeout_ms: must be greater than heartbeat_interval_ms (10000)"
+        );
+        assert_eq!(
+            err(&with(
+                r#""heartbeat_interval_ms": 2000, "peer_timeout_ms": 2000"#
+            )),
+            "node.json: peer_timeout_ms: must be greater than heartbeat_interval_ms (2000)"
+        );
+    }
+
+    #[test]
+    fn error_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.json");
+        let e = load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::Io { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot read: ", path.display())),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn error_syntax_has_line_and_column() {
+        assert_eq!(
+            err("{\n  \"id\": \"n1\"\n  \"secret\": \"x\"\n}"),
+            "node.json: line 3 column 3: expected comma"
+        );
+        // Running out of text is reported at the end of the text.
+        assert_eq!(
+            err("{\n  \"id\": \"n1\",\n"),
+            "node.json: line 3 column 1: EOF parsing object"
+        );
+        assert_eq!(err(""), "node.json: line 1 column 1: EOF parsing value");
+        assert!(matches!(
+            parse("node.json", "{,}", base()),
+            Err(ConfigError::Syntax {
+                position: Some(TextPosition { line: 1, column: 2 }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn error_duplicate_key_and_non_finite_numbers() {
+        assert_eq!(
+            err(r#"{"id": "a", "secret": "x", "id": "b"}"#),
+            r#"node.json: line 1 column 1: duplicate key "id" in the object starting here"#
+        );
+        let msg = err(&with(r#""foreign_relay_bps_limit": NaN"#));
+        assert!(msg.contains("NaN and Infinity are not allowed"), "{msg}");
+    }
+
+    #[test]
+    fn error_top_level_not_an_object() {
+        assert_eq!(
+            err("[1, 2]"),
+            "node.json: expected a JSON object at the top level"
+        );
+        assert_eq!(
+            err("\"x\""),
+            "node.json: expected a JSON object at the top level"
+        );
+    }
+
+    // ---- field rules: wrong types ----
+
+    #[test]
+    fn wrong_type_for_string_fields() {
+        assert_eq!(
+            err(r#"{"id": 5, "secret": "x"}"#),
+            "node.json: id: expected a string, found number"
+        );
+        assert_eq!(
+            err(r#"{"id": null, "secret": "x"}"#),
+            "node.json: id: expected a string, found null"
+        );
+        assert_eq!(
+            err(r#"{"id": "n1", "secret": ["x"]}"#),
+            "node.json: secret: expected a string, found array"
+        );
+        assert_eq!(
+            err(&with(r#""network": true"#)),
+            "node.json: network: expected a string, found boolean"
+        );
+        assert_eq!(
+            err(&with(r#""data_dir": {}"#)),
+            "node.json: data_dir: expected a string, found object"
+        );
+        assert_eq!(
+            err(&with(r#""data_dir": " ""#)),
+            "node.json: data_dir: must not be empty"
+        );
+        assert_eq!(
+            err(&with(r#""log": 3"#)),
+            "node.json: log: expected a string, found number"
+        );
+    }
+
+    #[test]
+    fn invalid_network_name() {
+        assert_eq!(
+            err(&with(r#""network": "my net""#)),
+            r#"node.json: network: "my net" is not a valid network name (letters, digits, '.', '_', '-', 1-64 characters)"#
+        );
+    }
+
+    #[test]
+    fn wrong_type_for_endpoint_lists() {
+        assert_eq!(
+            err(&with(r#""listeners": "tcp://0.0.0.0:1""#)),
+            "node.json: listeners: expected an array of URL strings, found string"
+        );
+        assert_eq!(
+            err(&with(r#""peers": {}"#)),
+            "node.json: peers: expected an array of URL strings, found object"
+        );
+        assert_eq!(
+            err(&with(r#""peers": ["tcp://1.2.3.4:5", 7]"#)),
+            "node.json: peers[1]: expected a URL string, found number"
+        );
+    }
+
+    #[test]
+    fn web_api_rules() {
+        assert_eq!(
+            err(&with(r#""web_api": 9000"#)),
+            "node.json: web_api: expected a string, found number"
+        );
+        assert_eq!(
+            err(&with(r#""web_api": "localhost:9000""#)),
+            r#"node.json: web_api: "localhost:9000" is not a valid address (expected IP:port, e.g. "127.0.0.1:9000" or "[::1]:9000")"#
+        );
+        err(&with(r#""web_api": "::1:9000""#));
+        err(&with(r#""web_api": "127.0.0.1""#));
+        let v6 = ok(&with(r#""web_api": "[::1]:9000""#)).config;
+        assert_eq!(v6.web_api, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(ok(&with(r#""web_api": null"#)).config.web_api, None);
+    }
+
+    #[test]
+    fn scripts_rules() {
+        assert_eq!(
+            err(&with(r#""scripts": ["echo"]"#)),
+            "node.json: scripts: expected an object of strings, found array"
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {"chrome": 1}"#)),
+            "node.json: scripts.chrome: expected a string, found number"
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {"chrome": "  "}"#)),
+            "node.json: scripts.chrome: command must not be empty"
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {"my script": ""}"#)),
+            r#"node.json: scripts["my script"]: command must not be empty"#
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {" ": "ls"}"#)),
+            r#"node.json: scripts: script name must not be empty (found " ")"#
+        );
+    }
+
+    #[test]
+    fn whitelist_rules() {
+        assert_eq!(
+            err(&with(r#""relay_network_whitelist": 1"#)),
+            r#"node.json: relay_network_whitelist: expected "*", a space-separated string or an array of strings, found number"#
+        );
+        assert_eq!(
+            err(&with(r#""relay_network_whitelist": ["a", 2]"#)),
+            "node.json: relay_network_whitelist[1]: expected a string, found number"
+        );
+        assert_eq!(
+            err(&with(r#""relay_network_whitelist": ["a", ""]"#)),
+            "node.json: relay_network_whitelist[1]: pattern must not be empty"
+        );
+        assert_eq!(
+            err(&with(r#""relay_network_whitelist": ["a b"]"#)),
+            r#"node.json: relay_network_whitelist[0]: pattern "a b" must not contain whitespace"#
+        );
+    }
+
+    #[test]
+    fn whitelist_forms() {
+        let list = |v: &str| {
+            ok(&with(&format!(r#""relay_network_whitelist": {v}"#)))
+                .config
+                .relay_network_whitelist
+        };
+        assert_eq!(list(r#""*""#), vec!["*"]);
+        assert_eq!(list(r#""home office-*""#), vec!["home", "office-*"]);
+        assert_eq!(list(r#"["a", "b?"]"#), vec!["a", "b?"]);
+        assert_eq!(list(r#""""#), Vec::<String>::new());
+        assert_eq!(list("[]"), Vec::<String>::new());
+        assert_eq!(list("null"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn boolean_rules() {
+        assert_eq!(
+            err(&with(r#""relay_all_peer_rpc": "yes""#)),
+            "node.json: relay_all_peer_rpc: expected true or false, found string"
+        );
+        assert_eq!(
+            err(&with(r#""auto_connect": 1"#)),
+            "node.json: auto_connect: expected true or false, found number"
+        );
+        let c = ok(&with(
+            r#""relay_all_peer_rpc": true, "auto_connect": false"#,
+        ))
+        .config;
+        assert!(c.relay_all_peer_rpc);
+        assert!(!c.auto_connect);
+    }
+
+    #[test]
+    fn integer_rules() {
+        assert_eq!(
+            err(&with(r#""foreign_relay_bps_limit": -1"#)),
+            "node.json: foreign_relay_bps_limit: expected a non-negative integer, found -1"
+        );
+        assert_eq!(
+            err(&with(r#""foreign_relay_bps_limit": 1.5"#)),
+            "node.json: foreign_relay_bps_limit: expected a non-negative integer, found 1.5"
+        );
+        assert_eq!(
+            err(&with(r#""foreign_relay_bps_limit": "1MB""#)),
+            "node.json: foreign_relay_bps_limit: expected a non-negative integer, found string"
+        );
+        let c = ok(&with(r#""foreign_relay_bps_limit": 1048576"#)).config;
+        assert_eq!(c.foreign_relay_bps_limit, 1_048_576);
+        assert_eq!(
+            err(&with(r#""heartbeat_interval_ms": 9"#)),
+            "node.json: heartbeat_interval_ms: must be at least 10, found 9"
+        );
+        assert_eq!(
+            err(&with(r#""peer_timeout_ms": true"#)),
+            "node.json: peer_timeout_ms: expected a non-negative integer, found boolean"
+        );
+        let c = ok(&with(
+            r#""heartbeat_interval_ms": 10, "peer_timeout_ms": 11"#,
+        ))
+        .config;
+        assert_eq!((c.heartbeat_interval_ms, c.peer_timeout_ms), (10, 11));
+    }
+
+    #[test]
+    fn max_frame_bytes_range() {
+        assert_eq!(
+            err(&with(r#""max_frame_bytes": 4095"#)),
+            "node.json: max_frame_bytes: must be between 4096 and 16777216, found 4095"
+        );
+        assert_eq!(
+            err(&with(r#""max_frame_bytes": 16777217"#)),
+            "node.json: max_frame_bytes: must be between 4096 and 16777216, found 16777217"
+        );
+        assert_eq!(
+            err(&with(r#""max_frame_bytes": []"#)),
+            "node.json: max_frame_bytes: expected a non-negative integer, found array"
+        );
+        let frame = |n: u64| {
+            ok(&with(&format!(r#""max_frame_bytes": {n}"#)))
+                .config
+                .max_frame_bytes
+        };
+        assert_eq!(frame(4096), 4096);
+        assert_eq!(frame(16 * 1024 * 1024), 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn metadata_rules() {
+        assert_eq!(
+            err(&with(r#""metadata": "x""#)),
+            "node.json: metadata: expected an object of strings, found string"
+        );
+        assert_eq!(
+            err(&with(r#""metadata": {"region": 1}"#)),
+            "node.json: metadata.region: expected a string, found number"
+        );
+        let c = ok(&with(r#""metadata": {"region": "cn-north", "rack": ""}"#)).config;
+        assert_eq!(c.metadata["region"], "cn-north");
+        assert_eq!(c.metadata["rack"], "");
+    }
+
+    #[test]
+    fn log_levels_in_any_case() {
+        let level = |s: &str| ok(&with(&format!(r#""log": "{s}""#))).config.log;
+        use log::LevelFilter as L;
+        assert_eq!(level("Debug"), Some(L::Debug));
+        assert_eq!(level("INFO"), Some(L::Info));
+        assert_eq!(level("warn"), Some(L::Warn));
+        assert_eq!(level("Error"), Some(L::Error));
+        assert_eq!(level("trace"), Some(L::Trace));
+        assert_eq!(level("Off"), Some(L::Off));
+        assert_eq!(ok(&with(r#""log": null"#)).config.log, None);
+        assert_eq!(
+            err(&with(r#""log": "verbose""#)),
+            r#"node.json: log: unknown log level "verbose" (expected trace, debug, info, warn, error or off)"#
+        );
+    }
+
+    // ---- endpoints ----
+
+    #[test]
+    fn url_missing_scheme() {
+        assert_eq!(
+            url_err("127.0.0.1:5"),
+            r#"missing scheme in "127.0.0.1:5" (expected udp://, tcp:// or ws://)"#
+        );
+        url_err("://127.0.0.1:5");
+        assert_eq!(
+            err(&with(r#""peers": ["127.0.0.1:5"]"#)),
+            r#"node.json: peers[0]: missing scheme in "127.0.0.1:5" (expected udp://, tcp:// or ws://)"#
+        );
+    }
+
+    #[test]
+    fn url_bad_port() {
+        assert_eq!(
+            url_err("tcp://1.2.3.4:70000"),
+            r#"invalid port "70000" in "tcp://1.2.3.4:70000" (expected a number 0-65535)"#
+        );
+        url_err("tcp://1.2.3.4:abc");
+        url_err("tcp://1.2.3.4:+5");
+        url_err("tcp://1.2.3.4:-1");
+        assert_eq!(
+            url_err("tcp://1.2.3.4:"),
+            r#"missing port in "tcp://1.2.3.4:""#
+        );
+        assert_eq!(
+            err(&with(r#""peers": ["tcp://1.2.3.4:0"]"#)),
+            r#"node.json: peers[0]: port 0 is not allowed for a peer in "tcp://1.2.3.4:0" (expected 1-65535)"#
+        );
+        let c = ok(&with(
+            r#""listeners": ["tcp://0.0.0.0:0", "udp://0.0.0.0:65535"]"#,
+        ))
+        .config;
+        assert_eq!(c.listeners[0].port, 0);
+        assert_eq!(c.listeners[1].port, 65535);
+    }
+
+    #[test]
+    fn url_bad_ipv6() {
+        assert_eq!(
+            url_err("tcp://[::g]:5"),
+            r#"invalid IPv6 address "[::g]" in "tcp://[::g]:5""#
+        );
+        url_err("tcp://[::1:5");
+        url_err("tcp://[::1]5");
+        url_err("tcp://[1.2.3.4]:5");
+        assert_eq!(
+            url_err("tcp://::1:5"),
+            r#"IPv6 address must be in brackets (e.g. "tcp://[::1]:6667") in "tcp://::1:5""#
+        );
+    }
+
+    #[test]
+    fn url_unknown_scheme() {
+        assert_eq!(
+            url_err("http://1.2.3.4:5"),
+            r#"unknown scheme "http" (expected udp, tcp or ws)"#
+        );
+        let e: Endpoint = "TCP://1.2.3.4:5".parse().unwrap();
+        assert_eq!(e.transport, Transport::Tcp);
+        assert_eq!(
+            "Ws://1.2.3.4:5".parse::<Endpoint>().unwrap().transport,
+            Transport::Ws
+        );
+    }
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(
+            url_err("tcp://1.2.3.4:5/x"),
+            r#"a path ("/x") is only allowed for ws URLs, found in "tcp://1.2.3.4:5/x""#
+        );
+        url_err("udp://1.2.3.4:5/");
+        assert_eq!(
+            url_err("ws://1.2.3.4:5/chat"),
+            r#"ws path "/chat" is not supported yet (only "/" or none) in "ws://1.2.3.4:5/chat""#
+        );
+        let e: Endpoint = "ws://1.2.3.4:5/".parse().unwrap();
+        assert_eq!(e.to_string(), "ws://1.2.3.4:5");
+    }
+
+    #[test]
+    fn url_userinfo_query_fragment_host() {
+        assert_eq!(
+            url_err("tcp://me@1.2.3.4:5"),
+            r#"user info is not allowed in "tcp://me@1.2.3.4:5""#
+        );
+        assert_eq!(
+            url_err("ws://1.2.3.4:5/?a=b"),
+            r#"a query string is not allowed in "ws://1.2.3.4:5/?a=b""#
+        );
+        assert_eq!(
+            url_err("tcp://1.2.3.4:5#x"),
+            r#"a fragment is not allowed in "tcp://1.2.3.4:5#x""#
+        );
+        assert_eq!(url_err("tcp://:5"), r#"missing host in "tcp://:5""#);
+        assert_eq!(
+            url_err("tcp://1.2.3.999:5"),
+            r#"invalid host "1.2.3.999" in "tcp://1.2.3.999:5" (expected an IP address or a DNS name)"#
+        );
+        url_err("tcp://bad host:5");
+        url_err("tcp://-bad.example:5");
+        url_err("tcp://a..b:5");
+    }
+
+    #[test]
+    fn listener_hosts_must_be_ip_literals() {
+        assert_eq!(
+            err(&with(r#""listeners": ["tcp://localhost:6667"]"#)),
+            r#"node.json: listeners[0]: listener host must be an IP address (e.g. 0.0.0.0 or 127.0.0.1), found "localhost" in "tcp://localhost:6667""#
+        );
+        let c = ok(&with(
+            r#""peers": ["udp://Example.ORG:5", "ws://[::1]:80"]"#,
+        ))
+        .config;
+        assert_eq!(c.peers[0].host, Host::Name("example.org".into()));
+        assert_eq!(c.peers[0].socket_addr(), None);
+        assert_eq!(c.peers[1].socket_addr(), Some("[::1]:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn duplicate_and_conflicting_endpoints() {
+        assert_eq!(
+            err(&with(r#""peers": ["tcp://1.2.3.4:5", "TCP://1.2.3.4:5"]"#)),
+            r#"node.json: peers[1]: duplicate of peers[0] ("tcp://1.2.3.4:5")"#
+        );
+        assert_eq!(
+            err(&with(
+                r#""listeners": ["tcp://127.0.0.1:7", "ws://127.0.0.1:7"]"#
+            )),
+            r#"node.json: listeners[1]: "ws://127.0.0.1:7" conflicts with listeners[0] ("tcp://127.0.0.1:7"): tcp and ws listeners both need TCP port 7"#
+        );
+        // udp and tcp on one port, and several OS-picked ports, are fine.
+        ok(&with(
+            r#""listeners": ["udp://127.0.0.1:7", "tcp://127.0.0.1:7", "tcp://0.0.0.0:0", "ws://0.0.0.0:0"]"#,
+        ));
+    }
+
+    #[test]
+    fn endpoint_display_from_str_round_trip() {
+        for url in [
+            "tcp://127.0.0.1:6667",
+            "ws://[::1]:80",
+            "udp://example.org:5",
+            "udp://0.0.0.0:0",
+            "ws://[fe80::1:2]:65535",
+            "tcp://node-1.lan:1",
+        ] {
+            let e: Endpoint = url.parse().unwrap();
+            assert_eq!(e.to_string(), url);
+            assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e);
+        }
+        let e = Endpoint {
+            transport: Transport::Ws,
+            host: Host::Ip("::1".parse().unwrap()),
+            port: 80,
+        };
+        assert_eq!(e.to_string(), "ws://[::1]:80");
+        assert_eq!(e.socket_addr(), Some("[::1]:80".parse().unwrap()));
+        assert_eq!(serde_json::to_value(e).unwrap(), "ws://[::1]:80");
+        assert_eq!(serde_json::to_value(Transport::Udp).unwrap(), "udp");
+        assert_eq!(Transport::Tcp.to_string(), "tcp");
+    }
+
+    // ---- whole configs ----
+
+    #[test]
+    fn defaults_applied() {
+        let Loaded { config, warnings } = ok(&with(""));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.id, "n1");
+        assert_eq!(config.secret.expose(), SECRET);
+        assert_eq!(config.network, DEFAULT_NETWORK);
+        assert!(config.listeners.is_empty());
+        assert!(config.peers.is_empty());
+        assert_eq!(config.web_api, None);
+        assert!(config.scripts.is_empty());
+        assert!(config.relay_network_whitelist.is_empty());
+        assert!(!config.relay_all_peer_rpc);
+        assert_eq!(config.foreign_relay_bps_limit, 0);
+        assert_eq!(config.log, None);
+        assert_eq!(config.data_dir, default_data_dir("n1", base()));
+        assert!(config.data_dir.ends_with("msgtier/n1"));
+        assert_eq!(config.heartbeat_interval_ms, DEFAULT_HEARTBEAT_INTERVAL_MS);
+        assert_eq!(config.peer_timeout_ms, DEFAULT_PEER_TIMEOUT_MS);
+        assert!(config.auto_connect);
+        assert_eq!(config.max_frame_bytes, 1_048_576);
+        assert!(config.metadata.is_empty());
+        assert_eq!(config.source, PathBuf::from("node.json"));
+    }
+
+    #[test]
+    fn null_means_default_for_optional_fields() {
+        let nulls = KNOWN_FIELDS
+            .iter()
+            .filter(|f| !matches!(**f, "id" | "secret"))
+            .map(|f| format!(r#""{f}": null"#))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(ok(&with(&nulls)).config, ok(&with("")).config);
+    }
+
+    #[test]
+    fn msgtier_readme_sample_loads() {
+        let text = r#"{
+          "id": "node-1",
+          "secret": "your-network-secret",
+          "listeners": [
+            "udp://0.0.0.0:5668",
+            "tcp://0.0.0.0:5669",
+            "ws://0.0.0.0:5670"
+            // "quic://0.0.0.0:5671"
+          ],
+          "peers": [
+            "udp://127.0.0.1:10101",
+            "tcp://127.0.0.1:10102",
+            "ws://127.0.0.1:10103"
+          ],
+          "web_api": "127.0.0.1:9000",
+          "scripts": {
+            "check_in": "./config/check_in.sh",
+            "chrome": "open /Applications/Google\\ Chrome.app",
+            "echo": "echo 'echo'"
+          },
+          "relay_network_whitelist": "*",
+          "relay_all_peer_rpc": true,
+          "foreign_relay_bps_limit": 1048576,
+          "log": "Debug",
+          "metadata": { "region": "cn-north" }
+        }"#;
+        let Loaded { config, warnings } = ok(text);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.id, "node-1");
+        let urls: Vec<String> = config.listeners.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            urls,
+            [
+                "udp://0.0.0.0:5668",
+                "tcp://0.0.0.0:5669",
+                "ws://0.0.0.0:5670"
+            ]
+        );
+        assert_eq!(config.peers.len(), 3);
+        assert_eq!(config.peers[2].transport, Transport::Ws);
+        assert_eq!(config.web_api, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            config.scripts["chrome"],
+            "open /Applications/Google\\ Chrome.app"
+        );
+        assert_eq!(config.relay_network_whitelist, vec!["*"]);
+        assert!(config.relay_all_peer_rpc);
+        assert_eq!(config.log, Some(log::LevelFilter::Debug));
+    }
+
+    #[test]
+    fn json5_comments_trailing_commas_and_unquoted_keys() {
+        let text = "// leading comment\n{\n  /* block */ id: 'n1', // trailing\n  secret: \"x\",\n  peers: ['tcp://1.2.3.4:5',],\n  metadata: {a: 'b',},\n}\n";
+        let c = ok(text).config;
+        assert_eq!(c.id, "n1");
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.metadata["a"], "b");
+    }
+
+    #[test]
+    fn unknown_and_msgtier_fields_warn() {
+        let Loaded { warnings, .. } = ok(&with(
+            r#""foo": 1, "listener": [], "upload_dir": "./uploads", "hot_reload": {"enable": true}, "disable_encryption": true"#,
+        ));
+        assert_eq!(
+            warnings,
+            vec![
+                "node.json: disable_encryption: encryption cannot be disabled in msgtier; field ignored",
+                r#"node.json: unknown field "foo" ignored"#,
+                "node.json: hot_reload: MsgTier field not used by msgtier; ignored",
+                r#"node.json: unknown field "listener" ignored (did you mean "listeners"?)"#,
+                "node.json: upload_dir: MsgTier field not used by msgtier; ignored",
+            ]
+        );
+        let Loaded { warnings, .. } = ok(&with(r#""disable_encryption": false"#));
+        assert_eq!(
+            warnings,
+            vec!["node.json: disable_encryption: ignored (encryption is always on)"]
+        );
+    }
+
+    #[test]
+    fn secret_never_printed() {
+        let loaded = ok(&with(
+            r#""listeners": ["tcp://0.0.0.0:1"], "log": "info", "web_api": "127.0.0.1:9000""#,
+        ));
+        let json = loaded.config.redacted_json();
+        let text = json.to_string();
+        assert!(!text.contains(SECRET), "{text}");
+        assert_eq!(json["secret"], REDACTED);
+        assert_eq!(json["listeners"][0], "tcp://0.0.0.0:1");
+        assert_eq!(json["log"], "info");
+        assert_eq!(json["web_api"], "127.0.0.1:9000");
+        assert_eq!(json["max_frame_bytes"], 1_048_576);
+        assert_eq!(json["source"], "node.json");
+        assert!(json["data_dir"].is_string());
+        // Every stored field is present.
+        for field in KNOWN_FIELDS.iter().chain(&["source"]) {
+            assert!(json.get(field).is_some(), "missing {field}");
+        }
+        assert!(!format!("{loaded:?}").contains(SECRET));
+        assert!(!format!("{:#?}", loaded.config).contains(SECRET));
+        assert_eq!(format!("{:?}", loaded.config.secret), REDACTED);
+        assert_eq!(
+            serde_json::to_value(&loaded.config.secret).unwrap(),
+            REDACTED
+        );
+        assert_eq!(ok(&with("")).config.redacted_json()["log"], Value::Null);
+    }
+
+    #[test]
+    fn relative_data_dir_resolved_against_base_dir() {
+        let dir = |s: &str| ok(&with(&format!(r#""data_dir": "{s}""#))).config.data_dir;
+        assert_eq!(dir("state"), PathBuf::from("/srv/msgtier/state"));
+        assert_eq!(dir("../x/y"), PathBuf::from("/srv/msgtier/../x/y"));
+        assert_eq!(dir("/var/lib/msgtier"), PathBuf::from("/var/lib/msgtier"));
+        if let Some(home) = dirs::home_dir() {
+            assert_eq!(dir("~/state"), home.join("state"));
+        }
+    }
+
+    #[test]
+    fn load_reads_a_file_and_resolves_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.json");
+        std::fs::write(&path, with(r#""data_dir": "data", "bogus": 1"#)).unwrap();
+        let Loaded { config, warnings } = load(&path).unwrap();
+        assert_eq!(config.id, "n1");
+        assert_eq!(config.source, path);
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        assert_eq!(
+            warnings,
+            vec![format!(
+                r#"{}: unknown field "bogus" ignored"#,
+                path.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn example_configs_load_without_warnings() {
+        let examples = [
+            (include_str!("../config/node1.json"), "1"),
+            (include_str!("../config/node2.json"), "2"),
+            (include_str!("../config/node3.json"), "3"),
+        ];
+        let mut loaded = Vec::new();
+        for (text, id) in examples {
+            let name = format!("config/node{id}.json");
+            let l = match parse(&name, text, Path::new("/repo/config")) {
+                Ok(l) => l,
+                Err(e) => panic!("{e}"),
+            };
+            assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+            let c = &l.config;
+            assert_eq!(c.id, id);
+            assert_eq!(c.secret.expose(), "change-me-example-secret");
+            assert_eq!(c.network, "example");
+            assert_eq!(
+                c.data_dir,
+                PathBuf::from(format!("/repo/config/../target/example-data/node{id}"))
+            );
+            assert_eq!(c.scripts["hello"], format!("echo hello from node {id}"));
+            assert_eq!(c.scripts["uptime"], "uptime");
+            assert_eq!((c.heartbeat_interval_ms, c.peer_timeout_ms), (2000, 6000));
+            assert_eq!(
+                c.web_api,
+                Some(format!("127.0.0.1:900{id}").parse().unwrap())
+            );
+            loaded.push(l.config);
+        }
+        let urls = |e: &[Endpoint]| e.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            urls(&loaded[0].listeners),
+            ["udp://127.0.0.1:6701", "tcp://127.0.0.1:6711"]
+        );
+        assert_eq!(urls(&loaded[0].peers), ["tcp://127.0.0.1:6712"]);
+        assert_eq!(
+            urls(&loaded[1].listeners),
+            [
+                "udp://127.0.0.1:6702",
+                "tcp://127.0.0.1:6712",
+                "ws://127.0.0.1:6722"
+            ]
+        );
+        assert!(loaded[1].peers.is_empty());
+        assert_eq!(
+            urls(&loaded[2].listeners),
+            ["udp://127.0.0.1:6703", "ws://127.0.0.1:6723"]
+        );
+        assert_eq!(
+            urls(&loaded[2].peers),
+            ["ws://127.0.0.1:6722", "udp://127.0.0.1:6702"]
+        );
+        // Every peer is one of node 2's listeners.
+        for peer in loaded[0].peers.iter().chain(&loaded[2].peers) {
+            assert!(loaded[1].listeners.contains(peer), "{peer}");
+        }
+    }
+}

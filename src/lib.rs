@@ -1,0 +1,22 @@
+//! msgtier: a self-hosted peer-to-peer messaging node.
+//!
+//! Map of the crate:
+//! - [`config`]: the node's JSON/JSON5 config, validated field by field.
+//! - [`wire`]: frames, sealed records, UDP datagrams and fragments (pure codec).
+//! - [`proto`]: pure protocol state machines: Noise handshake and membership proof
+//!   ([`proto::handshake`]), one link's lifecycle ([`proto::link`]), the known-node table and
+//!   duplicate rule ([`proto::peer_table`]), re-dial backoff ([`proto::backoff`]).
+//! - [`identity`], [`keys`]: the long-term X25519 identity and the key bundle links use.
+//! - [`actors`]: one actix actor per concern (listeners, peers, discovery, relay, crypto); they
+//!   move bytes and timers and call into `proto`.
+//! - [`api`]: the HTTP API. [`node`]: the composition root. [`metrics`]: counters.
+
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod identity;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod proto;
+pub mod wire;

@@ -1,0 +1,295 @@
+//! The composition root: which actor starts where, in what order, with what.
+//!
+//! Order: CryptoActor (identity, fails early on a bad key file) -> bind every listener socket
+//! (fails early, naming the listener) -> RelayActor -> DiscoveryActor (created first as an
+//! address so listeners can point at it) -> ListenerActors -> HTTP API. All node actors run on
+//! the one system arbiter, so messages between them never cross threads; actix-web runs its
+//! own worker threads and reaches the actors by address.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use log::{info, warn};
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::actors::crypto::CryptoActor;
+use crate::actors::discovery::DiscoveryActor;
+use crate::actors::listener::{ListenerActor, UdpEndpoint};
+use crate::actors::relay::RelayActor;
+use crate::api;
+use crate::config::{Config, Transport};
+use crate::identity::IdentityError;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::proto::backoff::{DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS};
+use crate::proto::link::{LocalInfo, Params};
+use crate::wire::record::RECORD_OVERHEAD;
+
+/// Upper bound on the Noise handshake plus hello/welcome. Ten seconds covers a slow link with
+/// several UDP retransmissions; it is further capped by `peer_timeout_ms`.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Inbound connections allowed to be handshaking at once. Each costs a few X25519 operations;
+/// beyond this, new ones are dropped (and counted) instead of queueing CPU work for a flood.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Software version reported in `hello` and `/status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What every actor of the node reads: config, identity, counters, clock. Immutable after start
+/// except for the counters and the id/random sources.
+pub struct NodeShared {
+    /// The loaded config.
+    pub config: Arc<Config>,
+    /// What the node says about itself in hello/welcome.
+    pub local: Arc<LocalInfo>,
+    /// Identity and network key.
+    pub keys: Arc<KeyRing>,
+    /// Counters for `/status`.
+    pub metrics: Arc<Metrics>,
+    /// The node's clock origin; protocol code sees milliseconds since this instant.
+    pub started: Instant,
+    /// Dialer backoff floor.
+    pub backoff_base_ms: u64,
+    /// Dialer backoff ceiling.
+    pub backoff_max_ms: u64,
+    next_link: AtomicU64,
+    handshaking: Arc<AtomicUsize>,
+    rng: Mutex<u64>,
+}
+
+/// A slot among [`MAX_PENDING_HANDSHAKES`]; released when dropped (also when its actor dies).
+pub struct HandshakeSlot(Arc<AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl NodeShared {
+    /// Milliseconds since the node started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A fresh id for a link attempt.
+    pub fn next_link_id(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A pseudo-random number for jitter and session indices (xorshift seeded from the OS;
+    /// nothing secret depends on it).
+    pub fn random_u64(&self) -> u64 {
+        let mut s = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut x = *s;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *s = x;
+        x
+    }
+
+    /// Takes a handshake slot for an inbound connection, if one is free.
+    pub fn try_handshake_slot(&self) -> Option<HandshakeSlot> {
+        let prev = self.handshaking.fetch_add(1, Ordering::Relaxed);
+        let slot = HandshakeSlot(self.handshaking.clone());
+        (prev < MAX_PENDING_HANDSHAKES).then_some(slot)
+    }
+
+    /// Link parameters for a stream (`datagram == false`) or UDP link.
+    pub fn link_params(&self, datagram: bool) -> Params {
+        Params {
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            peer_timeout_ms: self.config.peer_timeout_ms,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS.min(self.config.peer_timeout_ms),
+            max_frame_bytes: self.config.max_frame_bytes,
+            datagram,
+        }
+    }
+
+    /// Largest record on a stream transport: a frame plus sealing overhead.
+    pub fn max_record_bytes(&self) -> usize {
+        self.config.max_frame_bytes + RECORD_OVERHEAD
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The identity key could not be loaded or created.
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// A listener socket could not be bound.
+    #[error("{file}: listeners: cannot listen on {url}: {source}")]
+    Bind {
+        file: String,
+        url: String,
+        source: std::io::Error,
+    },
+    /// The HTTP API could not be bound.
+    #[error("{file}: web_api: cannot listen on {addr}: {source}")]
+    Http {
+        file: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// Shared state (counters, config).
+    pub shared: Arc<NodeShared>,
+    /// Bound HTTP API address, if any.
+    pub http_addr: Option<SocketAddr>,
+    /// Handle to stop the HTTP server.
+    pub http: Option<actix_web::dev::ServerHandle>,
+    /// The discovery actor.
+    pub discovery: Addr<DiscoveryActor>,
+}
+
+impl RunningNode {
+    /// Stops the HTTP server gracefully (actors stop with the system).
+    pub async fn stop(&self) {
+        if let Some(h) = &self.http {
+            h.stop(true).await;
+        }
+    }
+}
+
+enum Bound {
+    Stream(Transport, TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Starts every actor of a node on the current actix system.
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let file = config.source.display().to_string();
+    let crypto = CryptoActor::load(&config)?;
+    let keys = crypto.keys();
+    crypto.start();
+
+    let mut bound = Vec::new();
+    let mut listen_addrs = Vec::new();
+    for endpoint in &config.listeners {
+        let bind_err = |source| StartError::Bind {
+            file: file.clone(),
+            url: endpoint.to_string(),
+            source,
+        };
+        let Some(addr) = endpoint.socket_addr() else {
+            continue; // config validation only admits IP literals for listeners
+        };
+        let (b, local) = match endpoint.transport {
+            Transport::Udp => {
+                let s = UdpSocket::bind(addr).await.map_err(bind_err)?;
+                let local = s.local_addr().map_err(bind_err)?;
+                (Bound::Udp(s), local)
+            }
+            t => {
+                let l = TcpListener::bind(addr).await.map_err(bind_err)?;
+                let local = l.local_addr().map_err(bind_err)?;
+                (Bound::Stream(t, l), local)
+            }
+        };
+        listen_addrs.push(format!("{}://{local}", endpoint.transport));
+        bound.push(b);
+    }
+    // Dialling `udp://` peers needs a socket; without a UDP listener of that family, an
+    // unadvertised ephemeral one serves (IPv4 only).
+    let has_udp4 = bound
+        .iter()
+        .any(|b| matches!(b, Bound::Udp(s) if s.local_addr().is_ok_and(|a| a.is_ipv4())));
+    if !has_udp4 {
+        match UdpSocket::bind("0.0.0.0:0").await {
+            Ok(s) => bound.push(Bound::Udp(s)),
+            Err(e) => warn!("no UDP socket for dialling udp:// peers: {e}"),
+        }
+    }
+
+    let seed = {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| StartError::Identity(IdentityError::Random(e)))?;
+        u64::from_le_bytes(b) | 1
+    };
+    let local = Arc::new(LocalInfo {
+        node_id: config.id.clone(),
+        network: config.network.clone(),
+        version: VERSION.to_string(),
+        boot_id: seed.rotate_left(17),
+        listen_addrs,
+    });
+    let shared = Arc::new(NodeShared {
+        config: Arc::new(config),
+        local,
+        keys,
+        metrics: Arc::new(Metrics::default()),
+        started: Instant::now(),
+        backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
+        backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+        next_link: AtomicU64::new(0),
+        handshaking: Arc::new(AtomicUsize::new(0)),
+        rng: Mutex::new(seed),
+    });
+
+    let relay = RelayActor::default().start();
+    let discovery_ctx = Context::<DiscoveryActor>::new();
+    let discovery = discovery_ctx.address();
+    let mut udp = Vec::new();
+    for b in bound {
+        let started = match b {
+            Bound::Stream(t, l) => ListenerActor::stream(shared.clone(), discovery.clone(), t, l)
+                .map(|a| (a.start(), None)),
+            Bound::Udp(s) => {
+                let local = s.local_addr();
+                ListenerActor::udp(shared.clone(), discovery.clone(), s)
+                    .and_then(|a| Ok((a.start(), Some(local?))))
+            }
+        };
+        match started {
+            Ok((addr, Some(local))) => udp.push(UdpEndpoint { local, addr }),
+            Ok(_) => {}
+            Err(e) => warn!("listener: {e}"),
+        }
+    }
+    discovery_ctx.run(DiscoveryActor::new(shared.clone(), relay.clone(), udp));
+    info!(
+        "node {} (network {}) listening on {}",
+        shared.local.node_id,
+        shared.local.network,
+        if shared.local.listen_addrs.is_empty() {
+            "nothing".to_string()
+        } else {
+            shared.local.listen_addrs.join(", ")
+        }
+    );
+
+    let (http_addr, http) = match shared.config.web_api {
+        Some(addr) => {
+            let state = api::ApiState {
+                node: shared.clone(),
+                discovery: discovery.clone(),
+                relay,
+            };
+            let (server, bound) = api::serve(state, addr).map_err(|source| StartError::Http {
+                file: file.clone(),
+                addr,
+                source,
+            })?;
+            info!("HTTP API on http://{bound}");
+            let handle = server.handle();
+            actix::spawn(server);
+            (Some(bound), Some(handle))
+        }
+        None => (None, None),
+    };
+    Ok(RunningNode {
+        shared,
+        http_addr,
+        http,
+        discovery,
+    })
+}

@@ -1,0 +1,1214 @@
+//! One link's protocol, sans-io: Noise handshake, membership proof, hello/welcome, heartbeat.
+//!
+//! A [`Link`] is driven by the PeerActor that owns the socket. The actor feeds it what arrived
+//! ([`Link::handle_stream_message`] for TCP/WebSocket, [`Link::handle_datagram`] for UDP) and the
+//! current time ([`Link::handle_timeout`]), then drains what the link wants sent
+//! ([`Link::poll_transmit`]) and what happened ([`Link::poll_event`]). The link never touches a
+//! socket or a clock, so everything here is tested on byte vectors and simulated milliseconds.
+//!
+//! Lifecycle (see `docs/PROTOCOL.md`):
+//! 1. `Handshaking`: Noise XX, three messages; nothing else is accepted.
+//! 2. `Proving`: transport keys are up; the dialer sends `hello`, the listener checks it, asks its
+//!    owner to admit the peer ([`Event::HelloVerified`]) and answers `welcome`, which the dialer
+//!    checks the same way. Each side's proof is a MAC over the handshake hash and its role.
+//! 3. `Active`: pings every heartbeat, RTT from pongs, closed when nothing is heard for the timeout.
+//! 4. `Closed`: terminal; the cause comes out as [`Event::Closed`].
+//!
+//! Over UDP (datagram mode) the handshake and hello are retransmitted with a doubling interval,
+//! duplicates are answered idempotently, and every frame travels as fragments sealed one per
+//! record, so reordering and loss are survived.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::keys::KeyRing;
+use crate::proto::handshake::{Handshake, Role};
+use crate::wire::fragment::{self, Reassembler};
+use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
+use crate::wire::record::{Opener, Sealer};
+use crate::wire::udp::MAX_DATAGRAM_BYTES;
+
+/// First retransmission of a handshake datagram. 200 ms is above a LAN or loopback RTT and
+/// below what a user notices; it doubles per try.
+pub const RETRANSMIT_INITIAL_MS: u64 = 200;
+/// Ceiling for the retransmission interval.
+pub const RETRANSMIT_MAX_MS: u64 = 2_000;
+
+/// Timing and size parameters of a link, taken from the node's config.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Send a ping this often once Active.
+    pub heartbeat_interval_ms: u64,
+    /// Close when nothing authenticated was heard for this long.
+    pub peer_timeout_ms: u64,
+    /// Give up if the handshake and hello/welcome are not done within this time.
+    pub handshake_timeout_ms: u64,
+    /// Largest encoded frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// UDP: fragment frames into datagram-sized records and retransmit the handshake.
+    pub datagram: bool,
+}
+
+/// What this node says about itself in `hello` and `welcome`.
+#[derive(Debug, Clone)]
+pub struct LocalInfo {
+    /// This node's id.
+    pub node_id: String,
+    /// This node's network name.
+    pub network: String,
+    /// Software version.
+    pub version: String,
+    /// Random per process start.
+    pub boot_id: u64,
+    /// Listener URLs to advertise.
+    pub listen_addrs: Vec<String>,
+}
+
+/// Bytes that arrived on a datagram transport, already classified by its header.
+#[derive(Debug, Clone, Copy)]
+pub enum Packet<'a> {
+    /// Noise handshake message number `step` (1, 2 or 3).
+    Handshake { step: u8, bytes: &'a [u8] },
+    /// A sealed record.
+    Record(&'a [u8]),
+}
+
+/// Bytes the link wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// Noise handshake message number `step` (1, 2 or 3).
+    Handshake { step: u8, bytes: Vec<u8> },
+    /// A sealed record.
+    Record(Vec<u8>),
+}
+
+/// What the welcome told the dialer besides the listener's own hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeInfo {
+    /// The address the listener saw us come from.
+    pub observed_addr: String,
+    /// Nodes the listener knows.
+    pub known: Vec<NodeInfo>,
+}
+
+/// Why a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// We refused or closed the link and told the peer why.
+    Refused(CloseReason),
+    /// The peer closed the link and told us why.
+    ClosedByPeer(CloseReason),
+    /// A record failed to open or a frame failed to decode.
+    BadFrame(String),
+    /// A frame was larger than `max_frame_bytes`.
+    Oversize,
+    /// The Noise handshake failed.
+    Handshake(String),
+    /// The handshake or the peer went silent for too long.
+    Timeout,
+    /// The socket closed under us.
+    TransportClosed,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Refused(r) => write!(f, "refused by us: {}", r.as_str()),
+            Cause::ClosedByPeer(r) => write!(f, "closed by peer: {}", r.as_str()),
+            Cause::BadFrame(d) => write!(f, "bad frame: {d}"),
+            Cause::Oversize => write!(f, "oversized frame"),
+            Cause::Handshake(d) => write!(f, "handshake failed: {d}"),
+            Cause::Timeout => write!(f, "timed out"),
+            Cause::TransportClosed => write!(f, "connection closed"),
+        }
+    }
+}
+
+/// What happened on the link, for its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Listener side: the dialer proved membership. Call [`Link::admit`] or [`Link::refuse`].
+    HelloVerified(Box<Hello>),
+    /// The link is Active. `welcome` is set on the dialer's side.
+    Up {
+        hello: Box<Hello>,
+        welcome: Option<WelcomeInfo>,
+    },
+    /// A frame for the layers above (none in this protocol version besides the link's own).
+    Frame(Box<Frame>),
+    /// The link is closed; nothing more will happen.
+    Closed(Cause),
+}
+
+/// Round-trip statistics from pongs, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rtt {
+    pub last_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+    pub sum_us: u64,
+    pub samples: u64,
+}
+
+impl Rtt {
+    fn record(&mut self, us: u64) {
+        if self.samples == 0 || us < self.min_us {
+            self.min_us = us;
+        }
+        self.max_us = self.max_us.max(us);
+        self.last_us = us;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.samples += 1;
+    }
+
+    /// Mean RTT, if any sample was taken.
+    pub fn avg_us(&self) -> Option<u64> {
+        self.sum_us.checked_div(self.samples)
+    }
+}
+
+/// Coarse state, as shown on `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Handshaking,
+    Proving,
+    Active,
+    Closed,
+}
+
+/// Datagram-mode retransmission of the last flight.
+#[derive(Debug)]
+struct Retransmit {
+    /// When to resend next.
+    due_ms: u64,
+    /// Current interval, doubling up to [`RETRANSMIT_MAX_MS`].
+    interval_ms: u64,
+}
+
+impl Retransmit {
+    fn start(now_ms: u64) -> Self {
+        Retransmit {
+            due_ms: now_ms + RETRANSMIT_INITIAL_MS,
+            interval_ms: RETRANSMIT_INITIAL_MS,
+        }
+    }
+
+    fn backoff(&mut self, now_ms: u64) {
+        self.interval_ms = (self.interval_ms * 2).min(RETRANSMIT_MAX_MS);
+        self.due_ms = now_ms + self.interval_ms;
+    }
+}
+
+/// Keys and facts from a finished Noise handshake.
+#[derive(Debug)]
+struct Session {
+    sealer: Sealer,
+    opener: Opener,
+    remote_static: [u8; 32],
+    handshake_hash: [u8; 32],
+}
+
+/// What the proving phase is waiting for.
+#[derive(Debug)]
+enum Awaiting {
+    /// Dialer: the listener's welcome. Keeps msg 3 to retransmit over UDP.
+    Welcome {
+        msg3: Vec<u8>,
+        retransmit: Option<Retransmit>,
+    },
+    /// Listener: the dialer's hello.
+    Hello,
+    /// Listener: the owner's decision on a verified hello.
+    Admission(Box<Hello>),
+}
+
+#[derive(Debug)]
+enum State {
+    Handshaking {
+        hs: Box<Handshake>,
+        /// Last handshake message we sent, to answer a retransmitted one (UDP).
+        last_sent: Option<Transmit>,
+        retransmit: Option<Retransmit>,
+    },
+    Proving {
+        session: Session,
+        awaiting: Awaiting,
+    },
+    Active {
+        session: Session,
+        peer: Box<Hello>,
+        /// Welcome frame we sent (listener side), resent if the dialer's hello is retransmitted.
+        welcome: Option<Box<Frame>>,
+        last_heard_ms: u64,
+        next_ping_ms: u64,
+        /// Nonce and send time of the ping we await a pong for.
+        outstanding: Option<(u64, u64)>,
+        next_nonce: u64,
+        rtt: Rtt,
+    },
+    Closed,
+}
+
+/// The protocol of one link. See the module docs.
+#[derive(Debug)]
+pub struct Link {
+    params: Params,
+    local: Arc<LocalInfo>,
+    keys: Arc<KeyRing>,
+    role: Role,
+    state: State,
+    /// When the link was created; bounds the handshake.
+    created_ms: u64,
+    /// Datagram mode: id of the next fragmented message.
+    next_msg_id: u32,
+    /// Datagram mode: reassembly of fragmented frames.
+    reassembler: Option<Reassembler>,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Link {
+    /// Starts the dialer's side; the first handshake message is ready in the outbox.
+    pub fn dial(
+        params: Params,
+        local: Arc<LocalInfo>,
+        keys: Arc<KeyRing>,
+        now_ms: u64,
+    ) -> Result<Link, Cause> {
+        let (hs, msg1) =
+            Handshake::initiator(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
+        let first = Transmit::Handshake {
+            step: 1,
+            bytes: msg1,
+        };
+        let mut link = Link::new(params, local, keys, Role::Initiator, now_ms, hs);
+        link.outbox.push_back(first.clone());
+        if let State::Handshaking {
+            last_sent,
+            retransmit,
+            ..
+        } = &mut link.state
+        {
+            *last_sent = Some(first);
+            *retransmit = link.params.datagram.then(|| Retransmit::start(now_ms));
+        }
+        Ok(link)
+    }
+
+    /// Starts the listener's side; it waits for the dialer's first message.
+    pub fn accept(
+        params: Params,
+        local: Arc<LocalInfo>,
+        keys: Arc<KeyRing>,
+        now_ms: u64,
+    ) -> Result<Link, Cause> {
+        let hs =
+            Handshake::responder(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
+        Ok(Link::new(params, local, keys, Role::Responder, now_ms, hs))
+    }
+
+    fn new(
+        params: Params,
+        local: Arc<LocalInfo>,
+        keys: Arc<KeyRing>,
+        role: Role,
+        now_ms: u64,
+        hs: Handshake,
+    ) -> Link {
+        let reassembler = params
+            .datagram
+            .then(|| Reassembler::new(params.max_frame_bytes));
+        Link {
+            params,
+            local,
+            keys,
+            role,
+            state: State::Handshaking {
+                hs: Box::new(hs),
+                last_sent: None,
+                retransmit: None,
+            },
+            created_ms: now_ms,
+            next_msg_id: 0,
+            reassembler,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Which side of the handshake we are.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Coarse state.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Handshaking { .. } => Phase::Handshaking,
+            State::Proving { .. } => Phase::Proving,
+            State::Active { .. } => Phase::Active,
+            State::Closed => Phase::Closed,
+        }
+    }
+
+    /// RTT statistics once Active.
+    pub fn rtt(&self) -> Option<Rtt> {
+        match &self.state {
+            State::Active { rtt, .. } if rtt.samples > 0 => Some(*rtt),
+            _ => None,
+        }
+    }
+
+    /// When something authenticated was last heard, once Active.
+    pub fn last_heard_ms(&self) -> Option<u64> {
+        match &self.state {
+            State::Active { last_heard_ms, .. } => Some(*last_heard_ms),
+            _ => None,
+        }
+    }
+
+    /// The peer's hello once Active.
+    pub fn peer(&self) -> Option<&Hello> {
+        match &self.state {
+            State::Active { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Next thing to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest time [`Link::handle_timeout`] must be called.
+    pub fn next_timeout(&self) -> Option<u64> {
+        let handshake_deadline = self.created_ms + self.params.handshake_timeout_ms;
+        match &self.state {
+            State::Handshaking { retransmit, .. } => Some(
+                retransmit
+                    .as_ref()
+                    .map_or(handshake_deadline, |r| r.due_ms.min(handshake_deadline)),
+            ),
+            State::Proving { awaiting, .. } => match awaiting {
+                Awaiting::Welcome {
+                    retransmit: Some(r),
+                    ..
+                } => Some(r.due_ms.min(handshake_deadline)),
+                _ => Some(handshake_deadline),
+            },
+            State::Active {
+                last_heard_ms,
+                next_ping_ms,
+                ..
+            } => Some((*next_ping_ms).min(last_heard_ms + self.params.peer_timeout_ms)),
+            State::Closed => None,
+        }
+    }
+
+    /// Drives timers: retransmissions, handshake deadline, pings, peer timeout.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let handshake_expired = now_ms >= self.created_ms + self.params.handshake_timeout_ms;
+        match &mut self.state {
+            State::Handshaking { .. } | State::Proving { .. } if handshake_expired => {
+                self.close_silently(Cause::Timeout);
+            }
+            State::Handshaking {
+                last_sent: Some(msg),
+                retransmit: Some(r),
+                ..
+            } => {
+                if now_ms >= r.due_ms {
+                    r.backoff(now_ms);
+                    self.outbox.push_back(msg.clone());
+                }
+            }
+            State::Proving {
+                awaiting:
+                    Awaiting::Welcome {
+                        msg3,
+                        retransmit: Some(r),
+                    },
+                ..
+            } => {
+                if now_ms >= r.due_ms {
+                    r.backoff(now_ms);
+                    let msg3 = Transmit::Handshake {
+                        step: 3,
+                        bytes: msg3.clone(),
+                    };
+                    self.outbox.push_back(msg3);
+                    let hello = Frame::Hello(self.own_hello());
+                    self.send_frame_internal(&hello);
+                }
+            }
+            State::Active {
+                last_heard_ms,
+                next_ping_ms,
+                outstanding,
+                next_nonce,
+                ..
+            } => {
+                if now_ms >= *last_heard_ms + self.params.peer_timeout_ms {
+                    self.close_silently(Cause::Timeout);
+                    return;
+                }
+                if now_ms >= *next_ping_ms {
+                    let nonce = *next_nonce;
+                    *next_nonce += 1;
+                    *outstanding = Some((nonce, now_ms));
+                    *next_ping_ms = now_ms + self.params.heartbeat_interval_ms;
+                    self.send_frame_internal(&Frame::Ping { nonce });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from a stream transport (TCP, WebSocket): handshake messages first, records after.
+    pub fn handle_stream_message(&mut self, now_ms: u64, bytes: &[u8]) {
+        let packet = match &self.state {
+            State::Handshaking { last_sent, .. } => {
+                // On a stream each message arrives once and in order.
+                let step = match (self.role, last_sent) {
+                    (Role::Initiator, _) => 2,
+                    (Role::Responder, None) => 1,
+                    (Role::Responder, Some(_)) => 3,
+                };
+                Packet::Handshake { step, bytes }
+            }
+            _ => Packet::Record(bytes),
+        };
+        self.handle_datagram(now_ms, packet);
+    }
+
+    /// A classified packet (UDP) or a stream message.
+    pub fn handle_datagram(&mut self, now_ms: u64, packet: Packet<'_>) {
+        match packet {
+            Packet::Handshake { step, bytes } => self.on_handshake(now_ms, step, bytes),
+            Packet::Record(record) => self.on_record(now_ms, record),
+        }
+    }
+
+    /// The owner admits the peer whose hello was verified: send `welcome`, go Active.
+    pub fn admit(&mut self, now_ms: u64, observed_addr: String, known: Vec<NodeInfo>) {
+        let State::Proving {
+            awaiting: Awaiting::Admission(_),
+            ..
+        } = &self.state
+        else {
+            return;
+        };
+        let State::Proving {
+            session,
+            awaiting: Awaiting::Admission(hello),
+        } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("checked above");
+        };
+        let welcome = Frame::Welcome(Welcome {
+            hello: self.own_hello_for(&session),
+            observed_addr,
+            known,
+        });
+        self.state = Link::active(session, hello.clone(), now_ms, self.params.heartbeat_interval_ms);
+        if !self.send_frame_internal(&welcome) {
+            return;
+        }
+        if let State::Active { welcome: w, .. } = &mut self.state {
+            *w = Some(Box::new(welcome));
+        }
+        self.events.push_back(Event::Up {
+            hello,
+            welcome: None,
+        });
+        self.ping_now(now_ms);
+    }
+
+    /// Closes the link, telling the peer why (if keys are up).
+    pub fn refuse(&mut self, reason: CloseReason) {
+        self.close_with(reason);
+    }
+
+    /// Seals and queues a frame for the peer. Only once Active.
+    pub fn send_frame(&mut self, frame: &Frame) -> Result<(), Cause> {
+        if self.phase() != Phase::Active {
+            return Err(Cause::TransportClosed);
+        }
+        if self.send_frame_internal(frame) {
+            Ok(())
+        } else {
+            Err(Cause::Oversize)
+        }
+    }
+
+    /// The transport under the link closed.
+    pub fn transport_closed(&mut self) {
+        self.close_silently(Cause::TransportClosed);
+    }
+
+    /// Reports a transport-level failure (e.g. an oversized length prefix) and closes.
+    pub fn transport_error(&mut self, cause: Cause) {
+        self.close_silently(cause);
+    }
+
+    // ---- handshake ----
+
+    fn on_handshake(&mut self, now_ms: u64, step: u8, msg: &[u8]) {
+        let State::Handshaking { hs, last_sent, .. } = &mut self.state else {
+            // A retransmitted handshake message after we moved on: the peer missed our answer
+            // only if we are the listener still waiting for hello; msg 3 duplicates are harmless.
+            return;
+        };
+        let expected = match (self.role, &last_sent) {
+            (Role::Initiator, _) => 2,
+            (Role::Responder, None) => 1,
+            (Role::Responder, Some(_)) => 3,
+        };
+        if step != expected {
+            // UDP: a repeated msg 1 means our msg 2 was lost; answer with the same bytes.
+            // Anything else out of order is a stale duplicate and is dropped.
+            if let (Role::Responder, 1, Some(sent)) = (self.role, step, last_sent.as_ref()) {
+                let again = sent.clone();
+                self.outbox.push_back(again);
+            }
+            return;
+        }
+        let reply = match hs.read_message(msg) {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.close_silently(Cause::Handshake(e.to_string()));
+                return;
+            }
+        };
+        if let Some(bytes) = reply {
+            let step = if self.role == Role::Initiator { 3 } else { 2 };
+            let t = Transmit::Handshake { step, bytes };
+            self.outbox.push_back(t.clone());
+            *last_sent = Some(t);
+        }
+        if !hs.is_finished() {
+            return;
+        }
+        let State::Handshaking { hs, last_sent, .. } =
+            std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("matched above");
+        };
+        let est = match hs.finish() {
+            Ok(est) => est,
+            Err(e) => {
+                self.close_silently(Cause::Handshake(e.to_string()));
+                return;
+            }
+        };
+        let session = Session {
+            sealer: Sealer::new(*est.send_key),
+            opener: Opener::new(*est.recv_key),
+            remote_static: est.remote_static,
+            handshake_hash: est.handshake_hash,
+        };
+        match self.role {
+            Role::Initiator => {
+                let msg3 = match last_sent {
+                    Some(Transmit::Handshake { bytes, .. }) => bytes,
+                    _ => Vec::new(),
+                };
+                let retransmit = self.params.datagram.then(|| Retransmit::start(now_ms));
+                let hello = Frame::Hello(self.own_hello_for(&session));
+                self.state = State::Proving {
+                    session,
+                    awaiting: Awaiting::Welcome { msg3, retransmit },
+                };
+                self.send_frame_internal(&hello);
+            }
+            Role::Responder => {
+                self.state = State::Proving {
+                    session,
+                    awaiting: Awaiting::Hello,
+                };
+            }
+        }
+    }
+
+    // ---- records ----
+
+    fn on_record(&mut self, now_ms: u64, record: &[u8]) {
+        let session = match &mut self.state {
+            State::Proving { session, .. } | State::Active { session, .. } => session,
+            // Records before the handshake finished (UDP reordering) or after close: drop.
+            State::Handshaking { .. } | State::Closed => return,
+        };
+        let plaintext = match session.opener.open(record) {
+            Ok(p) => p,
+            Err(e) => {
+                if self.params.datagram {
+                    // A UDP source address is trivially spoofed: a bad datagram must not let a
+                    // stranger close our link. It is dropped (and counted by the owner).
+                    return;
+                }
+                self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string()));
+                return;
+            }
+        };
+        let frame_bytes = if let Some(r) = &mut self.reassembler {
+            match r.push(now_ms, &plaintext) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => {
+                    self.mark_heard(now_ms);
+                    return;
+                }
+                Err(e) => {
+                    let cause = if matches!(e, crate::wire::WireError::Oversize { .. }) {
+                        Cause::Oversize
+                    } else {
+                        Cause::BadFrame(e.to_string())
+                    };
+                    // Authenticated, so it really came from the peer: a protocol violation.
+                    self.close_with_cause(CloseReason::BadFrame, cause);
+                    return;
+                }
+            }
+        } else {
+            plaintext
+        };
+        if frame_bytes.len() > self.params.max_frame_bytes {
+            self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
+            return;
+        }
+        let frame = match Frame::decode(&frame_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string()));
+                return;
+            }
+        };
+        self.mark_heard(now_ms);
+        self.on_frame(now_ms, frame);
+    }
+
+    fn mark_heard(&mut self, now_ms: u64) {
+        if let State::Active { last_heard_ms, .. } = &mut self.state {
+            *last_heard_ms = now_ms;
+        }
+    }
+
+    fn on_frame(&mut self, now_ms: u64, frame: Frame) {
+        if let Frame::Close { reason } = frame {
+            self.close_silently(Cause::ClosedByPeer(reason));
+            return;
+        }
+        match &mut self.state {
+            State::Proving {
+                awaiting: Awaiting::Hello,
+                ..
+            } => match frame {
+                Frame::Hello(hello) => self.on_hello(hello),
+                other => self.protocol_violation(&other, "hello"),
+            },
+            State::Proving {
+                awaiting: Awaiting::Welcome { .. },
+                ..
+            } => match frame {
+                Frame::Welcome(welcome) => self.on_welcome(now_ms, welcome),
+                other => self.protocol_violation(&other, "welcome"),
+            },
+            // A retransmitted hello while the owner decides: ignore.
+            State::Proving {
+                awaiting: Awaiting::Admission(_),
+                ..
+            } => {}
+            State::Active {
+                welcome,
+                outstanding,
+                rtt,
+                ..
+            } => match frame {
+                Frame::Ping { nonce } => {
+                    self.send_frame_internal(&Frame::Pong { nonce });
+                }
+                Frame::Pong { nonce } => {
+                    if let Some((n, sent_ms)) = *outstanding {
+                        if n == nonce {
+                            *outstanding = None;
+                            rtt.record(now_ms.saturating_sub(sent_ms) * 1000);
+                        }
+                    }
+                }
+                Frame::Hello(_) if self.role == Role::Responder => {
+                    // The dialer did not get our welcome (UDP loss): send it again.
+                    if let Some(w) = welcome.clone() {
+                        self.send_frame_internal(&w);
+                    }
+                }
+                Frame::Hello(_) | Frame::Welcome(_) => {}
+                other => self.events.push_back(Event::Frame(Box::new(other))),
+            },
+            State::Handshaking { .. } | State::Closed => {}
+        }
+    }
+
+    fn protocol_violation(&mut self, got: &Frame, expected: &str) {
+        let detail = format!("expected {expected}, got {}", got.kind());
+        self.close_with_cause(CloseReason::Protocol, Cause::BadFrame(detail));
+    }
+
+    /// Checks a peer's hello (ours to verify: its proof is for the peer's role).
+    fn verify_hello(&self, session: &Session, hello: &Hello) -> Result<(), CloseReason> {
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(CloseReason::Protocol);
+        }
+        if hello.network != self.local.network {
+            return Err(CloseReason::Foreign);
+        }
+        if !self.keys.network_key.verify(
+            self.role.peer(),
+            &session.handshake_hash,
+            &hello.proof,
+        ) {
+            return Err(CloseReason::WrongSecret);
+        }
+        if hello.public_key != session.remote_static {
+            return Err(CloseReason::KeyMismatch);
+        }
+        if hello.node_id == self.local.node_id {
+            return Err(CloseReason::Protocol);
+        }
+        Ok(())
+    }
+
+    fn on_hello(&mut self, hello: Hello) {
+        let State::Proving { session, .. } = &self.state else {
+            return;
+        };
+        if let Err(reason) = self.verify_hello(session, &hello) {
+            self.close_with(reason);
+            return;
+        }
+        let hello = Box::new(hello);
+        if let State::Proving { awaiting, .. } = &mut self.state {
+            *awaiting = Awaiting::Admission(hello.clone());
+        }
+        self.events.push_back(Event::HelloVerified(hello));
+    }
+
+    fn on_welcome(&mut self, now_ms: u64, welcome: Welcome) {
+        let State::Proving { session, .. } = &self.state else {
+            return;
+        };
+        if let Err(reason) = self.verify_hello(session, &welcome.hello) {
+            self.close_with(reason);
+            return;
+        }
+        let State::Proving { session, .. } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            unreachable!("matched above");
+        };
+        let hello = Box::new(welcome.hello);
+        self.state = Link::active(session, hello.clone(), now_ms, self.params.heartbeat_interval_ms);
+        self.events.push_back(Event::Up {
+            hello,
+            welcome: Some(WelcomeInfo {
+                observed_addr: welcome.observed_addr,
+                known: welcome.known,
+            }),
+        });
+        self.ping_now(now_ms);
+    }
+
+    fn active(session: Session, peer: Box<Hello>, now_ms: u64, heartbeat_ms: u64) -> State {
+        State::Active {
+            session,
+            peer,
+            welcome: None,
+            last_heard_ms: now_ms,
+            next_ping_ms: now_ms + heartbeat_ms,
+            outstanding: None,
+            next_nonce: 0,
+            rtt: Rtt::default(),
+        }
+    }
+
+    /// First ping right away, so an RTT shows up without waiting a heartbeat.
+    fn ping_now(&mut self, now_ms: u64) {
+        if let State::Active { next_ping_ms, .. } = &mut self.state {
+            *next_ping_ms = now_ms;
+        }
+        self.handle_timeout(now_ms);
+    }
+
+    fn own_hello(&self) -> Hello {
+        match &self.state {
+            State::Proving { session, .. } | State::Active { session, .. } => {
+                self.own_hello_for(session)
+            }
+            _ => self.own_hello_with_hash(&[0; 32]),
+        }
+    }
+
+    fn own_hello_for(&self, session: &Session) -> Hello {
+        self.own_hello_with_hash(&session.handshake_hash)
+    }
+
+    fn own_hello_with_hash(&self, handshake_hash: &[u8; 32]) -> Hello {
+        Hello {
+            node_id: self.local.node_id.clone(),
+            network: self.local.network.clone(),
+            version: self.local.version.clone(),
+            protocol: PROTOCOL_VERSION,
+            public_key: self.keys.identity.public(),
+            boot_id: self.local.boot_id,
+            listen_addrs: self.local.listen_addrs.clone(),
+            proof: self.keys.network_key.proof(self.role, handshake_hash),
+        }
+    }
+
+    /// Encodes, fragments (UDP) and seals a frame into the outbox. False if it could not be sent
+    /// (too large, or no keys yet); a failure to seal closes the link.
+    fn send_frame_internal(&mut self, frame: &Frame) -> bool {
+        let bytes = frame.encode();
+        if bytes.len() > self.params.max_frame_bytes {
+            return false;
+        }
+        let session = match &mut self.state {
+            State::Proving { session, .. } | State::Active { session, .. } => session,
+            _ => return false,
+        };
+        let pieces = if self.params.datagram {
+            let id = self.next_msg_id;
+            self.next_msg_id = self.next_msg_id.wrapping_add(1);
+            match fragment::split(id, &bytes, fragment::max_chunk(MAX_DATAGRAM_BYTES)) {
+                Ok(p) => p,
+                Err(_) => return false,
+            }
+        } else {
+            vec![bytes]
+        };
+        for piece in pieces {
+            let mut out = Vec::with_capacity(piece.len() + crate::wire::record::RECORD_OVERHEAD);
+            if session.sealer.seal(&piece, &mut out).is_err() {
+                self.close_silently(Cause::Refused(CloseReason::Protocol));
+                return false;
+            }
+            self.outbox.push_back(Transmit::Record(out));
+        }
+        true
+    }
+
+    /// Sends `close` (when keys are up) and ends the link, reporting it as our refusal.
+    fn close_with(&mut self, reason: CloseReason) {
+        self.close_with_cause(reason, Cause::Refused(reason));
+    }
+
+    fn close_with_cause(&mut self, reason: CloseReason, cause: Cause) {
+        if matches!(self.state, State::Proving { .. } | State::Active { .. }) {
+            self.send_frame_internal(&Frame::Close { reason });
+        }
+        self.close_silently(cause);
+    }
+
+    fn close_silently(&mut self, cause: Cause) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.state = State::Closed;
+        self.events.push_back(Event::Closed(cause));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::proto::handshake::NetworkKey;
+
+    fn params(datagram: bool) -> Params {
+        Params {
+            heartbeat_interval_ms: 1_000,
+            peer_timeout_ms: 3_000,
+            handshake_timeout_ms: 5_000,
+            max_frame_bytes: 1 << 20,
+            datagram,
+        }
+    }
+
+    fn node(id: &str, network: &str, secret: &str) -> (Arc<LocalInfo>, Arc<KeyRing>) {
+        let local = Arc::new(LocalInfo {
+            node_id: id.into(),
+            network: network.into(),
+            version: "test".into(),
+            boot_id: 7,
+            listen_addrs: vec![format!("tcp://127.0.0.1:{}", 1000 + id.len())],
+        });
+        let keys = Arc::new(KeyRing {
+            identity: Identity::generate().expect("rng"),
+            network_key: NetworkKey::derive(network, secret),
+        });
+        (local, keys)
+    }
+
+    struct Pair {
+        a: Link,
+        b: Link,
+        now: u64,
+    }
+
+    fn pair(datagram: bool, b_network: &str, b_secret: &str) -> Pair {
+        let (la, ka) = node("a", "net", "s3cret");
+        let (lb, kb) = node("b", b_network, b_secret);
+        Pair {
+            a: Link::dial(params(datagram), la, ka, 0).expect("dial"),
+            b: Link::accept(params(datagram), lb, kb, 0).expect("accept"),
+            now: 0,
+        }
+    }
+
+    fn deliver(from: &mut Link, to: &mut Link, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(t) = from.poll_transmit() {
+            n += 1;
+            match t {
+                Transmit::Handshake { step, bytes } => to.handle_datagram(
+                    now,
+                    Packet::Handshake {
+                        step,
+                        bytes: &bytes,
+                    },
+                ),
+                Transmit::Record(bytes) => to.handle_datagram(now, Packet::Record(&bytes)),
+            }
+        }
+        n
+    }
+
+    /// Pumps both directions until quiet, admitting the dialer when asked.
+    fn run(p: &mut Pair) -> (Vec<Event>, Vec<Event>) {
+        let (mut ea, mut eb) = (Vec::new(), Vec::new());
+        loop {
+            let moved = deliver(&mut p.a, &mut p.b, p.now) + deliver(&mut p.b, &mut p.a, p.now);
+            while let Some(e) = p.b.poll_event() {
+                if let Event::HelloVerified(_) = e {
+                    p.b.admit(p.now, "tcp://10.0.0.1:5".into(), vec![]);
+                }
+                eb.push(e);
+            }
+            while let Some(e) = p.a.poll_event() {
+                ea.push(e);
+            }
+            if moved == 0 {
+                return (ea, eb);
+            }
+        }
+    }
+
+    #[test]
+    fn right_secret_comes_up_on_both_sides() {
+        for datagram in [false, true] {
+            let mut p = pair(datagram, "net", "s3cret");
+            let (ea, eb) = run(&mut p);
+            assert_eq!(p.a.phase(), Phase::Active, "datagram={datagram}");
+            assert_eq!(p.b.phase(), Phase::Active);
+            let Some(Event::Up {
+                hello,
+                welcome: Some(w),
+            }) = ea.iter().find(|e| matches!(e, Event::Up { .. }))
+            else {
+                panic!("dialer got no Up: {ea:?}");
+            };
+            assert_eq!(hello.node_id, "b");
+            assert_eq!(w.observed_addr, "tcp://10.0.0.1:5");
+            assert!(eb.iter().any(|e| matches!(e, Event::Up { welcome: None, .. })));
+            // The first ping/pong already gave an RTT sample on both sides.
+            assert!(p.a.rtt().is_some() && p.b.rtt().is_some());
+        }
+    }
+
+    #[test]
+    fn wrong_secret_is_refused_by_the_listener_and_reported_to_the_dialer() {
+        let mut p = pair(false, "net", "other");
+        let (ea, eb) = run(&mut p);
+        assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::WrongSecret))));
+        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::WrongSecret))));
+        // The listener never revealed its welcome.
+        assert!(!ea.iter().any(|e| matches!(e, Event::Up { .. })));
+    }
+
+    #[test]
+    fn other_network_is_foreign() {
+        let mut p = pair(false, "elsewhere", "s3cret");
+        let (ea, eb) = run(&mut p);
+        assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::Foreign))));
+        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::Foreign))));
+    }
+
+    #[test]
+    fn hello_replayed_from_another_link_is_refused() {
+        // Capture a's hello record on link 1, then replay its frame on link 2 between the same
+        // identities: the proof covers link 1's handshake hash, so link 2 refuses it.
+        let (la, ka) = node("a", "net", "s3cret");
+        let (lb, kb) = node("b", "net", "s3cret");
+        let mut a1 = Link::dial(params(false), la.clone(), ka.clone(), 0).unwrap();
+        let mut b1 = Link::accept(params(false), lb.clone(), kb.clone(), 0).unwrap();
+        deliver(&mut a1, &mut b1, 0);
+        deliver(&mut b1, &mut a1, 0);
+        let stolen = a1.own_hello();
+        let mut a2 = Link::dial(params(false), la, ka, 0).unwrap();
+        let mut b2 = Link::accept(params(false), lb, kb, 0).unwrap();
+        deliver(&mut a2, &mut b2, 0);
+        deliver(&mut b2, &mut a2, 0);
+        // a2 sent msg3 and its own hello; replace the hello with the stolen one.
+        let msg3 = a2.poll_transmit().unwrap();
+        let _own_hello = a2.poll_transmit().unwrap();
+        let State::Proving { session, .. } = &mut a2.state else {
+            panic!("a2 not proving");
+        };
+        let mut forged = Vec::new();
+        session
+            .sealer
+            .seal(&Frame::Hello(stolen).encode(), &mut forged)
+            .unwrap();
+        let Transmit::Handshake { step, bytes } = msg3 else {
+            panic!()
+        };
+        b2.handle_datagram(
+            0,
+            Packet::Handshake {
+                step,
+                bytes: &bytes,
+            },
+        );
+        b2.handle_datagram(0, Packet::Record(&forged));
+        assert_eq!(
+            b2.poll_event(),
+            Some(Event::Closed(Cause::Refused(CloseReason::WrongSecret)))
+        );
+    }
+
+    #[test]
+    fn garbage_record_closes_a_stream_link_but_not_a_datagram_link() {
+        for datagram in [false, true] {
+            let mut p = pair(datagram, "net", "s3cret");
+            run(&mut p);
+            p.b.handle_datagram(1, Packet::Record(b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage"));
+            let closed = matches!(p.b.poll_event(), Some(Event::Closed(Cause::BadFrame(_))));
+            assert_eq!(closed, !datagram, "datagram={datagram}");
+        }
+    }
+
+    #[test]
+    fn silent_peer_times_out_and_pings_go_out_every_heartbeat() {
+        let mut p = pair(false, "net", "s3cret");
+        run(&mut p);
+        // Heartbeats flow while both answer.
+        for t in [1_000, 2_000, 3_000, 4_000] {
+            p.now = t;
+            p.a.handle_timeout(t);
+            p.b.handle_timeout(t);
+            run(&mut p);
+        }
+        assert_eq!(p.a.phase(), Phase::Active);
+        assert_eq!(p.a.rtt().unwrap().samples, 5);
+        // b goes silent: a sends pings but hears nothing for the timeout.
+        let mut t = 4_000;
+        while p.a.phase() == Phase::Active {
+            t = p.a.next_timeout().unwrap();
+            p.a.handle_timeout(t);
+            while p.a.poll_transmit().is_some() {}
+        }
+        assert_eq!(t, 4_000 + 3_000);
+        assert!(matches!(
+            std::iter::from_fn(|| p.a.poll_event()).last(),
+            Some(Event::Closed(Cause::Timeout))
+        ));
+    }
+
+    #[test]
+    fn handshake_times_out_when_nobody_answers() {
+        let (la, ka) = node("a", "net", "s3cret");
+        let mut a = Link::dial(params(true), la, ka, 0).unwrap();
+        let mut sent = 0;
+        while a.phase() != Phase::Closed {
+            let t = a.next_timeout().unwrap();
+            a.handle_timeout(t);
+            while a.poll_transmit().is_some() {
+                sent += 1;
+            }
+        }
+        // msg1 plus retransmissions at 200, 600, 1400, 3000 ms before the 5 s deadline.
+        assert_eq!(sent, 5);
+        assert_eq!(a.poll_event(), Some(Event::Closed(Cause::Timeout)));
+    }
+
+    #[test]
+    fn datagram_handshake_survives_loss_of_every_first_copy() {
+        let mut p = pair(true, "net", "s3cret");
+        // Drop msg1: the dialer retransmits it.
+        while p.a.poll_transmit().is_some() {}
+        p.now = 200;
+        p.a.handle_timeout(200);
+        deliver(&mut p.a, &mut p.b, 200); // msg1
+        // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
+        while p.b.poll_transmit().is_some() {}
+        p.now = 600;
+        p.a.handle_timeout(600);
+        deliver(&mut p.a, &mut p.b, 600);
+        deliver(&mut p.b, &mut p.a, 600); // msg2 -> a sends msg3 + hello
+        // Drop msg3 + hello; a retransmits both.
+        while p.a.poll_transmit().is_some() {}
+        p.now = 800;
+        p.a.handle_timeout(800);
+        deliver(&mut p.a, &mut p.b, 800);
+        while let Some(e) = p.b.poll_event() {
+            if let Event::HelloVerified(_) = e {
+                p.b.admit(800, "udp://x:1".into(), vec![]);
+            }
+        }
+        // Drop the welcome (and b's first ping); a retransmits hello, b answers with welcome again.
+        while p.b.poll_transmit().is_some() {}
+        p.now = 1_200;
+        p.a.handle_timeout(1_200);
+        run(&mut p);
+        assert_eq!(p.a.phase(), Phase::Active);
+        assert_eq!(p.b.phase(), Phase::Active);
+    }
+
+    #[test]
+    fn large_frames_are_fragmented_and_reassembled_out_of_order() {
+        let mut p = pair(true, "net", "s3cret");
+        run(&mut p);
+        let known: Vec<NodeInfo> = (0..300)
+            .map(|i| NodeInfo {
+                id: format!("node-{i}"),
+                public_key: [i as u8; 32],
+                addrs: vec![format!("udp://10.1.{}.{}:6666", i / 250, i % 250)],
+            })
+            .collect();
+        // A welcome-sized frame goes through admit on a fresh pair; here we send a big hello-like
+        // frame as a plain frame instead: reuse Welcome.
+        let frame = Frame::Welcome(Welcome {
+            hello: p.a.own_hello(),
+            observed_addr: "udp://1.2.3.4:5".into(),
+            known,
+        });
+        p.b.send_frame(&frame).unwrap();
+        let mut records: Vec<Vec<u8>> = std::iter::from_fn(|| p.b.poll_transmit())
+            .map(|t| match t {
+                Transmit::Record(r) => r,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert!(records.len() > 10);
+        assert!(records.iter().all(|r| r.len() + 5 <= MAX_DATAGRAM_BYTES));
+        records.reverse();
+        for r in &records {
+            p.a.handle_datagram(0, Packet::Record(r));
+        }
+        // The dialer ignores a welcome once Active, but it did decode it: still Active, no close.
+        assert_eq!(p.a.phase(), Phase::Active);
+        assert_eq!(p.a.poll_event(), None);
+    }
+}

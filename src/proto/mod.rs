@@ -1,0 +1,10 @@
+//! Pure protocol logic of msgtier links: no sockets, no clocks, no actors.
+//!
+//! The connection and peer actors call into these modules to decide what to send
+//! and when; everything here is deterministic given its inputs (randomness is
+//! passed in), so it is tested directly.
+
+pub mod backoff;
+pub mod handshake;
+pub mod link;
+pub mod peer_table;

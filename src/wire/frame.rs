@@ -1,0 +1,749 @@
+//! Frames: the messages peers exchange inside sealed records, and their MessagePack
+//! encoding.
+//!
+//! A [`Frame`] is encoded with rmp-serde's compact form (structs as arrays, enum variants
+//! as a one-entry map from the snake_case variant name to its fields). The record layer
+//! ([`super::record`]) seals the bytes; on UDP they may first be cut into
+//! [`super::fragment`]s. Peer actors build frames and call [`Frame::encode`]; transports
+//! hand received plaintext to [`Frame::decode`], which also enforces the size limits of
+//! [`super`] so that nothing a peer sends makes us store unbounded identities or lists.
+//!
+//! Adding a variant: add it to [`Frame`] (variants are keyed by name, so order does not
+//! matter on the wire), then the compiler points at the two exhaustive matches to extend,
+//! [`Frame::kind`] and [`Frame::check_limits`]. Any `Vec` a peer controls gets a
+//! `deserialize_with` bound like `listen_addrs` below.
+
+use std::fmt;
+use std::io::Cursor;
+use std::marker::PhantomData;
+
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{
+    WireError, MAX_ADDRS_PER_NODE, MAX_ADDR_BYTES, MAX_DECODE_DEPTH, MAX_FRAME_BYTES,
+    MAX_KNOWN_NODES, MAX_NAME_BYTES,
+};
+
+/// Version of the frame protocol carried in [`Hello::protocol`].
+///
+/// Bump it when a change is not backwards compatible; peers refuse a link whose version
+/// they do not speak (with [`CloseReason::Protocol`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One message on a link, after the Noise handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frame {
+    /// First frame from the dialer: who it is and how to reach it.
+    Hello(Hello),
+    /// The listener's answer to a `Hello` it accepts.
+    Welcome(Welcome),
+    /// Liveness probe; the peer answers with a `Pong` carrying the same nonce.
+    Ping {
+        /// Echoed in the `Pong`, so the prober can match answers and measure round trips.
+        nonce: u64,
+    },
+    /// Answer to a `Ping`.
+    Pong {
+        /// The nonce of the `Ping` being answered.
+        nonce: u64,
+    },
+    /// Last frame before the sender drops the link, saying why.
+    Close {
+        /// Why the link is being closed; lets the other side decide whether to redial.
+        reason: CloseReason,
+    },
+}
+
+/// A node's introduction: sent by the dialer as its first frame, and embedded in the
+/// listener's [`Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node's id, unique in its network; at most [`MAX_NAME_BYTES`].
+    pub node_id: String,
+    /// Name of the network the node belongs to, so nodes of different networks that
+    /// share a secret still refuse each other ([`CloseReason::Foreign`]); at most
+    /// [`MAX_NAME_BYTES`].
+    pub network: String,
+    /// Software version, e.g. `"0.1.0"`, for operators and logs; at most
+    /// [`MAX_NAME_BYTES`].
+    pub version: String,
+    /// Frame protocol version the node speaks ([`PROTOCOL_VERSION`]).
+    pub protocol: u16,
+    /// The node's long-term identity key (the Noise static key), so a peer can check it
+    /// matches the one it was told about ([`CloseReason::KeyMismatch`]).
+    #[serde(with = "serde_bytes")]
+    pub public_key: [u8; 32],
+    /// Random per process start; lets peers tell a restarted node (new `boot_id`) from a
+    /// duplicate link to the same running node (same `boot_id`).
+    pub boot_id: u64,
+    /// URLs where the node accepts links, like `"tcp://127.0.0.1:6711"`; at most
+    /// [`MAX_ADDRS_PER_NODE`] of at most [`MAX_ADDR_BYTES`] each.
+    #[serde(deserialize_with = "de_addrs")]
+    pub listen_addrs: Vec<String>,
+    /// Membership MAC proving the node knows the network secret
+    /// ([`CloseReason::WrongSecret`] otherwise).
+    #[serde(with = "serde_bytes")]
+    pub proof: [u8; 32],
+}
+
+/// The listener's acceptance of a link: its own introduction plus what it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The listener's introduction, same checks as a dialer's `Hello`.
+    pub hello: Hello,
+    /// The dialer's address as the listener saw it, so a node behind NAT learns its
+    /// public address; at most [`MAX_ADDR_BYTES`].
+    pub observed_addr: String,
+    /// Other nodes the listener knows, to bootstrap the newcomer's discovery; at most
+    /// [`MAX_KNOWN_NODES`].
+    #[serde(deserialize_with = "de_known")]
+    pub known: Vec<NodeInfo>,
+}
+
+/// What one node needs to know to dial another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id; at most [`MAX_NAME_BYTES`].
+    pub id: String,
+    /// The node's identity key, checked against its `Hello` when we dial it.
+    #[serde(with = "serde_bytes")]
+    pub public_key: [u8; 32],
+    /// Where the node listens; at most [`MAX_ADDRS_PER_NODE`] of at most
+    /// [`MAX_ADDR_BYTES`] each.
+    #[serde(deserialize_with = "de_addrs")]
+    pub addrs: Vec<String>,
+}
+
+/// Why a link is closed, sent in [`Frame::Close`].
+///
+/// On the wire each reason is its snake_case name, the same string as
+/// [`CloseReason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The peer's membership proof did not verify: it does not know the network secret.
+    WrongSecret,
+    /// The peer belongs to another network.
+    Foreign,
+    /// We already have a link to this node; this one is redundant.
+    Duplicate,
+    /// The peer's identity key differs from the one we know for its id.
+    KeyMismatch,
+    /// A frame failed to decode or broke a limit.
+    BadFrame,
+    /// The peer broke the protocol (wrong frame for the state, unsupported version).
+    Protocol,
+    /// The peer stopped answering.
+    Timeout,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The reason's snake_case name, as sent on the wire and used in logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CloseReason::WrongSecret => "wrong_secret",
+            CloseReason::Foreign => "foreign",
+            CloseReason::Duplicate => "duplicate",
+            CloseReason::KeyMismatch => "key_mismatch",
+            CloseReason::BadFrame => "bad_frame",
+            CloseReason::Protocol => "protocol",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Frame {
+    /// Encodes the frame as compact MessagePack (`rmp_serde::to_vec`).
+    ///
+    /// Does not check limits: a frame built locally is trusted; use
+    /// [`Frame::check_limits`] first if its contents came from elsewhere.
+    pub fn encode(&self) -> Vec<u8> {
+        // rmp-serde fails only on a writer I/O error (a Vec never fails), a sequence of
+        // unknown length (every field here has a known length), or msgpack extension
+        // types (none used), so this cannot fail.
+        rmp_serde::to_vec(self).expect("encoding a Frame into a Vec cannot fail")
+    }
+
+    /// Decodes one frame that must span all of `bytes`, then checks the limits.
+    ///
+    /// Errors: [`WireError::Oversize`] for more than [`MAX_FRAME_BYTES`] of input,
+    /// [`WireError::Decode`] for anything that is not a frame (including a truncated
+    /// one), [`WireError::TrailingBytes`] if bytes follow the frame, [`WireError::Limit`]
+    /// if a field is over its limit. Never panics; memory used is bounded by the input
+    /// length and the limits (over-long lists stop being stored one entry past their
+    /// limit).
+    pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(WireError::Oversize {
+                len: bytes.len(),
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+        de.set_max_depth(MAX_DECODE_DEPTH);
+        let frame = Frame::deserialize(&mut de)?;
+        let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+        let trailing = bytes.len().saturating_sub(used);
+        if trailing != 0 {
+            return Err(WireError::TrailingBytes { trailing });
+        }
+        frame.check_limits()?;
+        Ok(frame)
+    }
+
+    /// Short lowercase name of the variant (`"hello"`, `"ping"`, ...) for logs and
+    /// metrics; the same name keys the variant on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Ping { .. } => "ping",
+            Frame::Pong { .. } => "pong",
+            Frame::Close { .. } => "close",
+        }
+    }
+
+    /// Checks every field against the limits of [`super`]; [`Frame::decode`] calls it.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        match self {
+            Frame::Hello(hello) => hello.check_limits(),
+            Frame::Welcome(welcome) => welcome.check_limits(),
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => Ok(()),
+        }
+    }
+}
+
+impl Hello {
+    /// Checks the name lengths and the address list against the limits of [`super`].
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        check_len(&self.node_id, MAX_NAME_BYTES, "hello.node_id")?;
+        check_len(&self.network, MAX_NAME_BYTES, "hello.network")?;
+        check_len(&self.version, MAX_NAME_BYTES, "hello.version")?;
+        check_addrs(
+            &self.listen_addrs,
+            "hello.listen_addrs",
+            "hello.listen_addr",
+        )
+    }
+}
+
+impl Welcome {
+    /// Checks the embedded `Hello`, the observed address and every known node.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        self.hello.check_limits()?;
+        check_len(&self.observed_addr, MAX_ADDR_BYTES, "welcome.observed_addr")?;
+        if self.known.len() > MAX_KNOWN_NODES {
+            return Err(WireError::Limit {
+                what: "welcome.known",
+            });
+        }
+        self.known.iter().try_for_each(NodeInfo::check_limits)
+    }
+}
+
+impl NodeInfo {
+    /// Checks the id length and the address list against the limits of [`super`].
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        check_len(&self.id, MAX_NAME_BYTES, "node.id")?;
+        check_addrs(&self.addrs, "node.addrs", "node.addr")
+    }
+}
+
+/// `Limit { what }` if `s` is longer than `max` bytes.
+fn check_len(s: &str, max: usize, what: &'static str) -> Result<(), WireError> {
+    if s.len() > max {
+        return Err(WireError::Limit { what });
+    }
+    Ok(())
+}
+
+/// Checks an address list: its length, then each address's length.
+fn check_addrs(
+    addrs: &[String],
+    list_what: &'static str,
+    addr_what: &'static str,
+) -> Result<(), WireError> {
+    if addrs.len() > MAX_ADDRS_PER_NODE {
+        return Err(WireError::Limit { what: list_what });
+    }
+    addrs
+        .iter()
+        .try_for_each(|addr| check_len(addr, MAX_ADDR_BYTES, addr_what))
+}
+
+/// Deserializes an address list, storing at most one entry past [`MAX_ADDRS_PER_NODE`].
+fn de_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    bounded_seq(deserializer, MAX_ADDRS_PER_NODE)
+}
+
+/// Deserializes `Welcome::known`, storing at most one entry past [`MAX_KNOWN_NODES`].
+fn de_known<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<NodeInfo>, D::Error> {
+    bounded_seq(deserializer, MAX_KNOWN_NODES)
+}
+
+/// Deserializes a sequence but keeps only its first `max + 1` items, skipping the rest
+/// without storing them.
+///
+/// The extra item makes [`Frame::check_limits`] report [`WireError::Limit`] afterwards,
+/// while a list of a million tiny entries costs no more memory than `max + 1` of them.
+fn bounded_seq<'de, D, T>(deserializer: D, max: usize) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    /// Visitor carrying the bound.
+    struct BoundedSeq<T> {
+        /// Items stored at most (the limit plus one).
+        keep: usize,
+        /// The item type.
+        item: PhantomData<T>,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            let mut items = Vec::with_capacity(hint.min(self.keep));
+            while items.len() < self.keep {
+                match seq.next_element()? {
+                    Some(item) => items.push(item),
+                    None => return Ok(items),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_seq(BoundedSeq {
+        keep: max.saturating_add(1),
+        item: PhantomData,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const ALL_REASONS: [CloseReason; 8] = [
+        CloseReason::WrongSecret,
+        CloseReason::Foreign,
+        CloseReason::Duplicate,
+        CloseReason::KeyMismatch,
+        CloseReason::BadFrame,
+        CloseReason::Protocol,
+        CloseReason::Timeout,
+        CloseReason::Shutdown,
+    ];
+
+    /// Names within `MAX_NAME_BYTES`: 16 chars of at most 4 UTF-8 bytes each.
+    fn name() -> impl Strategy<Value = String> {
+        "\\PC{0,16}"
+    }
+
+    /// Addresses within `MAX_ADDR_BYTES`: 32 chars of at most 4 bytes each.
+    fn addr() -> impl Strategy<Value = String> {
+        "\\PC{0,32}"
+    }
+
+    fn hello() -> impl Strategy<Value = Hello> {
+        (
+            name(),
+            name(),
+            name(),
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            vec(addr(), 0..=MAX_ADDRS_PER_NODE),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(
+                |(
+                    node_id,
+                    network,
+                    version,
+                    protocol,
+                    public_key,
+                    boot_id,
+                    listen_addrs,
+                    proof,
+                )| {
+                    Hello {
+                        node_id,
+                        network,
+                        version,
+                        protocol,
+                        public_key,
+                        boot_id,
+                        listen_addrs,
+                        proof,
+                    }
+                },
+            )
+    }
+
+    fn node_info() -> impl Strategy<Value = NodeInfo> {
+        (name(), any::<[u8; 32]>(), vec(addr(), 0..=4)).prop_map(|(id, public_key, addrs)| {
+            NodeInfo {
+                id,
+                public_key,
+                addrs,
+            }
+        })
+    }
+
+    /// Any frame within the limits (short `known` lists to keep cases fast; the
+    /// 1024-entry boundary has its own test).
+    pub(crate) fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            hello().prop_map(Frame::Hello),
+            (hello(), addr(), vec(node_info(), 0..6)).prop_map(|(hello, observed_addr, known)| {
+                Frame::Welcome(Welcome {
+                    hello,
+                    observed_addr,
+                    known,
+                })
+            }),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+            prop::sample::select(ALL_REASONS.to_vec()).prop_map(|reason| Frame::Close { reason }),
+        ]
+    }
+
+    fn sample_hello() -> Hello {
+        Hello {
+            node_id: "node-a".into(),
+            network: "home".into(),
+            version: "0.1.0".into(),
+            protocol: PROTOCOL_VERSION,
+            public_key: [7; 32],
+            boot_id: 42,
+            listen_addrs: vec!["tcp://127.0.0.1:6711".into()],
+            proof: [9; 32],
+        }
+    }
+
+    fn sample_node(i: usize) -> NodeInfo {
+        NodeInfo {
+            id: format!("n{i}"),
+            public_key: [1; 32],
+            addrs: vec![format!("udp://10.0.0.1:{i}")],
+        }
+    }
+
+    fn sample_welcome() -> Welcome {
+        Welcome {
+            hello: sample_hello(),
+            observed_addr: "tcp://192.0.2.1:5000".into(),
+            known: vec![sample_node(1), sample_node(2)],
+        }
+    }
+
+    fn limit_of(frame: &Frame) -> Option<&'static str> {
+        match Frame::decode(&frame.encode()) {
+            Err(WireError::Limit { what }) => Some(what),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(frame in frame()) {
+            let bytes = frame.encode();
+            prop_assert_eq!(Frame::decode(&bytes).ok(), Some(frame));
+        }
+
+        #[test]
+        fn every_strict_prefix_is_rejected(frame in frame()) {
+            let bytes = frame.encode();
+            for len in 0..bytes.len() {
+                prop_assert!(Frame::decode(&bytes[..len]).is_err(), "prefix {} accepted", len);
+            }
+        }
+
+        #[test]
+        fn trailing_bytes_are_rejected(frame in frame(), extra in vec(any::<u8>(), 1..8)) {
+            let mut bytes = frame.encode();
+            bytes.extend_from_slice(&extra);
+            let trailing = match Frame::decode(&bytes) {
+                Err(WireError::TrailingBytes { trailing }) => Some(trailing),
+                _ => None,
+            };
+            prop_assert_eq!(trailing, Some(extra.len()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+            if let Ok(frame) = Frame::decode(&bytes) {
+                prop_assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+            }
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(
+            frame in frame(),
+            edits in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = frame.encode();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            if let Ok(frame) = Frame::decode(&bytes) {
+                prop_assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+            }
+        }
+    }
+
+    #[test]
+    fn wire_format_is_pinned() {
+        // {"ping": [5]}: a one-entry map keyed by the variant name, fields as an array.
+        let ping = Frame::Ping { nonce: 5 }.encode();
+        assert_eq!(ping, [0x81, 0xa4, b'p', b'i', b'n', b'g', 0x91, 0x05]);
+        // {"close": ["timeout"]}
+        let close = Frame::Close {
+            reason: CloseReason::Timeout,
+        }
+        .encode();
+        let mut want = vec![0x81, 0xa5];
+        want.extend_from_slice(b"close");
+        want.extend_from_slice(&[0x91, 0xa7]);
+        want.extend_from_slice(b"timeout");
+        assert_eq!(close, want);
+    }
+
+    #[test]
+    fn close_reason_wire_name_is_as_str() {
+        for reason in ALL_REASONS {
+            let wire = rmp_serde::to_vec(&reason).expect("encode");
+            let name = rmp_serde::to_vec(reason.as_str()).expect("encode");
+            assert_eq!(wire, name, "{reason:?}");
+            assert_eq!(reason.to_string(), reason.as_str());
+        }
+    }
+
+    #[test]
+    fn kind_names_every_variant() {
+        let frames = [
+            (Frame::Hello(sample_hello()), "hello"),
+            (Frame::Welcome(sample_welcome()), "welcome"),
+            (Frame::Ping { nonce: 1 }, "ping"),
+            (Frame::Pong { nonce: 1 }, "pong"),
+            (
+                Frame::Close {
+                    reason: CloseReason::Shutdown,
+                },
+                "close",
+            ),
+        ];
+        for (frame, kind) in frames {
+            assert_eq!(frame.kind(), kind);
+            // The kind is also the variant's key on the wire.
+            let bytes = frame.encode();
+            assert_eq!(&bytes[2..2 + kind.len()], kind.as_bytes());
+        }
+    }
+
+    #[test]
+    fn names_at_limit_pass_and_one_byte_more_fails() {
+        let at = "x".repeat(MAX_NAME_BYTES);
+        let over = "x".repeat(MAX_NAME_BYTES + 1);
+        let mut hello = sample_hello();
+        hello.node_id = at.clone();
+        hello.network = at.clone();
+        hello.version = at.clone();
+        assert!(Frame::decode(&Frame::Hello(hello.clone()).encode()).is_ok());
+
+        type SetName = fn(&mut Hello, String);
+        let cases: [(SetName, &str); 3] = [
+            (|h, s| h.node_id = s, "hello.node_id"),
+            (|h, s| h.network = s, "hello.network"),
+            (|h, s| h.version = s, "hello.version"),
+        ];
+        for (set, what) in cases {
+            let mut h = hello.clone();
+            set(&mut h, over.clone());
+            assert_eq!(limit_of(&Frame::Hello(h)), Some(what));
+        }
+    }
+
+    #[test]
+    fn multibyte_names_are_limited_in_bytes() {
+        let mut hello = sample_hello();
+        hello.node_id = "é".repeat(MAX_NAME_BYTES / 2); // 2 bytes each: exactly 64
+        assert!(Frame::decode(&Frame::Hello(hello.clone()).encode()).is_ok());
+        hello.node_id.push('a');
+        assert_eq!(limit_of(&Frame::Hello(hello)), Some("hello.node_id"));
+    }
+
+    #[test]
+    fn listen_addr_limits() {
+        let mut hello = sample_hello();
+        hello.listen_addrs = vec!["a".repeat(MAX_ADDR_BYTES); MAX_ADDRS_PER_NODE];
+        assert!(Frame::decode(&Frame::Hello(hello.clone()).encode()).is_ok());
+
+        let mut long = hello.clone();
+        long.listen_addrs[3].push('a');
+        assert_eq!(limit_of(&Frame::Hello(long)), Some("hello.listen_addr"));
+
+        let mut many = hello;
+        many.listen_addrs.push("b".into());
+        assert_eq!(limit_of(&Frame::Hello(many)), Some("hello.listen_addrs"));
+    }
+
+    #[test]
+    fn welcome_limits() {
+        let mut welcome = sample_welcome();
+        welcome.observed_addr = "a".repeat(MAX_ADDR_BYTES);
+        welcome.known = (0..MAX_KNOWN_NODES).map(sample_node).collect();
+        let frame = Frame::Welcome(welcome.clone());
+        assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+
+        let mut w = welcome.clone();
+        w.known.push(sample_node(0));
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("welcome.known"));
+
+        let mut w = welcome.clone();
+        w.observed_addr.push('a');
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("welcome.observed_addr"));
+
+        let mut w = welcome.clone();
+        w.hello.network = "n".repeat(MAX_NAME_BYTES + 1);
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("hello.network"));
+
+        let mut w = welcome.clone();
+        w.known[7].id = "i".repeat(MAX_NAME_BYTES + 1);
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("node.id"));
+
+        let mut w = welcome.clone();
+        w.known[9].addrs = vec!["a".into(); MAX_ADDRS_PER_NODE + 1];
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("node.addrs"));
+
+        let mut w = welcome;
+        w.known[9].addrs = vec!["a".repeat(MAX_ADDR_BYTES + 1)];
+        assert_eq!(limit_of(&Frame::Welcome(w)), Some("node.addr"));
+    }
+
+    #[test]
+    fn largest_frame_fits_max_frame_bytes() {
+        let name = "n".repeat(MAX_NAME_BYTES);
+        let addrs = vec!["a".repeat(MAX_ADDR_BYTES); MAX_ADDRS_PER_NODE];
+        let hello = Hello {
+            node_id: name.clone(),
+            network: name.clone(),
+            version: name.clone(),
+            protocol: u16::MAX,
+            public_key: [0xff; 32],
+            boot_id: u64::MAX,
+            listen_addrs: addrs.clone(),
+            proof: [0xff; 32],
+        };
+        let node = NodeInfo {
+            id: name,
+            public_key: [0xff; 32],
+            addrs,
+        };
+        let frame = Frame::Welcome(Welcome {
+            hello,
+            observed_addr: "o".repeat(MAX_ADDR_BYTES),
+            known: vec![node; MAX_KNOWN_NODES],
+        });
+        let bytes = frame.encode();
+        assert_eq!(bytes.len(), 2_238_921);
+        assert!(bytes.len() <= MAX_FRAME_BYTES);
+        assert_eq!(Frame::decode(&bytes).ok(), Some(frame));
+    }
+
+    #[test]
+    fn input_over_max_frame_bytes_is_rejected() {
+        let bytes = vec![0u8; MAX_FRAME_BYTES + 1];
+        assert!(matches!(
+            Frame::decode(&bytes),
+            Err(WireError::Oversize { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_lists_are_cut_off_not_stored() {
+        // A Hello whose listen_addrs holds 100 000 empty strings: one byte each on the
+        // wire. Decoding keeps 17 of them and reports the limit.
+        let mut hello = sample_hello();
+        hello.listen_addrs = vec![String::new(); 100_000];
+        assert_eq!(limit_of(&Frame::Hello(hello)), Some("hello.listen_addrs"));
+    }
+
+    #[test]
+    fn declared_lengths_beyond_the_input_are_rejected() {
+        // {"hello": [<array32 of 4 billion entries>]}
+        let mut bytes = vec![0x81, 0xa5];
+        bytes.extend_from_slice(b"hello");
+        bytes.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Decode(_))));
+        // {"ping": [<str32 of 4 GiB>]}
+        let mut bytes = vec![0x81, 0xa4];
+        bytes.extend_from_slice(b"ping");
+        bytes.extend_from_slice(&[0x91, 0xdb, 0xff, 0xff, 0xff, 0xff, b'x']);
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Decode(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_without_overflowing_the_stack() {
+        // {"hello": {"x": [[[[...]]]]}}: the unknown field is skipped, which recurses.
+        let mut bytes = vec![0x81, 0xa5];
+        bytes.extend_from_slice(b"hello");
+        bytes.extend_from_slice(&[0x81, 0xa1, b'x']);
+        bytes.extend(std::iter::repeat_n(0x91, 200_000));
+        bytes.push(0xc0);
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Decode(_))));
+    }
+
+    #[test]
+    fn unknown_variant_and_wrong_types_are_rejected() {
+        let mut bytes = vec![0x81, 0xa4];
+        bytes.extend_from_slice(b"pong");
+        bytes.extend_from_slice(&[0x91, 0xa1, b'x']); // nonce as a string
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Decode(_))));
+
+        let mut bytes = vec![0x81, 0xa4];
+        bytes.extend_from_slice(b"zzzz");
+        bytes.extend_from_slice(&[0x91, 0x01]);
+        assert!(matches!(Frame::decode(&bytes), Err(WireError::Decode(_))));
+
+        // A public key of 31 bytes.
+        let mut hello = sample_hello();
+        hello.listen_addrs.clear();
+        let good = Frame::Hello(hello).encode();
+        let key_at = good
+            .windows(2)
+            .position(|w| w == [0xc4, 32])
+            .expect("bin8 marker of the key");
+        let mut bad = good[..key_at].to_vec();
+        bad.extend_from_slice(&[0xc4, 31]);
+        bad.extend_from_slice(&good[key_at + 2..key_at + 2 + 31]);
+        bad.extend_from_slice(&good[key_at + 2 + 32..]);
+        assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
+    }
+
+    #[test]
+    fn empty_input_is_rejected() {
+        assert!(matches!(Frame::decode(&[]), Err(WireError::Decode(_))));
+    }
+}

@@ -1,0 +1,186 @@
+//! The pure wire layer: every byte layout msgtier puts on a link, and nothing else.
+//!
+//! Links run a Noise XX handshake (done elsewhere) that yields a send key and a receive
+//! key. From then on every message is a *record*: one [`frame::Frame`] encoded with
+//! MessagePack ([`frame`]) and sealed with ChaCha20-Poly1305 ([`record`], which uses the
+//! sliding [`replay`] window because UDP may reorder or duplicate). On UDP each datagram
+//! carries one [`udp::Datagram`], and frames larger than one datagram are cut into
+//! [`fragment`]s.
+//!
+//! Everything here is pure: no sockets, no clocks (time comes in as `now_ms` arguments),
+//! no actors. The transports and peer actors call into it; the fuzz targets in `fuzz/`
+//! feed it arbitrary bytes.
+//!
+//! The limits below are enforced by [`frame::Frame::decode`] so that a peer can never
+//! make us hold oversized identities or address lists.
+
+pub mod fragment;
+pub mod frame;
+pub mod record;
+pub mod replay;
+pub mod udp;
+
+/// Longest node id, network name or software version, in bytes (UTF-8).
+///
+/// 64 bytes fits a hex-encoded 32-byte key or any human-chosen name with room to spare
+/// while keeping a `Hello` small.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Longest address URL (`tcp://[v6 address]:port`, `ws://host:port/path`), in bytes.
+///
+/// A bracketed IPv6 literal with port is under 60 bytes; 128 leaves room for a DNS name
+/// and a short WebSocket path.
+pub const MAX_ADDR_BYTES: usize = 128;
+
+/// Most addresses one node may advertise (`Hello::listen_addrs`, `NodeInfo::addrs`).
+///
+/// One per transport per interface family is a handful; 16 covers multi-homed hosts.
+pub const MAX_ADDRS_PER_NODE: usize = 16;
+
+/// Most entries in `Welcome::known`, the peer list handed to a newcomer.
+///
+/// 1024 typical entries (id, key, two addresses: about 100 bytes) make a ~100 KiB
+/// `Welcome`, about 90 UDP fragments; larger networks gossip the rest.
+pub const MAX_KNOWN_NODES: usize = 1024;
+
+/// Largest encoded frame [`frame::Frame::decode`] accepts, in bytes; transports use it as
+/// their length cap and as the [`fragment::Reassembler`] limit.
+///
+/// A `Welcome` with every field at its limit encodes to 2,238,921 bytes (checked by a
+/// test in `frame.rs`); 4 MiB covers it with room for future variants.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Deepest MessagePack nesting [`frame::Frame::decode`] follows.
+///
+/// The deepest valid frame (`Welcome` -> `known` -> `NodeInfo` -> `addrs`) nests 5
+/// levels; 16 leaves room for future variants while bounding the decoder's recursion on
+/// hostile input (rmp-serde's default is 1024).
+pub const MAX_DECODE_DEPTH: usize = 16;
+
+/// Every way the wire layer can refuse bytes or refuse to produce them.
+///
+/// Each variant names one failure, so callers can choose a `CloseReason` or a log level
+/// per case instead of parsing messages.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not a MessagePack encoding of a [`frame::Frame`] (bad marker, wrong
+    /// type, unknown variant, input ended early, nesting too deep).
+    #[error("malformed frame: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+
+    /// A frame decoded but did not use all the input; a record holds exactly one frame.
+    #[error("{trailing} trailing bytes after the frame")]
+    TrailingBytes {
+        /// How many bytes were left over.
+        trailing: usize,
+    },
+
+    /// A frame decoded but one of its fields breaks a limit from this module.
+    #[error("frame field over its limit: {what}")]
+    Limit {
+        /// Which field, e.g. `"hello.listen_addrs"`.
+        what: &'static str,
+    },
+
+    /// Input shorter than the fixed header of its layout.
+    #[error("{what} truncated: {len} bytes, need at least {min}")]
+    Truncated {
+        /// Which layout: `"record"`, `"datagram"` or `"fragment"`.
+        what: &'static str,
+        /// Bytes received.
+        len: usize,
+        /// Bytes the layout needs at minimum.
+        min: usize,
+    },
+
+    /// The record's counter was already seen or is behind the replay window.
+    #[error("record {counter} replayed or too old")]
+    Replayed {
+        /// The rejected counter.
+        counter: u64,
+    },
+
+    /// The record failed authentication: wrong key, or bytes altered in transit.
+    #[error("record failed to decrypt")]
+    Decrypt,
+
+    /// The plaintext is longer than ChaCha20-Poly1305 can seal (about 256 GiB); no
+    /// caller should get near it.
+    #[error("plaintext of {len} bytes too long to seal")]
+    Encrypt {
+        /// Plaintext length that was refused.
+        len: usize,
+    },
+
+    /// The sealer used every counter value; the link must rekey (handshake again).
+    #[error("record counter exhausted; the link must rekey")]
+    CounterExhausted,
+
+    /// Input or a message being reassembled is longer than the allowed maximum.
+    #[error("{len} bytes exceeds the maximum of {max}")]
+    Oversize {
+        /// Length seen, or the least length the message can have.
+        len: usize,
+        /// The allowed maximum.
+        max: usize,
+    },
+
+    /// Byte 0 of a UDP datagram is not a known datagram type.
+    #[error("unknown datagram type {0}")]
+    UnknownDatagramType(u8),
+
+    /// A frame needs more than `u16::MAX` fragments at the given chunk size.
+    #[error("{len}-byte frame needs more than 65535 fragments of {max_chunk} bytes")]
+    TooManyFragments {
+        /// Frame length.
+        len: usize,
+        /// Chunk size it was split with.
+        max_chunk: usize,
+    },
+
+    /// A fragment's index is not below its count (this includes a count of 0).
+    #[error("fragment index {index} out of range for count {count}")]
+    FragmentIndex {
+        /// The fragment's index.
+        index: u16,
+        /// The fragment's count.
+        count: u16,
+    },
+
+    /// A fragment's count differs from the count of earlier fragments of its message; the
+    /// partial message is dropped.
+    #[error("message {msg_id}: fragment count {got}, earlier fragments said {expected}")]
+    FragmentCountMismatch {
+        /// The message.
+        msg_id: u32,
+        /// Count from the first fragment seen.
+        expected: u16,
+        /// Count in this fragment.
+        got: u16,
+    },
+
+    /// A fragment's chunk length cannot come from [`fragment::split`]: an empty chunk in a
+    /// multi-fragment message, a non-last chunk of a different size than its siblings, or
+    /// a last chunk larger than them. The partial message is dropped.
+    #[error(
+        "message {msg_id}: fragment {index} has a {len}-byte chunk, inconsistent with its message"
+    )]
+    FragmentLength {
+        /// The message.
+        msg_id: u32,
+        /// The fragment's index.
+        index: u16,
+        /// The fragment's chunk length.
+        len: usize,
+    },
+
+    /// This fragment of this message was already received; it is ignored and the partial
+    /// message is kept as it was. Harmless: callers may drop it silently.
+    #[error("message {msg_id}: duplicate fragment {index}")]
+    DuplicateFragment {
+        /// The message.
+        msg_id: u32,
+        /// The repeated index.
+        index: u16,
+    },
+}

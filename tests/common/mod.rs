@@ -1,0 +1,291 @@
+//! Test helpers: run the real `msgtier` binary with generated configs on 127.0.0.1, talk to its
+//! HTTP API, and wait on conditions with a bound.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Default bound for a wait.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange (Connection: close); returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let mut body = buf[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+}
+
+/// Polls `f` every 100 ms until it returns true or `timeout` passes; panics with `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How to configure a test node.
+#[derive(Clone)]
+pub struct Spec {
+    pub id: String,
+    pub secret: String,
+    pub network: String,
+    /// (transport, port) pairs to listen on.
+    pub listeners: Vec<(String, u16)>,
+    pub peers: Vec<String>,
+    pub heartbeat_ms: u64,
+    pub timeout_ms: u64,
+    pub auto_connect: bool,
+    pub max_frame_bytes: usize,
+}
+
+impl Spec {
+    /// A node listening on one transport with fast heartbeats.
+    pub fn new(id: &str, transport: &str) -> Spec {
+        Spec {
+            id: id.into(),
+            secret: "test-secret".into(),
+            network: "test".into(),
+            listeners: vec![(transport.into(), free_port())],
+            peers: vec![],
+            heartbeat_ms: 300,
+            timeout_ms: 1_500,
+            auto_connect: true,
+            max_frame_bytes: 1 << 20,
+        }
+    }
+
+    /// Its first listener as a peer URL.
+    pub fn url(&self) -> String {
+        let (t, p) = &self.listeners[0];
+        format!("{t}://127.0.0.1:{p}")
+    }
+
+    /// A listener URL of the given transport.
+    pub fn url_of(&self, transport: &str) -> String {
+        let (t, p) = self
+            .listeners
+            .iter()
+            .find(|(t, _)| t == transport)
+            .expect("listener of that transport");
+        format!("{t}://127.0.0.1:{p}")
+    }
+}
+
+/// A running node process.
+pub struct Node {
+    pub spec: Spec,
+    pub http_port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Writes the config and starts the binary; waits until its API answers.
+    pub fn start(spec: Spec) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let mut node = Node {
+            spec,
+            http_port,
+            dir,
+            child: None,
+        };
+        node.launch();
+        node
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("node.json")
+    }
+
+    fn launch(&mut self) {
+        let s = &self.spec;
+        let config = json!({
+            "id": s.id,
+            "secret": s.secret,
+            "network": s.network,
+            "listeners": s.listeners.iter().map(|(t, p)| format!("{t}://127.0.0.1:{p}")).collect::<Vec<_>>(),
+            "peers": s.peers,
+            "web_api": format!("127.0.0.1:{}", self.http_port),
+            "data_dir": self.dir.path().join("data"),
+            "heartbeat_interval_ms": s.heartbeat_ms,
+            "peer_timeout_ms": s.timeout_ms,
+            "auto_connect": s.auto_connect,
+            "max_frame_bytes": s.max_frame_bytes,
+            "log": "debug",
+        });
+        std::fs::write(self.config_path(), config.to_string()).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_msgtier"))
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .env("RUST_LOG", "msgtier=debug")
+            .spawn()
+            .expect("spawn msgtier");
+        self.child = Some(child);
+        let port = self.http_port;
+        let id = self.spec.id.clone();
+        wait_until(&format!("node {id} API up"), WAIT, || {
+            http(port, "GET", "/status", &[], b"").is_ok()
+        });
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> Value {
+        let (code, body) = http(self.http_port, "GET", "/status", &[], b"").expect("status");
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).expect("status json")
+    }
+
+    /// The status entry for peer `id`, if known.
+    pub fn peer(&self, id: &str) -> Option<Value> {
+        self.status()["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+    }
+
+    /// The state of peer `id` ("Init", "Active", "Disconnected") or "" if unknown.
+    pub fn peer_state(&self, id: &str) -> String {
+        self.peer(id)
+            .and_then(|p| p["state"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// A counter from `/status`, e.g. `counter("links_refused", "wrong_secret")`.
+    pub fn counter(&self, group: &str, name: &str) -> u64 {
+        self.status()["counters"][group][name].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until peer `id` is in `state`, printing the node's log on failure.
+    pub fn wait_peer_state(&self, id: &str, state: &str) {
+        let what = format!("node {} sees {id} {state}", self.spec.id);
+        self.wait(&what, || self.peer_state(id) == state);
+    }
+
+    /// Waits on a condition, dumping this node's log tail if it never holds.
+    pub fn wait(&self, what: &str, f: impl FnMut() -> bool) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, WAIT, f)));
+        if let Err(e) = r {
+            eprintln!("--- log of node {} ---\n{}", self.spec.id, self.log_tail());
+            eprintln!("--- status ---\n{:#}", self.status());
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// The last lines of the node's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same node again (same config, ports and data dir).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process must be continued before it can die cleanly.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}

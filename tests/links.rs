@@ -1,0 +1,291 @@
+//! Process-level tests of the node core: the real `msgtier` binary, generated configs, loopback.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+
+use common::{http, Node, Spec};
+
+/// Builds node2 with node1 and node3 each configured with only node2, all on `transport`.
+fn chain(transport: &str) -> (Node, Node, Node) {
+    let n2 = Node::start(Spec::new("2", transport));
+    let mut s1 = Spec::new("1", transport);
+    s1.peers = vec![n2.spec.url()];
+    let mut s3 = Spec::new("3", transport);
+    s3.peers = vec![n2.spec.url()];
+    let n1 = Node::start(s1);
+    let n3 = Node::start(s3);
+    (n1, n2, n3)
+}
+
+/// The chain 1-2-3 becomes a full mesh with a direct, Active 1-3 link on `transport`.
+fn chain_meshes(transport: &str) {
+    let (n1, n2, n3) = chain(transport);
+    for (node, others) in [(&n1, ["2", "3"]), (&n2, ["1", "3"]), (&n3, ["1", "2"])] {
+        for other in others {
+            node.wait_peer_state(other, "Active");
+        }
+    }
+    for (node, other) in [(&n1, "3"), (&n3, "1")] {
+        node.wait(&format!("{} has a direct link to {other}", node.spec.id), || {
+            let p = node.peer(other).unwrap_or_default();
+            p["hops"] == 1
+                && p["next_hop"] == other
+                && p["links"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|l| l["state"] == "Active" && l["transport"] == transport))
+        });
+    }
+    // RTT is measured on the links.
+    n1.wait("an RTT sample on 1's link to 2", || {
+        n1.peer("2").unwrap_or_default()["links"][0]["rtt_ms"]["samples"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    // No duplicate links on one transport survive between any two nodes.
+    for node in [&n1, &n2, &n3] {
+        for p in node.status()["peers"].as_array().unwrap() {
+            let active: Vec<_> = p["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l["state"] == "Active" && l["transport"] == transport)
+                .collect();
+            assert!(active.len() <= 1, "duplicate links at {}: {p:#}", node.spec.id);
+        }
+    }
+}
+
+#[test]
+fn chain_meshes_over_tcp() {
+    chain_meshes("tcp");
+}
+
+#[test]
+fn chain_meshes_over_udp() {
+    chain_meshes("udp");
+}
+
+#[test]
+fn chain_meshes_over_ws() {
+    chain_meshes("ws");
+}
+
+/// A node with the wrong secret is refused (counted, logged) and the others are unaffected;
+/// it does not re-dial in a tight loop.
+#[test]
+fn wrong_secret_is_refused_and_others_are_unaffected() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut sb = Spec::new("b", "tcp");
+    sb.peers = vec![a.spec.url()];
+    let b = Node::start(sb);
+    a.wait_peer_state("b", "Active");
+
+    let mut sm = Spec::new("mallory", "tcp");
+    sm.secret = "not-the-secret".into();
+    sm.peers = vec![a.spec.url()];
+    let m = Node::start(sm);
+    a.wait("a counts a wrong-secret refusal", || {
+        a.counter("links_refused", "wrong_secret") >= 1
+    });
+    m.wait("mallory learns it was refused", || {
+        m.counter("links_refused_by_peer", "wrong_secret") >= 1
+    });
+    assert!(a.peer("mallory").is_none(), "a must not list mallory");
+    assert!(m.status()["peers"].as_array().unwrap().is_empty(), "mallory learned nothing");
+    // The others keep their link.
+    assert_eq!(a.peer_state("b"), "Active");
+    assert_eq!(b.peer_state("a"), "Active");
+    // Backoff after an authentication refusal is at its ceiling: over 3 s, no second try.
+    let first = a.counter("links_refused", "wrong_secret");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert!(a.counter("links_refused", "wrong_secret") <= first + 1);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(a.dir.path().join("node.log")).unwrap();
+    assert!(log.contains("wrong secret"), "a logs the refusal");
+}
+
+/// A node of another network is refused as foreign until relaying for foreign networks exists.
+#[test]
+fn foreign_network_is_refused() {
+    let a = Node::start(Spec::new("a", "udp"));
+    let mut sf = Spec::new("f", "udp");
+    sf.network = "elsewhere".into();
+    sf.peers = vec![a.spec.url()];
+    let _f = Node::start(sf);
+    a.wait("a refuses the foreign node", || {
+        a.counter("links_refused", "foreign") >= 1
+    });
+    assert!(a.peer("f").is_none());
+}
+
+/// A SIGSTOPped peer goes Disconnected after the timeout and comes back Active after SIGCONT.
+#[test]
+fn stopped_peer_times_out_and_recovers() {
+    for transport in ["udp", "tcp"] {
+        let a = Node::start(Spec::new("a", transport));
+        let mut sb = Spec::new("b", transport);
+        sb.peers = vec![a.spec.url()];
+        let b = Node::start(sb);
+        a.wait_peer_state("b", "Active");
+        b.signal(libc::SIGSTOP);
+        a.wait_peer_state("b", "Disconnected");
+        b.signal(libc::SIGCONT);
+        a.wait_peer_state("b", "Active");
+        b.wait_peer_state("a", "Active");
+    }
+}
+
+/// A killed and restarted peer is Active again, with the same identity key.
+#[test]
+fn restarted_peer_is_active_again_with_the_same_identity() {
+    for transport in ["tcp", "udp", "ws"] {
+        let a = Node::start(Spec::new("a", transport));
+        let mut sb = Spec::new("b", transport);
+        sb.peers = vec![a.spec.url()];
+        let mut b = Node::start(sb);
+        a.wait_peer_state("b", "Active");
+        let key = a.peer("b").unwrap()["public_key"].clone();
+        b.kill();
+        a.wait_peer_state("b", "Disconnected");
+        b.restart();
+        a.wait_peer_state("b", "Active");
+        assert_eq!(a.peer("b").unwrap()["public_key"], key);
+        // The other direction too: a dialler that lost its peer re-dials it.
+        let a_key = b.peer("a").map(|p| p["public_key"].clone());
+        b.wait_peer_state("a", "Active");
+        assert!(a_key.is_none() || a_key == b.peer("a").map(|p| p["public_key"].clone()));
+    }
+}
+
+/// The listener side re-dials too: kill the node that dialled; the other knows its address
+/// from its hello and dials it when it comes back.
+#[test]
+fn listener_redials_a_lost_dialer() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut sb = Spec::new("b", "tcp");
+    sb.peers = vec![a.spec.url()];
+    let mut b = Node::start(sb);
+    a.wait_peer_state("b", "Active");
+    b.kill();
+    a.wait_peer_state("b", "Disconnected");
+    // b comes back without any configured peer: only a's re-dial can restore the link.
+    b.spec.peers.clear();
+    b.restart();
+    b.wait_peer_state("a", "Active");
+    a.wait_peer_state("b", "Active");
+}
+
+/// Garbage and oversized frames sent to every listener close only that connection (counted);
+/// the node keeps serving and its real link stays Active.
+#[test]
+fn garbage_and_oversized_frames_leave_the_node_serving() {
+    let mut sa = Spec::new("a", "tcp");
+    sa.max_frame_bytes = 4096;
+    sa.listeners.push(("udp".into(), common::free_port()));
+    sa.listeners.push(("ws".into(), common::free_port()));
+    let a = Node::start(sa);
+    let mut sb = Spec::new("b", "tcp");
+    sb.peers = vec![a.spec.url_of("udp")];
+    let b = Node::start(sb);
+    a.wait_peer_state("b", "Active");
+
+    let tcp_port = a.spec.listeners[0].1;
+    // TCP: a length prefix far over the limit.
+    let mut s = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    s.write_all(&0x7fff_ffffu32.to_be_bytes()).unwrap();
+    a.wait("oversize counted (tcp)", || a.counter("links_refused", "oversize") >= 1);
+    // TCP: garbage in a well-formed length prefix fails the Noise handshake.
+    let mut s = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
+    let mut junk = 40u32.to_be_bytes().to_vec();
+    junk.extend_from_slice(&[0xAB; 40]);
+    s.write_all(&junk).unwrap();
+    a.wait("handshake failure counted (tcp)", || {
+        a.counter("links_refused", "handshake") >= 1
+    });
+
+    // UDP: garbage and an oversized datagram are dropped and counted.
+    let udp_port = a.spec.listeners[1].1;
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.send_to(b"\xff garbage", ("127.0.0.1", udp_port)).unwrap();
+    u.send_to(&[4u8; 1500], ("127.0.0.1", udp_port)).unwrap();
+    a.wait("udp garbage counted", || a.counter("links_refused", "bad_frame") >= 2);
+
+    // WebSocket: a message over the limit, then a text message.
+    let ws_port = a.spec.listeners[2].1;
+    let before = a.counter("links_refused", "oversize");
+    let stream = TcpStream::connect(("127.0.0.1", ws_port)).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{ws_port}/"), stream).unwrap();
+    let _ = ws.send(tungstenite::Message::Binary(vec![0u8; 10_000].into()));
+    let _ = ws.flush();
+    a.wait("oversize counted (ws)", || a.counter("links_refused", "oversize") > before);
+    let stream = TcpStream::connect(("127.0.0.1", ws_port)).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{ws_port}/"), stream).unwrap();
+    let before = a.counter("links_refused", "bad_frame");
+    let _ = ws.send(tungstenite::Message::Text("hello?".into()));
+    let _ = ws.flush();
+    a.wait("text message counted (ws)", || a.counter("links_refused", "bad_frame") > before);
+
+    // Still serving, still linked.
+    assert_eq!(a.peer_state("b"), "Active");
+    assert_eq!(b.peer_state("a"), "Active");
+    let (code, _) = http(a.http_port, "GET", "/api/status", &[], b"").unwrap();
+    assert_eq!(code, 200);
+}
+
+/// A panic injected into a dialling PeerActor (test-only hook) is caught, the supervisor
+/// restarts the actor, and it re-dials to Active; an injected link error does the same.
+#[test]
+fn supervised_peer_actor_comes_back_after_a_fault() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut sb = Spec::new("b", "tcp");
+    sb.peers = vec![a.spec.url()];
+    let b = Node::start(sb);
+    b.wait_peer_state("a", "Active");
+    let restarts = |n: &Node| n.status()["dialers"][0]["restarts"].as_u64().unwrap_or(0);
+    for (i, fault) in ["panic", "error"].into_iter().enumerate() {
+        let (code, body) = http(
+            b.http_port,
+            "POST",
+            "/debug/fault",
+            &[("peer", &a.spec.url())],
+            fault.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        b.wait(&format!("dialer restarted after {fault}"), || {
+            restarts(&b) > i as u64
+        });
+        b.wait_peer_state("a", "Active");
+        b.wait(&format!("dialer Active after {fault}"), || {
+            b.status()["dialers"][0]["state"] == "Active"
+        });
+    }
+    a.wait_peer_state("b", "Active");
+}
+
+/// Unknown routes answer a JSON 404; /config never shows the secret.
+#[test]
+fn api_errors_are_json_and_config_is_redacted() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let (code, body) = http(a.http_port, "GET", "/nope", &[], b"").unwrap();
+    assert_eq!(code, 404);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "not_found");
+    for path in ["/config", "/api/config"] {
+        let (code, body) = http(a.http_port, "GET", path, &[], b"").unwrap();
+        assert_eq!(code, 200);
+        let text = String::from_utf8(body).unwrap();
+        assert!(!text.contains("test-secret"), "{path} leaks the secret: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], "a");
+    }
+    let s = a.status();
+    assert_eq!(s["public_key_encoding"], "hex");
+    assert_eq!(s["public_key"].as_str().unwrap().len(), 64);
+    assert_eq!(s["listeners"][0], a.spec.url());
+}
