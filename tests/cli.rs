@@ -26,7 +26,9 @@ fn bad_config_names_file_field_and_problem() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].ends_with(r#"node.json: listeners[1]: unknown scheme "quic" (expected udp, tcp or ws)"#),
+        lines[0].ends_with(
+            r#"node.json: listeners[1]: unknown scheme "quic" (expected udp, tcp or ws)"#
+        ),
         "{stderr}"
     );
 }
@@ -57,7 +59,10 @@ fn bind_failure_names_the_listener() {
     );
     let (code, stderr) = run_with(&config);
     assert_ne!(code, 0);
-    assert!(stderr.contains(&format!("cannot listen on tcp://127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on tcp://127.0.0.1:{port}")),
+        "{stderr}"
+    );
 }
 
 /// The identity key is created once (mode 0600) and reused on the next start.

@@ -28,14 +28,18 @@ fn chain_meshes(transport: &str) {
         }
     }
     for (node, other) in [(&n1, "3"), (&n3, "1")] {
-        node.wait(&format!("{} has a direct link to {other}", node.spec.id), || {
-            let p = node.peer(other).unwrap_or_default();
-            p["hops"] == 1
-                && p["next_hop"] == other
-                && p["links"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|l| l["state"] == "Active" && l["transport"] == transport))
-        });
+        node.wait(
+            &format!("{} has a direct link to {other}", node.spec.id),
+            || {
+                let p = node.peer(other).unwrap_or_default();
+                p["hops"] == 1
+                    && p["next_hop"] == other
+                    && p["links"].as_array().is_some_and(|l| {
+                        l.iter()
+                            .any(|l| l["state"] == "Active" && l["transport"] == transport)
+                    })
+            },
+        );
     }
     // RTT is measured on the links.
     n1.wait("an RTT sample on 1's link to 2", || {
@@ -53,7 +57,11 @@ fn chain_meshes(transport: &str) {
                 .iter()
                 .filter(|l| l["state"] == "Active" && l["transport"] == transport)
                 .collect();
-            assert!(active.len() <= 1, "duplicate links at {}: {p:#}", node.spec.id);
+            assert!(
+                active.len() <= 1,
+                "duplicate links at {}: {p:#}",
+                node.spec.id
+            );
         }
     }
 }
@@ -94,7 +102,10 @@ fn wrong_secret_is_refused_and_others_are_unaffected() {
         m.counter("links_refused_by_peer", "wrong_secret") >= 1
     });
     assert!(a.peer("mallory").is_none(), "a must not list mallory");
-    assert!(m.status()["peers"].as_array().unwrap().is_empty(), "mallory learned nothing");
+    assert!(
+        m.status()["peers"].as_array().unwrap().is_empty(),
+        "mallory learned nothing"
+    );
     // The others keep their link.
     assert_eq!(a.peer_state("b"), "Active");
     assert_eq!(b.peer_state("a"), "Active");
@@ -198,7 +209,9 @@ fn garbage_and_oversized_frames_leave_the_node_serving() {
     // TCP: a length prefix far over the limit.
     let mut s = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
     s.write_all(&0x7fff_ffffu32.to_be_bytes()).unwrap();
-    a.wait("oversize counted (tcp)", || a.counter("links_refused", "oversize") >= 1);
+    a.wait("oversize counted (tcp)", || {
+        a.counter("links_refused", "oversize") >= 1
+    });
     // TCP: garbage in a well-formed length prefix fails the Noise handshake.
     let mut s = TcpStream::connect(("127.0.0.1", tcp_port)).unwrap();
     let mut junk = 40u32.to_be_bytes().to_vec();
@@ -213,7 +226,9 @@ fn garbage_and_oversized_frames_leave_the_node_serving() {
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
     u.send_to(b"\xff garbage", ("127.0.0.1", udp_port)).unwrap();
     u.send_to(&[4u8; 1500], ("127.0.0.1", udp_port)).unwrap();
-    a.wait("udp garbage counted", || a.counter("links_refused", "bad_frame") >= 2);
+    a.wait("udp garbage counted", || {
+        a.counter("links_refused", "bad_frame") >= 2
+    });
 
     // WebSocket: a message over the limit, then a text message.
     let ws_port = a.spec.listeners[2].1;
@@ -222,13 +237,17 @@ fn garbage_and_oversized_frames_leave_the_node_serving() {
     let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{ws_port}/"), stream).unwrap();
     let _ = ws.send(tungstenite::Message::Binary(vec![0u8; 10_000].into()));
     let _ = ws.flush();
-    a.wait("oversize counted (ws)", || a.counter("links_refused", "oversize") > before);
+    a.wait("oversize counted (ws)", || {
+        a.counter("links_refused", "oversize") > before
+    });
     let stream = TcpStream::connect(("127.0.0.1", ws_port)).unwrap();
     let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{ws_port}/"), stream).unwrap();
     let before = a.counter("links_refused", "bad_frame");
     let _ = ws.send(tungstenite::Message::Text("hello?".into()));
     let _ = ws.flush();
-    a.wait("text message counted (ws)", || a.counter("links_refused", "bad_frame") > before);
+    a.wait("text message counted (ws)", || {
+        a.counter("links_refused", "bad_frame") > before
+    });
 
     // Still serving, still linked.
     assert_eq!(a.peer_state("b"), "Active");
@@ -241,7 +260,10 @@ fn garbage_and_oversized_frames_leave_the_node_serving() {
 /// restarts the actor, and it re-dials to Active; an injected link error does the same.
 #[test]
 fn supervised_peer_actor_comes_back_after_a_fault() {
-    let a = Node::start(Spec::new("a", "tcp"));
+    // a never dials b, so b's dialer carries the only link (no duplicate to stand by for).
+    let mut sa = Spec::new("a", "tcp");
+    sa.auto_connect = false;
+    let a = Node::start(sa);
     let mut sb = Spec::new("b", "tcp");
     sb.peers = vec![a.spec.url()];
     let b = Node::start(sb);
@@ -280,7 +302,10 @@ fn api_errors_are_json_and_config_is_redacted() {
         let (code, body) = http(a.http_port, "GET", path, &[], b"").unwrap();
         assert_eq!(code, 200);
         let text = String::from_utf8(body).unwrap();
-        assert!(!text.contains("test-secret"), "{path} leaks the secret: {text}");
+        assert!(
+            !text.contains("test-secret"),
+            "{path} leaks the secret: {text}"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["id"], "a");
     }

@@ -228,7 +228,7 @@ impl DiscoveryActor {
 
     fn is_own_address(&self, a: &Endpoint) -> bool {
         let url = a.to_string();
-        self.node.local.listen_addrs.iter().any(|l| *l == url)
+        self.node.local.listen_addrs.contains(&url)
     }
 
     /// Wakes standby dialers to `node_id` on `transport` now that no link is left there.
@@ -281,7 +281,10 @@ impl DiscoveryActor {
             // Dialers to this node that are not currently carrying an admitted link.
             for d in &self.dialers {
                 if let Ok(s) = d.status.lock() {
-                    let admitted = self.links.values().any(|h| Arc::ptr_eq(&h.status, &d.status));
+                    let admitted = self
+                        .links
+                        .values()
+                        .any(|h| Arc::ptr_eq(&h.status, &d.status));
                     if s.node_id.as_deref() == Some(&n.id) && !admitted && !s.standby {
                         links.push(link_report(&s));
                     }

@@ -45,6 +45,8 @@ pub const WRITE_QUEUE_FRAMES: usize = 1024;
 /// Inbound UDP datagrams waiting in this actor's mailbox; beyond it they are dropped (and counted),
 /// as a router would drop them.
 pub const UDP_MAILBOX_DATAGRAMS: usize = 256;
+/// Longest wait for the writer to flush a `close` frame before the actor stops anyway.
+pub const CLOSE_LINGER_MS: u64 = 1_000;
 /// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
@@ -205,6 +207,8 @@ pub struct PeerActor {
     admitted: bool,
     /// The pending link timer and its deadline.
     timer: Option<(u64, SpawnHandle)>,
+    /// The link closed; the actor stops once the writer has flushed (e.g. a `close` frame).
+    closing: bool,
 }
 
 impl PeerActor {
@@ -236,6 +240,7 @@ impl PeerActor {
             link_id: 0,
             admitted: false,
             timer: None,
+            closing: false,
         };
         (actor, status)
     }
@@ -264,6 +269,7 @@ impl PeerActor {
             link_id: 0,
             admitted: false,
             timer: None,
+            closing: false,
         }
     }
 }
@@ -331,6 +337,7 @@ impl Supervised for PeerActor {
         // Streams, the writer and timers were dropped with the old context.
         self.release_attempt();
         self.timer = None;
+        self.closing = false;
         if let Ok(mut s) = self.status.lock() {
             s.restarts += 1;
         }
@@ -493,7 +500,7 @@ impl PeerActor {
         let fut = async move { connect_stream(&target, ws_config).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(Connected::Tcp(stream, remote)) => act.attach_tcp(stream, remote, true, ctx),
-            Ok(Connected::Ws(ws, remote)) => act.attach_ws(ws, remote, true, ctx),
+            Ok(Connected::Ws(ws, remote)) => act.attach_ws(*ws, remote, true, ctx),
             Err(e) => act.dial_failed(e, ctx),
         }));
     }
@@ -754,7 +761,11 @@ impl PeerActor {
             return;
         };
         let dialed = matches!(self.role, Role::Dialer { .. });
-        let transport = self.status.lock().map(|s| s.transport).unwrap_or(Transport::Tcp);
+        let transport = self
+            .status
+            .lock()
+            .map(|s| s.transport)
+            .unwrap_or(Transport::Tcp);
         let remote = attempt.remote;
         let msg = Admit {
             link_id: self.link_id,
@@ -819,8 +830,15 @@ impl PeerActor {
             "link up: {} {} via {} ({})",
             peer.as_deref().unwrap_or("?"),
             attempt.remote,
-            self.status.lock().map(|s| s.transport.to_string()).unwrap_or_default(),
-            if self.is_dialer() { "dialed" } else { "accepted" }
+            self.status
+                .lock()
+                .map(|s| s.transport.to_string())
+                .unwrap_or_default(),
+            if self.is_dialer() {
+                "dialed"
+            } else {
+                "accepted"
+            }
         );
         self.node.metrics.links_established.inc();
         match &mut self.role {
@@ -847,9 +865,12 @@ impl PeerActor {
                 warn!("{what}: peer refused us: wrong secret")
             }
             Cause::Refused(CloseReason::Foreign) | Cause::ClosedByPeer(CloseReason::Foreign) => {
-                warn!("{what}: refused: foreign network (relaying for other networks is not enabled)")
+                warn!(
+                    "{what}: refused: foreign network (relaying for other networks is not enabled)"
+                )
             }
-            Cause::Refused(CloseReason::Duplicate) | Cause::ClosedByPeer(CloseReason::Duplicate) => {
+            Cause::Refused(CloseReason::Duplicate)
+            | Cause::ClosedByPeer(CloseReason::Duplicate) => {
                 debug!("{what}: closed as a duplicate link")
             }
             other if was_active => info!("{what}: link down: {other}"),
@@ -892,13 +913,27 @@ impl PeerActor {
         if let Ok(mut s) = self.status.lock() {
             s.last_error = Some(cause.to_string());
         }
+        let stream = matches!(
+            self.attempt_ref(),
+            Some(Attempt {
+                conn: Conn::Stream { .. },
+                ..
+            })
+        );
+        // Dropping the attempt closes the writer's queue: it flushes what is left (our `close`
+        // frame) and then ends, which stops the actor. The linger bounds a stuck socket.
         if was_active || matches!(self.state, State::Disconnected { .. }) {
             self.state = State::Disconnected { attempt: None };
         } else {
             self.state = State::Init { attempt: None };
         }
         self.update_status();
-        ctx.stop();
+        if stream {
+            self.closing = true;
+            ctx.run_later(Duration::from_millis(CLOSE_LINGER_MS), |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
     }
 
     fn count_close(&self, cause: &Cause) {
@@ -1031,7 +1066,10 @@ impl PeerActor {
 /// Result of connecting a stream transport.
 enum Connected {
     Tcp(TcpStream, SocketAddr),
-    Ws(tokio_tungstenite::WebSocketStream<TcpStream>, SocketAddr),
+    Ws(
+        Box<tokio_tungstenite::WebSocketStream<TcpStream>>,
+        SocketAddr,
+    ),
 }
 
 async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
@@ -1046,7 +1084,10 @@ async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("resolve {host}: no address"))
 }
 
-async fn connect_stream(target: &Endpoint, ws_config: WebSocketConfig) -> Result<Connected, String> {
+async fn connect_stream(
+    target: &Endpoint,
+    ws_config: WebSocketConfig,
+) -> Result<Connected, String> {
     let addr = resolve(target).await?;
     let stream = tokio::time::timeout(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
@@ -1065,7 +1106,7 @@ async fn connect_stream(target: &Endpoint, ws_config: WebSocketConfig) -> Result
         .await
         .map_err(|_| "websocket upgrade timed out".to_string())?
         .map_err(|e| format!("websocket upgrade: {e}"))?;
-    Ok(Connected::Ws(ws, addr))
+    Ok(Connected::Ws(Box::new(ws), addr))
 }
 
 /// A UDP socket of the same address family that can reach `remote` (a socket bound to loopback
@@ -1102,13 +1143,18 @@ where
         let _ = sink.close().await;
         Ok::<(), String>(())
     };
-    ctx.spawn(actix::fut::wrap_future::<_, PeerActor>(fut).map(|res, act, ctx| {
-        if let Err(e) = res {
-            debug!("{}: write failed: {e}", act.describe());
-            act.on_stream_error(Cause::TransportClosed);
-            act.drive(ctx);
-        }
-    }));
+    ctx.spawn(
+        actix::fut::wrap_future::<_, PeerActor>(fut).map(|res, act, ctx| {
+            if let Err(e) = res {
+                debug!("{}: write failed: {e}", act.describe());
+                act.on_stream_error(Cause::TransportClosed);
+                act.drive(ctx);
+            }
+            if act.closing {
+                ctx.stop();
+            }
+        }),
+    );
     tx
 }
 

@@ -421,11 +421,9 @@ impl Link {
                 last_sent: Some(msg),
                 retransmit: Some(r),
                 ..
-            } => {
-                if now_ms >= r.due_ms {
-                    r.backoff(now_ms);
-                    self.outbox.push_back(msg.clone());
-                }
+            } if now_ms >= r.due_ms => {
+                r.backoff(now_ms);
+                self.outbox.push_back(msg.clone());
             }
             State::Proving {
                 awaiting:
@@ -434,17 +432,15 @@ impl Link {
                         retransmit: Some(r),
                     },
                 ..
-            } => {
-                if now_ms >= r.due_ms {
-                    r.backoff(now_ms);
-                    let msg3 = Transmit::Handshake {
-                        step: 3,
-                        bytes: msg3.clone(),
-                    };
-                    self.outbox.push_back(msg3);
-                    let hello = Frame::Hello(self.own_hello());
-                    self.send_frame_internal(&hello);
-                }
+            } if now_ms >= r.due_ms => {
+                r.backoff(now_ms);
+                let msg3 = Transmit::Handshake {
+                    step: 3,
+                    bytes: msg3.clone(),
+                };
+                self.outbox.push_back(msg3);
+                let hello = Frame::Hello(self.own_hello());
+                self.send_frame_internal(&hello);
             }
             State::Active {
                 last_heard_ms,
@@ -515,7 +511,12 @@ impl Link {
             observed_addr,
             known,
         });
-        self.state = Link::active(session, hello.clone(), now_ms, self.params.heartbeat_interval_ms);
+        self.state = Link::active(
+            session,
+            hello.clone(),
+            now_ms,
+            self.params.heartbeat_interval_ms,
+        );
         if !self.send_frame_internal(&welcome) {
             return;
         }
@@ -765,11 +766,11 @@ impl Link {
         if hello.network != self.local.network {
             return Err(CloseReason::Foreign);
         }
-        if !self.keys.network_key.verify(
-            self.role.peer(),
-            &session.handshake_hash,
-            &hello.proof,
-        ) {
+        if !self
+            .keys
+            .network_key
+            .verify(self.role.peer(), &session.handshake_hash, &hello.proof)
+        {
             return Err(CloseReason::WrongSecret);
         }
         if hello.public_key != session.remote_static {
@@ -809,7 +810,12 @@ impl Link {
             unreachable!("matched above");
         };
         let hello = Box::new(welcome.hello);
-        self.state = Link::active(session, hello.clone(), now_ms, self.params.heartbeat_interval_ms);
+        self.state = Link::active(
+            session,
+            hello.clone(),
+            now_ms,
+            self.params.heartbeat_interval_ms,
+        );
         self.events.push_back(Event::Up {
             hello,
             welcome: Some(WelcomeInfo {
@@ -1021,7 +1027,9 @@ mod tests {
             };
             assert_eq!(hello.node_id, "b");
             assert_eq!(w.observed_addr, "tcp://10.0.0.1:5");
-            assert!(eb.iter().any(|e| matches!(e, Event::Up { welcome: None, .. })));
+            assert!(eb
+                .iter()
+                .any(|e| matches!(e, Event::Up { welcome: None, .. })));
             // The first ping/pong already gave an RTT sample on both sides.
             assert!(p.a.rtt().is_some() && p.b.rtt().is_some());
         }
@@ -1032,7 +1040,9 @@ mod tests {
         let mut p = pair(false, "net", "other");
         let (ea, eb) = run(&mut p);
         assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::WrongSecret))));
-        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::WrongSecret))));
+        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(
+            CloseReason::WrongSecret
+        ))));
         // The listener never revealed its welcome.
         assert!(!ea.iter().any(|e| matches!(e, Event::Up { .. })));
     }
@@ -1093,7 +1103,10 @@ mod tests {
         for datagram in [false, true] {
             let mut p = pair(datagram, "net", "s3cret");
             run(&mut p);
-            p.b.handle_datagram(1, Packet::Record(b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage"));
+            p.b.handle_datagram(
+                1,
+                Packet::Record(b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage"),
+            );
             let closed = matches!(p.b.poll_event(), Some(Event::Closed(Cause::BadFrame(_))));
             assert_eq!(closed, !datagram, "datagram={datagram}");
         }
@@ -1151,13 +1164,13 @@ mod tests {
         p.now = 200;
         p.a.handle_timeout(200);
         deliver(&mut p.a, &mut p.b, 200); // msg1
-        // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
+                                          // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
         while p.b.poll_transmit().is_some() {}
         p.now = 600;
         p.a.handle_timeout(600);
         deliver(&mut p.a, &mut p.b, 600);
         deliver(&mut p.b, &mut p.a, 600); // msg2 -> a sends msg3 + hello
-        // Drop msg3 + hello; a retransmits both.
+                                          // Drop msg3 + hello; a retransmits both.
         while p.a.poll_transmit().is_some() {}
         p.now = 800;
         p.a.handle_timeout(800);

@@ -58,7 +58,10 @@ pub fn http(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("bad status line"))?;
     let mut body = buf[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((status, body))
@@ -242,7 +245,8 @@ impl Node {
 
     /// Waits on a condition, dumping this node's log tail if it never holds.
     pub fn wait(&self, what: &str, f: impl FnMut() -> bool) {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, WAIT, f)));
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, WAIT, f)));
         if let Err(e) = r {
             eprintln!("--- log of node {} ---\n{}", self.spec.id, self.log_tail());
             eprintln!("--- status ---\n{:#}", self.status());
