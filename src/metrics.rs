@@ -56,7 +56,7 @@ pub struct Refused {
 pub struct Metrics {
     /// Authenticated frames received on links.
     pub frames_in: Counter,
-    /// Frames sent on links.
+    /// Frames sent on links (a fragmented UDP frame counts once).
     pub frames_out: Counter,
     /// Bytes received on links (as on the wire, including framing and handshakes).
     pub bytes_in: Counter,

@@ -76,6 +76,11 @@ impl NodeShared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Microseconds since the node started: the clock links run on.
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     /// A fresh id for a link attempt.
     pub fn next_link_id(&self) -> u64 {
         self.next_link.fetch_add(1, Ordering::Relaxed) + 1

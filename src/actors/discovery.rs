@@ -249,7 +249,7 @@ impl DiscoveryActor {
     }
 
     fn report(&self) -> DiscoveryReport {
-        let now = self.node.now_ms();
+        let now = self.node.now_us();
         let link_report = |s: &crate::actors::peer::LinkStatus| LinkReport {
             transport: s.transport,
             direction: if s.dialed { "outbound" } else { "inbound" },
@@ -263,7 +263,7 @@ impl DiscoveryActor {
                 avg: r.avg_us().unwrap_or(0) as f64 / 1000.0,
                 samples: r.samples,
             }),
-            last_heard_ms_ago: s.last_heard_ms.map(|t| now.saturating_sub(t)),
+            last_heard_ms_ago: s.last_heard_us.map(|t| now.saturating_sub(t) / 1000),
             last_error: s.last_error.clone(),
         };
         let mut peers = Vec::new();

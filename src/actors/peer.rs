@@ -77,8 +77,8 @@ pub struct LinkStatus {
     pub node_id: Option<String>,
     /// Pong RTT statistics of the current connection.
     pub rtt: Option<Rtt>,
-    /// Node-clock ms when the peer was last heard.
-    pub last_heard_ms: Option<u64>,
+    /// Node-clock microseconds when the peer was last heard.
+    pub last_heard_us: Option<u64>,
     /// Why the last connection ended.
     pub last_error: Option<String>,
     /// Times the supervisor restarted this actor (dialers).
@@ -285,7 +285,7 @@ impl LinkStatus {
             state: PeerState::Init,
             node_id: None,
             rtt: None,
-            last_heard_ms: None,
+            last_heard_us: None,
             last_error: None,
             restarts: 0,
             attempts: 0,
@@ -594,7 +594,7 @@ impl PeerActor {
     fn attach(&mut self, conn: Conn, remote: SocketAddr, dialed: bool, ctx: &mut Context<Self>) {
         let datagram = matches!(conn, Conn::Udp(_));
         let params = self.node.link_params(datagram);
-        let now = self.node.now_ms();
+        let now = self.node.now_us();
         let (local, keys) = (self.node.local.clone(), self.node.keys.clone());
         let link = if dialed {
             Link::dial(params, local, keys, now)
@@ -630,7 +630,7 @@ impl PeerActor {
     // ---- input ----
 
     fn on_stream_message(&mut self, bytes: &[u8]) {
-        let now = self.node.now_ms();
+        let now = self.node.now_us();
         self.node.metrics.bytes_in.add(bytes.len() as u64);
         if let Some(a) = self.attempt_mut() {
             a.link.handle_stream_message(now, bytes);
@@ -644,7 +644,7 @@ impl PeerActor {
     }
 
     fn on_udp(&mut self, msg: UdpIn, ctx: &mut Context<Self>) {
-        let now = self.node.now_ms();
+        let now = self.node.now_us();
         self.node.metrics.bytes_in.add(msg.data.len() as u64);
         let Some(attempt) = self.attempt_mut() else {
             return;
@@ -689,6 +689,9 @@ impl PeerActor {
             let Some(attempt) = self.attempt_mut() else {
                 return;
             };
+            let (frames_in, frames_out) = attempt.link.take_frame_counts();
+            node.metrics.frames_in.add(frames_in);
+            node.metrics.frames_out.add(frames_out);
             let mut failed = None;
             while let Some(t) = attempt.link.poll_transmit() {
                 if let Err(e) = send(&mut attempt.conn, t, &node) {
@@ -717,10 +720,10 @@ impl PeerActor {
                     ctx.cancel_future(handle);
                 }
                 if let Some(deadline) = next {
-                    let wait = deadline.saturating_sub(self.node.now_ms());
-                    let handle = ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+                    let wait = deadline.saturating_sub(self.node.now_us());
+                    let handle = ctx.run_later(Duration::from_micros(wait), |act, ctx| {
                         act.timer = None;
-                        let now = act.node.now_ms();
+                        let now = act.node.now_us();
                         if let Some(a) = act.attempt_mut() {
                             a.link.handle_timeout(now);
                         }
@@ -786,7 +789,7 @@ impl PeerActor {
                     if act.link_id != link_id {
                         return;
                     }
-                    let now = act.node.now_ms();
+                    let now = act.node.now_us();
                     let observed = format!("{}://{}", transport, remote);
                     let Some(phase) = act.attempt_ref().map(|a| a.link.phase()) else {
                         return;
@@ -970,7 +973,7 @@ impl PeerActor {
             State::Active { attempt } => (
                 PeerState::Active,
                 attempt.link.rtt(),
-                attempt.link.last_heard_ms(),
+                attempt.link.last_heard_us(),
             ),
             State::Disconnected { .. } => (PeerState::Disconnected, None, None),
         };
@@ -978,7 +981,7 @@ impl PeerActor {
             s.state = state;
             if state == PeerState::Active {
                 s.rtt = rtt;
-                s.last_heard_ms = heard;
+                s.last_heard_us = heard;
             }
         }
     }
@@ -1160,7 +1163,6 @@ where
 
 /// Sends one transmit on the connection.
 fn send(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Result<(), Cause> {
-    node.metrics.frames_out.inc();
     match conn {
         Conn::Stream { tx } => {
             let bytes = match t {

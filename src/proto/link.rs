@@ -4,7 +4,8 @@
 //! ([`Link::handle_stream_message`] for TCP/WebSocket, [`Link::handle_datagram`] for UDP) and the
 //! current time ([`Link::handle_timeout`]), then drains what the link wants sent
 //! ([`Link::poll_transmit`]) and what happened ([`Link::poll_event`]). The link never touches a
-//! socket or a clock, so everything here is tested on byte vectors and simulated milliseconds.
+//! socket or a clock, so everything here is tested on byte vectors and simulated time. Time is
+//! microseconds on the owner's monotonic clock (`now_us`), fine enough for loopback RTTs.
 //!
 //! Lifecycle (see `docs/PROTOCOL.md`):
 //! 1. `Handshaking`: Noise XX, three messages; nothing else is accepted.
@@ -180,22 +181,22 @@ pub enum Phase {
 #[derive(Debug)]
 struct Retransmit {
     /// When to resend next.
-    due_ms: u64,
+    due_us: u64,
     /// Current interval, doubling up to [`RETRANSMIT_MAX_MS`].
-    interval_ms: u64,
+    interval_us: u64,
 }
 
 impl Retransmit {
-    fn start(now_ms: u64) -> Self {
+    fn start(now_us: u64) -> Self {
         Retransmit {
-            due_ms: now_ms + RETRANSMIT_INITIAL_MS,
-            interval_ms: RETRANSMIT_INITIAL_MS,
+            due_us: now_us + RETRANSMIT_INITIAL_MS * 1000,
+            interval_us: RETRANSMIT_INITIAL_MS * 1000,
         }
     }
 
-    fn backoff(&mut self, now_ms: u64) {
-        self.interval_ms = (self.interval_ms * 2).min(RETRANSMIT_MAX_MS);
-        self.due_ms = now_ms + self.interval_ms;
+    fn backoff(&mut self, now_us: u64) {
+        self.interval_us = (self.interval_us * 2).min(RETRANSMIT_MAX_MS * 1000);
+        self.due_us = now_us + self.interval_us;
     }
 }
 
@@ -239,8 +240,8 @@ enum State {
         peer: Box<Hello>,
         /// Welcome frame we sent (listener side), resent if the dialer's hello is retransmitted.
         welcome: Option<Box<Frame>>,
-        last_heard_ms: u64,
-        next_ping_ms: u64,
+        last_heard_us: u64,
+        next_ping_us: u64,
         /// Nonce and send time of the ping we await a pong for.
         outstanding: Option<(u64, u64)>,
         next_nonce: u64,
@@ -258,13 +259,16 @@ pub struct Link {
     role: Role,
     state: State,
     /// When the link was created; bounds the handshake.
-    created_ms: u64,
+    created_us: u64,
     /// Datagram mode: id of the next fragmented message.
     next_msg_id: u32,
     /// Datagram mode: reassembly of fragmented frames.
     reassembler: Option<Reassembler>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Frames decoded / sealed since the owner last asked ([`Link::take_frame_counts`]).
+    frames_in: u64,
+    frames_out: u64,
 }
 
 impl Link {
@@ -273,7 +277,7 @@ impl Link {
         params: Params,
         local: Arc<LocalInfo>,
         keys: Arc<KeyRing>,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<Link, Cause> {
         let (hs, msg1) =
             Handshake::initiator(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
@@ -281,7 +285,7 @@ impl Link {
             step: 1,
             bytes: msg1,
         };
-        let mut link = Link::new(params, local, keys, Role::Initiator, now_ms, hs);
+        let mut link = Link::new(params, local, keys, Role::Initiator, now_us, hs);
         link.outbox.push_back(first.clone());
         if let State::Handshaking {
             last_sent,
@@ -290,7 +294,7 @@ impl Link {
         } = &mut link.state
         {
             *last_sent = Some(first);
-            *retransmit = link.params.datagram.then(|| Retransmit::start(now_ms));
+            *retransmit = link.params.datagram.then(|| Retransmit::start(now_us));
         }
         Ok(link)
     }
@@ -300,11 +304,11 @@ impl Link {
         params: Params,
         local: Arc<LocalInfo>,
         keys: Arc<KeyRing>,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<Link, Cause> {
         let hs =
             Handshake::responder(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
-        Ok(Link::new(params, local, keys, Role::Responder, now_ms, hs))
+        Ok(Link::new(params, local, keys, Role::Responder, now_us, hs))
     }
 
     fn new(
@@ -312,7 +316,7 @@ impl Link {
         local: Arc<LocalInfo>,
         keys: Arc<KeyRing>,
         role: Role,
-        now_ms: u64,
+        now_us: u64,
         hs: Handshake,
     ) -> Link {
         let reassembler = params
@@ -328,11 +332,13 @@ impl Link {
                 last_sent: None,
                 retransmit: None,
             },
-            created_ms: now_ms,
+            created_us: now_us,
             next_msg_id: 0,
             reassembler,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            frames_in: 0,
+            frames_out: 0,
         }
     }
 
@@ -359,10 +365,10 @@ impl Link {
         }
     }
 
-    /// When something authenticated was last heard, once Active.
-    pub fn last_heard_ms(&self) -> Option<u64> {
+    /// When something authenticated was last heard (us), once Active.
+    pub fn last_heard_us(&self) -> Option<u64> {
         match &self.state {
-            State::Active { last_heard_ms, .. } => Some(*last_heard_ms),
+            State::Active { last_heard_us, .. } => Some(*last_heard_us),
             _ => None,
         }
     }
@@ -373,6 +379,14 @@ impl Link {
             State::Active { peer, .. } => Some(peer),
             _ => None,
         }
+    }
+
+    /// Frames received and sent since the last call, for the node's counters.
+    pub fn take_frame_counts(&mut self) -> (u64, u64) {
+        let counts = (self.frames_in, self.frames_out);
+        self.frames_in = 0;
+        self.frames_out = 0;
+        counts
     }
 
     /// Next thing to send, if any.
@@ -387,32 +401,32 @@ impl Link {
 
     /// The earliest time [`Link::handle_timeout`] must be called.
     pub fn next_timeout(&self) -> Option<u64> {
-        let handshake_deadline = self.created_ms + self.params.handshake_timeout_ms;
+        let handshake_deadline = self.created_us + self.params.handshake_timeout_ms * 1000;
         match &self.state {
             State::Handshaking { retransmit, .. } => Some(
                 retransmit
                     .as_ref()
-                    .map_or(handshake_deadline, |r| r.due_ms.min(handshake_deadline)),
+                    .map_or(handshake_deadline, |r| r.due_us.min(handshake_deadline)),
             ),
             State::Proving { awaiting, .. } => match awaiting {
                 Awaiting::Welcome {
                     retransmit: Some(r),
                     ..
-                } => Some(r.due_ms.min(handshake_deadline)),
+                } => Some(r.due_us.min(handshake_deadline)),
                 _ => Some(handshake_deadline),
             },
             State::Active {
-                last_heard_ms,
-                next_ping_ms,
+                last_heard_us,
+                next_ping_us,
                 ..
-            } => Some((*next_ping_ms).min(last_heard_ms + self.params.peer_timeout_ms)),
+            } => Some((*next_ping_us).min(last_heard_us + self.params.peer_timeout_ms * 1000)),
             State::Closed => None,
         }
     }
 
     /// Drives timers: retransmissions, handshake deadline, pings, peer timeout.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        let handshake_expired = now_ms >= self.created_ms + self.params.handshake_timeout_ms;
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        let handshake_expired = now_us >= self.created_us + self.params.handshake_timeout_ms * 1000;
         match &mut self.state {
             State::Handshaking { .. } | State::Proving { .. } if handshake_expired => {
                 self.close_silently(Cause::Timeout);
@@ -421,8 +435,8 @@ impl Link {
                 last_sent: Some(msg),
                 retransmit: Some(r),
                 ..
-            } if now_ms >= r.due_ms => {
-                r.backoff(now_ms);
+            } if now_us >= r.due_us => {
+                r.backoff(now_us);
                 self.outbox.push_back(msg.clone());
             }
             State::Proving {
@@ -432,8 +446,8 @@ impl Link {
                         retransmit: Some(r),
                     },
                 ..
-            } if now_ms >= r.due_ms => {
-                r.backoff(now_ms);
+            } if now_us >= r.due_us => {
+                r.backoff(now_us);
                 let msg3 = Transmit::Handshake {
                     step: 3,
                     bytes: msg3.clone(),
@@ -443,21 +457,21 @@ impl Link {
                 self.send_frame_internal(&hello);
             }
             State::Active {
-                last_heard_ms,
-                next_ping_ms,
+                last_heard_us,
+                next_ping_us,
                 outstanding,
                 next_nonce,
                 ..
             } => {
-                if now_ms >= *last_heard_ms + self.params.peer_timeout_ms {
+                if now_us >= *last_heard_us + self.params.peer_timeout_ms * 1000 {
                     self.close_silently(Cause::Timeout);
                     return;
                 }
-                if now_ms >= *next_ping_ms {
+                if now_us >= *next_ping_us {
                     let nonce = *next_nonce;
                     *next_nonce += 1;
-                    *outstanding = Some((nonce, now_ms));
-                    *next_ping_ms = now_ms + self.params.heartbeat_interval_ms;
+                    *outstanding = Some((nonce, now_us));
+                    *next_ping_us = now_us + self.params.heartbeat_interval_ms;
                     self.send_frame_internal(&Frame::Ping { nonce });
                 }
             }
@@ -466,7 +480,7 @@ impl Link {
     }
 
     /// A message from a stream transport (TCP, WebSocket): handshake messages first, records after.
-    pub fn handle_stream_message(&mut self, now_ms: u64, bytes: &[u8]) {
+    pub fn handle_stream_message(&mut self, now_us: u64, bytes: &[u8]) {
         let packet = match &self.state {
             State::Handshaking { last_sent, .. } => {
                 // On a stream each message arrives once and in order.
@@ -479,19 +493,19 @@ impl Link {
             }
             _ => Packet::Record(bytes),
         };
-        self.handle_datagram(now_ms, packet);
+        self.handle_datagram(now_us, packet);
     }
 
     /// A classified packet (UDP) or a stream message.
-    pub fn handle_datagram(&mut self, now_ms: u64, packet: Packet<'_>) {
+    pub fn handle_datagram(&mut self, now_us: u64, packet: Packet<'_>) {
         match packet {
-            Packet::Handshake { step, bytes } => self.on_handshake(now_ms, step, bytes),
-            Packet::Record(record) => self.on_record(now_ms, record),
+            Packet::Handshake { step, bytes } => self.on_handshake(now_us, step, bytes),
+            Packet::Record(record) => self.on_record(now_us, record),
         }
     }
 
     /// The owner admits the peer whose hello was verified: send `welcome`, go Active.
-    pub fn admit(&mut self, now_ms: u64, observed_addr: String, known: Vec<NodeInfo>) {
+    pub fn admit(&mut self, now_us: u64, observed_addr: String, known: Vec<NodeInfo>) {
         let State::Proving {
             awaiting: Awaiting::Admission(_),
             ..
@@ -514,7 +528,7 @@ impl Link {
         self.state = Link::active(
             session,
             hello.clone(),
-            now_ms,
+            now_us,
             self.params.heartbeat_interval_ms,
         );
         if !self.send_frame_internal(&welcome) {
@@ -527,7 +541,7 @@ impl Link {
             hello,
             welcome: None,
         });
-        self.ping_now(now_ms);
+        self.ping_now(now_us);
     }
 
     /// Closes the link, telling the peer why (if keys are up).
@@ -559,7 +573,7 @@ impl Link {
 
     // ---- handshake ----
 
-    fn on_handshake(&mut self, now_ms: u64, step: u8, msg: &[u8]) {
+    fn on_handshake(&mut self, now_us: u64, step: u8, msg: &[u8]) {
         let State::Handshaking { hs, last_sent, .. } = &mut self.state else {
             // A retransmitted handshake message after we moved on: the peer missed our answer
             // only if we are the listener still waiting for hello; msg 3 duplicates are harmless.
@@ -619,7 +633,7 @@ impl Link {
                     Some(Transmit::Handshake { bytes, .. }) => bytes,
                     _ => Vec::new(),
                 };
-                let retransmit = self.params.datagram.then(|| Retransmit::start(now_ms));
+                let retransmit = self.params.datagram.then(|| Retransmit::start(now_us));
                 let hello = Frame::Hello(self.own_hello_for(&session));
                 self.state = State::Proving {
                     session,
@@ -638,7 +652,7 @@ impl Link {
 
     // ---- records ----
 
-    fn on_record(&mut self, now_ms: u64, record: &[u8]) {
+    fn on_record(&mut self, now_us: u64, record: &[u8]) {
         let session = match &mut self.state {
             State::Proving { session, .. } | State::Active { session, .. } => session,
             // Records before the handshake finished (UDP reordering) or after close: drop.
@@ -657,10 +671,10 @@ impl Link {
             }
         };
         let frame_bytes = if let Some(r) = &mut self.reassembler {
-            match r.push(now_ms, &plaintext) {
+            match r.push(now_us / 1000, &plaintext) {
                 Ok(Some(whole)) => whole,
                 Ok(None) => {
-                    self.mark_heard(now_ms);
+                    self.mark_heard(now_us);
                     return;
                 }
                 Err(e) => {
@@ -688,17 +702,18 @@ impl Link {
                 return;
             }
         };
-        self.mark_heard(now_ms);
-        self.on_frame(now_ms, frame);
+        self.frames_in += 1;
+        self.mark_heard(now_us);
+        self.on_frame(now_us, frame);
     }
 
-    fn mark_heard(&mut self, now_ms: u64) {
-        if let State::Active { last_heard_ms, .. } = &mut self.state {
-            *last_heard_ms = now_ms;
+    fn mark_heard(&mut self, now_us: u64) {
+        if let State::Active { last_heard_us, .. } = &mut self.state {
+            *last_heard_us = now_us;
         }
     }
 
-    fn on_frame(&mut self, now_ms: u64, frame: Frame) {
+    fn on_frame(&mut self, now_us: u64, frame: Frame) {
         if let Frame::Close { reason } = frame {
             self.close_silently(Cause::ClosedByPeer(reason));
             return;
@@ -715,7 +730,7 @@ impl Link {
                 awaiting: Awaiting::Welcome { .. },
                 ..
             } => match frame {
-                Frame::Welcome(welcome) => self.on_welcome(now_ms, welcome),
+                Frame::Welcome(welcome) => self.on_welcome(now_us, welcome),
                 other => self.protocol_violation(&other, "welcome"),
             },
             // A retransmitted hello while the owner decides: ignore.
@@ -733,10 +748,10 @@ impl Link {
                     self.send_frame_internal(&Frame::Pong { nonce });
                 }
                 Frame::Pong { nonce } => {
-                    if let Some((n, sent_ms)) = *outstanding {
+                    if let Some((n, sent_us)) = *outstanding {
                         if n == nonce {
                             *outstanding = None;
-                            rtt.record(now_ms.saturating_sub(sent_ms) * 1000);
+                            rtt.record(now_us.saturating_sub(sent_us));
                         }
                     }
                 }
@@ -797,7 +812,7 @@ impl Link {
         self.events.push_back(Event::HelloVerified(hello));
     }
 
-    fn on_welcome(&mut self, now_ms: u64, welcome: Welcome) {
+    fn on_welcome(&mut self, now_us: u64, welcome: Welcome) {
         let State::Proving { session, .. } = &self.state else {
             return;
         };
@@ -813,7 +828,7 @@ impl Link {
         self.state = Link::active(
             session,
             hello.clone(),
-            now_ms,
+            now_us,
             self.params.heartbeat_interval_ms,
         );
         self.events.push_back(Event::Up {
@@ -823,16 +838,16 @@ impl Link {
                 known: welcome.known,
             }),
         });
-        self.ping_now(now_ms);
+        self.ping_now(now_us);
     }
 
-    fn active(session: Session, peer: Box<Hello>, now_ms: u64, heartbeat_ms: u64) -> State {
+    fn active(session: Session, peer: Box<Hello>, now_us: u64, heartbeat_us: u64) -> State {
         State::Active {
             session,
             peer,
             welcome: None,
-            last_heard_ms: now_ms,
-            next_ping_ms: now_ms + heartbeat_ms,
+            last_heard_us: now_us,
+            next_ping_us: now_us + heartbeat_us,
             outstanding: None,
             next_nonce: 0,
             rtt: Rtt::default(),
@@ -840,11 +855,11 @@ impl Link {
     }
 
     /// First ping right away, so an RTT shows up without waiting a heartbeat.
-    fn ping_now(&mut self, now_ms: u64) {
-        if let State::Active { next_ping_ms, .. } = &mut self.state {
-            *next_ping_ms = now_ms;
+    fn ping_now(&mut self, now_us: u64) {
+        if let State::Active { next_ping_us, .. } = &mut self.state {
+            *next_ping_us = now_us;
         }
-        self.handle_timeout(now_ms);
+        self.handle_timeout(now_us);
     }
 
     fn own_hello(&self) -> Hello {
@@ -894,6 +909,7 @@ impl Link {
         } else {
             vec![bytes]
         };
+        self.frames_out += 1;
         for piece in pieces {
             let mut out = Vec::with_capacity(piece.len() + crate::wire::record::RECORD_OVERHEAD);
             if session.sealer.seal(&piece, &mut out).is_err() {
@@ -931,6 +947,8 @@ mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::proto::handshake::NetworkKey;
+
+    const MS: u64 = 1_000;
 
     fn params(datagram: bool) -> Params {
         Params {
@@ -1117,7 +1135,7 @@ mod tests {
         let mut p = pair(false, "net", "s3cret");
         run(&mut p);
         // Heartbeats flow while both answer.
-        for t in [1_000, 2_000, 3_000, 4_000] {
+        for t in [1_000 * MS, 2_000 * MS, 3_000 * MS, 4_000 * MS] {
             p.now = t;
             p.a.handle_timeout(t);
             p.b.handle_timeout(t);
@@ -1126,13 +1144,13 @@ mod tests {
         assert_eq!(p.a.phase(), Phase::Active);
         assert_eq!(p.a.rtt().unwrap().samples, 5);
         // b goes silent: a sends pings but hears nothing for the timeout.
-        let mut t = 4_000;
+        let mut t = 4_000 * MS;
         while p.a.phase() == Phase::Active {
             t = p.a.next_timeout().unwrap();
             p.a.handle_timeout(t);
             while p.a.poll_transmit().is_some() {}
         }
-        assert_eq!(t, 4_000 + 3_000);
+        assert_eq!(t, (4_000 + 3_000) * MS);
         assert!(matches!(
             std::iter::from_fn(|| p.a.poll_event()).last(),
             Some(Event::Closed(Cause::Timeout))
@@ -1161,29 +1179,29 @@ mod tests {
         let mut p = pair(true, "net", "s3cret");
         // Drop msg1: the dialer retransmits it.
         while p.a.poll_transmit().is_some() {}
-        p.now = 200;
-        p.a.handle_timeout(200);
-        deliver(&mut p.a, &mut p.b, 200); // msg1
-                                          // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
+        p.now = 200 * MS;
+        p.a.handle_timeout(200 * MS);
+        deliver(&mut p.a, &mut p.b, 200 * MS); // msg1
+                                               // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
         while p.b.poll_transmit().is_some() {}
-        p.now = 600;
-        p.a.handle_timeout(600);
-        deliver(&mut p.a, &mut p.b, 600);
-        deliver(&mut p.b, &mut p.a, 600); // msg2 -> a sends msg3 + hello
-                                          // Drop msg3 + hello; a retransmits both.
+        p.now = 600 * MS;
+        p.a.handle_timeout(600 * MS);
+        deliver(&mut p.a, &mut p.b, 600 * MS);
+        deliver(&mut p.b, &mut p.a, 600 * MS); // msg2 -> a sends msg3 + hello
+                                               // Drop msg3 + hello; a retransmits both.
         while p.a.poll_transmit().is_some() {}
-        p.now = 800;
-        p.a.handle_timeout(800);
-        deliver(&mut p.a, &mut p.b, 800);
+        p.now = 800 * MS;
+        p.a.handle_timeout(800 * MS);
+        deliver(&mut p.a, &mut p.b, 800 * MS);
         while let Some(e) = p.b.poll_event() {
             if let Event::HelloVerified(_) = e {
-                p.b.admit(800, "udp://x:1".into(), vec![]);
+                p.b.admit(800 * MS, "udp://x:1".into(), vec![]);
             }
         }
         // Drop the welcome (and b's first ping); a retransmits hello, b answers with welcome again.
         while p.b.poll_transmit().is_some() {}
-        p.now = 1_200;
-        p.a.handle_timeout(1_200);
+        p.now = 1_200 * MS;
+        p.a.handle_timeout(1_200 * MS);
         run(&mut p);
         assert_eq!(p.a.phase(), Phase::Active);
         assert_eq!(p.b.phase(), Phase::Active);
