@@ -53,8 +53,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Smallest accepted `max_frame_bytes`, in bytes (4 KiB): handshake and gossip frames must fit.
 pub const MIN_MAX_FRAME_BYTES: usize = 4096;
 
-/// Largest accepted `max_frame_bytes`, in bytes (16 MiB): a bound on per-connection buffering.
-pub const MAX_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest accepted `max_frame_bytes`: what the wire codec decodes at most (4 MiB), which also
+/// bounds per-connection buffering.
+pub const MAX_MAX_FRAME_BYTES: usize = crate::wire::MAX_FRAME_BYTES;
 
 /// What every output of this module shows in place of the secret.
 pub const REDACTED: &str = "<redacted>";
@@ -1600,11 +1601,11 @@ mod tests {
     fn max_frame_bytes_range() {
         assert_eq!(
             err(&with(r#""max_frame_bytes": 4095"#)),
-            "node.json: max_frame_bytes: must be between 4096 and 16777216, found 4095"
+            "node.json: max_frame_bytes: must be between 4096 and 4194304, found 4095"
         );
         assert_eq!(
-            err(&with(r#""max_frame_bytes": 16777217"#)),
-            "node.json: max_frame_bytes: must be between 4096 and 16777216, found 16777217"
+            err(&with(r#""max_frame_bytes": 4194305"#)),
+            "node.json: max_frame_bytes: must be between 4096 and 4194304, found 4194305"
         );
         assert_eq!(
             err(&with(r#""max_frame_bytes": []"#)),
@@ -1616,7 +1617,7 @@ mod tests {
                 .max_frame_bytes
         };
         assert_eq!(frame(4096), 4096);
-        assert_eq!(frame(16 * 1024 * 1024), 16 * 1024 * 1024);
+        assert_eq!(frame(4 * 1024 * 1024), 4 * 1024 * 1024);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::config::{Endpoint, Transport};
 use crate::node::{HandshakeSlot, NodeShared};
 use crate::proto::backoff::Backoff;
 use crate::proto::link::{Cause, Event, Link, Packet, Phase, Rtt, Transmit};
+use crate::proto::peer_state::Step;
 use crate::wire::frame::CloseReason;
 use crate::wire::udp::Datagram;
 
@@ -50,13 +51,7 @@ pub const CLOSE_LINGER_MS: u64 = 1_000;
 /// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
-/// Link state as `/status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum PeerState {
-    Init,
-    Active,
-    Disconnected,
-}
+pub use crate::proto::peer_state::PeerState;
 
 /// What `/status` shows about one link; written by the PeerActor, read by the DiscoveryActor.
 #[derive(Debug, Clone)]
@@ -164,7 +159,8 @@ struct Attempt {
     remote: SocketAddr,
 }
 
-/// The card's state machine. Transitions happen in [`PeerActor::transition`].
+/// The card's state machine, each state owning its data. Transitions happen only in
+/// `PeerActor::transition`, driven by [`PeerState::next`].
 enum State {
     /// Not yet Active since this actor was created: dialling or handshaking.
     Init { attempt: Option<Attempt> },
@@ -172,6 +168,16 @@ enum State {
     Active { attempt: Attempt },
     /// Lost after being Active (or refused); a dialer re-dials from here.
     Disconnected { attempt: Option<Attempt> },
+}
+
+impl State {
+    fn visible(&self) -> PeerState {
+        match self {
+            State::Init { .. } => PeerState::Init,
+            State::Active { .. } => PeerState::Active,
+            State::Disconnected { .. } => PeerState::Disconnected,
+        }
+    }
 }
 
 /// Dialer or acceptor, with what each needs.
@@ -616,14 +622,7 @@ impl PeerActor {
             }
         };
         let attempt = Attempt { conn, link, remote };
-        self.state = match std::mem::replace(&mut self.state, State::Init { attempt: None }) {
-            State::Disconnected { .. } => State::Disconnected {
-                attempt: Some(attempt),
-            },
-            _ => State::Init {
-                attempt: Some(attempt),
-            },
-        };
+        self.transition(Step::Connect, Some(attempt));
         self.drive(ctx);
     }
 
@@ -821,18 +820,15 @@ impl PeerActor {
     }
 
     fn transition_active(&mut self, _ctx: &mut Context<Self>) {
-        let attempt = match std::mem::replace(&mut self.state, State::Init { attempt: None }) {
-            State::Init { attempt } | State::Disconnected { attempt } => attempt,
-            State::Active { attempt } => Some(attempt),
-        };
-        let Some(attempt) = attempt else {
+        let Some(attempt) = self.attempt_ref() else {
             return;
         };
         let peer = attempt.link.peer().map(|h| h.node_id.clone());
+        let remote = attempt.remote;
         info!(
             "link up: {} {} via {} ({})",
             peer.as_deref().unwrap_or("?"),
-            attempt.remote,
+            remote,
             self.status
                 .lock()
                 .map(|s| s.transport.to_string())
@@ -853,7 +849,7 @@ impl PeerActor {
             s.attempts = 0;
             s.last_error = None;
         }
-        self.state = State::Active { attempt };
+        self.transition(Step::Up, None);
     }
 
     fn on_closed(&mut self, cause: Cause, ctx: &mut Context<Self>) {
@@ -925,12 +921,7 @@ impl PeerActor {
         );
         // Dropping the attempt closes the writer's queue: it flushes what is left (our `close`
         // frame) and then ends, which stops the actor. The linger bounds a stuck socket.
-        if was_active || matches!(self.state, State::Disconnected { .. }) {
-            self.state = State::Disconnected { attempt: None };
-        } else {
-            self.state = State::Init { attempt: None };
-        }
-        self.update_status();
+        self.transition(Step::Down, None);
         if stream {
             self.closing = true;
             ctx.run_later(Duration::from_millis(CLOSE_LINGER_MS), |_, ctx| ctx.stop());
@@ -968,14 +959,10 @@ impl PeerActor {
     }
 
     fn update_status(&self) {
-        let (state, rtt, heard) = match &self.state {
-            State::Init { .. } => (PeerState::Init, None, None),
-            State::Active { attempt } => (
-                PeerState::Active,
-                attempt.link.rtt(),
-                attempt.link.last_heard_us(),
-            ),
-            State::Disconnected { .. } => (PeerState::Disconnected, None, None),
+        let state = self.state.visible();
+        let (rtt, heard) = match &self.state {
+            State::Active { attempt } => (attempt.link.rtt(), attempt.link.last_heard_us()),
+            _ => (None, None),
         };
         if let Ok(mut s) = self.status.lock() {
             s.state = state;
@@ -1002,8 +989,7 @@ impl PeerActor {
                 });
                 self.admitted = false;
             }
-            self.state = State::Disconnected { attempt: None };
-            self.update_status();
+            self.transition(Step::Down, None);
             ctx.stop();
         }
     }
@@ -1028,25 +1014,39 @@ impl PeerActor {
 
     /// Drops the connection; a UDP session is unregistered from its listener.
     fn release_attempt(&mut self) {
-        let attempt = match &mut self.state {
-            State::Init { attempt } | State::Disconnected { attempt } => attempt.take(),
-            State::Active { .. } => {
-                let State::Active { attempt } =
-                    std::mem::replace(&mut self.state, State::Disconnected { attempt: None })
-                else {
-                    unreachable!()
-                };
-                Some(attempt)
-            }
+        self.transition(Step::Down, None);
+    }
+
+    /// The only place the state changes: the pure machine ([`PeerState::next`]) picks the next
+    /// state, this moves the connection into it. A connection that leaves the state is dropped
+    /// here (a UDP session is unregistered from its listener).
+    fn transition(&mut self, step: Step, new_attempt: Option<Attempt>) {
+        let old = std::mem::replace(&mut self.state, State::Init { attempt: None });
+        let from = old.visible();
+        let current = match old {
+            State::Init { attempt } | State::Disconnected { attempt } => attempt,
+            State::Active { attempt } => Some(attempt),
+        };
+        let (kept, released) = match step {
+            Step::Connect => (new_attempt, current),
+            Step::Up => (current, None),
+            Step::Down => (None, current),
+        };
+        self.state = match (from.next(step), kept) {
+            (PeerState::Active, Some(attempt)) => State::Active { attempt },
+            (PeerState::Active, None) => State::Disconnected { attempt: None },
+            (PeerState::Init, attempt) => State::Init { attempt },
+            (PeerState::Disconnected, attempt) => State::Disconnected { attempt },
         };
         if let Some(Attempt {
             conn: Conn::Udp(u), ..
-        }) = attempt
+        }) = released
         {
             u.listener.do_send(Unregister {
                 local_idx: u.local_idx,
             });
         }
+        self.update_status();
     }
 
     fn describe(&self) -> String {

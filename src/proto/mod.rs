@@ -7,4 +7,5 @@
 pub mod backoff;
 pub mod handshake;
 pub mod link;
+pub mod peer_state;
 pub mod peer_table;
