@@ -471,7 +471,7 @@ impl Link {
                     let nonce = *next_nonce;
                     *next_nonce += 1;
                     *outstanding = Some((nonce, now_us));
-                    *next_ping_us = now_us + self.params.heartbeat_interval_ms;
+                    *next_ping_us = now_us + self.params.heartbeat_interval_ms * 1000;
                     self.send_frame_internal(&Frame::Ping { nonce });
                 }
             }
@@ -529,7 +529,7 @@ impl Link {
             session,
             hello.clone(),
             now_us,
-            self.params.heartbeat_interval_ms,
+            self.params.heartbeat_interval_ms * 1000,
         );
         if !self.send_frame_internal(&welcome) {
             return;
@@ -829,7 +829,7 @@ impl Link {
             session,
             hello.clone(),
             now_us,
-            self.params.heartbeat_interval_ms,
+            self.params.heartbeat_interval_ms * 1000,
         );
         self.events.push_back(Event::Up {
             hello,
@@ -1145,12 +1145,17 @@ mod tests {
         assert_eq!(p.a.rtt().unwrap().samples, 5);
         // b goes silent: a sends pings but hears nothing for the timeout.
         let mut t = 4_000 * MS;
+        let mut pings = 0;
         while p.a.phase() == Phase::Active {
             t = p.a.next_timeout().unwrap();
             p.a.handle_timeout(t);
-            while p.a.poll_transmit().is_some() {}
+            while p.a.poll_transmit().is_some() {
+                pings += 1;
+            }
         }
         assert_eq!(t, (4_000 + 3_000) * MS);
+        // One ping per heartbeat: at 5 s and 6 s; at 7 s the timeout closes the link first.
+        assert_eq!(pings, 2);
         assert!(matches!(
             std::iter::from_fn(|| p.a.poll_event()).last(),
             Some(Event::Closed(Cause::Timeout))
