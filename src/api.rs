@@ -1,4 +1,4 @@
-//! The HTTP API (actix-web): `GET /status`, `GET /config`, also under `/api/`.
+//! The HTTP API (actix-web): `POST /send`, `GET /status`, `GET /config`, also under `/api/`.
 //!
 //! Handlers never touch node state directly: they ask the actors by message with a timeout and
 //! map a mailbox failure to 503 and a timeout to 504. Every error is JSON
@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use actix::{Addr, MailboxError};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::actors::discovery::{DiscoveryActor, GetReport};
-use crate::actors::relay::{GetRoutes, RelayActor};
+use crate::actors::discovery::{DiscoveryActor, GetReport, PeerReport};
+use crate::actors::peer::PeerState;
+use crate::actors::relay::{Delivery, GetRoutes, RelayActor, Send, SendError};
 use crate::node::{NodeShared, VERSION};
+use crate::proto::e2e::Outcome;
 
 /// How long a handler waits for an actor before answering 504.
 pub const ACTOR_TIMEOUT_MS: u64 = 5_000;
@@ -44,6 +47,27 @@ pub enum ApiError {
     /// The request was malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// `POST /send` without a usable `target` header.
+    #[error("{0}")]
+    MissingTarget(String),
+    /// The `timeout` header is not a number of milliseconds.
+    #[error("{0}")]
+    BadTimeout(String),
+    /// The body is over `max_body_bytes`.
+    #[error("message body over {0} bytes")]
+    BodyTooLarge(usize),
+    /// The target node was never heard of.
+    #[error("{0}")]
+    PeerNotFound(String),
+    /// Too many messages in flight.
+    #[error("{0}")]
+    Busy(String),
+    /// The target could not complete the request (e.g. its script queue is full).
+    #[error("{message}")]
+    Remote { code: String, message: String },
+    /// No route, or no answer in time.
+    #[error("{0}")]
+    SendTimeout(String),
 }
 
 impl ApiError {
@@ -53,6 +77,13 @@ impl ApiError {
             ApiError::Unavailable => "unavailable",
             ApiError::NotFound => "not_found",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::MissingTarget(_) => "missing_target",
+            ApiError::BadTimeout(_) => "bad_timeout",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::PeerNotFound(_) => "peer_not_found",
+            ApiError::Busy(_) => "busy",
+            ApiError::Remote { .. } => "remote_error",
+            ApiError::SendTimeout(_) => "timeout",
         }
     }
 }
@@ -72,13 +103,135 @@ impl ResponseError for ApiError {
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::MissingTarget(_) | ApiError::BadTimeout(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PeerNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Remote { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::SendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            ApiError::Remote { code, .. } => code.as_str(),
+            other => other.code(),
+        };
         HttpResponse::build(self.status_code())
-            .json(json!({"error": self.code(), "message": self.to_string()}))
+            .json(json!({"error": code, "message": self.to_string()}))
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::PeerNotFound(_) => ApiError::PeerNotFound(e.to_string()),
+            SendError::NoRoute(_) | SendError::Timeout(..) => ApiError::SendTimeout(e.to_string()),
+            SendError::Busy => ApiError::Busy(e.to_string()),
+            SendError::Crypto(..) => ApiError::Remote {
+                code: "crypto".into(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Default wait for an answer to `/send` (MsgTier's default).
+pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 10_000;
+
+/// `POST /send`: header `target` (node id), optional `timeout` (ms), body = the message.
+/// A script's stdout comes back as the body with `x-exit-code`, `x-message-id`, `x-hops`,
+/// `x-timed-out`, `x-truncated`; a plain message gets a JSON receipt.
+async fn send(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+        req.headers()
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::BadRequest(format!("header {name} is not text")))
+            })
+            .transpose()
+    };
+    let target = match header("target") {
+        Ok(Some(t)) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            return Err(ApiError::MissingTarget(
+                "header `target` (the node id to send to) is required".into(),
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::MissingTarget(
+                "header `target` is not text".into(),
+            ))
+        }
+    };
+    let config = &state.node.config;
+    let timeout_ms = match header("timeout")? {
+        None => DEFAULT_SEND_TIMEOUT_MS.min(config.send_timeout_max_ms),
+        Some(t) => match t.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => ms.min(config.send_timeout_max_ms),
+            _ => {
+                return Err(ApiError::BadTimeout(format!(
+                    "header `timeout` must be a positive number of milliseconds, got {t:?}"
+                )))
+            }
+        },
+    };
+    let limit = config.max_body_bytes;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let msg = Send {
+        target,
+        body: body.freeze(),
+        timeout_ms,
+    };
+    // The relay enforces the timeout itself; the extra second only catches a stuck actor.
+    let delivery = state
+        .relay
+        .send(msg)
+        .timeout(Duration::from_millis(timeout_ms + 1_000))
+        .await??;
+    delivery_response(delivery)
+}
+
+fn delivery_response(d: Delivery) -> Result<HttpResponse, ApiError> {
+    match d.outcome {
+        Outcome::Delivered => Ok(HttpResponse::Ok().json(json!({
+            "id": d.id.to_string(),
+            "delivered": true,
+            "hops": d.hops,
+        }))),
+        Outcome::Script {
+            exit_code,
+            stdout,
+            stderr: _,
+            timed_out,
+            truncated,
+        } => {
+            let mut r = HttpResponse::Ok();
+            r.insert_header(("x-message-id", d.id.to_string()))
+                .insert_header(("x-hops", d.hops.to_string()))
+                .insert_header(("x-timed-out", timed_out.to_string()))
+                .insert_header(("x-truncated", truncated.to_string()))
+                .content_type("application/octet-stream");
+            if let Some(code) = exit_code {
+                r.insert_header(("x-exit-code", code.to_string()));
+            }
+            Ok(r.body(stdout))
+        }
+        Outcome::Failed { code, message } => Err(ApiError::Remote { code, message }),
     }
 }
 
@@ -95,19 +248,42 @@ struct Status {
     listeners: Vec<String>,
     #[serde(flatten)]
     discovery: crate::actors::discovery::DiscoveryReport,
+    /// Envelopes forwarded for others, by origin network.
+    relayed: std::collections::HashMap<String, crate::actors::relay::RelayedCount>,
+    /// Message counters.
+    messages: crate::actors::relay::MessageCounters,
     counters: crate::metrics::Snapshot,
 }
 
 async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let timeout = Duration::from_millis(ACTOR_TIMEOUT_MS);
     let mut report = state.discovery.send(GetReport).timeout(timeout).await?;
-    let routes = state.relay.send(GetRoutes).timeout(timeout).await?;
+    let relay = state.relay.send(GetRoutes).timeout(timeout).await?;
     for peer in &mut report.peers {
-        if let Some(r) = routes.get(&peer.id) {
+        if let Some(r) = relay.routes.get(&peer.id) {
             peer.next_hop = Some(r.next_hop.clone());
             peer.hops = Some(r.hops);
         }
     }
+    // Nodes known only from routing adverts (never linked, never in a welcome): reachable
+    // through a relay.
+    for (id, r) in &relay.routes {
+        if *id != state.node.local.node_id && !report.peers.iter().any(|p| p.id == *id) {
+            report.peers.push(PeerReport {
+                id: id.clone(),
+                state: PeerState::Active,
+                public_key: r.public_key.clone().unwrap_or_default(),
+                key_verified: false,
+                version: None,
+                addrs: Vec::new(),
+                learned_from: Some(r.next_hop.clone()),
+                links: Vec::new(),
+                next_hop: Some(r.next_hop.clone()),
+                hops: Some(r.hops),
+            });
+        }
+    }
+    report.peers.sort_by(|a, b| a.id.cmp(&b.id));
     let node = &state.node;
     Ok(HttpResponse::Ok().json(Status {
         id: node.local.node_id.clone(),
@@ -118,6 +294,8 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         uptime_ms: node.now_ms(),
         listeners: node.local.listen_addrs.clone(),
         discovery: report,
+        relayed: relay.relayed,
+        messages: relay.messages,
         counters: node.metrics.snapshot(),
     }))
 }
@@ -165,7 +343,8 @@ async fn fault(
 
 fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
-        cfg.route(&format!("{prefix}/status"), web::get().to(status))
+        cfg.route(&format!("{prefix}/send"), web::post().to(send))
+            .route(&format!("{prefix}/status"), web::get().to(status))
             .route(&format!("{prefix}/config"), web::get().to(config));
     }
     #[cfg(feature = "fault-injection")]

@@ -16,6 +16,20 @@
 //! Users: the binary's startup code calls [`load`] and logs the warnings; the transport and
 //! peer actors read [`Config::listeners`] / [`Config::peers`]; the HTTP API serves
 //! [`Config::redacted_json`] (which, like every `Debug` output here, never shows the secret).
+//!
+//! Scripts and `/send` have their own limits, all optional:
+//!
+//! | field | default | range | meaning |
+//! |---|---|---|---|
+//! | `script_timeout_ms` | 30000 | 1 ..= 86400000 | a script still running after this long is killed (its whole process group) |
+//! | `max_concurrent_scripts` | 4 | 1 ..= 256 | scripts running at once |
+//! | `max_script_queue` | 64 | 0 ..= 10000 | scripts waiting for a slot; beyond it requests are refused |
+//! | `max_script_output_bytes` | 1048576 | 1024 ..= 16777216 | bytes kept of a script's stdout, and of its stderr (each); the rest is read and dropped |
+//! | `max_body_bytes` | 1048576, but at most `max_frame_bytes` - 4096 | 1 ..= `max_frame_bytes` - 4096 | largest `/send` body |
+//! | `send_timeout_max_ms` | 60000 | 1000 ..= 600000 | upper bound on a `/send` `timeout` header |
+//!
+//! The script limits are read by `ScriptLimits::from_config` (in `actors::script`); the
+//! `/send` limits by the HTTP API.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -57,6 +71,77 @@ pub const MIN_MAX_FRAME_BYTES: usize = 4096;
 /// bounds per-connection buffering.
 pub const MAX_MAX_FRAME_BYTES: usize = crate::wire::MAX_FRAME_BYTES;
 
+/// Default `script_timeout_ms` (30 s): ample for the commands configs hold (`uptime`, an
+/// `echo`, a check-in script), and a hung script gives its slot back within one default
+/// `peer_timeout_ms`.
+pub const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 30_000;
+
+/// Smallest accepted `script_timeout_ms` (1 ms): any positive time is meaningful, and tests use
+/// very short ones.
+pub const MIN_SCRIPT_TIMEOUT_MS: u64 = 1;
+
+/// Largest accepted `script_timeout_ms` (one day, 86 400 000 ms): a longer job is a service,
+/// not a script answering a message.
+pub const MAX_SCRIPT_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Default `max_concurrent_scripts`: a few at once, so a burst of messages cannot fork-bomb a
+/// small machine (4 is a common core count for the small hosts msgtier runs on).
+pub const DEFAULT_MAX_CONCURRENT_SCRIPTS: usize = 4;
+
+/// Smallest accepted `max_concurrent_scripts`: at least one script must be able to run.
+pub const MIN_MAX_CONCURRENT_SCRIPTS: usize = 1;
+
+/// Largest accepted `max_concurrent_scripts`: the same bound as concurrent inbound handshakes;
+/// each running script holds a process and two pipe descriptors, and 256 keeps those well
+/// under the usual 1024-descriptor soft limit next to the node's sockets.
+pub const MAX_MAX_CONCURRENT_SCRIPTS: usize = 256;
+
+/// Default `max_script_queue`: 16 waiting requests per default slot.
+pub const DEFAULT_MAX_SCRIPT_QUEUE: usize = 64;
+
+/// Smallest accepted `max_script_queue` (0): no waiting at all, refuse when every slot is busy.
+pub const MIN_MAX_SCRIPT_QUEUE: usize = 0;
+
+/// Largest accepted `max_script_queue`: a waiting request costs a few hundred bytes, so 10 000
+/// bounds the queue to a few MB.
+pub const MAX_MAX_SCRIPT_QUEUE: usize = 10_000;
+
+/// Default `max_script_output_bytes` (1 MiB, per stream): the default `max_frame_bytes`, so
+/// the default keeps what a frame could carry.
+pub const DEFAULT_MAX_SCRIPT_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Smallest accepted `max_script_output_bytes` (1 KiB): enough for an error message.
+pub const MIN_MAX_SCRIPT_OUTPUT_BYTES: usize = 1024;
+
+/// Largest accepted `max_script_output_bytes` (16 MiB, per stream): bounds what running
+/// scripts can make the node buffer (2 x 16 MiB x `max_concurrent_scripts` at worst).
+pub const MAX_MAX_SCRIPT_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default `max_body_bytes` (1 MiB). The effective default is capped at
+/// `max_frame_bytes` - [`BODY_FRAME_RESERVE_BYTES`], so it is 1 044 480 with the default frame
+/// size.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Smallest accepted `max_body_bytes` (1 byte) when set.
+pub const MIN_MAX_BODY_BYTES: usize = 1;
+
+/// Bytes of a frame kept for the message envelope around a `/send` body (ids, message id,
+/// headers, encodings): a 4 KiB allowance, the size of the smallest allowed frame.
+/// `max_body_bytes` is at most `max_frame_bytes` minus this.
+pub const BODY_FRAME_RESERVE_BYTES: usize = 4096;
+
+/// Default `send_timeout_max_ms` (60 s): two default script timeouts, so a script run on a
+/// remote node can finish and its answer travel back.
+pub const DEFAULT_SEND_TIMEOUT_MAX_MS: u64 = 60_000;
+
+/// Smallest accepted `send_timeout_max_ms` (1 s): below that a relayed round trip plus a script
+/// start cannot complete.
+pub const MIN_SEND_TIMEOUT_MAX_MS: u64 = 1_000;
+
+/// Largest accepted `send_timeout_max_ms` (10 min): HTTP clients and proxies rarely hold a
+/// request open longer.
+pub const MAX_SEND_TIMEOUT_MAX_MS: u64 = 600_000;
+
 /// What every output of this module shows in place of the secret.
 pub const REDACTED: &str = "<redacted>";
 
@@ -79,6 +164,12 @@ const KNOWN_FIELDS: &[&str] = &[
     "auto_connect",
     "max_frame_bytes",
     "metadata",
+    "script_timeout_ms",
+    "max_concurrent_scripts",
+    "max_script_queue",
+    "max_script_output_bytes",
+    "max_body_bytes",
+    "send_timeout_max_ms",
 ];
 
 /// MsgTier fields that are accepted (with a warning) but not used by msgtier.
@@ -230,6 +321,25 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Free-form string metadata advertised to peers.
     pub metadata: BTreeMap<String, String>,
+    /// A script still running after this long is killed with its whole process group, in
+    /// milliseconds ([`MIN_SCRIPT_TIMEOUT_MS`]..=[`MAX_SCRIPT_TIMEOUT_MS`]).
+    pub script_timeout_ms: u64,
+    /// Scripts running at once
+    /// ([`MIN_MAX_CONCURRENT_SCRIPTS`]..=[`MAX_MAX_CONCURRENT_SCRIPTS`]).
+    pub max_concurrent_scripts: usize,
+    /// Script requests that may wait for a free slot; further requests are refused at once
+    /// ([`MIN_MAX_SCRIPT_QUEUE`]..=[`MAX_MAX_SCRIPT_QUEUE`]).
+    pub max_script_queue: usize,
+    /// Bytes kept of a script's stdout, and separately of its stderr; the rest is read and
+    /// dropped ([`MIN_MAX_SCRIPT_OUTPUT_BYTES`]..=[`MAX_MAX_SCRIPT_OUTPUT_BYTES`]).
+    pub max_script_output_bytes: usize,
+    /// Largest `/send` body, in bytes: [`MIN_MAX_BODY_BYTES`] up to `max_frame_bytes` -
+    /// [`BODY_FRAME_RESERVE_BYTES`]. Defaults to [`DEFAULT_MAX_BODY_BYTES`] capped at that
+    /// bound, which makes it 0 (only empty bodies) when `max_frame_bytes` is the minimum 4096.
+    pub max_body_bytes: usize,
+    /// Upper bound on a `/send` `timeout` header, in milliseconds
+    /// ([`MIN_SEND_TIMEOUT_MAX_MS`]..=[`MAX_SEND_TIMEOUT_MAX_MS`]).
+    pub send_timeout_max_ms: u64,
     /// The file this config came from (as given to [`parse`]), for messages.
     pub source: PathBuf,
 }
@@ -259,6 +369,12 @@ impl Config {
             "auto_connect": self.auto_connect,
             "max_frame_bytes": self.max_frame_bytes,
             "metadata": self.metadata,
+            "script_timeout_ms": self.script_timeout_ms,
+            "max_concurrent_scripts": self.max_concurrent_scripts,
+            "max_script_queue": self.max_script_queue,
+            "max_script_output_bytes": self.max_script_output_bytes,
+            "max_body_bytes": self.max_body_bytes,
+            "send_timeout_max_ms": self.send_timeout_max_ms,
             "source": self.source.to_string_lossy(),
         })
     }
@@ -948,6 +1064,38 @@ impl Checker<'_> {
 
         let metadata = self.string_map("metadata", get("metadata"))?;
 
+        let script_timeout_ms = self.integer_in(
+            "script_timeout_ms",
+            get("script_timeout_ms"),
+            DEFAULT_SCRIPT_TIMEOUT_MS,
+            MIN_SCRIPT_TIMEOUT_MS..=MAX_SCRIPT_TIMEOUT_MS,
+        )?;
+        let max_concurrent_scripts = self.size_in(
+            "max_concurrent_scripts",
+            get("max_concurrent_scripts"),
+            DEFAULT_MAX_CONCURRENT_SCRIPTS,
+            MIN_MAX_CONCURRENT_SCRIPTS..=MAX_MAX_CONCURRENT_SCRIPTS,
+        )?;
+        let max_script_queue = self.size_in(
+            "max_script_queue",
+            get("max_script_queue"),
+            DEFAULT_MAX_SCRIPT_QUEUE,
+            MIN_MAX_SCRIPT_QUEUE..=MAX_MAX_SCRIPT_QUEUE,
+        )?;
+        let max_script_output_bytes = self.size_in(
+            "max_script_output_bytes",
+            get("max_script_output_bytes"),
+            DEFAULT_MAX_SCRIPT_OUTPUT_BYTES,
+            MIN_MAX_SCRIPT_OUTPUT_BYTES..=MAX_MAX_SCRIPT_OUTPUT_BYTES,
+        )?;
+        let max_body_bytes = self.max_body_bytes(get("max_body_bytes"), max_frame_bytes)?;
+        let send_timeout_max_ms = self.integer_in(
+            "send_timeout_max_ms",
+            get("send_timeout_max_ms"),
+            DEFAULT_SEND_TIMEOUT_MAX_MS,
+            MIN_SEND_TIMEOUT_MAX_MS..=MAX_SEND_TIMEOUT_MAX_MS,
+        )?;
+
         self.unknown_fields(root);
 
         Ok(Config {
@@ -968,6 +1116,12 @@ impl Checker<'_> {
             auto_connect,
             max_frame_bytes,
             metadata,
+            script_timeout_ms,
+            max_concurrent_scripts,
+            max_script_queue,
+            max_script_output_bytes,
+            max_body_bytes,
+            send_timeout_max_ms,
             source: PathBuf::from(self.file),
         })
     }
@@ -1011,6 +1165,88 @@ impl Checker<'_> {
                 format!("expected a non-negative integer, found {}", kind(other)),
             )),
         }
+    }
+
+    /// An integer field that must lie in `range`: `must be between MIN and MAX, found N`.
+    fn integer_in(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let n = self.integer(field, value, default)?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.err(
+                field,
+                format!(
+                    "must be between {} and {}, found {n}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    }
+
+    /// [`Checker::integer_in`] for a count or size held as `usize`.
+    fn size_in(
+        &self,
+        field: &str,
+        value: Option<&Value>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        // usize is at most 64 bits on every supported target, so these widen losslessly; a
+        // value that does not fit back into usize is out of range anyway.
+        let wide = (*range.start() as u64)..=(*range.end() as u64);
+        let n = self.integer_in(field, value, default as u64, wide)?;
+        usize::try_from(n).map_err(|_| {
+            self.err(
+                field,
+                format!(
+                    "must be between {} and {}, found {n}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+    }
+
+    /// `max_body_bytes`: at most `max_frame_bytes` - [`BODY_FRAME_RESERVE_BYTES`], so a body
+    /// always fits in a frame with its envelope. Unset, it is [`DEFAULT_MAX_BODY_BYTES`] capped
+    /// at that bound.
+    fn max_body_bytes(
+        &self,
+        value: Option<&Value>,
+        max_frame_bytes: usize,
+    ) -> Result<usize, ConfigError> {
+        const FIELD: &str = "max_body_bytes";
+        let bound = max_frame_bytes.saturating_sub(BODY_FRAME_RESERVE_BYTES);
+        let Some(value) = value else {
+            return Ok(DEFAULT_MAX_BODY_BYTES.min(bound));
+        };
+        let n = self.integer(FIELD, Some(value), 0)?;
+        if bound < MIN_MAX_BODY_BYTES {
+            return Err(self.err(
+                FIELD,
+                format!(
+                    "max_frame_bytes ({max_frame_bytes}) leaves no room for a body: it must be greater than {BODY_FRAME_RESERVE_BYTES} to set max_body_bytes"
+                ),
+            ));
+        }
+        usize::try_from(n)
+            .ok()
+            .filter(|n| (MIN_MAX_BODY_BYTES..=bound).contains(n))
+            .ok_or_else(|| {
+                self.err(
+                    FIELD,
+                    format!(
+                        "must be between {MIN_MAX_BODY_BYTES} and {bound} (max_frame_bytes {max_frame_bytes} minus {BODY_FRAME_RESERVE_BYTES}), found {n}"
+                    ),
+                )
+            })
     }
 
     /// `listeners` / `peers`: an array of URL strings, parsed and checked for the role.
@@ -1621,6 +1857,175 @@ mod tests {
     }
 
     #[test]
+    fn script_timeout_ms_range() {
+        assert_eq!(
+            err(&with(r#""script_timeout_ms": 0"#)),
+            "node.json: script_timeout_ms: must be between 1 and 86400000, found 0"
+        );
+        assert_eq!(
+            err(&with(r#""script_timeout_ms": 86400001"#)),
+            "node.json: script_timeout_ms: must be between 1 and 86400000, found 86400001"
+        );
+        assert_eq!(
+            err(&with(r#""script_timeout_ms": "30s""#)),
+            "node.json: script_timeout_ms: expected a non-negative integer, found string"
+        );
+        assert_eq!(
+            err(&with(r#""script_timeout_ms": -5"#)),
+            "node.json: script_timeout_ms: expected a non-negative integer, found -5"
+        );
+        let get = |n: u64| {
+            ok(&with(&format!(r#""script_timeout_ms": {n}"#)))
+                .config
+                .script_timeout_ms
+        };
+        assert_eq!(get(1), 1);
+        assert_eq!(get(86_400_000), 86_400_000);
+    }
+
+    #[test]
+    fn max_concurrent_scripts_range() {
+        assert_eq!(
+            err(&with(r#""max_concurrent_scripts": 0"#)),
+            "node.json: max_concurrent_scripts: must be between 1 and 256, found 0"
+        );
+        assert_eq!(
+            err(&with(r#""max_concurrent_scripts": 257"#)),
+            "node.json: max_concurrent_scripts: must be between 1 and 256, found 257"
+        );
+        assert_eq!(
+            err(&with(r#""max_concurrent_scripts": 2.5"#)),
+            "node.json: max_concurrent_scripts: expected a non-negative integer, found 2.5"
+        );
+        assert_eq!(
+            err(&with(r#""max_concurrent_scripts": 18446744073709551615"#)),
+            "node.json: max_concurrent_scripts: must be between 1 and 256, found 18446744073709551615"
+        );
+        let get = |n: u64| {
+            ok(&with(&format!(r#""max_concurrent_scripts": {n}"#)))
+                .config
+                .max_concurrent_scripts
+        };
+        assert_eq!(get(1), 1);
+        assert_eq!(get(256), 256);
+    }
+
+    #[test]
+    fn max_script_queue_range() {
+        assert_eq!(
+            err(&with(r#""max_script_queue": 10001"#)),
+            "node.json: max_script_queue: must be between 0 and 10000, found 10001"
+        );
+        assert_eq!(
+            err(&with(r#""max_script_queue": false"#)),
+            "node.json: max_script_queue: expected a non-negative integer, found boolean"
+        );
+        let get = |n: u64| {
+            ok(&with(&format!(r#""max_script_queue": {n}"#)))
+                .config
+                .max_script_queue
+        };
+        assert_eq!(get(0), 0);
+        assert_eq!(get(10_000), 10_000);
+    }
+
+    #[test]
+    fn max_script_output_bytes_range() {
+        assert_eq!(
+            err(&with(r#""max_script_output_bytes": 1023"#)),
+            "node.json: max_script_output_bytes: must be between 1024 and 16777216, found 1023"
+        );
+        assert_eq!(
+            err(&with(r#""max_script_output_bytes": 16777217"#)),
+            "node.json: max_script_output_bytes: must be between 1024 and 16777216, found 16777217"
+        );
+        assert_eq!(
+            err(&with(r#""max_script_output_bytes": []"#)),
+            "node.json: max_script_output_bytes: expected a non-negative integer, found array"
+        );
+        let get = |n: u64| {
+            ok(&with(&format!(r#""max_script_output_bytes": {n}"#)))
+                .config
+                .max_script_output_bytes
+        };
+        assert_eq!(get(1024), 1024);
+        assert_eq!(get(16 * 1024 * 1024), 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn max_body_bytes_range() {
+        assert_eq!(
+            err(&with(r#""max_body_bytes": 0"#)),
+            "node.json: max_body_bytes: must be between 1 and 1044480 (max_frame_bytes 1048576 minus 4096), found 0"
+        );
+        assert_eq!(
+            err(&with(r#""max_body_bytes": 1048576"#)),
+            "node.json: max_body_bytes: must be between 1 and 1044480 (max_frame_bytes 1048576 minus 4096), found 1048576"
+        );
+        assert_eq!(
+            err(&with(r#""max_frame_bytes": 8192, "max_body_bytes": 4097"#)),
+            "node.json: max_body_bytes: must be between 1 and 4096 (max_frame_bytes 8192 minus 4096), found 4097"
+        );
+        assert_eq!(
+            err(&with(r#""max_frame_bytes": 4096, "max_body_bytes": 1"#)),
+            "node.json: max_body_bytes: max_frame_bytes (4096) leaves no room for a body: it must be greater than 4096 to set max_body_bytes"
+        );
+        assert_eq!(
+            err(&with(r#""max_body_bytes": "1MiB""#)),
+            "node.json: max_body_bytes: expected a non-negative integer, found string"
+        );
+        let get = |extra: &str| ok(&with(extra)).config.max_body_bytes;
+        assert_eq!(get(r#""max_body_bytes": 1"#), 1);
+        assert_eq!(get(r#""max_body_bytes": 1044480"#), 1_044_480);
+        assert_eq!(
+            get(r#""max_frame_bytes": 8192, "max_body_bytes": 4096"#),
+            4096
+        );
+        // Unset: 1 MiB, capped so that it fits a frame.
+        assert_eq!(get(r#""max_frame_bytes": 4194304"#), 1_048_576);
+        assert_eq!(get(r#""max_frame_bytes": 8192"#), 4096);
+        assert_eq!(get(r#""max_frame_bytes": 4096"#), 0);
+    }
+
+    #[test]
+    fn send_timeout_max_ms_range() {
+        assert_eq!(
+            err(&with(r#""send_timeout_max_ms": 999"#)),
+            "node.json: send_timeout_max_ms: must be between 1000 and 600000, found 999"
+        );
+        assert_eq!(
+            err(&with(r#""send_timeout_max_ms": 600001"#)),
+            "node.json: send_timeout_max_ms: must be between 1000 and 600000, found 600001"
+        );
+        assert_eq!(
+            err(&with(r#""send_timeout_max_ms": {}"#)),
+            "node.json: send_timeout_max_ms: expected a non-negative integer, found object"
+        );
+        let get = |n: u64| {
+            ok(&with(&format!(r#""send_timeout_max_ms": {n}"#)))
+                .config
+                .send_timeout_max_ms
+        };
+        assert_eq!(get(1000), 1000);
+        assert_eq!(get(600_000), 600_000);
+    }
+
+    #[test]
+    fn script_and_send_limits_in_redacted_json() {
+        let json = ok(&with(
+            r#""script_timeout_ms": 5, "max_concurrent_scripts": 2, "max_script_queue": 0, "max_script_output_bytes": 2048, "max_body_bytes": 100, "send_timeout_max_ms": 1000"#,
+        ))
+        .config
+        .redacted_json();
+        assert_eq!(json["script_timeout_ms"], 5);
+        assert_eq!(json["max_concurrent_scripts"], 2);
+        assert_eq!(json["max_script_queue"], 0);
+        assert_eq!(json["max_script_output_bytes"], 2048);
+        assert_eq!(json["max_body_bytes"], 100);
+        assert_eq!(json["send_timeout_max_ms"], 1000);
+    }
+
+    #[test]
     fn metadata_rules() {
         assert_eq!(
             err(&with(r#""metadata": "x""#)),
@@ -1843,6 +2248,13 @@ mod tests {
         assert!(config.auto_connect);
         assert_eq!(config.max_frame_bytes, 1_048_576);
         assert!(config.metadata.is_empty());
+        assert_eq!(config.script_timeout_ms, 30_000);
+        assert_eq!(config.max_concurrent_scripts, 4);
+        assert_eq!(config.max_script_queue, 64);
+        assert_eq!(config.max_script_output_bytes, 1_048_576);
+        // 1 MiB capped at max_frame_bytes - 4096.
+        assert_eq!(config.max_body_bytes, 1_044_480);
+        assert_eq!(config.send_timeout_max_ms, 60_000);
         assert_eq!(config.source, PathBuf::from("node.json"));
     }
 

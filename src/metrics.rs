@@ -68,6 +68,8 @@ pub struct Metrics {
     pub links_closed: Counter,
     /// UDP datagrams dropped: unparseable, unknown session, wrong source, or a full mailbox.
     pub datagrams_dropped: Counter,
+    /// Data or link-state frames dropped because the relay's queue was full.
+    pub frames_dropped: Counter,
     /// Links refused or closed by this node, by reason.
     pub refused: Refused,
     /// Links the remote side refused, by the reason it gave (we learn it from its `close`).
@@ -84,6 +86,7 @@ pub struct Snapshot {
     pub links_established: u64,
     pub links_closed: u64,
     pub datagrams_dropped: u64,
+    pub frames_dropped: u64,
     pub links_refused: RefusedSnapshot,
     pub links_refused_by_peer: RefusedSnapshot,
 }
@@ -129,6 +132,7 @@ impl Metrics {
             links_established: self.links_established.get(),
             links_closed: self.links_closed.get(),
             datagrams_dropped: self.datagrams_dropped.get(),
+            frames_dropped: self.frames_dropped.get(),
             links_refused: self.refused.snapshot(),
             links_refused_by_peer: self.refused_by_peer.snapshot(),
         }

@@ -1,7 +1,7 @@
 //! The composition root: which actor starts where, in what order, with what.
 //!
 //! Order: CryptoActor (identity, fails early on a bad key file) -> bind every listener socket
-//! (fails early, naming the listener) -> RelayActor -> DiscoveryActor (created first as an
+//! (fails early, naming the listener) -> ScriptActor -> RelayActor -> DiscoveryActor (created first as an
 //! address so listeners can point at it) -> ListenerActors -> HTTP API. All node actors run on
 //! the one system arbiter, so messages between them never cross threads; actix-web runs its
 //! own worker threads and reaches the actors by address.
@@ -20,6 +20,7 @@ use crate::actors::crypto::CryptoActor;
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::listener::{ListenerActor, UdpEndpoint};
 use crate::actors::relay::RelayActor;
+use crate::actors::script::{ScriptActor, ScriptLimits};
 use crate::api;
 use crate::config::{Config, Transport};
 use crate::identity::IdentityError;
@@ -240,17 +241,24 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         rng: Mutex::new(seed),
     });
 
-    let relay = RelayActor::default().start();
+    let script = ScriptActor::new(
+        shared.config.scripts.clone(),
+        ScriptLimits::from_config(&shared.config),
+    )
+    .start();
+    let relay = RelayActor::new(shared.clone(), script).start();
     let discovery_ctx = Context::<DiscoveryActor>::new();
     let discovery = discovery_ctx.address();
     let mut udp = Vec::new();
     for b in bound {
         let started = match b {
-            Bound::Stream(t, l) => ListenerActor::stream(shared.clone(), discovery.clone(), t, l)
-                .map(|a| (a.start(), None)),
+            Bound::Stream(t, l) => {
+                ListenerActor::stream(shared.clone(), discovery.clone(), relay.clone(), t, l)
+                    .map(|a| (a.start(), None))
+            }
             Bound::Udp(s) => {
                 let local = s.local_addr();
-                ListenerActor::udp(shared.clone(), discovery.clone(), s)
+                ListenerActor::udp(shared.clone(), discovery.clone(), relay.clone(), s)
                     .and_then(|a| Ok((a.start(), Some(local?))))
             }
         };

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::actors::listener::UdpEndpoint;
 use crate::actors::peer::{CloseLink, PeerActor, PeerState, Redial, StatusCell};
-use crate::actors::relay::{LinkGone, LinkReady, RelayActor};
+use crate::actors::relay::RelayActor;
 use crate::config::{Endpoint, Transport};
 use crate::node::NodeShared;
 use crate::proto::link::WelcomeInfo;
@@ -189,6 +189,7 @@ impl DiscoveryActor {
         let (actor, status) = PeerActor::dialer(
             self.node.clone(),
             ctx.address(),
+            self.relay.clone(),
             target.clone(),
             self.udp.clone(),
         );
@@ -391,20 +392,10 @@ impl Handler<Admit> for DiscoveryActor {
             old.peer.do_send(CloseLink {
                 reason: CloseReason::Duplicate,
             });
-            self.relay.do_send(LinkGone {
-                link_id: replaces.unwrap_or_default(),
-            });
         }
         if let Ok(mut s) = msg.status.lock() {
             s.node_id = Some(node_id.clone());
         }
-        self.relay.do_send(LinkReady {
-            link_id: msg.link_id,
-            node_id: node_id.clone(),
-            transport: msg.transport,
-            peer: msg.peer.clone(),
-            status: msg.status.clone(),
-        });
         self.links.insert(
             msg.link_id,
             LinkHandle {
@@ -431,9 +422,6 @@ impl Handler<LinkDown> for DiscoveryActor {
 
     fn handle(&mut self, msg: LinkDown, ctx: &mut Self::Context) {
         self.links.remove(&msg.link_id);
-        self.relay.do_send(LinkGone {
-            link_id: msg.link_id,
-        });
         if let Some(link) = self.table.link_down(msg.link_id) {
             if !self.table.has_link(&link.node_id, link.transport) {
                 self.wake_standby(&link.node_id, link.transport);

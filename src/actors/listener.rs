@@ -24,6 +24,7 @@ use tokio_util::udp::UdpFramed;
 
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::peer::{Incoming, PeerActor, UdpConn, UdpIn};
+use crate::actors::relay::RelayActor;
 use crate::config::Transport;
 use crate::node::NodeShared;
 use crate::wire::udp::Datagram;
@@ -88,6 +89,7 @@ enum Socket {
 pub struct ListenerActor {
     node: Arc<NodeShared>,
     discovery: Addr<DiscoveryActor>,
+    relay: Addr<RelayActor>,
     /// Bound address, for logs.
     local: SocketAddr,
     socket: Socket,
@@ -98,12 +100,14 @@ impl ListenerActor {
     pub fn stream(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
+        relay: Addr<RelayActor>,
         transport: Transport,
         listener: TcpListener,
     ) -> std::io::Result<ListenerActor> {
         Ok(ListenerActor {
             node,
             discovery,
+            relay,
             local: listener.local_addr()?,
             socket: Socket::Stream {
                 transport,
@@ -116,11 +120,13 @@ impl ListenerActor {
     pub fn udp(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
+        relay: Addr<RelayActor>,
         socket: UdpSocket,
     ) -> std::io::Result<ListenerActor> {
         Ok(ListenerActor {
             node,
             discovery,
+            relay,
             local: socket.local_addr()?,
             socket: Socket::Udp {
                 socket: Arc::new(socket),
@@ -196,7 +202,14 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ListenerActor {
             Transport::Ws => Incoming::Ws(stream, remote),
             _ => Incoming::Tcp(stream, remote),
         };
-        PeerActor::acceptor(self.node.clone(), self.discovery.clone(), incoming, slot).start();
+        PeerActor::acceptor(
+            self.node.clone(),
+            self.discovery.clone(),
+            self.relay.clone(),
+            incoming,
+            slot,
+        )
+        .start();
     }
 
     fn finished(&mut self, _: &mut Self::Context) {
@@ -260,6 +273,7 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                     let peer = PeerActor::acceptor(
                         node.clone(),
                         self.discovery.clone(),
+                        self.relay.clone(),
                         Incoming::Udp(conn),
                         slot,
                     )

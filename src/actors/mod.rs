@@ -14,3 +14,4 @@ pub mod discovery;
 pub mod listener;
 pub mod peer;
 pub mod relay;
+pub mod script;

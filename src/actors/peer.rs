@@ -32,20 +32,22 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::actors::discovery::{Admit, DiscoveryActor, LinkDown};
 use crate::actors::listener::{ListenerActor, RegisterDial, UdpEndpoint, Unregister};
+use crate::actors::relay::{Inbound, LinkGone, LinkReady, RelayActor};
 use crate::config::{Endpoint, Transport};
 use crate::node::{HandshakeSlot, NodeShared};
 use crate::proto::backoff::Backoff;
 use crate::proto::link::{Cause, Event, Link, Packet, Phase, Rtt, Transmit};
 use crate::proto::peer_state::Step;
-use crate::wire::frame::CloseReason;
+use crate::wire::frame::{CloseReason, Frame};
 use crate::wire::udp::Datagram;
 
 /// Frames queued for one stream socket before the link counts as stuck. A heartbeat link needs
 /// a handful; later data traffic gets backpressure from this bound instead of unbounded memory.
 pub const WRITE_QUEUE_FRAMES: usize = 1024;
-/// Inbound UDP datagrams waiting in this actor's mailbox; beyond it they are dropped (and counted),
-/// as a router would drop them.
-pub const UDP_MAILBOX_DATAGRAMS: usize = 256;
+/// Messages waiting in this actor's mailbox (inbound UDP datagrams, frames from the relay);
+/// beyond it datagrams are dropped (and counted) as a router would, and the relay gets
+/// backpressure.
+pub const MAILBOX_CAPACITY: usize = 1024;
 /// Longest wait for the writer to flush a `close` frame before the actor stops anyway.
 pub const CLOSE_LINGER_MS: u64 = 1_000;
 /// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
@@ -93,6 +95,13 @@ pub type StatusCell = Arc<Mutex<LinkStatus>>;
 pub struct UdpIn {
     pub data: Bytes,
     pub from: SocketAddr,
+}
+
+/// Seal and send a frame on this link (from the RelayActor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendFrame {
+    pub frame: Frame,
 }
 
 /// Close the link (sent by the DiscoveryActor when this link lost the duplicate rule).
@@ -203,6 +212,8 @@ enum Role {
 pub struct PeerActor {
     node: Arc<NodeShared>,
     discovery: Addr<DiscoveryActor>,
+    /// Where data and link-state frames go, and who learns when this link is up or down.
+    relay: Addr<RelayActor>,
     role: Role,
     state: State,
     /// Shared with the DiscoveryActor for `/status`.
@@ -222,6 +233,7 @@ impl PeerActor {
     pub fn dialer(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
+        relay: Addr<RelayActor>,
         target: Endpoint,
         udp: Vec<UdpEndpoint>,
     ) -> (PeerActor, StatusCell) {
@@ -234,6 +246,7 @@ impl PeerActor {
         let actor = PeerActor {
             node,
             discovery,
+            relay,
             role: Role::Dialer {
                 target,
                 backoff,
@@ -255,6 +268,7 @@ impl PeerActor {
     pub fn acceptor(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
+        relay: Addr<RelayActor>,
         incoming: Incoming,
         slot: HandshakeSlot,
     ) -> PeerActor {
@@ -266,6 +280,7 @@ impl PeerActor {
         PeerActor {
             node,
             discovery,
+            relay,
             role: Role::Acceptor {
                 incoming: Some(incoming),
                 slot: Some(slot),
@@ -304,7 +319,7 @@ impl Actor for PeerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(UDP_MAILBOX_DATAGRAMS);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.link_id = self.node.next_link_id();
         self.admitted = false;
         match &mut self.role {
@@ -355,6 +370,24 @@ impl Handler<UdpIn> for PeerActor {
 
     fn handle(&mut self, msg: UdpIn, ctx: &mut Self::Context) {
         self.guarded(ctx, |act, ctx| act.on_udp(msg, ctx));
+    }
+}
+
+impl Handler<SendFrame> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendFrame, ctx: &mut Self::Context) {
+        let Some(attempt) = self.attempt_mut() else {
+            return;
+        };
+        if let Err(cause) = attempt.link.send_frame(&msg.frame) {
+            debug!(
+                "{}: cannot send {}: {cause}",
+                self.describe(),
+                msg.frame.kind()
+            );
+        }
+        self.drive(ctx);
     }
 }
 
@@ -744,9 +777,18 @@ impl PeerActor {
                     self.request_admission(hello, welcome, ctx);
                 }
             }
-            Event::Frame(frame) => {
-                debug!("{}: unexpected frame {}", self.describe(), frame.kind());
-            }
+            Event::Frame(frame) => match *frame {
+                frame @ (Frame::Data(_) | Frame::LinkState(_)) => {
+                    let msg = Inbound {
+                        link_id: self.link_id,
+                        frame,
+                    };
+                    if self.relay.try_send(msg).is_err() {
+                        self.node.metrics.frames_dropped.inc();
+                    }
+                }
+                other => debug!("{}: unexpected frame {}", self.describe(), other.kind()),
+            },
             Event::Closed(cause) => self.on_closed(cause, ctx),
         }
     }
@@ -819,11 +861,12 @@ impl PeerActor {
         );
     }
 
-    fn transition_active(&mut self, _ctx: &mut Context<Self>) {
+    fn transition_active(&mut self, ctx: &mut Context<Self>) {
         let Some(attempt) = self.attempt_ref() else {
             return;
         };
         let peer = attempt.link.peer().map(|h| h.node_id.clone());
+        let public_key = attempt.link.peer().map(|h| h.public_key);
         let remote = attempt.remote;
         info!(
             "link up: {} {} via {} ({})",
@@ -845,11 +888,22 @@ impl PeerActor {
             Role::Acceptor { slot, .. } => *slot = None,
         }
         if let Ok(mut s) = self.status.lock() {
-            s.node_id = peer;
+            s.node_id.clone_from(&peer);
             s.attempts = 0;
             s.last_error = None;
         }
         self.transition(Step::Up, None);
+        if let (Some(node_id), Some(public_key)) = (peer, public_key) {
+            let transport = self.status.lock().map_or(Transport::Tcp, |s| s.transport);
+            self.relay.do_send(LinkReady {
+                link_id: self.link_id,
+                node_id,
+                public_key,
+                transport,
+                peer: ctx.address(),
+                status: self.status.clone(),
+            });
+        }
     }
 
     fn on_closed(&mut self, cause: Cause, ctx: &mut Context<Self>) {
@@ -1023,6 +1077,11 @@ impl PeerActor {
     fn transition(&mut self, step: Step, new_attempt: Option<Attempt>) {
         let old = std::mem::replace(&mut self.state, State::Init { attempt: None });
         let from = old.visible();
+        if from == PeerState::Active && step == Step::Down {
+            self.relay.do_send(LinkGone {
+                link_id: self.link_id,
+            });
+        }
         let current = match old {
             State::Init { attempt } | State::Disconnected { attempt } => attempt,
             State::Active { attempt } => Some(attempt),

@@ -1,18 +1,115 @@
-//! RelayActor: where a message for a node goes next.
+//! RelayActor: routing and the message path.
 //!
-//! It keeps the table of direct links (fed by the DiscoveryActor as links are admitted and
-//! lost) and picks, per node, the best Active link: lowest measured RTT, then the transport
-//! order UDP, TCP, WebSocket. Multi-hop routes, forwarding of sealed messages and bandwidth
-//! limits for foreign networks build on this table in later protocol versions; today every
-//! reachable node is a direct neighbour (`hops: 1`).
+//! - Routing: it knows every direct link (fed by the DiscoveryActor) and runs link-state routing
+//!   ([`RoutingTable`]): it advertises its own links with their measured RTT as cost whenever they
+//!   change and every [`ADVERT_REFRESH_MS`], floods the adverts it learns to its other
+//!   neighbours, and picks next hops by shortest path (hop limit 16).
+//! - Sending: an HTTP handler sends [`Send`]; the relay seals the message end to end for the
+//!   target (key cached per peer: one X25519 per peer, not per message), remembers the pending
+//!   request, and hands the envelope to the PeerActor of the best link to the next hop. The answer
+//!   comes back as a sealed reply and completes the request; a timer sweep fails what was not
+//!   answered in time.
+//! - Receiving: envelopes for this node are opened, checked against replays, and dispatched: a
+//!   body naming a configured script runs it through the ScriptActor; anything else is a plain
+//!   message, logged and counted. The outcome goes back sealed.
+//! - Forwarding: envelopes for other nodes are passed on unopened (the relay cannot read or alter
+//!   them), with a hop counter and an id cache as the last guard against loops, and counted per
+//!   origin network.
+//!
+//! Everything happens on the node's one arbiter: a message costs no thread hop between the
+//! relay and the links.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
+use bytes::Bytes;
+use log::{debug, info, warn};
 use serde::Serialize;
+use tokio::sync::oneshot;
 
-use crate::actors::peer::{PeerActor, PeerState, StatusCell};
+use crate::actors::peer::{PeerActor, PeerState, SendFrame, StatusCell};
+use crate::actors::script::{RunScript, ScriptActor, ScriptError};
 use crate::config::Transport;
+use crate::node::NodeShared;
+use crate::proto::e2e::{self, Outcome, PairKey, Payload, ReplayCache};
+use crate::proto::routing::{Advert, Applied, RoutingTable};
+use crate::wire::frame::{Envelope, Frame, LinkState, MessageKind, Neighbor};
+
+/// Hop limit for envelopes and routes (EasyTier's and RIP's order of magnitude).
+pub const MAX_HOPS: u8 = 16;
+/// Requests awaiting an answer at once; beyond it `/send` answers 503.
+pub const MAX_PENDING: usize = 65_536;
+/// Re-advertise our links this often even without change (fresh RTT costs, and a bound on how
+/// long a lost advert can leave others stale).
+pub const ADVERT_REFRESH_MS: u64 = 30_000;
+/// Forget an advert not refreshed for this long (four refreshes).
+pub const ADVERT_MAX_AGE_MS: u64 = 4 * ADVERT_REFRESH_MS;
+/// Cost of a link before its first RTT sample: 10 ms, a pessimistic LAN figure.
+pub const DEFAULT_LINK_COST_US: u32 = 10_000;
+/// Envelope ids remembered for loop detection when forwarding.
+pub const FORWARD_SEEN: usize = 16_384;
+/// (source, id) pairs remembered against replays at the target.
+pub const REPLAY_CACHE: usize = 65_536;
+/// Inbound frames from links queued for the relay; beyond it they are dropped and counted.
+pub const RELAY_MAILBOX: usize = 16_384;
+/// Room kept in a reply frame for the envelope header, seal and payload fields around a
+/// script's output (ids are at most 64 bytes each; 4 KiB is generous).
+pub const REPLY_OVERHEAD_BYTES: usize = 4096;
+/// How often unanswered requests are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Send `body` to `target` and wait for the outcome (from an HTTP handler).
+#[derive(Message)]
+#[rtype(result = "Result<Delivery, SendError>")]
+pub struct Send {
+    /// Target node id (may be our own: loopback goes through the same seal and open).
+    pub target: String,
+    /// Message bytes.
+    pub body: Bytes,
+    /// How long to wait for the answer.
+    pub timeout_ms: u64,
+}
+
+/// The answer to a [`Send`].
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Message id.
+    pub id: u64,
+    /// Links the request crossed (0 for loopback).
+    pub hops: u8,
+    /// What the target did.
+    pub outcome: Outcome,
+}
+
+/// Why a [`Send`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No node of that id was ever heard of.
+    #[error("no node {0:?} is known")]
+    PeerNotFound(String),
+    /// The node is known but unreachable now.
+    #[error("no route to {0:?}")]
+    NoRoute(String),
+    /// No answer within the timeout.
+    #[error("no answer from {0:?} within {1} ms")]
+    Timeout(String, u64),
+    /// Too many requests in flight, or a link's queue is full.
+    #[error("too many messages in flight")]
+    Busy,
+    /// The target's key is unusable.
+    #[error("cannot seal for {0:?}: {1}")]
+    Crypto(String, String),
+}
+
+/// A frame from a link for the relay (data or a link-state advert).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub link_id: u64,
+    pub frame: Frame,
+}
 
 /// A link became usable for traffic to `node_id`.
 #[derive(Message)]
@@ -20,6 +117,7 @@ use crate::config::Transport;
 pub struct LinkReady {
     pub link_id: u64,
     pub node_id: String,
+    pub public_key: [u8; 32],
     pub transport: Transport,
     pub peer: Addr<PeerActor>,
     pub status: StatusCell,
@@ -32,46 +130,627 @@ pub struct LinkGone {
     pub link_id: u64,
 }
 
-/// The current route to every reachable node.
+/// The current route to every reachable node, and relay counters.
 #[derive(Message)]
-#[rtype(result = "HashMap<String, Route>")]
+#[rtype(result = "RelayReport")]
 pub struct GetRoutes;
 
 /// How a node is reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Route {
+pub struct RouteReport {
     /// The neighbour a frame for the node goes to.
     pub next_hop: String,
     /// Links on the path.
     pub hops: u32,
-    /// Transport of the chosen first link.
-    pub transport: Transport,
+    /// Sum of link RTTs on the path, microseconds.
+    pub cost_us: u64,
+    /// The node's identity key as pinned here, hex.
+    pub public_key: Option<String>,
+}
+
+/// Relay counters for one origin network.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayedCount {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// Message counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MessageCounters {
+    /// Requests sent from this node (including loopback).
+    pub sent: u64,
+    /// Requests for this node delivered as plain messages.
+    pub delivered: u64,
+    /// Requests for this node that ran a script.
+    pub scripts_run: u64,
+    /// Answers that completed a request of ours.
+    pub replies: u64,
+    /// Envelopes dropped: replayed, expired, unopenable, unknown source, no route, hop limit, loop.
+    pub dropped: u64,
+    /// Requests that got no answer in time.
+    pub timed_out: u64,
+}
+
+/// What `/status` takes from the relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayReport {
+    #[serde(skip)]
+    pub routes: HashMap<String, RouteReport>,
+    /// Envelopes forwarded for others, by origin network.
+    pub relayed: HashMap<String, RelayedCount>,
+    pub messages: MessageCounters,
 }
 
 /// A direct link as the relay sees it.
 struct Direct {
     node_id: String,
     transport: Transport,
-    /// Kept for forwarding frames on this link.
-    #[allow(dead_code)]
     peer: Addr<PeerActor>,
     status: StatusCell,
 }
 
+/// A request awaiting its answer.
+struct Pending {
+    target: String,
+    deadline_ms: u64,
+    timeout_ms: u64,
+    done: oneshot::Sender<Result<Delivery, SendError>>,
+}
+
 /// See the module docs.
-#[derive(Default)]
 pub struct RelayActor {
+    node: Arc<NodeShared>,
+    script: Addr<ScriptActor>,
     links: HashMap<u64, Direct>,
+    /// Identity keys by node id: pinned once seen (direct hello or advert).
+    keys: HashMap<String, [u8; 32]>,
+    /// End-to-end keys by node id, derived once.
+    pair_keys: HashMap<String, Arc<PairKey>>,
+    routing: RoutingTable,
+    pending: HashMap<u64, Pending>,
+    replay: ReplayCache,
+    forwarded: HashSet<(String, u64)>,
+    forwarded_order: VecDeque<(String, u64)>,
+    relayed: HashMap<String, RelayedCount>,
+    counters: MessageCounters,
+}
+
+impl RelayActor {
+    /// A relay for this node; `script` runs the scripts messages ask for.
+    pub fn new(node: Arc<NodeShared>, script: Addr<ScriptActor>) -> RelayActor {
+        let seq_base = unix_ms() * 1000;
+        RelayActor {
+            routing: RoutingTable::new(&node.local.node_id, seq_base),
+            keys: HashMap::from([(node.local.node_id.clone(), node.keys.identity.public())]),
+            node,
+            script,
+            links: HashMap::new(),
+            pair_keys: HashMap::new(),
+            pending: HashMap::new(),
+            replay: ReplayCache::new(REPLAY_CACHE),
+            forwarded: HashSet::new(),
+            forwarded_order: VecDeque::new(),
+            relayed: HashMap::new(),
+            counters: MessageCounters::default(),
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.node.local.node_id
+    }
+
+    /// The best Active link to a neighbour: lowest RTT, then UDP, TCP, WebSocket.
+    fn best_link(&self, node_id: &str) -> Option<&Direct> {
+        self.links
+            .values()
+            .filter(|d| d.node_id == node_id)
+            .filter_map(|d| {
+                let s = d.status.lock().ok()?;
+                (s.state == PeerState::Active).then(|| {
+                    let rtt = s.rtt.and_then(|r| r.avg_us()).unwrap_or(u64::MAX);
+                    (rtt, transport_rank(d.transport), d)
+                })
+            })
+            .min_by_key(|(rtt, rank, _)| (*rtt, *rank))
+            .map(|(_, _, d)| d)
+    }
+
+    /// Our neighbours with their link cost, for our advert.
+    fn neighbours(&self) -> Vec<(String, u32)> {
+        let mut ids: Vec<&str> = self.links.values().map(|d| d.node_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| {
+                let d = self.best_link(id)?;
+                let cost = d
+                    .status
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.rtt.and_then(|r| r.avg_us()))
+                    .map_or(DEFAULT_LINK_COST_US, |us| {
+                        us.clamp(1, u32::MAX as u64) as u32
+                    });
+                Some((id.to_string(), cost))
+            })
+            .collect()
+    }
+
+    /// Re-advertises our links to every neighbour.
+    fn advertise(&mut self) {
+        let advert = self
+            .routing
+            .set_local(self.neighbours(), self.node.now_ms());
+        self.flood(&advert, None);
+    }
+
+    fn to_wire(&self, advert: &Advert) -> Option<LinkState> {
+        let public_key = *self.keys.get(&advert.origin)?;
+        let addrs = if advert.origin == self.me() {
+            self.node.local.listen_addrs.clone()
+        } else {
+            Vec::new()
+        };
+        Some(LinkState {
+            origin: advert.origin.clone(),
+            seq: advert.seq,
+            public_key,
+            addrs,
+            neighbors: advert
+                .neighbors
+                .iter()
+                .map(|(id, cost_us)| Neighbor {
+                    id: id.clone(),
+                    cost_us: *cost_us,
+                })
+                .collect(),
+        })
+    }
+
+    /// Sends an advert to every neighbour but `except`.
+    fn flood(&self, advert: &Advert, except: Option<&str>) {
+        let Some(state) = self.to_wire(advert) else {
+            return;
+        };
+        let mut neighbours: Vec<&str> = self.links.values().map(|d| d.node_id.as_str()).collect();
+        neighbours.sort_unstable();
+        neighbours.dedup();
+        for n in neighbours {
+            if Some(n) == except {
+                continue;
+            }
+            if let Some(d) = self.best_link(n) {
+                let _ = d.peer.try_send(SendFrame {
+                    frame: Frame::LinkState(state.clone()),
+                });
+            }
+        }
+    }
+
+    /// Gives a neighbour that just linked up everything we know.
+    fn sync_neighbour(&self, node_id: &str) {
+        let Some(d) = self.best_link(node_id) else {
+            return;
+        };
+        for advert in self.routing.adverts() {
+            if let Some(state) = self.to_wire(&advert) {
+                let _ = d.peer.try_send(SendFrame {
+                    frame: Frame::LinkState(state),
+                });
+            }
+        }
+    }
+
+    /// Pins a node's identity key; false (and a warning) if it contradicts the pinned one.
+    fn learn_key(&mut self, id: &str, key: [u8; 32]) -> bool {
+        match self.keys.get(id) {
+            Some(k) if *k == key => true,
+            Some(k) => {
+                warn!(
+                    "ignoring a new identity key for {id}: {} (pinned: {})",
+                    hex::encode(key),
+                    hex::encode(k)
+                );
+                false
+            }
+            None => {
+                if self.keys.len() < crate::proto::peer_table::MAX_KNOWN_NODES {
+                    self.keys.insert(id.to_string(), key);
+                }
+                true
+            }
+        }
+    }
+
+    fn pair_key(&mut self, id: &str) -> Result<Arc<PairKey>, SendError> {
+        if let Some(k) = self.pair_keys.get(id) {
+            return Ok(k.clone());
+        }
+        let public = *self
+            .keys
+            .get(id)
+            .ok_or_else(|| SendError::PeerNotFound(id.to_string()))?;
+        let keys = &self.node.keys;
+        let key = PairKey::derive(&keys.identity, &public, &keys.network_key, self.me(), id)
+            .map_err(|e| SendError::Crypto(id.to_string(), e.to_string()))?;
+        let key = Arc::new(key);
+        self.pair_keys.insert(id.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// Builds and seals an envelope from us.
+    fn seal(
+        &mut self,
+        target: &str,
+        kind: MessageKind,
+        ttl_ms: u64,
+        payload: &Payload,
+    ) -> Result<Envelope, SendError> {
+        let key = self.pair_key(target)?;
+        let mut envelope = Envelope {
+            id: self.node.random_u64(),
+            source: self.me().to_string(),
+            target: target.to_string(),
+            kind,
+            timestamp_ms: unix_ms(),
+            ttl_ms: ttl_ms.min(e2e::MAX_TTL_MS as u64) as u32,
+            hops: 0,
+            sealed: Vec::new(),
+        };
+        e2e::seal(&key, &mut envelope, &payload.encode())
+            .map_err(|e| SendError::Crypto(target.to_string(), e.to_string()))?;
+        Ok(envelope)
+    }
+
+    /// Sends an envelope toward its target (or handles it here for loopback).
+    fn route(&mut self, mut envelope: Envelope, ctx: &mut Context<Self>) -> Result<(), SendError> {
+        if envelope.target == self.me() {
+            self.on_envelope_for_me(envelope, ctx);
+            return Ok(());
+        }
+        // A linked neighbour is reachable before its advert arrives.
+        let next_hop = match self.routing.route(&envelope.target) {
+            Some(route) => route.next_hop,
+            None => envelope.target.clone(),
+        };
+        let link = self
+            .best_link(&next_hop)
+            .ok_or_else(|| SendError::NoRoute(envelope.target.clone()))?;
+        envelope.hops = envelope.hops.saturating_add(1);
+        link.peer
+            .try_send(SendFrame {
+                frame: Frame::Data(envelope),
+            })
+            .map_err(|_| SendError::Busy)
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        if envelope.target == self.me() {
+            self.on_envelope_for_me(envelope, ctx);
+            return;
+        }
+        // Forward without opening.
+        if envelope.hops >= MAX_HOPS {
+            debug!(
+                "dropping envelope {} from {}: hop limit",
+                envelope.id, envelope.source
+            );
+            self.counters.dropped += 1;
+            return;
+        }
+        let key = (envelope.source.clone(), envelope.id);
+        if self.forwarded.contains(&key) {
+            debug!(
+                "dropping envelope {} from {}: seen (loop)",
+                envelope.id, envelope.source
+            );
+            self.counters.dropped += 1;
+            return;
+        }
+        if self.forwarded_order.len() >= FORWARD_SEEN {
+            if let Some(old) = self.forwarded_order.pop_front() {
+                self.forwarded.remove(&old);
+            }
+        }
+        self.forwarded.insert(key.clone());
+        self.forwarded_order.push_back(key);
+        let bytes = envelope.sealed.len() as u64;
+        let (source, target) = (envelope.source.clone(), envelope.target.clone());
+        match self.route(envelope, ctx) {
+            Ok(()) => {
+                let c = self
+                    .relayed
+                    .entry(self.node.local.network.clone())
+                    .or_default();
+                c.messages += 1;
+                c.bytes += bytes;
+            }
+            Err(e) => {
+                debug!("cannot forward {source} -> {target}: {e}");
+                self.counters.dropped += 1;
+            }
+        }
+    }
+
+    fn on_envelope_for_me(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+        let source = envelope.source.clone();
+        let key = match self.pair_key(&source) {
+            Ok(k) => k,
+            Err(e) => {
+                debug!("dropping envelope from {source}: {e}");
+                self.counters.dropped += 1;
+                return;
+            }
+        };
+        let plaintext = match e2e::open(&key, &envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("dropping envelope {} from {source}: {e}", envelope.id);
+                self.counters.dropped += 1;
+                return;
+            }
+        };
+        // Only authentic envelopes enter the replay cache, so forgeries cannot evict it.
+        if let Err(e) = self.replay.check_and_insert(unix_ms(), &envelope) {
+            warn!("dropping envelope {} from {source}: {e}", envelope.id);
+            self.counters.dropped += 1;
+            return;
+        }
+        let payload = match Payload::decode(&plaintext) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("dropping envelope {} from {source}: {e}", envelope.id);
+                self.counters.dropped += 1;
+                return;
+            }
+        };
+        match (envelope.kind, payload) {
+            (MessageKind::Request, Payload::Message { body }) => {
+                self.on_request(envelope, body, ctx)
+            }
+            (
+                MessageKind::Response,
+                Payload::Reply {
+                    in_reply_to,
+                    outcome,
+                    request_hops,
+                },
+            ) => {
+                let Some(p) = self.pending.remove(&in_reply_to) else {
+                    debug!("late or unknown reply {in_reply_to} from {source}");
+                    return;
+                };
+                if p.target != source {
+                    warn!(
+                        "reply to {in_reply_to} came from {source}, not {}",
+                        p.target
+                    );
+                    self.pending.insert(in_reply_to, p);
+                    return;
+                }
+                self.counters.replies += 1;
+                let _ = p.done.send(Ok(Delivery {
+                    id: in_reply_to,
+                    hops: request_hops,
+                    outcome,
+                }));
+            }
+            _ => {
+                warn!(
+                    "dropping envelope {} from {source}: kind and payload disagree",
+                    envelope.id
+                );
+                self.counters.dropped += 1;
+            }
+        }
+    }
+
+    fn on_request(&mut self, envelope: Envelope, body: Vec<u8>, ctx: &mut Context<Self>) {
+        let name = std::str::from_utf8(&body).map(str::trim).unwrap_or("");
+        let is_script = self.node.config.scripts.contains_key(name);
+        if !is_script {
+            info!(
+                "message {} from {} ({} bytes, {} hops)",
+                envelope.id,
+                envelope.source,
+                body.len(),
+                envelope.hops
+            );
+            self.counters.delivered += 1;
+            self.reply(&envelope, Outcome::Delivered, ctx);
+            return;
+        }
+        self.counters.scripts_run += 1;
+        let run = RunScript {
+            name: name.to_string(),
+            source: envelope.source.clone(),
+            message_id: envelope.id,
+        };
+        ctx.spawn(
+            self.script
+                .send(run)
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let outcome = match res {
+                        Ok(Ok(mut out)) => {
+                            // The reply must fit one frame: stderr gives way first, then stdout.
+                            let budget = act
+                                .node
+                                .config
+                                .max_frame_bytes
+                                .saturating_sub(REPLY_OVERHEAD_BYTES);
+                            let mut truncated = out.stdout_truncated || out.stderr_truncated;
+                            if out.stdout.len() + out.stderr.len() > budget {
+                                truncated = true;
+                                out.stderr.truncate(budget.saturating_sub(out.stdout.len()));
+                                out.stdout.truncate(budget);
+                            }
+                            Outcome::Script {
+                                exit_code: out.exit_code,
+                                stdout: out.stdout,
+                                stderr: out.stderr,
+                                timed_out: out.timed_out,
+                                truncated,
+                            }
+                        }
+                        Ok(Err(ScriptError::Busy)) => Outcome::Failed {
+                            code: "script_busy".into(),
+                            message: "too many scripts running or queued".into(),
+                        },
+                        Ok(Err(e)) => Outcome::Failed {
+                            code: "script_failed".into(),
+                            message: e.to_string(),
+                        },
+                        Err(e) => Outcome::Failed {
+                            code: "script_failed".into(),
+                            message: e.to_string(),
+                        },
+                    };
+                    act.reply(&envelope, outcome, ctx);
+                }),
+        );
+    }
+
+    fn reply(&mut self, request: &Envelope, outcome: Outcome, ctx: &mut Context<Self>) {
+        let payload = Payload::Reply {
+            in_reply_to: request.id,
+            outcome,
+            request_hops: request.hops,
+        };
+        let ttl = request.ttl_ms as u64;
+        match self.seal(&request.source, MessageKind::Response, ttl, &payload) {
+            Ok(envelope) => {
+                if let Err(e) = self.route(envelope, ctx) {
+                    debug!("cannot answer {} at {}: {e}", request.id, request.source);
+                }
+            }
+            Err(e) => warn!("cannot answer {} at {}: {e}", request.id, request.source),
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.node.now_ms();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.counters.timed_out += 1;
+                let _ = p.done.send(Err(SendError::Timeout(p.target, p.timeout_ms)));
+            }
+        }
+    }
 }
 
 impl Actor for RelayActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(RELAY_MAILBOX);
+        ctx.run_interval(SWEEP_INTERVAL, |act, _| act.sweep());
+        ctx.run_interval(Duration::from_millis(ADVERT_REFRESH_MS), |act, _| {
+            let now = act.node.now_ms();
+            for gone in act.routing.expire(now, ADVERT_MAX_AGE_MS) {
+                debug!("advert of {gone} expired");
+            }
+            act.advertise();
+        });
+    }
+}
+
+impl Handler<Send> for RelayActor {
+    type Result = ResponseFuture<Result<Delivery, SendError>>;
+
+    fn handle(&mut self, msg: Send, ctx: &mut Self::Context) -> Self::Result {
+        let target = msg.target.clone();
+        let timeout_ms = msg.timeout_ms;
+        let started = (|| {
+            if self.pending.len() >= MAX_PENDING {
+                return Err(SendError::Busy);
+            }
+            if !self.keys.contains_key(&target) {
+                return Err(SendError::PeerNotFound(target.clone()));
+            }
+            let payload = Payload::Message {
+                body: msg.body.to_vec(),
+            };
+            let envelope = self.seal(&target, MessageKind::Request, timeout_ms, &payload)?;
+            let (tx, rx) = oneshot::channel();
+            let id = envelope.id;
+            self.pending.insert(
+                id,
+                Pending {
+                    target: target.clone(),
+                    deadline_ms: self.node.now_ms() + timeout_ms,
+                    timeout_ms,
+                    done: tx,
+                },
+            );
+            self.counters.sent += 1;
+            if let Err(e) = self.route(envelope, ctx) {
+                self.pending.remove(&id);
+                return Err(e);
+            }
+            Ok(rx)
+        })();
+        Box::pin(async move {
+            match started {
+                Err(e) => Err(e),
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or(Err(SendError::Timeout(target, timeout_ms))),
+            }
+        })
+    }
+}
+
+impl Handler<Inbound> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        let from = self.links.get(&msg.link_id).map(|d| d.node_id.clone());
+        match msg.frame {
+            Frame::Data(envelope) => self.on_envelope(envelope, ctx),
+            Frame::LinkState(state) => {
+                if !self.learn_key(&state.origin, state.public_key) {
+                    return;
+                }
+                let advert = Advert {
+                    origin: state.origin,
+                    seq: state.seq,
+                    neighbors: state
+                        .neighbors
+                        .into_iter()
+                        .map(|n| (n.id, n.cost_us))
+                        .collect(),
+                };
+                match self.routing.apply(advert.clone(), self.node.now_ms()) {
+                    Applied::Newer => self.flood(&advert, from.as_deref()),
+                    Applied::Readvertise => {
+                        let own = self.routing.local_advert();
+                        self.flood(&own, None);
+                    }
+                    Applied::Stale | Applied::TableFull => {}
+                }
+            }
+            other => debug!("relay ignores {} frame", other.kind()),
+        }
+    }
 }
 
 impl Handler<LinkReady> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkReady, _: &mut Self::Context) {
+        if !self.learn_key(&msg.node_id, msg.public_key) {
+            return;
+        }
+        let node_id = msg.node_id.clone();
+        let first = !self.links.values().any(|d| d.node_id == node_id);
         self.links.insert(
             msg.link_id,
             Direct {
@@ -81,6 +760,10 @@ impl Handler<LinkReady> for RelayActor {
                 status: msg.status,
             },
         );
+        if first {
+            self.advertise();
+            self.sync_neighbour(&node_id);
+        }
     }
 }
 
@@ -88,7 +771,11 @@ impl Handler<LinkGone> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkGone, _: &mut Self::Context) {
-        self.links.remove(&msg.link_id);
+        if let Some(d) = self.links.remove(&msg.link_id) {
+            if !self.links.values().any(|l| l.node_id == d.node_id) {
+                self.advertise();
+            }
+        }
     }
 }
 
@@ -96,34 +783,40 @@ impl Handler<GetRoutes> for RelayActor {
     type Result = MessageResult<GetRoutes>;
 
     fn handle(&mut self, _: GetRoutes, _: &mut Self::Context) -> Self::Result {
-        let mut best: HashMap<String, (u64, u8, Transport)> = HashMap::new();
-        for d in self.links.values() {
-            let Ok(s) = d.status.lock() else { continue };
-            if s.state != PeerState::Active {
-                continue;
+        let mut routes: HashMap<String, RouteReport> = self
+            .routing
+            .routes()
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    RouteReport {
+                        next_hop: r.next_hop.clone(),
+                        hops: r.hops,
+                        cost_us: r.cost_us,
+                        public_key: self.keys.get(id).map(hex::encode),
+                    },
+                )
+            })
+            .collect();
+        // Linked neighbours whose advert has not arrived yet are reachable directly.
+        let direct: Vec<String> = self.links.values().map(|d| d.node_id.clone()).collect();
+        for id in direct {
+            if !routes.contains_key(&id) && self.best_link(&id).is_some() {
+                let route = RouteReport {
+                    next_hop: id.clone(),
+                    hops: 1,
+                    cost_us: DEFAULT_LINK_COST_US as u64,
+                    public_key: self.keys.get(&id).map(hex::encode),
+                };
+                routes.insert(id, route);
             }
-            let rtt = s.rtt.map_or(u64::MAX, |r| r.avg_us().unwrap_or(u64::MAX));
-            let key = (rtt, transport_rank(d.transport), d.transport);
-            best.entry(d.node_id.clone())
-                .and_modify(|b| {
-                    if (key.0, key.1) < (b.0, b.1) {
-                        *b = key;
-                    }
-                })
-                .or_insert(key);
         }
-        MessageResult(
-            best.into_iter()
-                .map(|(id, (_, _, transport))| {
-                    let route = Route {
-                        next_hop: id.clone(),
-                        hops: 1,
-                        transport,
-                    };
-                    (id, route)
-                })
-                .collect(),
-        )
+        MessageResult(RelayReport {
+            routes,
+            relayed: self.relayed.clone(),
+            messages: self.counters.clone(),
+        })
     }
 }
 
@@ -135,4 +828,10 @@ fn transport_rank(t: Transport) -> u8 {
         Transport::Tcp => 1,
         Transport::Ws => 2,
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

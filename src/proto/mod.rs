@@ -5,7 +5,9 @@
 //! passed in), so it is tested directly.
 
 pub mod backoff;
+pub mod e2e;
 pub mod handshake;
 pub mod link;
 pub mod peer_state;
 pub mod peer_table;
+pub mod routing;

@@ -54,6 +54,10 @@ pub enum Frame {
         /// Why the link is being closed; lets the other side decide whether to redial.
         reason: CloseReason,
     },
+    /// An end-to-end sealed message travelling hop by hop (relays read only the header).
+    Data(Envelope),
+    /// A node's link-state advertisement, flooded to the whole network.
+    LinkState(LinkState),
 }
 
 /// A node's introduction: sent by the dialer as its first frame, and embedded in the
@@ -114,6 +118,81 @@ pub struct NodeInfo {
     /// [`MAX_ADDR_BYTES`] each.
     #[serde(deserialize_with = "de_addrs")]
     pub addrs: Vec<String>,
+}
+
+/// A message sealed end to end between two nodes, forwarded hop by hop.
+///
+/// Relays read the clear header (`target` to route, `hops` to bound the path) but cannot
+/// open `sealed`: only `source` and `target` hold the pair key (see
+/// `crate::proto::e2e`). Every header field except `hops` is authenticated as associated
+/// data of the seal, so a relay can neither redirect, re-date nor re-label a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Random per message, unique per source; with `source` it keys the target's replay
+    /// cache and matches a response to its request.
+    pub id: u64,
+    /// Id of the node that sealed the message; at most [`MAX_NAME_BYTES`].
+    pub source: String,
+    /// Id of the node the message is for; at most [`MAX_NAME_BYTES`].
+    pub target: String,
+    /// Whether this is a request or the response to one.
+    pub kind: MessageKind,
+    /// The source's unix time when it sealed the message, in milliseconds.
+    pub timestamp_ms: u64,
+    /// How long the message lives, in milliseconds: the target drops it after
+    /// `timestamp_ms + ttl_ms` (plus the allowed clock skew).
+    pub ttl_ms: u32,
+    /// Forwarding count, incremented by every relay. Not authenticated: it changes en
+    /// route, so an attacker on the path can alter it (at worst making a message look
+    /// farther travelled and get dropped sooner).
+    pub hops: u8,
+    /// `nonce (24) || ciphertext || tag (16)` (XChaCha20-Poly1305); at most
+    /// [`MAX_FRAME_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub sealed: Vec<u8>,
+}
+
+/// What an [`Envelope`] carries, as its routers and endpoints see it.
+///
+/// On the wire each kind is its snake_case name (`"request"`, `"response"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// A message that expects a response from its target.
+    Request,
+    /// The answer to a request, travelling back to the request's source.
+    Response,
+}
+
+/// A node's link-state advertisement: who it is, where it listens and which nodes it has
+/// direct links to, at what cost. Flooded to the whole network; the highest `seq` from
+/// an origin replaces older ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    /// Id of the node this advertisement describes; at most [`MAX_NAME_BYTES`].
+    pub origin: String,
+    /// Sequence number, increased by the origin for every new advertisement, so that
+    /// receivers keep only the newest one.
+    pub seq: u64,
+    /// The origin's identity key, so that any node can seal end-to-end messages to it.
+    #[serde(with = "serde_bytes")]
+    pub public_key: [u8; 32],
+    /// URLs where the origin accepts links; at most [`MAX_ADDRS_PER_NODE`] of at most
+    /// [`MAX_ADDR_BYTES`] each (as for [`NodeInfo::addrs`]).
+    #[serde(deserialize_with = "de_addrs")]
+    pub addrs: Vec<String>,
+    /// The origin's direct links; at most [`MAX_KNOWN_NODES`].
+    #[serde(deserialize_with = "de_neighbors")]
+    pub neighbors: Vec<Neighbor>,
+}
+
+/// One direct link of a [`LinkState`]'s origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbor {
+    /// The neighbour's node id; at most [`MAX_NAME_BYTES`].
+    pub id: String,
+    /// Cost of the link for route computation, in microseconds (e.g. its round-trip time).
+    pub cost_us: u32,
 }
 
 /// Why a link is closed, sent in [`Frame::Close`].
@@ -211,6 +290,8 @@ impl Frame {
             Frame::Ping { .. } => "ping",
             Frame::Pong { .. } => "pong",
             Frame::Close { .. } => "close",
+            Frame::Data(_) => "data",
+            Frame::LinkState(_) => "link_state",
         }
     }
 
@@ -219,6 +300,8 @@ impl Frame {
         match self {
             Frame::Hello(hello) => hello.check_limits(),
             Frame::Welcome(welcome) => welcome.check_limits(),
+            Frame::Data(envelope) => envelope.check_limits(),
+            Frame::LinkState(link_state) => link_state.check_limits(),
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => Ok(()),
         }
     }
@@ -260,6 +343,37 @@ impl NodeInfo {
     }
 }
 
+impl Envelope {
+    /// Checks the ids and the sealed payload against the limits of [`super`].
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        check_len(&self.source, MAX_NAME_BYTES, "data.source")?;
+        check_len(&self.target, MAX_NAME_BYTES, "data.target")?;
+        if self.sealed.len() > MAX_FRAME_BYTES {
+            return Err(WireError::Limit {
+                what: "data.sealed",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl LinkState {
+    /// Checks the origin, the address list and every neighbour against the limits of
+    /// [`super`].
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        check_len(&self.origin, MAX_NAME_BYTES, "link_state.origin")?;
+        check_addrs(&self.addrs, "link_state.addrs", "link_state.addr")?;
+        if self.neighbors.len() > MAX_KNOWN_NODES {
+            return Err(WireError::Limit {
+                what: "link_state.neighbors",
+            });
+        }
+        self.neighbors
+            .iter()
+            .try_for_each(|n| check_len(&n.id, MAX_NAME_BYTES, "link_state.neighbor.id"))
+    }
+}
+
 /// `Limit { what }` if `s` is longer than `max` bytes.
 fn check_len(s: &str, max: usize, what: &'static str) -> Result<(), WireError> {
     if s.len() > max {
@@ -289,6 +403,12 @@ fn de_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D
 
 /// Deserializes `Welcome::known`, storing at most one entry past [`MAX_KNOWN_NODES`].
 fn de_known<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<NodeInfo>, D::Error> {
+    bounded_seq(deserializer, MAX_KNOWN_NODES)
+}
+
+/// Deserializes `LinkState::neighbors`, storing at most one entry past
+/// [`MAX_KNOWN_NODES`].
+fn de_neighbors<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Neighbor>, D::Error> {
     bounded_seq(deserializer, MAX_KNOWN_NODES)
 }
 
@@ -410,8 +530,57 @@ pub(crate) mod tests {
         })
     }
 
-    /// Any frame within the limits (short `known` lists to keep cases fast; the
-    /// 1024-entry boundary has its own test).
+    fn message_kind() -> impl Strategy<Value = MessageKind> {
+        prop_oneof![Just(MessageKind::Request), Just(MessageKind::Response)]
+    }
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        (
+            any::<u64>(),
+            name(),
+            name(),
+            message_kind(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u8>(),
+            vec(any::<u8>(), 0..300),
+        )
+            .prop_map(
+                |(id, source, target, kind, timestamp_ms, ttl_ms, hops, sealed)| Envelope {
+                    id,
+                    source,
+                    target,
+                    kind,
+                    timestamp_ms,
+                    ttl_ms,
+                    hops,
+                    sealed,
+                },
+            )
+    }
+
+    fn link_state() -> impl Strategy<Value = LinkState> {
+        (
+            name(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            vec(addr(), 0..=MAX_ADDRS_PER_NODE),
+            vec(
+                (name(), any::<u32>()).prop_map(|(id, cost_us)| Neighbor { id, cost_us }),
+                0..6,
+            ),
+        )
+            .prop_map(|(origin, seq, public_key, addrs, neighbors)| LinkState {
+                origin,
+                seq,
+                public_key,
+                addrs,
+                neighbors,
+            })
+    }
+
+    /// Any frame within the limits (short `known` and `neighbors` lists to keep cases
+    /// fast; the 1024-entry boundaries have their own tests).
     pub(crate) fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
             hello().prop_map(Frame::Hello),
@@ -425,6 +594,8 @@ pub(crate) mod tests {
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
             prop::sample::select(ALL_REASONS.to_vec()).prop_map(|reason| Frame::Close { reason }),
+            envelope().prop_map(Frame::Data),
+            link_state().prop_map(Frame::LinkState),
         ]
     }
 
@@ -454,6 +625,32 @@ pub(crate) mod tests {
             hello: sample_hello(),
             observed_addr: "tcp://192.0.2.1:5000".into(),
             known: vec![sample_node(1), sample_node(2)],
+        }
+    }
+
+    fn sample_envelope() -> Envelope {
+        Envelope {
+            id: 1,
+            source: "a".into(),
+            target: "b".into(),
+            kind: MessageKind::Request,
+            timestamp_ms: 2,
+            ttl_ms: 3,
+            hops: 4,
+            sealed: vec![0xee],
+        }
+    }
+
+    fn sample_link_state() -> LinkState {
+        LinkState {
+            origin: "o".into(),
+            seq: 7,
+            public_key: [0x11; 32],
+            addrs: vec!["x".into()],
+            neighbors: vec![Neighbor {
+                id: "n".into(),
+                cost_us: 300,
+            }],
         }
     }
 
@@ -528,6 +725,28 @@ pub(crate) mod tests {
         want.extend_from_slice(&[0x91, 0xa7]);
         want.extend_from_slice(b"timeout");
         assert_eq!(close, want);
+
+        // {"data": [1, "a", "b", "request", 2, 3, 4, bin8(0xee)]}
+        let data = Frame::Data(sample_envelope()).encode();
+        let mut want = vec![0x81, 0xa4];
+        want.extend_from_slice(b"data");
+        want.extend_from_slice(&[0x98, 0x01, 0xa1, b'a', 0xa1, b'b', 0xa7]);
+        want.extend_from_slice(b"request");
+        want.extend_from_slice(&[0x02, 0x03, 0x04, 0xc4, 0x01, 0xee]);
+        assert_eq!(data, want);
+        let mut response = sample_envelope();
+        response.kind = MessageKind::Response;
+        let response = Frame::Data(response).encode();
+        assert!(response.windows(9).any(|w| w == b"\xa8response"));
+
+        // {"link_state": ["o", 7, bin8(32 x 0x11), ["x"], [["n", uint16(300)]]]}
+        let link_state = Frame::LinkState(sample_link_state()).encode();
+        let mut want = vec![0x81, 0xaa];
+        want.extend_from_slice(b"link_state");
+        want.extend_from_slice(&[0x95, 0xa1, b'o', 0x07, 0xc4, 0x20]);
+        want.extend_from_slice(&[0x11; 32]);
+        want.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
+        assert_eq!(link_state, want);
     }
 
     #[test]
@@ -553,6 +772,8 @@ pub(crate) mod tests {
                 },
                 "close",
             ),
+            (Frame::Data(sample_envelope()), "data"),
+            (Frame::LinkState(sample_link_state()), "link_state"),
         ];
         for (frame, kind) in frames {
             assert_eq!(frame.kind(), kind);
@@ -640,6 +861,153 @@ pub(crate) mod tests {
         let mut w = welcome;
         w.known[9].addrs = vec!["a".repeat(MAX_ADDR_BYTES + 1)];
         assert_eq!(limit_of(&Frame::Welcome(w)), Some("node.addr"));
+    }
+
+    #[test]
+    fn envelope_limits() {
+        let mut envelope = sample_envelope();
+        envelope.source = "s".repeat(MAX_NAME_BYTES);
+        envelope.target = "t".repeat(MAX_NAME_BYTES);
+        let frame = Frame::Data(envelope.clone());
+        assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+
+        let mut e = envelope.clone();
+        e.source.push('s');
+        assert_eq!(limit_of(&Frame::Data(e)), Some("data.source"));
+
+        let mut e = envelope.clone();
+        e.target.push('t');
+        assert_eq!(limit_of(&Frame::Data(e)), Some("data.target"));
+
+        // `sealed` at MAX_FRAME_BYTES passes the field check, though the whole frame is
+        // then too large to decode; one byte more breaks the field limit.
+        let mut e = envelope;
+        e.sealed = vec![0; MAX_FRAME_BYTES];
+        assert!(e.check_limits().is_ok());
+        assert!(matches!(
+            Frame::decode(&Frame::Data(e.clone()).encode()),
+            Err(WireError::Oversize { .. })
+        ));
+        e.sealed.push(0);
+        assert!(matches!(
+            Frame::Data(e).check_limits(),
+            Err(WireError::Limit {
+                what: "data.sealed"
+            })
+        ));
+    }
+
+    #[test]
+    fn largest_envelope_that_decodes() {
+        // A Data frame with maximal ids and integers: its length with an empty `sealed`
+        // (bin8 marker and length: 2 bytes) plus 3 (a bin32 marker and length: 5 bytes).
+        let mut envelope = Envelope {
+            id: u64::MAX,
+            source: "s".repeat(MAX_NAME_BYTES),
+            target: "t".repeat(MAX_NAME_BYTES),
+            kind: MessageKind::Response,
+            timestamp_ms: u64::MAX,
+            ttl_ms: u32::MAX,
+            hops: u8::MAX,
+            sealed: Vec::new(),
+        };
+        let header = Frame::Data(envelope.clone()).encode().len() + 3;
+        envelope.sealed = vec![0xab; MAX_FRAME_BYTES - header];
+        let bytes = Frame::Data(envelope.clone()).encode();
+        assert_eq!(bytes.len(), MAX_FRAME_BYTES);
+        assert_eq!(Frame::decode(&bytes).ok(), Some(Frame::Data(envelope)));
+    }
+
+    #[test]
+    fn link_state_limits() {
+        let mut ls = sample_link_state();
+        ls.origin = "o".repeat(MAX_NAME_BYTES);
+        ls.addrs = vec!["a".repeat(MAX_ADDR_BYTES); MAX_ADDRS_PER_NODE];
+        ls.neighbors = (0..MAX_KNOWN_NODES)
+            .map(|i| Neighbor {
+                id: format!("{i:0>64}"),
+                cost_us: u32::MAX,
+            })
+            .collect();
+        let frame = Frame::LinkState(ls.clone());
+        assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+
+        let mut l = ls.clone();
+        l.origin.push('o');
+        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.origin"));
+
+        let mut l = ls.clone();
+        l.addrs.push("b".into());
+        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.addrs"));
+
+        let mut l = ls.clone();
+        l.addrs[5].push('a');
+        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.addr"));
+
+        let mut l = ls.clone();
+        l.neighbors.push(Neighbor {
+            id: "extra".into(),
+            cost_us: 1,
+        });
+        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.neighbors"));
+
+        let mut l = ls;
+        l.neighbors[100].id.push('i');
+        assert_eq!(
+            limit_of(&Frame::LinkState(l)),
+            Some("link_state.neighbor.id")
+        );
+    }
+
+    #[test]
+    fn huge_neighbor_lists_are_cut_off_not_stored() {
+        // 100 000 neighbours of 3 bytes each on the wire (fixarray, empty id, cost 0).
+        let mut ls = sample_link_state();
+        ls.neighbors = vec![
+            Neighbor {
+                id: String::new(),
+                cost_us: 0,
+            };
+            100_000
+        ];
+        assert_eq!(
+            limit_of(&Frame::LinkState(ls)),
+            Some("link_state.neighbors")
+        );
+    }
+
+    #[test]
+    fn new_variants_reject_wrong_shapes() {
+        // A Data frame with 7 fields (no `sealed`).
+        let good = Frame::Data(sample_envelope()).encode();
+        let mut bad = good.clone();
+        bad[6] = 0x97;
+        bad.truncate(bad.len() - 3);
+        assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
+        // An unknown message kind.
+        let at = good
+            .windows(8)
+            .position(|w| w == b"\xa7request")
+            .expect("kind");
+        let mut bad = good.clone();
+        bad[at + 1..at + 8].copy_from_slice(b"rEquest");
+        assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
+        // `hops` over u8.
+        let mut bad = good[..at + 8 + 2].to_vec();
+        bad.extend_from_slice(&[0xcd, 0x01, 0x00]);
+        bad.extend_from_slice(&good[at + 8 + 3..]);
+        assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
+        // A LinkState public key of 31 bytes.
+        let good = Frame::LinkState(sample_link_state()).encode();
+        let key_at = good
+            .windows(2)
+            .position(|w| w == [0xc4, 32])
+            .expect("bin8 marker of the key");
+        let mut bad = good[..key_at].to_vec();
+        bad.extend_from_slice(&[0xc4, 31]);
+        bad.extend_from_slice(&good[key_at + 2..key_at + 2 + 31]);
+        bad.extend_from_slice(&good[key_at + 2 + 32..]);
+        assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
     }
 
     #[test]

@@ -33,8 +33,42 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    http_full(port, method, path, headers, body).map(|r| (r.status, r.body))
+}
+
+/// An HTTP response.
+pub struct Response {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Like [`http`], with headers.
+pub fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -64,7 +98,17 @@ pub fn http(
     {
         body = dechunk(&body);
     }
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -109,6 +153,10 @@ pub struct Spec {
     pub timeout_ms: u64,
     pub auto_connect: bool,
     pub max_frame_bytes: usize,
+    /// Script name -> shell command.
+    pub scripts: Vec<(String, String)>,
+    /// Extra config fields merged over the generated ones.
+    pub extra: Value,
 }
 
 impl Spec {
@@ -124,6 +172,8 @@ impl Spec {
             timeout_ms: 1_500,
             auto_connect: true,
             max_frame_bytes: 1 << 20,
+            scripts: vec![],
+            extra: json!({}),
         }
     }
 
@@ -173,7 +223,7 @@ impl Node {
 
     fn launch(&mut self) {
         let s = &self.spec;
-        let config = json!({
+        let mut config = json!({
             "id": s.id,
             "secret": s.secret,
             "network": s.network,
@@ -186,7 +236,17 @@ impl Node {
             "auto_connect": s.auto_connect,
             "max_frame_bytes": s.max_frame_bytes,
             "log": "debug",
+            "scripts": s
+                .scripts
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect::<serde_json::Map<String, Value>>(),
         });
+        if let (Some(c), Some(extra)) = (config.as_object_mut(), s.extra.as_object()) {
+            for (k, v) in extra {
+                c.insert(k.clone(), v.clone());
+            }
+        }
         std::fs::write(self.config_path(), config.to_string()).expect("write config");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -195,6 +255,7 @@ impl Node {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_msgtier"))
             .arg(self.config_path())
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -207,6 +268,13 @@ impl Node {
         wait_until(&format!("node {id} API up"), WAIT, || {
             http(port, "GET", "/status", &[], b"").is_ok()
         });
+    }
+
+    /// `POST /send` to `target` with `body` (and extra headers).
+    pub fn send(&self, target: &str, body: &[u8], extra: &[(&str, &str)]) -> Response {
+        let mut headers = vec![("target", target)];
+        headers.extend_from_slice(extra);
+        http_full(self.http_port, "POST", "/send", &headers, body).expect("send")
     }
 
     /// `GET /status` as JSON.

@@ -1,0 +1,217 @@
+//! Process-level tests of messaging: `POST /send` through the mesh, scripts, relay, errors.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Node, Spec};
+use serde_json::json;
+
+/// Two linked nodes; b has scripts.
+fn pair(scripts: &[(&str, &str)]) -> (Node, Node) {
+    let mut sb = Spec::new("b", "tcp");
+    sb.scripts = scripts
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let b = Node::start(sb);
+    let mut sa = Spec::new("a", "tcp");
+    sa.peers = vec![b.spec.url()];
+    let a = Node::start(sa);
+    a.wait("a has a route to b", || {
+        a.peer("b").is_some_and(|p| p["hops"] == 1)
+    });
+    b.wait("b has a route to a", || {
+        b.peer("a").is_some_and(|p| p["hops"] == 1)
+    });
+    (a, b)
+}
+
+/// `/send` runs the named script on the target node (its marker file appears in the target's
+/// own directory, not the sender's), and stdout and the exit code come back.
+#[test]
+fn send_runs_a_script_on_the_target_and_returns_its_output() {
+    let (a, b) = pair(&[(
+        "mark",
+        "echo ran > marker; echo \"from $MSGTIER_SOURCE\"; exit 3",
+    )]);
+    // Scripts run in the node's working directory: the test starts nodes in their temp dir.
+    let r = a.send("b", b"mark", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(String::from_utf8_lossy(&r.body), "from a\n");
+    assert_eq!(r.header("x-exit-code"), Some("3"));
+    assert_eq!(r.header("x-hops"), Some("1"));
+    assert!(r.header("x-message-id").is_some());
+    assert!(b.dir.path().join("marker").exists(), "script ran on b");
+    assert!(
+        !a.dir.path().join("marker").exists(),
+        "script did not run on a"
+    );
+}
+
+/// A body that names no script is a plain message: JSON receipt with the hop count.
+#[test]
+fn plain_message_gets_a_json_receipt() {
+    let (a, b) = pair(&[]);
+    let r = a.send("b", b"hello there", &[]);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["delivered"], true);
+    assert_eq!(v["hops"], 1);
+    assert!(v["id"].is_string());
+    b.wait("b counted the delivery", || {
+        b.status()["messages"]["delivered"].as_u64() == Some(1)
+    });
+}
+
+/// Sending to oneself goes through seal, open and dispatch like any other target.
+#[test]
+fn loopback_send_runs_the_local_script() {
+    let mut s = Spec::new("solo", "tcp");
+    s.scripts = vec![("who".into(), "echo me".into())];
+    let n = Node::start(s);
+    let r = n.send("solo", b"  who\n", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(String::from_utf8_lossy(&r.body), "me\n");
+    assert_eq!(r.header("x-hops"), Some("0"));
+    let r = n.send("solo", b"just a note", &[]);
+    assert_eq!(r.json()["delivered"], true);
+}
+
+/// Errors: unknown target 404, missing target 400, oversized body 413, all JSON.
+#[test]
+fn send_errors_are_json() {
+    let mut s = Spec::new("solo", "tcp");
+    s.extra = json!({"max_body_bytes": 1000});
+    let n = Node::start(s);
+    let r = n.send("nobody", b"hi", &[]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "peer_not_found");
+    let r = common::http_full(n.http_port, "POST", "/send", &[], b"hi").unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "missing_target");
+    let r = n.send("solo", &[b'x'; 1001], &[]);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "body_too_large");
+    let r = n.send("solo", b"hi", &[("timeout", "soon")]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_timeout");
+}
+
+/// A script running past `script_timeout_ms` is killed with its process group and reported.
+#[test]
+fn script_timeout_kills_the_script() {
+    let mut sb = Spec::new("b", "tcp");
+    sb.scripts = vec![(
+        "hang".into(),
+        "sleep 30 & echo $! > child.pid; sleep 30".into(),
+    )];
+    sb.extra = json!({"script_timeout_ms": 500});
+    let b = Node::start(sb);
+    let mut sa = Spec::new("a", "tcp");
+    sa.peers = vec![b.spec.url()];
+    let a = Node::start(sa);
+    a.wait("a has a route to b", || {
+        a.peer("b").is_some_and(|p| p["hops"] == 1)
+    });
+    let r = a.send("b", b"hang", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-timed-out"), Some("true"));
+    let pid: i32 = std::fs::read_to_string(b.dir.path().join("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signal 0 only checks whether the process exists.
+    b.wait("the script's background child is gone", || unsafe {
+        libc::kill(pid, 0) != 0
+    });
+}
+
+/// 1 - 2 - 3 in a line (no auto-connect): 1 reaches 3 through 2 with x-hops 2; without 2 the
+/// send times out (504) within its timeout; with a 4th node as a second path, traffic moves there.
+#[test]
+fn relayed_send_and_failover() {
+    let spec = |id: &str| {
+        let mut s = Spec::new(id, "tcp");
+        s.auto_connect = false;
+        s
+    };
+    let mut s3 = spec("3");
+    s3.scripts = vec![("where".into(), "echo at 3".into())];
+    let n3 = Node::start(s3);
+    let mut s2 = spec("2");
+    s2.peers = vec![n3.spec.url()];
+    let mut n2 = Node::start(s2);
+    let mut s1 = spec("1");
+    s1.peers = vec![n2.spec.url()];
+    let n1 = Node::start(s1);
+    n1.wait("1 routes to 3 via 2", || {
+        n1.peer("3")
+            .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "2")
+    });
+    let r = n1.send("3", b"where", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(String::from_utf8_lossy(&r.body), "at 3\n");
+    assert_eq!(r.header("x-hops"), Some("2"));
+    n2.wait("2 counted the relayed message", || {
+        n2.status()["relayed"]["test"]["messages"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+
+    n2.kill();
+    n1.wait("1 lost its route to 3", || {
+        n1.peer("3").is_none_or(|p| p["hops"].is_null())
+    });
+    let started = std::time::Instant::now();
+    let r = n1.send("3", b"where", &[("timeout", "2000")]);
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // A second path: 4 links to 1 and 3.
+    let mut s4 = spec("4");
+    s4.peers = vec![n1.spec.url(), n3.spec.url()];
+    let _n4 = Node::start(s4);
+    n1.wait("1 routes to 3 via 4", || {
+        n1.peer("3")
+            .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "4")
+    });
+    let r = n1.send("3", b"where", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-hops"), Some("2"));
+}
+
+/// 1000 concurrent plain messages across two nodes: all answered, none lost or duplicated.
+#[test]
+fn thousand_concurrent_sends_are_all_answered_once() {
+    let (a, b) = pair(&[]);
+    let port = a.http_port;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(1000));
+    let threads: Vec<_> = (0..1000)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let body = format!("message {i}");
+                barrier.wait();
+                let r =
+                    common::http_full(port, "POST", "/send", &[("target", "b")], body.as_bytes())
+                        .expect("send");
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                r.json()["id"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    let ids: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        1000,
+        "ids are unique"
+    );
+    b.wait("b delivered exactly 1000", || {
+        b.status()["messages"]["delivered"].as_u64() == Some(1000)
+    });
+}
