@@ -240,7 +240,8 @@ impl RelayActor {
         &self.node.local.node_id
     }
 
-    /// The best Active link to a neighbour: lowest RTT, then UDP, TCP, WebSocket.
+    /// The best Active link to a neighbour: lowest RTT, then LAN over public addresses, then
+    /// UDP, TCP, WebSocket.
     fn best_link(&self, node_id: &str) -> Option<&Direct> {
         self.links
             .values()
@@ -249,11 +250,12 @@ impl RelayActor {
                 let s = d.status.lock().ok()?;
                 (s.state == PeerState::Active).then(|| {
                     let rtt = s.rtt.and_then(|r| r.avg_us()).unwrap_or(u64::MAX);
-                    (rtt, transport_rank(d.transport), d)
+                    let public = s.remote_addr.is_some_and(|a| is_public(a.ip()));
+                    ((rtt, public, transport_rank(d.transport)), d)
                 })
             })
-            .min_by_key(|(rtt, rank, _)| (*rtt, *rank))
-            .map(|(_, _, d)| d)
+            .min_by_key(|(key, _)| *key)
+            .map(|(_, d)| d)
     }
 
     /// Our neighbours with their link cost, for our advert.
@@ -830,8 +832,48 @@ fn transport_rank(t: Transport) -> u8 {
     }
 }
 
+/// Whether an address is on the public internet (not loopback, private, link-local or ULA).
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let seg = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg & 0xfe00) == 0xfc00
+                || (seg & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lan_and_loopback_addresses_are_not_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "172.16.5.5",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["198.51.100.7", "8.8.8.8", "2001:db8::1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
 }
