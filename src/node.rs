@@ -155,6 +155,8 @@ pub struct RunningNode {
     pub http: Option<actix_web::dev::ServerHandle>,
     /// The discovery actor.
     pub discovery: Addr<DiscoveryActor>,
+    /// The relay actor: `Send` messages go here (what `POST /send` does, without HTTP).
+    pub relay: Addr<RelayActor>,
 }
 
 impl RunningNode {
@@ -285,7 +287,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             let state = api::ApiState {
                 node: shared.clone(),
                 discovery: discovery.clone(),
-                relay,
+                relay: relay.clone(),
             };
             let (server, bound) = api::serve(state, addr).map_err(|source| StartError::Http {
                 file: file.clone(),
@@ -304,5 +306,6 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         http_addr,
         http,
         discovery,
+        relay,
     })
 }
