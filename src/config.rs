@@ -164,6 +164,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "auto_connect",
     "max_frame_bytes",
     "metadata",
+    "pinned_keys",
     "script_timeout_ms",
     "max_concurrent_scripts",
     "max_script_queue",
@@ -321,6 +322,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Free-form string metadata advertised to peers.
     pub metadata: BTreeMap<String, String>,
+    /// Operator-pinned identity keys: node id -> X25519 public key. A pinned key is the only
+    /// one accepted for that id (on links and in routing adverts), and it overrides a key the
+    /// node learned before, e.g. after a peer's identity was regenerated.
+    pub pinned_keys: BTreeMap<String, [u8; 32]>,
     /// A script still running after this long is killed with its whole process group, in
     /// milliseconds ([`MIN_SCRIPT_TIMEOUT_MS`]..=[`MAX_SCRIPT_TIMEOUT_MS`]).
     pub script_timeout_ms: u64,
@@ -369,6 +374,11 @@ impl Config {
             "auto_connect": self.auto_connect,
             "max_frame_bytes": self.max_frame_bytes,
             "metadata": self.metadata,
+            "pinned_keys": self
+                .pinned_keys
+                .iter()
+                .map(|(id, key)| (id.clone(), Value::from(hex_encode(key))))
+                .collect::<Map<String, Value>>(),
             "script_timeout_ms": self.script_timeout_ms,
             "max_concurrent_scripts": self.max_concurrent_scripts,
             "max_script_queue": self.max_script_queue,
@@ -899,6 +909,23 @@ fn child_path(parent: &str, key: &str) -> String {
     }
 }
 
+/// Lowercase hex of a key.
+fn hex_encode(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Exactly 64 hex digits -> 32 bytes.
+fn hex_decode_32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 fn valid_id(s: &str) -> bool {
     (1..=MAX_ID_CHARS).contains(&s.len())
         && s.bytes()
@@ -1063,6 +1090,23 @@ impl Checker<'_> {
             })?;
 
         let metadata = self.string_map("metadata", get("metadata"))?;
+        let pinned_keys = self
+            .string_map("pinned_keys", get("pinned_keys"))?
+            .into_iter()
+            .map(|(id, hex)| {
+                let field = child_path("pinned_keys", &id);
+                if !valid_id(&id) {
+                    return Err(self.err(field, format!("{id:?} is not a valid node id")));
+                }
+                let key = hex_decode_32(hex.trim()).ok_or_else(|| {
+                    self.err(
+                        &field,
+                        "expected 64 hex characters (a node's public_key from /status)",
+                    )
+                })?;
+                Ok((id, key))
+            })
+            .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
 
         let script_timeout_ms = self.integer_in(
             "script_timeout_ms",
@@ -1116,6 +1160,7 @@ impl Checker<'_> {
             auto_connect,
             max_frame_bytes,
             metadata,
+            pinned_keys,
             script_timeout_ms,
             max_concurrent_scripts,
             max_script_queue,
@@ -2023,6 +2068,25 @@ mod tests {
         assert_eq!(json["max_script_output_bytes"], 2048);
         assert_eq!(json["max_body_bytes"], 100);
         assert_eq!(json["send_timeout_max_ms"], 1000);
+    }
+
+    #[test]
+    fn pinned_keys_rules() {
+        let key = "ab".repeat(32);
+        let c = ok(&with(&format!(r#""pinned_keys": {{"n2": "{key}"}}"#))).config;
+        assert_eq!(c.pinned_keys["n2"], [0xab; 32]);
+        assert_eq!(
+            err(&with(r#""pinned_keys": {"n2": "abc"}"#)),
+            "node.json: pinned_keys.n2: expected 64 hex characters (a node's public_key from /status)"
+        );
+        assert_eq!(
+            err(&with(&format!(r#""pinned_keys": {{"a b": "{key}"}}"#))),
+            r#"node.json: pinned_keys["a b"]: "a b" is not a valid node id"#
+        );
+        assert_eq!(
+            err(&with(r#""pinned_keys": ["x"]"#)),
+            "node.json: pinned_keys: expected an object of strings, found array"
+        );
     }
 
     #[test]

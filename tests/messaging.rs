@@ -9,11 +9,17 @@ use serde_json::json;
 
 /// Two linked nodes; b has scripts.
 fn pair(scripts: &[(&str, &str)]) -> (Node, Node) {
+    pair_with(scripts, |_| {})
+}
+
+/// Two linked nodes; b has scripts and whatever `tune` sets.
+fn pair_with(scripts: &[(&str, &str)], tune: impl FnOnce(&mut Spec)) -> (Node, Node) {
     let mut sb = Spec::new("b", "tcp");
     sb.scripts = scripts
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    tune(&mut sb);
     let b = Node::start(sb);
     let mut sa = Spec::new("a", "tcp");
     sa.peers = vec![b.spec.url()];
@@ -101,19 +107,10 @@ fn send_errors_are_json() {
 /// A script running past `script_timeout_ms` is killed with its process group and reported.
 #[test]
 fn script_timeout_kills_the_script() {
-    let mut sb = Spec::new("b", "tcp");
-    sb.scripts = vec![(
-        "hang".into(),
-        "sleep 30 & echo $! > child.pid; sleep 30".into(),
-    )];
-    sb.extra = json!({"script_timeout_ms": 500});
-    let b = Node::start(sb);
-    let mut sa = Spec::new("a", "tcp");
-    sa.peers = vec![b.spec.url()];
-    let a = Node::start(sa);
-    a.wait("a has a route to b", || {
-        a.peer("b").is_some_and(|p| p["hops"] == 1)
-    });
+    let (a, b) = pair_with(
+        &[("hang", "sleep 30 & echo $! > child.pid; sleep 30")],
+        |sb| sb.extra = json!({"script_timeout_ms": 500}),
+    );
     let r = a.send("b", b"hang", &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-timed-out"), Some("true"));

@@ -168,7 +168,7 @@ impl DiscoveryActor {
     /// A discovery actor; `udp` are the sockets dialers may use for `udp://` peers.
     pub fn new(node: Arc<NodeShared>, relay: Addr<RelayActor>, udp: Vec<UdpEndpoint>) -> Self {
         DiscoveryActor {
-            table: PeerTable::new(&node.local.node_id),
+            table: PeerTable::new(&node.local.node_id, node.config.pinned_keys.clone()),
             node,
             relay,
             udp,

@@ -203,7 +203,8 @@ pub struct RelayActor {
     node: Arc<NodeShared>,
     script: Addr<ScriptActor>,
     links: HashMap<u64, Direct>,
-    /// Identity keys by node id: pinned once seen (direct hello or advert).
+    /// Identity keys by node id: the operator's pinned keys, then pinned once seen (direct
+    /// hello or advert).
     keys: HashMap<String, [u8; 32]>,
     /// End-to-end keys by node id, derived once.
     pair_keys: HashMap<String, Arc<PairKey>>,
@@ -222,7 +223,13 @@ impl RelayActor {
         let seq_base = unix_ms() * 1000;
         RelayActor {
             routing: RoutingTable::new(&node.local.node_id, seq_base),
-            keys: HashMap::from([(node.local.node_id.clone(), node.keys.identity.public())]),
+            keys: node
+                .config
+                .pinned_keys
+                .iter()
+                .map(|(id, key)| (id.clone(), *key))
+                .chain([(node.local.node_id.clone(), node.keys.identity.public())])
+                .collect(),
             node,
             script,
             links: HashMap::new(),

@@ -4,7 +4,7 @@
 //! pinning, the duplicate rule)? What do we gossip in `welcome`? What did a `welcome` teach us?
 //! No actor types here, so every rule is unit-tested on plain values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::config::{Endpoint, Host, Transport};
@@ -108,15 +108,18 @@ pub fn resolve_advertised(url: &str, observed_ip: IpAddr) -> Option<Endpoint> {
 #[derive(Debug)]
 pub struct PeerTable {
     local_id: String,
+    /// Operator-pinned keys (config `pinned_keys`): the only key accepted for those ids.
+    pinned: BTreeMap<String, [u8; 32]>,
     nodes: HashMap<String, NodeRecord>,
     links: HashMap<u64, LinkRecord>,
 }
 
 impl PeerTable {
-    /// An empty table for the node `local_id`.
-    pub fn new(local_id: &str) -> PeerTable {
+    /// An empty table for the node `local_id`, with the operator's pinned keys.
+    pub fn new(local_id: &str, pinned: BTreeMap<String, [u8; 32]>) -> PeerTable {
         PeerTable {
             local_id: local_id.to_string(),
+            pinned,
             nodes: HashMap::new(),
             links: HashMap::new(),
         }
@@ -134,11 +137,24 @@ impl PeerTable {
         if hello.node_id == self.local_id {
             return Admission::Refuse(CloseReason::Protocol);
         }
-        if let Some(known) = self.nodes.get(&hello.node_id) {
-            if known.key_verified && known.public_key != hello.public_key {
+        match (
+            self.pinned.get(&hello.node_id),
+            self.nodes.get(&hello.node_id),
+        ) {
+            // A pinned key decides alone, and overrides whatever was learned before.
+            (Some(pinned), _) if *pinned != hello.public_key => {
                 return Admission::Refuse(CloseReason::KeyMismatch);
             }
-        } else if self.nodes.len() >= MAX_KNOWN_NODES && !self.evict_one() {
+            (Some(_), _) => {}
+            (None, Some(known)) if known.key_verified && known.public_key != hello.public_key => {
+                return Admission::Refuse(CloseReason::KeyMismatch);
+            }
+            _ => {}
+        }
+        if !self.nodes.contains_key(&hello.node_id)
+            && self.nodes.len() >= MAX_KNOWN_NODES
+            && !self.evict_one()
+        {
             return Admission::Refuse(CloseReason::Shutdown);
         }
         let new = LinkRecord {
@@ -200,6 +216,13 @@ impl PeerTable {
         let mut added = 0;
         for info in known {
             if info.id == self.local_id || info.id == from {
+                continue;
+            }
+            if self
+                .pinned
+                .get(&info.id)
+                .is_some_and(|k| *k != info.public_key)
+            {
                 continue;
             }
             let addrs: Vec<Endpoint> = info.addrs.iter().filter_map(|a| a.parse().ok()).collect();
@@ -315,7 +338,7 @@ mod tests {
 
     #[test]
     fn admits_and_resolves_unspecified_listen_addresses() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         let verdict = t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
         assert_eq!(verdict, Admission::Accept { replaces: None });
         let b = t.node("b").unwrap();
@@ -327,15 +350,33 @@ mod tests {
 
     #[test]
     fn a_changed_key_for_a_verified_id_is_refused() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
         let verdict = t.admit(2, &hello("b", 2, 9), ip(), Transport::Udp, true);
         assert_eq!(verdict, Admission::Refuse(CloseReason::KeyMismatch));
     }
 
     #[test]
+    fn a_pinned_key_is_the_only_one_accepted_and_overrides_a_learned_one() {
+        let mut t = PeerTable::new("a", BTreeMap::from([("b".to_string(), [2; 32])]));
+        let refused = t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
+        assert_eq!(refused, Admission::Refuse(CloseReason::KeyMismatch));
+        let accepted = t.admit(2, &hello("b", 2, 9), ip(), Transport::Tcp, true);
+        assert_eq!(accepted, Admission::Accept { replaces: None });
+        // Without a pin, a verified key would block the change; the pin lets the operator
+        // accept a peer whose identity was regenerated.
+        let mut t = PeerTable::new("a", BTreeMap::new());
+        t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
+        t.link_down(1);
+        assert_eq!(
+            t.admit(2, &hello("b", 2, 10), ip(), Transport::Tcp, true),
+            Admission::Refuse(CloseReason::KeyMismatch)
+        );
+    }
+
+    #[test]
     fn self_connection_is_refused() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         let verdict = t.admit(1, &hello("a", 1, 9), ip(), Transport::Tcp, true);
         assert_eq!(verdict, Admission::Refuse(CloseReason::Protocol));
     }
@@ -345,8 +386,8 @@ mod tests {
         // a < b. Both dial each other over TCP at once; each end sees the two links in either
         // order, and both must keep the one a dialled.
         for a_sees_own_first in [true, false] {
-            let mut at_a = PeerTable::new("a");
-            let mut at_b = PeerTable::new("b");
+            let mut at_a = PeerTable::new("a", BTreeMap::new());
+            let mut at_b = PeerTable::new("b", BTreeMap::new());
             let (a_dialed_at_a, b_dialed_at_a) = (true, false);
             let order_a = if a_sees_own_first {
                 [(10, a_dialed_at_a), (11, b_dialed_at_a)]
@@ -377,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_restarted_peer_replaces_its_stale_link() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         t.admit(1, &hello("b", 1, 100), ip(), Transport::Udp, true);
         // b restarted (new boot id) and dialled us: the old link is stale even though a < b.
         let verdict = t.admit(2, &hello("b", 1, 200), ip(), Transport::Udp, false);
@@ -390,7 +431,7 @@ mod tests {
 
     #[test]
     fn gossip_learns_new_nodes_but_never_overrides_a_verified_key() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
         let known = vec![
             NodeInfo {
@@ -422,7 +463,7 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded() {
-        let mut t = PeerTable::new("a");
+        let mut t = PeerTable::new("a", BTreeMap::new());
         let known: Vec<NodeInfo> = (0..MAX_KNOWN_NODES + 50)
             .map(|i| NodeInfo {
                 id: format!("n{i}"),
