@@ -1,4 +1,5 @@
-//! The HTTP API (actix-web): `POST /send`, `GET /status`, `GET /config`, also under `/api/`.
+//! The HTTP API (actix-web): `POST /send`, `GET /status`, `GET /messages`, `GET /config`, also
+//! under `/api/`.
 //!
 //! Handlers never touch node state directly: they ask the actors by message with a timeout and
 //! map a mailbox failure to 503 and a timeout to 504. Every error is JSON
@@ -17,7 +18,7 @@ use serde_json::json;
 
 use crate::actors::discovery::{DiscoveryActor, GetReport, PeerReport};
 use crate::actors::peer::PeerState;
-use crate::actors::relay::{Delivery, GetRoutes, RelayActor, Send, SendError};
+use crate::actors::relay::{Delivery, GetMessages, GetRoutes, RelayActor, Send, SendError};
 use crate::node::{NodeShared, VERSION};
 use crate::proto::e2e::Outcome;
 
@@ -300,6 +301,16 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     }))
 }
 
+/// `GET /messages`: the plain messages received most recently, oldest first.
+async fn messages(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let list = state
+        .relay
+        .send(GetMessages)
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "messages": list })))
+}
+
 async fn config(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(state.node.config.redacted_json())
 }
@@ -345,6 +356,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
             .route(&format!("{prefix}/status"), web::get().to(status))
+            .route(&format!("{prefix}/messages"), web::get().to(messages))
             .route(&format!("{prefix}/config"), web::get().to(config));
     }
     #[cfg(feature = "fault-injection")]

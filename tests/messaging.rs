@@ -68,6 +68,13 @@ fn plain_message_gets_a_json_receipt() {
     b.wait("b counted the delivery", || {
         b.status()["messages"]["delivered"].as_u64() == Some(1)
     });
+    // The target keeps it for GET /messages.
+    let (code, body) = common::http(b.http_port, "GET", "/messages", &[], b"").unwrap();
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["messages"][0]["source"], "a");
+    assert_eq!(list["messages"][0]["body"], "hello there");
+    assert_eq!(list["messages"][0]["id"], v["id"]);
 }
 
 /// Sending to oneself goes through seal, open and dispatch like any other target.

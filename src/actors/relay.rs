@@ -57,6 +57,10 @@ pub const RELAY_MAILBOX: usize = 16_384;
 /// Room kept in a reply frame for the envelope header, seal and payload fields around a
 /// script's output (ids are at most 64 bytes each; 4 KiB is generous).
 pub const REPLY_OVERHEAD_BYTES: usize = 4096;
+/// Plain messages kept for `GET /messages` (newest last), and the most of each body kept.
+pub const RECENT_MESSAGES: usize = 256;
+/// Body bytes kept per stored message: 256 x 4 KiB bounds the store at 1 MiB.
+pub const RECENT_BODY_BYTES: usize = 4096;
 /// How often unanswered requests are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -182,6 +186,30 @@ pub struct RelayReport {
     pub messages: MessageCounters,
 }
 
+/// The plain messages this node received most recently (newest last).
+#[derive(Message)]
+#[rtype(result = "Vec<ReceivedMessage>")]
+pub struct GetMessages;
+
+/// A plain message this node received.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedMessage {
+    /// Message id (decimal string: JSON numbers lose u64 precision).
+    pub id: String,
+    /// Sender node id.
+    pub source: String,
+    /// When it arrived, unix ms.
+    pub received_unix_ms: u64,
+    /// Links it crossed.
+    pub hops: u8,
+    /// Body size in bytes.
+    pub bytes: usize,
+    /// The body as text (lossy UTF-8), at most [`RECENT_BODY_BYTES`].
+    pub body: String,
+    /// Whether `body` was cut.
+    pub truncated: bool,
+}
+
 /// A direct link as the relay sees it.
 struct Direct {
     node_id: String,
@@ -215,6 +243,8 @@ pub struct RelayActor {
     forwarded_order: VecDeque<(String, u64)>,
     relayed: HashMap<String, RelayedCount>,
     counters: MessageCounters,
+    /// Recent plain messages, bounded by [`RECENT_MESSAGES`].
+    recent: VecDeque<ReceivedMessage>,
 }
 
 impl RelayActor {
@@ -240,6 +270,7 @@ impl RelayActor {
             forwarded_order: VecDeque::new(),
             relayed: HashMap::new(),
             counters: MessageCounters::default(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -567,6 +598,19 @@ impl RelayActor {
                 envelope.hops
             );
             self.counters.delivered += 1;
+            if self.recent.len() >= RECENT_MESSAGES {
+                self.recent.pop_front();
+            }
+            let kept = &body[..body.len().min(RECENT_BODY_BYTES)];
+            self.recent.push_back(ReceivedMessage {
+                id: envelope.id.to_string(),
+                source: envelope.source.clone(),
+                received_unix_ms: unix_ms(),
+                hops: envelope.hops,
+                bytes: body.len(),
+                body: String::from_utf8_lossy(kept).into_owned(),
+                truncated: kept.len() < body.len(),
+            });
             self.reply(&envelope, Outcome::Delivered, ctx);
             return;
         }
@@ -785,6 +829,14 @@ impl Handler<LinkGone> for RelayActor {
                 self.advertise();
             }
         }
+    }
+}
+
+impl Handler<GetMessages> for RelayActor {
+    type Result = MessageResult<GetMessages>;
+
+    fn handle(&mut self, _: GetMessages, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.recent.iter().cloned().collect())
     }
 }
 
