@@ -45,9 +45,10 @@ pub struct UdpEndpoint {
     pub addr: Addr<ListenerActor>,
 }
 
-/// A dialer asks for an outbound UDP session on this socket; answers its index and the socket.
+/// A dialer asks for an outbound UDP session on this socket; answers its index and the socket
+/// (`None` from a listener that is not UDP).
 #[derive(Message)]
-#[rtype(result = "(u32, Arc<UdpSocket>)")]
+#[rtype(result = "Option<(u32, Arc<UdpSocket>)>")]
 pub struct RegisterDial {
     pub remote: SocketAddr,
     pub peer: Addr<PeerActor>,
@@ -324,7 +325,7 @@ impl Handler<RegisterDial> for ListenerActor {
             socket, sessions, ..
         } = &mut self.socket
         else {
-            unreachable!("dialers only register with UDP listeners");
+            return MessageResult(None);
         };
         let idx = ListenerActor::next_index(sessions, self.node.random_u64());
         sessions.insert(
@@ -335,7 +336,7 @@ impl Handler<RegisterDial> for ListenerActor {
                 remote_idx: None,
             },
         );
-        MessageResult((idx, socket.clone()))
+        MessageResult(Some((idx, socket.clone())))
     }
 }
 

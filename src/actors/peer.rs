@@ -511,11 +511,12 @@ impl PeerActor {
                     let remote = resolve(&target).await?;
                     let listener = pick_udp(&udp, remote)
                         .ok_or_else(|| format!("no UDP socket that can reach {remote}"))?;
-                    listener
+                    let session = listener
                         .send(RegisterDial { remote, peer: me })
                         .await
-                        .map_err(|e| e.to_string())
-                        .map(|r| (r, listener, remote))
+                        .map_err(|e| e.to_string())?
+                        .ok_or("not a UDP socket")?;
+                    Ok::<_, String>((session, listener, remote))
                 };
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
                     Ok(((local_idx, socket), listener, remote)) => {
