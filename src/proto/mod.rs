@@ -11,3 +11,5 @@ pub mod link;
 pub mod peer_state;
 pub mod peer_table;
 pub mod routing;
+pub mod token_bucket;
+pub mod whitelist;
