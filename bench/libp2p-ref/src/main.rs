@@ -26,7 +26,7 @@ use libp2p::{
     noise,
     request_response::{self, cbor, Codec, Event, Message, OutboundRequestId, ProtocolSupport},
     swarm::{Swarm, SwarmEvent},
-    tcp, yamux, Multiaddr, PeerId, StreamProtocol, SwarmBuilder,
+    tcp, yamux, Multiaddr, StreamProtocol, SwarmBuilder,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -224,7 +224,10 @@ impl Codec for RawCodec {
 // ---------------------------------------------------------------------------------------------
 // Swarm construction: TCP (nodelay) + Noise + Yamux + request-response, nothing else.
 
-fn build_swarm<C>(codec: C, protocol: &'static str) -> Result<Swarm<request_response::Behaviour<C>>, String>
+fn build_swarm<C>(
+    codec: C,
+    protocol: &'static str,
+) -> Result<Swarm<request_response::Behaviour<C>>, String>
 where
     C: Codec<Protocol = StreamProtocol, Request = Req, Response = Ack> + Clone + Send + 'static,
 {
@@ -286,10 +289,10 @@ where
         IpAddr::V4(v4) => Protocol::Ip4(v4),
         IpAddr::V6(v6) => Protocol::Ip6(v6),
     };
-    let addr = Multiaddr::empty().with(ip).with(Protocol::Tcp(listen.port()));
-    swarm
-        .listen_on(addr)
-        .map_err(|e| format!("listen: {e}"))?;
+    let addr = Multiaddr::empty()
+        .with(ip)
+        .with(Protocol::Tcp(listen.port()));
+    swarm.listen_on(addr).map_err(|e| format!("listen: {e}"))?;
     let local_peer = *swarm.local_peer_id();
     let deadline = exit_after.map(|d| tokio::time::Instant::now() + d);
     let mut announced = false;
@@ -305,15 +308,16 @@ where
             None => swarm.select_next_some().await,
         };
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !announced {
-                    announced = true;
-                    let full = address.with(Protocol::P2p(local_peer));
-                    print_json(json!({ "listening": full.to_string() }));
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !announced => {
+                announced = true;
+                let full = address.with(Protocol::P2p(local_peer));
+                print_json(json!({ "listening": full.to_string() }));
             }
             SwarmEvent::Behaviour(Event::Message {
-                message: Message::Request { request, channel, .. },
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
                 ..
             }) => {
                 let ack = Ack(request.0.len() as u64);
@@ -348,7 +352,9 @@ struct ClientOpts {
 /// A payload of `size` bytes that is not all zeros (the content does not matter to Noise or
 /// either codec, but keeps compression-like shortcuts out of the picture).
 fn payload(size: usize) -> Vec<u8> {
-    (0..size).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0]).collect()
+    (0..size)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+        .collect()
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -380,7 +386,9 @@ where
         _ => return Err(format!("{connect} does not end in /p2p/PEERID")),
     };
     let mut swarm = build_swarm(codec, protocol)?;
-    swarm.dial(connect.clone()).map_err(|e| format!("dial {connect}: {e}"))?;
+    swarm
+        .dial(connect.clone())
+        .map_err(|e| format!("dial {connect}: {e}"))?;
 
     // Wait for the connection (TCP + Noise + Yamux handshakes) before any timing starts.
     loop {
@@ -442,7 +450,11 @@ where
             .map_err(|_| format!("gave up after {CLIENT_DEADLINE:?} with {done}/{total} done"))?;
         match event {
             SwarmEvent::Behaviour(Event::Message {
-                message: Message::Response { request_id, response },
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
                 ..
             }) => {
                 let now = Instant::now();
@@ -450,7 +462,10 @@ where
                     .remove(&request_id)
                     .ok_or("response to an unknown request")?;
                 if response.0 != o.size as u64 {
-                    return Err(format!("server acked {} bytes, sent {}", response.0, o.size));
+                    return Err(format!(
+                        "server acked {} bytes, sent {}",
+                        response.0, o.size
+                    ));
                 }
                 if seq >= o.warmup {
                     samples_us.push(now.duration_since(sent).as_micros() as u64);
@@ -512,7 +527,10 @@ where
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("libp2p-ref: tokio runtime: {e}");
@@ -521,7 +539,11 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Server { listen, codec, exit_after_ms } => {
+            Cmd::Server {
+                listen,
+                codec,
+                exit_after_ms,
+            } => {
                 let exit_after = exit_after_ms.map(Duration::from_millis);
                 match codec {
                     CodecKind::Raw => run_server(RawCodec, RAW_PROTOCOL, listen, exit_after).await,
@@ -530,7 +552,15 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Client { connect, mode, count, warmup, inflight, size, codec } => {
+            Cmd::Client {
+                connect,
+                mode,
+                count,
+                warmup,
+                inflight,
+                size,
+                codec,
+            } => {
                 let (d_count, d_warmup, d_inflight, d_size) = match mode {
                     Mode::Rtt => (2000, 200, 1, 100),
                     Mode::Rate => (20000, 2000, 64, 100),
@@ -540,7 +570,11 @@ fn main() -> ExitCode {
                     mode,
                     count: count.unwrap_or(d_count),
                     warmup: warmup.unwrap_or(d_warmup),
-                    inflight: if mode == Mode::Rtt { 1 } else { inflight.unwrap_or(d_inflight) },
+                    inflight: if mode == Mode::Rtt {
+                        1
+                    } else {
+                        inflight.unwrap_or(d_inflight)
+                    },
                     size: size.unwrap_or(d_size),
                 };
                 if o.count == 0 {
