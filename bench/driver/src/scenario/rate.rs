@@ -1,0 +1,69 @@
+//! Message rate over HTTP and the memory around it, on one pair A -> B (TCP link):
+//!
+//! 1. idle RSS of A once linked to B and settled;
+//! 2. plain 64-byte messages per second through 64 concurrent keep-alive HTTP connections to A
+//!    (100k messages after a warm-up), every one answered with a receipt from B;
+//! 3. RSS of A (sender) and B (receiver) right after, once settled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{body, check_delivered, note_errors, Ctx, LINK_UP_TIMEOUT};
+use crate::load;
+use crate::node::{settled_rss_kib, Spec};
+use crate::report::key;
+use crate::stats::Results;
+
+/// Size of the message body.
+const BODY_BYTES: usize = 64;
+/// Concurrent keep-alive connections to A's API.
+const CONNECTIONS: usize = 64;
+
+/// Runs the idle RSS, rate and RSS-after measurements.
+pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
+    let dir = ctx.subdir("rate")?;
+    let (warmup, count) = ctx.pick((5_000, 100_000), (1_000, 10_000));
+    let b_spec = Spec::new("b", "tcp")?;
+    let mut a_spec = Spec::new("a", "tcp")?;
+    a_spec.peers = vec![b_spec.url("tcp")];
+    let b = ctx.start(&dir, b_spec)?;
+    let a = ctx.start(&dir, a_spec)?;
+    a.wait_route("b", 1, LINK_UP_TIMEOUT)?;
+
+    match settled_rss_kib(a.pid(), Duration::from_secs(5)) {
+        Some(kib) => res.add(key::RSS_IDLE, kib as f64 / 1024.0),
+        None => res.fail(key::RSS_IDLE, "cannot read VmRSS"),
+    }
+
+    let msg = Arc::new(body(BODY_BYTES));
+    let bound = Duration::from_secs(120);
+    let warm = load::concurrent(
+        a.http_port(),
+        "b",
+        msg.clone(),
+        CONNECTIONS,
+        warmup,
+        10_000,
+        bound,
+    )?;
+    note_errors(res, "rate warm-up", &warm);
+    let out = load::concurrent(a.http_port(), "b", msg, CONNECTIONS, count, 10_000, bound)?;
+    note_errors(res, "rate 1 hop HTTP", &out);
+    if out.ok > 0 {
+        res.add(key::RATE_HTTP, out.ok as f64 / out.elapsed.as_secs_f64());
+    } else {
+        res.fail(key::RATE_HTTP, "no successful send");
+    }
+    check_delivered(res, "rate 1 hop HTTP", &b, warm.ok + out.ok);
+
+    let settle = Duration::from_secs(3);
+    for (k, node) in [(key::RSS_AFTER_A, &a), (key::RSS_AFTER_B, &b)] {
+        match settled_rss_kib(node.pid(), settle) {
+            Some(kib) => res.add(k, kib as f64 / 1024.0),
+            None => res.fail(k, "cannot read VmRSS"),
+        }
+    }
+    Ok(())
+}
