@@ -264,6 +264,8 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         if let Some(r) = relay.routes.get(&peer.id) {
             peer.next_hop = Some(r.next_hop.clone());
             peer.hops = Some(r.hops);
+            // Reachable through a relay counts as Active even without a direct link.
+            peer.state = PeerState::Active;
         }
     }
     // Nodes known only from routing adverts (never linked, never in a welcome): reachable

@@ -145,6 +145,22 @@ pub enum StartError {
     },
 }
 
+/// Socket buffer asked for on UDP sockets: a 1 MiB frame is ~900 datagrams sent in one burst,
+/// which overflows Linux's default 208 KiB receive buffer. The kernel caps the request at
+/// `net.core.rmem_max`/`wmem_max`; raise those sysctls for bulk transfers over UDP.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Asks for [`UDP_SOCKET_BUFFER_BYTES`] of send and receive buffer; best effort.
+fn enlarge_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES) {
+        warn!("udp receive buffer: {e}");
+    }
+    if let Err(e) = s.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES) {
+        warn!("udp send buffer: {e}");
+    }
+}
+
 /// A started node.
 pub struct RunningNode {
     /// Shared state (counters, config).
@@ -194,6 +210,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         let (b, local) = match endpoint.transport {
             Transport::Udp => {
                 let s = UdpSocket::bind(addr).await.map_err(bind_err)?;
+                enlarge_buffers(&s);
                 let local = s.local_addr().map_err(bind_err)?;
                 (Bound::Udp(s), local)
             }
@@ -213,7 +230,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .any(|b| matches!(b, Bound::Udp(s) if s.local_addr().is_ok_and(|a| a.is_ipv4())));
     if !has_udp4 {
         match UdpSocket::bind("0.0.0.0:0").await {
-            Ok(s) => bound.push(Bound::Udp(s)),
+            Ok(s) => {
+                enlarge_buffers(&s);
+                bound.push(Bound::Udp(s));
+            }
             Err(e) => warn!("no UDP socket for dialling udp:// peers: {e}"),
         }
     }

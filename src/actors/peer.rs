@@ -48,6 +48,9 @@ pub const WRITE_QUEUE_FRAMES: usize = 1024;
 /// beyond it datagrams are dropped (and counted) as a router would, and the relay gets
 /// backpressure.
 pub const MAILBOX_CAPACITY: usize = 1024;
+/// Initial read buffer of a TCP link: large frames then fill it in a few reads instead of
+/// growing it from tokio-util's 8 KiB default.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Longest wait for the writer to flush a `close` frame before the actor stops anyway.
 pub const CLOSE_LINGER_MS: u64 = 1_000;
 /// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
@@ -603,7 +606,7 @@ impl PeerActor {
                 .max_frame_length(self.node.max_record_bytes())
                 .new_codec()
         };
-        ctx.add_stream(FramedRead::new(read, codec()));
+        ctx.add_stream(FramedRead::with_capacity(read, codec(), READ_BUFFER_BYTES));
         let tx = spawn_writer(FramedWrite::new(write, codec()), Bytes::from, ctx);
         self.set_local(local);
         self.attach(Conn::Stream { tx }, remote, dialed, ctx);

@@ -44,6 +44,10 @@ pub const MAX_PENDING: usize = 65_536;
 /// Re-advertise our links this often even without change (fresh RTT costs, and a bound on how
 /// long a lost advert can leave others stale).
 pub const ADVERT_REFRESH_MS: u64 = 30_000;
+/// Link changes within this window go out as one advert: when a node joins a mesh, its links
+/// come up one by one, and an advert per link would be flooded through the whole network each
+/// time (the 50-node mesh benchmark spent its CPU there).
+pub const ADVERT_COALESCE_MS: u64 = 100;
 /// Forget an advert not refreshed for this long (four refreshes).
 pub const ADVERT_MAX_AGE_MS: u64 = 4 * ADVERT_REFRESH_MS;
 /// Cost of a link before its first RTT sample: 10 ms, a pessimistic LAN figure.
@@ -245,6 +249,8 @@ pub struct RelayActor {
     counters: MessageCounters,
     /// Recent plain messages, bounded by [`RECENT_MESSAGES`].
     recent: VecDeque<ReceivedMessage>,
+    /// An advert is scheduled ([`ADVERT_COALESCE_MS`]).
+    advert_pending: bool,
 }
 
 impl RelayActor {
@@ -271,6 +277,7 @@ impl RelayActor {
             relayed: HashMap::new(),
             counters: MessageCounters::default(),
             recent: VecDeque::new(),
+            advert_pending: false,
         }
     }
 
@@ -315,6 +322,18 @@ impl RelayActor {
                 Some((id.to_string(), cost))
             })
             .collect()
+    }
+
+    /// Re-advertises our links soon, coalescing changes that come in a burst.
+    fn advertise_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.advert_pending {
+            return;
+        }
+        self.advert_pending = true;
+        ctx.run_later(Duration::from_millis(ADVERT_COALESCE_MS), |act, _| {
+            act.advert_pending = false;
+            act.advertise();
+        });
     }
 
     /// Re-advertises our links to every neighbour.
@@ -798,7 +817,7 @@ impl Handler<Inbound> for RelayActor {
 impl Handler<LinkReady> for RelayActor {
     type Result = ();
 
-    fn handle(&mut self, msg: LinkReady, _: &mut Self::Context) {
+    fn handle(&mut self, msg: LinkReady, ctx: &mut Self::Context) {
         if !self.learn_key(&msg.node_id, msg.public_key) {
             return;
         }
@@ -814,7 +833,7 @@ impl Handler<LinkReady> for RelayActor {
             },
         );
         if first {
-            self.advertise();
+            self.advertise_soon(ctx);
             self.sync_neighbour(&node_id);
         }
     }
@@ -823,10 +842,10 @@ impl Handler<LinkReady> for RelayActor {
 impl Handler<LinkGone> for RelayActor {
     type Result = ();
 
-    fn handle(&mut self, msg: LinkGone, _: &mut Self::Context) {
+    fn handle(&mut self, msg: LinkGone, ctx: &mut Self::Context) {
         if let Some(d) = self.links.remove(&msg.link_id) {
             if !self.links.values().any(|l| l.node_id == d.node_id) {
-                self.advertise();
+                self.advertise_soon(ctx);
             }
         }
     }
