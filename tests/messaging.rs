@@ -219,3 +219,56 @@ fn thousand_concurrent_sends_are_all_answered_once() {
         b.status()["messages"]["delivered"].as_u64() == Some(1000)
     });
 }
+
+/// A request in flight when its relay dies is re-sent over the path that appears next, and the
+/// target answers it from its reply cache: the script runs once and the sender gets the answer.
+#[test]
+fn in_flight_request_survives_the_loss_of_its_relay() {
+    let spec = |id: &str| {
+        let mut s = Spec::new(id, "tcp");
+        s.auto_connect = false;
+        s
+    };
+    let mut s3 = spec("3");
+    s3.scripts = vec![("slow".into(), "echo run >> runs; sleep 2; echo done".into())];
+    let n3 = Node::start(s3);
+    let mut s2 = spec("2");
+    s2.peers = vec![n3.spec.url()];
+    let mut n2 = Node::start(s2);
+    let mut s1 = spec("1");
+    s1.peers = vec![n2.spec.url()];
+    let n1 = Node::start(s1);
+    n1.wait("1 routes to 3 via 2", || {
+        n1.peer("3")
+            .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "2")
+    });
+    let port = n1.http_port;
+    let request = std::thread::spawn(move || {
+        common::http_full(
+            port,
+            "POST",
+            "/send",
+            &[("target", "3"), ("timeout", "20000")],
+            b"slow",
+        )
+        .expect("send")
+    });
+    n3.wait("the script started on 3", || {
+        n3.dir.path().join("runs").exists()
+    });
+    // The relay dies while the script runs, so 3 has no way to answer when it finishes; only
+    // then does a second path come up. The answer can arrive only if 1 re-sends the request
+    // and 3 answers the duplicate from its reply cache.
+    n2.kill();
+    n3.wait("3 could not answer", || {
+        n3.log_all().contains("cannot answer")
+    });
+    let mut s4 = spec("4");
+    s4.peers = vec![n1.spec.url(), n3.spec.url()];
+    let _n4 = Node::start(s4);
+    let r = request.join().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(String::from_utf8_lossy(&r.body), "done\n");
+    let runs = std::fs::read_to_string(n3.dir.path().join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the script ran once");
+}

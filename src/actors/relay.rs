@@ -33,7 +33,7 @@ use crate::actors::peer::{PeerActor, PeerState, SendFrame, StatusCell};
 use crate::actors::script::{RunScript, ScriptActor, ScriptError};
 use crate::config::Transport;
 use crate::node::NodeShared;
-use crate::proto::e2e::{self, Outcome, PairKey, Payload, ReplayCache};
+use crate::proto::e2e::{self, E2eError, Outcome, PairKey, Payload, ReplayCache};
 use crate::proto::routing::{Advert, Applied, RoutingTable};
 use crate::wire::frame::{Envelope, Frame, LinkState, MessageKind, Neighbor};
 
@@ -61,6 +61,14 @@ pub const RELAY_MAILBOX: usize = 16_384;
 /// Room kept in a reply frame for the envelope header, seal and payload fields around a
 /// script's output (ids are at most 64 bytes each; 4 KiB is generous).
 pub const REPLY_OVERHEAD_BYTES: usize = 4096;
+/// Bytes of sealed requests kept by the origin to re-send them on another path when their
+/// first hop's link is lost; requests beyond the budget are not re-sent (they time out).
+pub const RESEND_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Sealed replies a target keeps, so a request re-sent after a link loss is answered again
+/// instead of running its script twice; bounded by count and bytes, oldest evicted first.
+pub const REPLY_CACHE_ENTRIES: usize = 4096;
+/// Byte bound of the reply cache.
+pub const REPLY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Plain messages kept for `GET /messages` (newest last), and the most of each body kept.
 pub const RECENT_MESSAGES: usize = 256;
 /// Body bytes kept per stored message: 256 x 4 KiB bounds the store at 1 MiB.
@@ -178,6 +186,8 @@ pub struct MessageCounters {
     pub dropped: u64,
     /// Requests that got no answer in time.
     pub timed_out: u64,
+    /// Requests re-sent on another path after their first hop's link was lost.
+    pub resent: u64,
 }
 
 /// What `/status` takes from the relay.
@@ -228,6 +238,11 @@ struct Pending {
     deadline_ms: u64,
     timeout_ms: u64,
     done: oneshot::Sender<Result<Delivery, SendError>>,
+    /// The sealed request as first sent (hops 0), to re-send on another path; `None` when it
+    /// did not fit [`RESEND_BUDGET_BYTES`].
+    resend: Option<Envelope>,
+    /// The neighbour it last went to.
+    first_hop: String,
 }
 
 /// See the module docs.
@@ -251,6 +266,12 @@ pub struct RelayActor {
     recent: VecDeque<ReceivedMessage>,
     /// An advert is scheduled ([`ADVERT_COALESCE_MS`]).
     advert_pending: bool,
+    /// Bytes held in `Pending::resend`.
+    resend_bytes: usize,
+    /// Sealed replies by (requester, request id), oldest first in `answered_order`.
+    answered: HashMap<(String, u64), Envelope>,
+    answered_order: VecDeque<(String, u64)>,
+    answered_bytes: usize,
 }
 
 impl RelayActor {
@@ -278,6 +299,10 @@ impl RelayActor {
             counters: MessageCounters::default(),
             recent: VecDeque::new(),
             advert_pending: false,
+            resend_bytes: 0,
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
+            answered_bytes: 0,
         }
     }
 
@@ -330,9 +355,10 @@ impl RelayActor {
             return;
         }
         self.advert_pending = true;
-        ctx.run_later(Duration::from_millis(ADVERT_COALESCE_MS), |act, _| {
+        ctx.run_later(Duration::from_millis(ADVERT_COALESCE_MS), |act, ctx| {
             act.advert_pending = false;
             act.advertise();
+            act.resend_stranded(ctx);
         });
     }
 
@@ -462,11 +488,16 @@ impl RelayActor {
         Ok(envelope)
     }
 
-    /// Sends an envelope toward its target (or handles it here for loopback).
-    fn route(&mut self, mut envelope: Envelope, ctx: &mut Context<Self>) -> Result<(), SendError> {
+    /// Sends an envelope toward its target (or handles it here for loopback); answers the
+    /// neighbour it went to.
+    fn route(
+        &mut self,
+        mut envelope: Envelope,
+        ctx: &mut Context<Self>,
+    ) -> Result<String, SendError> {
         if envelope.target == self.me() {
             self.on_envelope_for_me(envelope, ctx);
-            return Ok(());
+            return Ok(self.me().to_string());
         }
         // A linked neighbour is reachable before its advert arrives.
         let next_hop = match self.routing.route(&envelope.target) {
@@ -481,7 +512,69 @@ impl RelayActor {
             .try_send(SendFrame {
                 frame: Frame::Data(envelope),
             })
-            .map_err(|_| SendError::Busy)
+            .map_err(|_| SendError::Busy)?;
+        Ok(next_hop)
+    }
+
+    /// Re-sends pending requests whose first hop is no longer linked, over whatever path the
+    /// routing table has now. The target answers a duplicate from its reply cache, so a script
+    /// never runs twice.
+    fn resend_stranded(&mut self, ctx: &mut Context<Self>) {
+        let stranded: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.resend.is_some())
+            .filter(|(_, p)| !self.links.values().any(|d| d.node_id == p.first_hop))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stranded {
+            let Some(envelope) = self.pending.get(&id).and_then(|p| p.resend.clone()) else {
+                continue;
+            };
+            match self.route(envelope, ctx) {
+                Ok(next) => {
+                    debug!("re-sent request {id} via {next} after losing its first hop");
+                    self.counters.resent += 1;
+                    if let Some(p) = self.pending.get_mut(&id) {
+                        p.first_hop = next;
+                    }
+                }
+                Err(e) => debug!("cannot re-send request {id} yet: {e}"),
+            }
+        }
+    }
+
+    /// Forgets a pending request, releasing its re-send copy.
+    fn take_pending(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(e) = &p.resend {
+            self.resend_bytes = self.resend_bytes.saturating_sub(e.sealed.len());
+        }
+        Some(p)
+    }
+
+    /// Remembers a sealed reply for re-sent duplicates of its request.
+    fn remember_reply(&mut self, requester: &str, request_id: u64, reply: &Envelope) {
+        let size = reply.sealed.len();
+        if size > REPLY_CACHE_BYTES {
+            return;
+        }
+        while self.answered_order.len() >= REPLY_CACHE_ENTRIES
+            || self.answered_bytes + size > REPLY_CACHE_BYTES
+        {
+            let Some(old) = self.answered_order.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.answered.remove(&old) {
+                self.answered_bytes -= e.sealed.len();
+            }
+        }
+        let key = (requester.to_string(), request_id);
+        self.answered_bytes += size;
+        self.answered_order.push_back(key.clone());
+        if let Some(old) = self.answered.insert(key, reply.clone()) {
+            self.answered_bytes -= old.sealed.len();
+        }
     }
 
     fn on_envelope(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
@@ -517,7 +610,7 @@ impl RelayActor {
         let bytes = envelope.sealed.len() as u64;
         let (source, target) = (envelope.source.clone(), envelope.target.clone());
         match self.route(envelope, ctx) {
-            Ok(()) => {
+            Ok(_) => {
                 let c = self
                     .relayed
                     .entry(self.node.local.network.clone())
@@ -552,7 +645,20 @@ impl RelayActor {
         };
         // Only authentic envelopes enter the replay cache, so forgeries cannot evict it.
         if let Err(e) = self.replay.check_and_insert(unix_ms(), &envelope) {
-            warn!("dropping envelope {} from {source}: {e}", envelope.id);
+            let key = (source.clone(), envelope.id);
+            if let (E2eError::Replayed, Some(reply)) = (&e, self.answered.get(&key)) {
+                // The requester lost its path and re-sent: answer again, do not run again.
+                debug!(
+                    "answering re-sent request {} from {source} again",
+                    envelope.id
+                );
+                let reply = reply.clone();
+                if let Err(e) = self.route(reply, ctx) {
+                    debug!("cannot answer {} at {source} again: {e}", envelope.id);
+                }
+                return;
+            }
+            debug!("dropping envelope {} from {source}: {e}", envelope.id);
             self.counters.dropped += 1;
             return;
         }
@@ -576,18 +682,14 @@ impl RelayActor {
                     request_hops,
                 },
             ) => {
-                let Some(p) = self.pending.remove(&in_reply_to) else {
-                    debug!("late or unknown reply {in_reply_to} from {source}");
-                    return;
-                };
-                if p.target != source {
-                    warn!(
-                        "reply to {in_reply_to} came from {source}, not {}",
-                        p.target
-                    );
-                    self.pending.insert(in_reply_to, p);
+                // Only the node we asked may answer (a duplicate answer finds nothing pending).
+                if self.pending.get(&in_reply_to).map(|p| p.target.as_str()) != Some(&source) {
+                    debug!("late, unknown or misdirected reply {in_reply_to} from {source}");
                     return;
                 }
+                let Some(p) = self.take_pending(in_reply_to) else {
+                    return;
+                };
                 self.counters.replies += 1;
                 let _ = p.done.send(Ok(Delivery {
                     id: in_reply_to,
@@ -693,6 +795,7 @@ impl RelayActor {
         let ttl = request.ttl_ms as u64;
         match self.seal(&request.source, MessageKind::Response, ttl, &payload) {
             Ok(envelope) => {
+                self.remember_reply(&request.source, request.id, &envelope);
                 if let Err(e) = self.route(envelope, ctx) {
                     debug!("cannot answer {} at {}: {e}", request.id, request.source);
                 }
@@ -710,7 +813,7 @@ impl RelayActor {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
+            if let Some(p) = self.take_pending(id) {
                 self.counters.timed_out += 1;
                 let _ = p.done.send(Err(SendError::Timeout(p.target, p.timeout_ms)));
             }
@@ -753,6 +856,12 @@ impl Handler<Send> for RelayActor {
             let envelope = self.seal(&target, MessageKind::Request, timeout_ms, &payload)?;
             let (tx, rx) = oneshot::channel();
             let id = envelope.id;
+            let size = envelope.sealed.len();
+            let resend = (target != self.me() && self.resend_bytes + size <= RESEND_BUDGET_BYTES)
+                .then(|| envelope.clone());
+            if resend.is_some() {
+                self.resend_bytes += size;
+            }
             self.pending.insert(
                 id,
                 Pending {
@@ -760,12 +869,21 @@ impl Handler<Send> for RelayActor {
                     deadline_ms: self.node.now_ms() + timeout_ms,
                     timeout_ms,
                     done: tx,
+                    resend,
+                    first_hop: String::new(),
                 },
             );
             self.counters.sent += 1;
-            if let Err(e) = self.route(envelope, ctx) {
-                self.pending.remove(&id);
-                return Err(e);
+            match self.route(envelope, ctx) {
+                Ok(next) => {
+                    if let Some(p) = self.pending.get_mut(&id) {
+                        p.first_hop = next;
+                    }
+                }
+                Err(e) => {
+                    self.take_pending(id);
+                    return Err(e);
+                }
             }
             Ok(rx)
         })();
@@ -801,7 +919,11 @@ impl Handler<Inbound> for RelayActor {
                         .collect(),
                 };
                 match self.routing.apply(advert.clone(), self.node.now_ms()) {
-                    Applied::Newer => self.flood(&advert, from.as_deref()),
+                    Applied::Newer => {
+                        self.flood(&advert, from.as_deref());
+                        // A new path may have appeared for requests stranded by a lost link.
+                        self.resend_stranded(ctx);
+                    }
                     Applied::Readvertise => {
                         let own = self.routing.local_advert();
                         self.flood(&own, None);

@@ -322,6 +322,11 @@ impl Node {
         }
     }
 
+    /// The node's whole log.
+    pub fn log_all(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
     /// The last lines of the node's log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default();
