@@ -2,7 +2,8 @@
 //!
 //! The connection and peer actors call into these modules to decide what to send
 //! and when; everything here is deterministic given its inputs (randomness is
-//! passed in), so it is tested directly.
+//! passed in; the one exception is `e2e`, which draws its random nonces itself),
+//! so it is tested directly.
 
 pub mod backoff;
 pub mod e2e;
@@ -10,6 +11,7 @@ pub mod handshake;
 pub mod link;
 pub mod peer_state;
 pub mod peer_table;
+pub mod punch;
 pub mod routing;
 pub mod token_bucket;
 pub mod whitelist;
