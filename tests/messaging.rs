@@ -132,28 +132,37 @@ fn script_timeout_kills_the_script() {
     });
 }
 
-/// 1 - 2 - 3 in a line (no auto-connect): 1 reaches 3 through 2 with x-hops 2; without 2 the
-/// send times out (504) within its timeout; with a 4th node as a second path, traffic moves there.
-#[test]
-fn relayed_send_and_failover() {
-    let spec = |id: &str| {
-        let mut s = Spec::new(id, "tcp");
-        s.auto_connect = false;
-        s
-    };
-    let mut s3 = spec("3");
-    s3.scripts = vec![("where".into(), "echo at 3".into())];
+/// A node that dials only what it is configured with.
+fn isolated(id: &str) -> Spec {
+    let mut s = Spec::new(id, "tcp");
+    s.auto_connect = false;
+    s
+}
+
+/// Nodes 1 - 2 - 3 in a line (no auto-connect), 3 running `script`; returns once 1 routes to
+/// 3 through 2.
+fn line(script: (&str, &str)) -> (Node, Node, Node) {
+    let mut s3 = isolated("3");
+    s3.scripts = vec![(script.0.into(), script.1.into())];
     let n3 = Node::start(s3);
-    let mut s2 = spec("2");
+    let mut s2 = isolated("2");
     s2.peers = vec![n3.spec.url()];
-    let mut n2 = Node::start(s2);
-    let mut s1 = spec("1");
+    let n2 = Node::start(s2);
+    let mut s1 = isolated("1");
     s1.peers = vec![n2.spec.url()];
     let n1 = Node::start(s1);
     n1.wait("1 routes to 3 via 2", || {
         n1.peer("3")
             .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "2")
     });
+    (n1, n2, n3)
+}
+
+/// 1 - 2 - 3 in a line (no auto-connect): 1 reaches 3 through 2 with x-hops 2; without 2 the
+/// send times out (504) within its timeout; with a 4th node as a second path, traffic moves there.
+#[test]
+fn relayed_send_and_failover() {
+    let (n1, mut n2, n3) = line(("where", "echo at 3"));
     let r = n1.send("3", b"where", &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(String::from_utf8_lossy(&r.body), "at 3\n");
@@ -176,7 +185,7 @@ fn relayed_send_and_failover() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 
     // A second path: 4 links to 1 and 3.
-    let mut s4 = spec("4");
+    let mut s4 = isolated("4");
     s4.peers = vec![n1.spec.url(), n3.spec.url()];
     let _n4 = Node::start(s4);
     n1.wait("1 routes to 3 via 4", || {
@@ -224,24 +233,7 @@ fn thousand_concurrent_sends_are_all_answered_once() {
 /// target answers it from its reply cache: the script runs once and the sender gets the answer.
 #[test]
 fn in_flight_request_survives_the_loss_of_its_relay() {
-    let spec = |id: &str| {
-        let mut s = Spec::new(id, "tcp");
-        s.auto_connect = false;
-        s
-    };
-    let mut s3 = spec("3");
-    s3.scripts = vec![("slow".into(), "echo run >> runs; sleep 2; echo done".into())];
-    let n3 = Node::start(s3);
-    let mut s2 = spec("2");
-    s2.peers = vec![n3.spec.url()];
-    let mut n2 = Node::start(s2);
-    let mut s1 = spec("1");
-    s1.peers = vec![n2.spec.url()];
-    let n1 = Node::start(s1);
-    n1.wait("1 routes to 3 via 2", || {
-        n1.peer("3")
-            .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "2")
-    });
+    let (n1, mut n2, n3) = line(("slow", "echo run >> runs; sleep 2; echo done"));
     let port = n1.http_port;
     let request = std::thread::spawn(move || {
         common::http_full(
@@ -263,7 +255,7 @@ fn in_flight_request_survives_the_loss_of_its_relay() {
     n3.wait("3 could not answer", || {
         n3.log_all().contains("cannot answer")
     });
-    let mut s4 = spec("4");
+    let mut s4 = isolated("4");
     s4.peers = vec![n1.spec.url(), n3.spec.url()];
     let _n4 = Node::start(s4);
     let r = request.join().unwrap();
