@@ -499,10 +499,16 @@ impl RelayActor {
             self.on_envelope_for_me(envelope, ctx);
             return Ok(self.me().to_string());
         }
-        // A linked neighbour is reachable before its advert arrives.
-        let next_hop = match self.routing.route(&envelope.target) {
-            Some(route) => route.next_hop,
-            None => envelope.target.clone(),
+        // A node with an Active direct link gets the message directly (also before its
+        // advert arrives, and even if link costs make a relayed path look cheaper: a relay
+        // adds a hop of work and a point of failure); others go by the routing table.
+        let next_hop = if self.best_link(&envelope.target).is_some() {
+            envelope.target.clone()
+        } else {
+            match self.routing.route(&envelope.target) {
+                Some(route) => route.next_hop,
+                None => return Err(SendError::NoRoute(envelope.target.clone())),
+            }
         };
         let link = self
             .best_link(&next_hop)
@@ -1001,18 +1007,25 @@ impl Handler<GetRoutes> for RelayActor {
                 )
             })
             .collect();
-        // Linked neighbours whose advert has not arrived yet are reachable directly.
+        // Linked neighbours are reached directly (see `route`).
         let direct: Vec<String> = self.links.values().map(|d| d.node_id.clone()).collect();
         for id in direct {
-            if !routes.contains_key(&id) && self.best_link(&id).is_some() {
-                let route = RouteReport {
-                    next_hop: id.clone(),
-                    hops: 1,
-                    cost_us: DEFAULT_LINK_COST_US as u64,
-                    public_key: self.keys.get(&id).map(hex::encode),
-                };
-                routes.insert(id, route);
-            }
+            let Some(link) = self.best_link(&id) else {
+                continue;
+            };
+            let cost_us = link
+                .status
+                .lock()
+                .ok()
+                .and_then(|s| s.rtt.and_then(|r| r.avg_us()))
+                .unwrap_or(DEFAULT_LINK_COST_US as u64);
+            let route = RouteReport {
+                next_hop: id.clone(),
+                hops: 1,
+                cost_us,
+                public_key: self.keys.get(&id).map(hex::encode),
+            };
+            routes.insert(id, route);
         }
         MessageResult(RelayReport {
             routes,
