@@ -48,6 +48,9 @@ pub const ADVERT_REFRESH_MS: u64 = 30_000;
 /// come up one by one, and an advert per link would be flooded through the whole network each
 /// time (the 50-node mesh benchmark spent its CPU there).
 pub const ADVERT_COALESCE_MS: u64 = 100;
+/// When to re-advertise after a new neighbour, so its measured cost replaces the default (the
+/// first ping goes out as the link comes up; one second covers its pong on any sane path).
+pub const FIRST_COST_READVERT_MS: u64 = 1_000;
 /// Forget an advert not refreshed for this long (four refreshes).
 pub const ADVERT_MAX_AGE_MS: u64 = 4 * ADVERT_REFRESH_MS;
 /// Cost of a link before its first RTT sample: 10 ms, a pessimistic LAN figure.
@@ -963,6 +966,11 @@ impl Handler<LinkReady> for RelayActor {
         if first {
             self.advertise_soon(ctx);
             self.sync_neighbour(&node_id);
+            // The first advert carries a default cost; re-advertise once the link's first
+            // pongs have measured it, instead of waiting for the periodic refresh.
+            ctx.run_later(Duration::from_millis(FIRST_COST_READVERT_MS), |act, ctx| {
+                act.advertise_soon(ctx)
+            });
         }
     }
 }
