@@ -40,11 +40,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
             s.set("max_frame_bytes", json!(2 << 20))
                 .set("max_body_bytes", json!(MESSAGE_BYTES + 1024))
         };
-        let b_spec = big(Spec::new("b", transport)?);
-        let mut a_spec = big(Spec::new("a", transport)?);
-        a_spec.peers = vec![b_spec.url(transport)];
-        let b = ctx.start(&dir, b_spec)?;
-        let a = ctx.start(&dir, a_spec)?;
+        let (a, b) = ctx.start_pair(&dir, transport, big)?;
         if let Err(e) = a.wait_route("b", 1, LINK_UP_TIMEOUT) {
             res.fail(k, "no link");
             res.note(format!("bulk {transport}: {e:#}"));

@@ -26,11 +26,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let bound = Duration::from_secs(120);
 
     // 1 hop.
-    let b_spec = Spec::new("b", "tcp")?;
-    let mut a_spec = Spec::new("a", "tcp")?;
-    a_spec.peers = vec![b_spec.url("tcp")];
-    let b = ctx.start(&dir, b_spec)?;
-    let a = ctx.start(&dir, a_spec)?;
+    let (a, b) = ctx.start_pair(&dir, "tcp", |s| s)?;
     a.wait_route("b", 1, LINK_UP_TIMEOUT)?;
     measure(
         res,

@@ -59,6 +59,22 @@ impl Ctx {
     pub fn start(&self, dir: &Path, spec: Spec) -> Result<Proc> {
         Proc::start(&self.bin, dir, spec, &self.node_log)
     }
+
+    /// Starts `b`, then `a` configured to dial it over `transport`, both configs passed through
+    /// `tune`; answers `(a, b)`. The caller waits for the link (`a.wait_route("b", 1, ..)`).
+    pub fn start_pair(
+        &self,
+        dir: &Path,
+        transport: &'static str,
+        tune: impl Fn(Spec) -> Spec,
+    ) -> Result<(Proc, Proc)> {
+        let b_spec = tune(Spec::new("b", transport)?);
+        let mut a_spec = tune(Spec::new("a", transport)?);
+        a_spec.peers = vec![b_spec.url(transport)];
+        let b = self.start(dir, b_spec)?;
+        let a = self.start(dir, a_spec)?;
+        Ok((a, b))
+    }
 }
 
 /// A body of `len` bytes that names no script (printable, so logs stay readable).

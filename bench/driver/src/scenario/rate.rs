@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::{body, check_delivered, note_errors, Ctx, LINK_UP_TIMEOUT};
 use crate::load;
-use crate::node::{settled_rss_kib, Spec};
+use crate::node::settled_rss_kib;
 use crate::report::key;
 use crate::stats::Results;
 
@@ -25,11 +25,7 @@ const CONNECTIONS: usize = 64;
 pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let dir = ctx.subdir("rate")?;
     let (warmup, count) = ctx.pick((5_000, 100_000), (1_000, 10_000));
-    let b_spec = Spec::new("b", "tcp")?;
-    let mut a_spec = Spec::new("a", "tcp")?;
-    a_spec.peers = vec![b_spec.url("tcp")];
-    let b = ctx.start(&dir, b_spec)?;
-    let a = ctx.start(&dir, a_spec)?;
+    let (a, b) = ctx.start_pair(&dir, "tcp", |s| s)?;
     a.wait_route("b", 1, LINK_UP_TIMEOUT)?;
 
     match settled_rss_kib(a.pid(), Duration::from_secs(5)) {
