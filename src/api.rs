@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::actors::discovery::{DiscoveryActor, GetReport, PeerReport};
 use crate::actors::peer::PeerState;
 use crate::actors::relay::{Delivery, GetMessages, GetRoutes, RelayActor, Send, SendError};
+use crate::actors::script::{GetScriptStats, ScriptActor, ScriptStats};
 use crate::node::{NodeShared, VERSION};
 use crate::proto::e2e::Outcome;
 
@@ -31,6 +32,7 @@ pub struct ApiState {
     pub node: Arc<NodeShared>,
     pub discovery: Addr<DiscoveryActor>,
     pub relay: Addr<RelayActor>,
+    pub script: Addr<ScriptActor>,
 }
 
 /// An API error, rendered as JSON.
@@ -253,6 +255,8 @@ struct Status {
     relayed: std::collections::HashMap<String, crate::actors::relay::RelayedCount>,
     /// Message counters.
     messages: crate::actors::relay::MessageCounters,
+    /// Scripts running and queued now.
+    scripts: ScriptStats,
     counters: crate::metrics::Snapshot,
 }
 
@@ -260,6 +264,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let timeout = Duration::from_millis(ACTOR_TIMEOUT_MS);
     let mut report = state.discovery.send(GetReport).timeout(timeout).await?;
     let relay = state.relay.send(GetRoutes).timeout(timeout).await?;
+    let scripts = state.script.send(GetScriptStats).timeout(timeout).await?;
     for peer in &mut report.peers {
         if let Some(r) = relay.routes.get(&peer.id) {
             peer.next_hop = Some(r.next_hop.clone());
@@ -299,6 +304,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         discovery: report,
         relayed: relay.relayed,
         messages: relay.messages,
+        scripts,
         counters: node.metrics.snapshot(),
     }))
 }

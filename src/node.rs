@@ -16,7 +16,7 @@ use log::{info, warn};
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::actors::crypto::CryptoActor;
+use crate::actors::crypto::{CryptoActor, GetKeyRing};
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::listener::{ListenerActor, UdpEndpoint};
 use crate::actors::relay::RelayActor;
@@ -129,6 +129,9 @@ pub enum StartError {
     /// The identity key could not be loaded or created.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
+    /// The CryptoActor stopped before handing out the keys.
+    #[error("the crypto actor stopped during start-up")]
+    Crypto,
     /// A listener socket could not be bound.
     #[error("{file}: listeners: cannot listen on {url}: {source}")]
     Bind {
@@ -192,9 +195,13 @@ enum Bound {
 /// Starts every actor of a node on the current actix system.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let file = config.source.display().to_string();
-    let crypto = CryptoActor::load(&config)?;
-    let keys = crypto.keys();
-    crypto.start();
+    // Loading happens before the actor starts so a bad key file fails start-up; the rest of
+    // the node gets its keys from the actor.
+    let crypto = CryptoActor::load(&config)?.start();
+    let keys = crypto
+        .send(GetKeyRing)
+        .await
+        .map_err(|_| StartError::Crypto)?;
 
     let mut bound = Vec::new();
     let mut listen_addrs = Vec::new();
@@ -268,7 +275,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         ScriptLimits::from_config(&shared.config),
     )
     .start();
-    let relay = RelayActor::new(shared.clone(), script).start();
+    let relay = RelayActor::new(shared.clone(), script.clone()).start();
     let discovery_ctx = Context::<DiscoveryActor>::new();
     let discovery = discovery_ctx.address();
     let mut udp = Vec::new();
@@ -308,6 +315,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
                 node: shared.clone(),
                 discovery: discovery.clone(),
                 relay: relay.clone(),
+                script: script.clone(),
             };
             let (server, bound) = api::serve(state, addr).map_err(|source| StartError::Http {
                 file: file.clone(),

@@ -43,11 +43,6 @@ impl CryptoActor {
             }),
         })
     }
-
-    /// The key bundle, for the composition root before the actor starts.
-    pub fn keys(&self) -> Arc<KeyRing> {
-        self.keys.clone()
-    }
 }
 
 impl Actor for CryptoActor {

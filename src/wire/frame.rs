@@ -460,6 +460,19 @@ where
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// `good` with its first 32-byte key (bin8 `c4 20`) cut to 31 bytes.
+    fn key_shortened_to_31(good: &[u8]) -> Vec<u8> {
+        let key_at = good
+            .windows(2)
+            .position(|w| w == [0xc4, 32])
+            .expect("bin8 marker of the key");
+        let mut bad = good[..key_at].to_vec();
+        bad.extend_from_slice(&[0xc4, 31]);
+        bad.extend_from_slice(&good[key_at + 2..key_at + 2 + 31]);
+        bad.extend_from_slice(&good[key_at + 2 + 32..]);
+        bad
+    }
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -999,14 +1012,7 @@ pub(crate) mod tests {
         assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
         // A LinkState public key of 31 bytes.
         let good = Frame::LinkState(sample_link_state()).encode();
-        let key_at = good
-            .windows(2)
-            .position(|w| w == [0xc4, 32])
-            .expect("bin8 marker of the key");
-        let mut bad = good[..key_at].to_vec();
-        bad.extend_from_slice(&[0xc4, 31]);
-        bad.extend_from_slice(&good[key_at + 2..key_at + 2 + 31]);
-        bad.extend_from_slice(&good[key_at + 2 + 32..]);
+        let bad = key_shortened_to_31(&good);
         assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
     }
 
@@ -1099,14 +1105,7 @@ pub(crate) mod tests {
         let mut hello = sample_hello();
         hello.listen_addrs.clear();
         let good = Frame::Hello(hello).encode();
-        let key_at = good
-            .windows(2)
-            .position(|w| w == [0xc4, 32])
-            .expect("bin8 marker of the key");
-        let mut bad = good[..key_at].to_vec();
-        bad.extend_from_slice(&[0xc4, 31]);
-        bad.extend_from_slice(&good[key_at + 2..key_at + 2 + 31]);
-        bad.extend_from_slice(&good[key_at + 2 + 32..]);
+        let bad = key_shortened_to_31(&good);
         assert!(matches!(Frame::decode(&bad), Err(WireError::Decode(_))));
     }
 
