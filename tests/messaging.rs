@@ -49,7 +49,11 @@ fn send_runs_a_script_on_the_target_and_returns_its_output() {
     assert_eq!(r.header("x-hops"), Some("1"));
     assert!(r.header("x-message-id").is_some());
     assert!(b.dir.path().join("marker").exists(), "script ran on b");
-    assert_eq!(b.status()["scripts"]["running"], 0, "the finished script is no longer counted");
+    assert_eq!(
+        b.status()["scripts"]["running"],
+        0,
+        "the finished script is no longer counted"
+    );
     assert!(
         !a.dir.path().join("marker").exists(),
         "script did not run on a"
