@@ -71,6 +71,9 @@ pub enum ApiError {
     /// No route, or no answer in time.
     #[error("{0}")]
     SendTimeout(String),
+    /// The target is a public node of another network: it relays for us, it is not a member.
+    #[error("{0}")]
+    NotMember(String),
 }
 
 impl ApiError {
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::Busy(_) => "busy",
             ApiError::Remote { .. } => "remote_error",
             ApiError::SendTimeout(_) => "timeout",
+            ApiError::NotMember(_) => "not_a_member",
         }
     }
 }
@@ -114,6 +118,7 @@ impl ResponseError for ApiError {
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Remote { .. } => StatusCode::BAD_GATEWAY,
             ApiError::SendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotMember(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -133,6 +138,7 @@ impl From<SendError> for ApiError {
             SendError::PeerNotFound(_) => ApiError::PeerNotFound(e.to_string()),
             SendError::NoRoute(_) | SendError::Timeout(..) => ApiError::SendTimeout(e.to_string()),
             SendError::Busy => ApiError::Busy(e.to_string()),
+            SendError::NotMember(_) => ApiError::NotMember(e.to_string()),
             SendError::Crypto(..) => ApiError::Remote {
                 code: "crypto".into(),
                 message: e.to_string(),
@@ -255,6 +261,13 @@ struct Status {
     relayed: std::collections::HashMap<String, crate::actors::relay::RelayedCount>,
     /// Message counters.
     messages: crate::actors::relay::MessageCounters,
+    /// As a public node: per foreign network, its members linked to us and what we relayed
+    /// and dropped for it.
+    foreign: std::collections::BTreeMap<String, crate::actors::relay::ForeignReport>,
+    /// Public nodes of other networks that relay for us.
+    public_relays: Vec<String>,
+    /// Hole punching toward members reached through a relay.
+    punch: std::collections::BTreeMap<String, crate::actors::relay::PunchReport>,
     /// Scripts running and queued now.
     scripts: ScriptStats,
     counters: crate::metrics::Snapshot,
@@ -272,6 +285,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
             // Reachable through a relay counts as Active even without a direct link.
             peer.state = PeerState::Active;
         }
+        peer.public_relay = relay.public_relays.contains(&peer.id);
     }
     // Nodes known only from routing adverts (never linked, never in a welcome): reachable
     // through a relay.
@@ -288,6 +302,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
                 links: Vec::new(),
                 next_hop: Some(r.next_hop.clone()),
                 hops: Some(r.hops),
+                public_relay: relay.public_relays.contains(id),
             });
         }
     }
@@ -304,6 +319,9 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         discovery: report,
         relayed: relay.relayed,
         messages: relay.messages,
+        foreign: relay.foreign,
+        public_relays: relay.public_relays,
+        punch: relay.punch,
         scripts,
         counters: node.metrics.snapshot(),
     }))

@@ -157,6 +157,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "relay_network_whitelist",
     "relay_all_peer_rpc",
     "foreign_relay_bps_limit",
+    "hole_punching",
     "log",
     "data_dir",
     "heartbeat_interval_ms",
@@ -300,10 +301,14 @@ pub struct Config {
     /// Foreign-network name patterns allowed to relay through this node (`*` = any, `?`/`*`
     /// wildcards); empty = none.
     pub relay_network_whitelist: Vec<String>,
-    /// Forward RPCs for unknown targets to eligible relay peers.
+    /// Admit nodes of networks the whitelist does not name, for control traffic only (route
+    /// updates, pings, punch coordination); their data is dropped and counted.
     pub relay_all_peer_rpc: bool,
-    /// Throughput cap for cross-network relay, in bytes per second; 0 = unlimited.
+    /// Relayed data per foreign network, in bytes per second (about one second of burst);
+    /// 0 = unlimited.
     pub foreign_relay_bps_limit: u64,
+    /// Try to open a direct UDP path (hole punching) to members reached only through a relay.
+    pub hole_punching: bool,
     /// Log level from the config, if any (the command line / environment may override it).
     pub log: Option<log::LevelFilter>,
     /// Where the node keeps its identity and state; always absolute when the config came from
@@ -367,6 +372,7 @@ impl Config {
             "relay_network_whitelist": self.relay_network_whitelist,
             "relay_all_peer_rpc": self.relay_all_peer_rpc,
             "foreign_relay_bps_limit": self.foreign_relay_bps_limit,
+            "hole_punching": self.hole_punching,
             "log": self.log.map(|l| l.as_str().to_ascii_lowercase()),
             "data_dir": self.data_dir.to_string_lossy(),
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
@@ -1018,6 +1024,7 @@ impl Checker<'_> {
             self.boolean("relay_all_peer_rpc", get("relay_all_peer_rpc"), false)?;
         let foreign_relay_bps_limit =
             self.integer("foreign_relay_bps_limit", get("foreign_relay_bps_limit"), 0)?;
+        let hole_punching = self.boolean("hole_punching", get("hole_punching"), true)?;
 
         let log = match get("log") {
             None => None,
@@ -1153,6 +1160,7 @@ impl Checker<'_> {
             relay_network_whitelist,
             relay_all_peer_rpc,
             foreign_relay_bps_limit,
+            hole_punching,
             log,
             data_dir,
             heartbeat_interval_ms,

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::actors::crypto::{CryptoActor, GetKeyRing};
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::listener::{ListenerActor, UdpEndpoint};
-use crate::actors::relay::RelayActor;
+use crate::actors::relay::{RelayActor, Wire};
 use crate::actors::script::{ScriptActor, ScriptLimits};
 use crate::api;
 use crate::config::{Config, Transport};
@@ -106,14 +106,17 @@ impl NodeShared {
         (prev < MAX_PENDING_HANDSHAKES).then_some(slot)
     }
 
-    /// Link parameters for a stream (`datagram == false`) or UDP link.
-    pub fn link_params(&self, datagram: bool) -> Params {
+    /// Link parameters for a stream (`datagram == false`) or UDP link, dialled by us or not.
+    pub fn link_params(&self, datagram: bool, dialed: bool) -> Params {
         Params {
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             peer_timeout_ms: self.config.peer_timeout_ms,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS.min(self.config.peer_timeout_ms),
             max_frame_bytes: self.config.max_frame_bytes,
             datagram,
+            accept_foreign: dialed
+                || !self.config.relay_network_whitelist.is_empty()
+                || self.config.relay_all_peer_rpc,
         }
     }
 
@@ -297,6 +300,10 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             Err(e) => warn!("listener: {e}"),
         }
     }
+    relay.do_send(Wire {
+        discovery: discovery.clone(),
+        udp: udp.clone(),
+    });
     discovery_ctx.run(DiscoveryActor::new(shared.clone(), relay.clone(), udp));
     info!(
         "node {} (network {}) listening on {}",

@@ -35,6 +35,8 @@ use crate::wire::frame::{CloseReason, Hello, NodeInfo};
 pub const MAX_DIALERS: usize = 512;
 /// Most reflexive (observed) addresses remembered.
 pub const MAX_OBSERVED_ADDRS: usize = 16;
+/// Most foreign networks a public node relays for at once; a hello from one more is refused.
+pub const MAX_FOREIGN_NETWORKS: usize = 64;
 /// How often the watchdog checks dialers.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -52,6 +54,13 @@ pub struct Admit {
     /// Dialer side: what the listener's welcome said.
     pub welcome: Option<WelcomeInfo>,
     pub status: StatusCell,
+}
+
+/// Dial an address (a path a hole punch opened); no-op if a dialer for it exists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dial {
+    pub target: Endpoint,
 }
 
 /// An admitted link closed.
@@ -99,6 +108,8 @@ pub struct PeerReport {
     /// Filled in from the RelayActor's routes.
     pub next_hop: Option<String>,
     pub hops: Option<u32>,
+    /// A public node of another network relaying for us: not a member, not addressable.
+    pub public_relay: bool,
 }
 
 /// One link of a node.
@@ -149,6 +160,7 @@ struct Dialer {
 
 /// Actor-side data of an admitted link (the table holds the pure part).
 struct LinkHandle {
+    link_id: u64,
     peer: Addr<PeerActor>,
     status: StatusCell,
 }
@@ -162,6 +174,11 @@ pub struct DiscoveryActor {
     links: HashMap<u64, LinkHandle>,
     dialers: Vec<Dialer>,
     observed: BTreeSet<String>,
+    /// As a public node: the members of each foreign network linked to us, one table per
+    /// network, never mixed with ours (ids may repeat across networks).
+    foreign: HashMap<String, PeerTable>,
+    /// Foreign link id -> its network.
+    foreign_links: HashMap<u64, String>,
 }
 
 impl DiscoveryActor {
@@ -175,7 +192,73 @@ impl DiscoveryActor {
             links: HashMap::new(),
             dialers: Vec::new(),
             observed: BTreeSet::new(),
+            foreign: HashMap::new(),
+            foreign_links: HashMap::new(),
         }
+    }
+
+    /// A node of another network dialled us: admit it as a member of that network's domain
+    /// if we relay for it (whitelist, or control only with `relay_all_peer_rpc`). Its welcome
+    /// lists only members of its own network.
+    fn admit_foreign(&mut self, msg: Admit) -> Result<Vec<NodeInfo>, CloseReason> {
+        let config = &self.node.config;
+        let network = msg.hello.network.clone();
+        let whitelisted =
+            crate::proto::whitelist::admits(&config.relay_network_whitelist, &network);
+        if !whitelisted && !config.relay_all_peer_rpc {
+            info!(
+                "refusing {} of network {network:?}: not in relay_network_whitelist",
+                msg.hello.node_id
+            );
+            return Err(CloseReason::Foreign);
+        }
+        if !self.foreign.contains_key(&network) && self.foreign.len() >= MAX_FOREIGN_NETWORKS {
+            warn!("refusing network {network:?}: relaying for {MAX_FOREIGN_NETWORKS} already");
+            return Err(CloseReason::Foreign);
+        }
+        let table = self
+            .foreign
+            .entry(network.clone())
+            .or_insert_with(|| PeerTable::new(&self.node.local.node_id, Default::default()));
+        let replaces = match table.admit(
+            msg.link_id,
+            &msg.hello,
+            msg.remote.ip(),
+            msg.transport,
+            false,
+        ) {
+            Admission::Refuse(reason) => return Err(reason),
+            Admission::Accept { replaces } => replaces,
+        };
+        if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {
+            self.foreign_links.remove(&old.link_id);
+            old.peer.do_send(CloseLink {
+                reason: CloseReason::Duplicate,
+            });
+        }
+        info!(
+            "relaying for {} of network {network:?}{}",
+            msg.hello.node_id,
+            if whitelisted {
+                ""
+            } else {
+                " (control traffic only)"
+            }
+        );
+        if let Ok(mut s) = msg.status.lock() {
+            s.node_id = Some(msg.hello.node_id.clone());
+        }
+        let known = table.known_for(&msg.hello.node_id);
+        self.links.insert(
+            msg.link_id,
+            LinkHandle {
+                link_id: msg.link_id,
+                peer: msg.peer,
+                status: msg.status,
+            },
+        );
+        self.foreign_links.insert(msg.link_id, network);
+        Ok(known)
     }
 
     fn spawn_dialer(&mut self, target: Endpoint, configured: bool, ctx: &mut Context<Self>) {
@@ -309,6 +392,7 @@ impl DiscoveryActor {
                 links,
                 next_hop: None,
                 hops: None,
+                public_relay: false,
             });
         }
         let dialers = self
@@ -364,6 +448,9 @@ impl Handler<Admit> for DiscoveryActor {
     type Result = MessageResult<Admit>;
 
     fn handle(&mut self, msg: Admit, ctx: &mut Self::Context) -> Self::Result {
+        if msg.hello.network != self.node.local.network && !msg.dialed {
+            return MessageResult(self.admit_foreign(msg));
+        }
         let node_id = msg.hello.node_id.clone();
         let verdict = self.table.admit(
             msg.link_id,
@@ -399,6 +486,7 @@ impl Handler<Admit> for DiscoveryActor {
         self.links.insert(
             msg.link_id,
             LinkHandle {
+                link_id: msg.link_id,
                 peer: msg.peer,
                 status: msg.status,
             },
@@ -422,12 +510,34 @@ impl Handler<LinkDown> for DiscoveryActor {
 
     fn handle(&mut self, msg: LinkDown, ctx: &mut Self::Context) {
         self.links.remove(&msg.link_id);
+        if let Some(network) = self.foreign_links.remove(&msg.link_id) {
+            if let Some(table) = self.foreign.get_mut(&network) {
+                table.link_down(msg.link_id);
+            }
+            return;
+        }
         if let Some(link) = self.table.link_down(msg.link_id) {
             if !self.table.has_link(&link.node_id, link.transport) {
                 self.wake_standby(&link.node_id, link.transport);
             }
             self.ensure_dialers(ctx);
         }
+    }
+}
+
+impl Handler<Dial> for DiscoveryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) {
+        if self.dialers.iter().any(|d| d.target == msg.target) {
+            // Wake it: the path it failed on may be open now.
+            for d in self.dialers.iter().filter(|d| d.target == msg.target) {
+                d.addr.do_send(Redial);
+            }
+            return;
+        }
+        info!("dialling {} (opened by a hole punch)", msg.target);
+        self.spawn_dialer(msg.target, false, ctx);
     }
 }
 

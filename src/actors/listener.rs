@@ -24,10 +24,11 @@ use tokio_util::udp::UdpFramed;
 
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::peer::{Incoming, PeerActor, UdpConn, UdpIn};
+use crate::actors::relay::PunchIn;
 use crate::actors::relay::RelayActor;
 use crate::config::Transport;
 use crate::node::NodeShared;
-use crate::wire::udp::Datagram;
+use crate::wire::udp::{Datagram, PUNCH_TOKEN_BYTES};
 
 /// Most UDP sessions one socket keeps (established and handshaking), so a flood of handshake
 /// inits cannot grow the table without bound.
@@ -52,6 +53,16 @@ pub struct UdpEndpoint {
 pub struct RegisterDial {
     pub remote: SocketAddr,
     pub peer: Addr<PeerActor>,
+}
+
+/// Send one hole-punch datagram from this UDP socket (so it leaves through the same NAT
+/// mapping as our links).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendPunch {
+    pub to: SocketAddr,
+    pub token: [u8; PUNCH_TOKEN_BYTES],
+    pub ack: bool,
 }
 
 /// A session ended; forget its index.
@@ -251,6 +262,19 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
             }
         };
         let target = match datagram {
+            Datagram::Punch { token } | Datagram::PunchAck { token } => {
+                let ack = matches!(datagram, Datagram::PunchAck { .. });
+                let msg = PunchIn {
+                    local: self.local,
+                    from,
+                    token,
+                    ack,
+                };
+                if self.relay.try_send(msg).is_err() {
+                    drop_it("relay mailbox full");
+                }
+                return;
+            }
             Datagram::HandshakeInit { sender, .. } => {
                 if let Some(idx) = by_remote.get(&(from, sender)) {
                     *idx
@@ -337,6 +361,27 @@ impl Handler<RegisterDial> for ListenerActor {
             },
         );
         MessageResult(Some((idx, socket.clone())))
+    }
+}
+
+impl Handler<SendPunch> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendPunch, _: &mut Self::Context) {
+        let Socket::Udp { socket, .. } = &self.socket else {
+            return;
+        };
+        let datagram = if msg.ack {
+            Datagram::PunchAck { token: msg.token }
+        } else {
+            Datagram::Punch { token: msg.token }
+        };
+        let mut buf = Vec::with_capacity(datagram.encoded_len());
+        datagram.write(&mut buf);
+        // Best effort, like every UDP send: a punch that does not leave is a punch lost.
+        if let Err(e) = socket.try_send_to(&buf, msg.to) {
+            debug!("udp {}: punch to {}: {e}", self.local, msg.to);
+        }
     }
 }
 

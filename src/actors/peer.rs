@@ -636,7 +636,7 @@ impl PeerActor {
     /// A socket exists: start the link protocol on it.
     fn attach(&mut self, conn: Conn, remote: SocketAddr, dialed: bool, ctx: &mut Context<Self>) {
         let datagram = matches!(conn, Conn::Udp(_));
-        let params = self.node.link_params(datagram);
+        let params = self.node.link_params(datagram, dialed);
         let now = self.node.now_us();
         let (local, keys) = (self.node.local.clone(), self.node.keys.clone());
         let link = if dialed {
@@ -711,6 +711,8 @@ impl PeerActor {
                 bytes: noise,
             },
             Datagram::Transport { record, .. } => Packet::Record(record),
+            // The listener hands punch datagrams to the relay, never to a session.
+            Datagram::Punch { .. } | Datagram::PunchAck { .. } => return,
         };
         attempt.link.handle_datagram(now, packet);
         self.drive(ctx);
@@ -782,7 +784,11 @@ impl PeerActor {
                 }
             }
             Event::Frame(frame) => match *frame {
-                frame @ (Frame::Data(_) | Frame::LinkState(_)) => {
+                frame @ (Frame::Data(_)
+                | Frame::LinkState(_)
+                | Frame::PunchRequest { .. }
+                | Frame::Punch(_)
+                | Frame::PunchRefused { .. }) => {
                     let msg = Inbound {
                         link_id: self.link_id,
                         frame,
@@ -871,6 +877,11 @@ impl PeerActor {
         };
         let peer = attempt.link.peer().map(|h| h.node_id.clone());
         let public_key = attempt.link.peer().map(|h| h.public_key);
+        let network = attempt
+            .link
+            .peer()
+            .map(|h| h.network.clone())
+            .unwrap_or_default();
         let remote = attempt.remote;
         info!(
             "link up: {} {} via {} ({})",
@@ -902,6 +913,9 @@ impl PeerActor {
             self.relay.do_send(LinkReady {
                 link_id: self.link_id,
                 node_id,
+                network,
+                dialed: self.is_dialer(),
+                remote,
                 public_key,
                 transport,
                 peer: ctx.address(),

@@ -16,6 +16,16 @@
 //!   them), with a hop counter and an id cache as the last guard against loops, and counted per
 //!   origin network.
 //!
+//! - Public node: links from members of other networks it relays for (`Foreign` links) form
+//!   one [`Domain`] per network, with its own routing table and adverts, never mixed with ours:
+//!   foreign members see only their own network plus this node as a relay, and we see none of
+//!   their messages (sealed under their network's keys). Data is forwarded within a domain
+//!   under a token bucket per network; control frames are never limited.
+//! - Hole punching: a member reached only through a relay gets a `punch_request` sent to that
+//!   relay (by the side with the lower id); a relay coordinates requests between two members
+//!   it links to over UDP; punch datagrams go out through the UDP listener socket and, once one
+//!   comes back, the lower id dials the opened path (see [`crate::proto::punch`]).
+//!
 //! Everything happens on the node's one arbiter: a message costs no thread hop between the
 //! relay and the links.
 
@@ -29,13 +39,18 @@ use log::{debug, info, warn};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::actors::discovery::{Dial, DiscoveryActor};
+use crate::actors::listener::{SendPunch, UdpEndpoint};
 use crate::actors::peer::{PeerActor, PeerState, SendFrame, StatusCell};
 use crate::actors::script::{RunScript, ScriptActor, ScriptError};
-use crate::config::Transport;
+use crate::config::{Endpoint, Host, Transport};
 use crate::node::NodeShared;
 use crate::proto::e2e::{self, E2eError, Outcome, PairKey, Payload, ReplayCache};
+use crate::proto::punch::{self, Action, Puncher};
 use crate::proto::routing::{Advert, Applied, RoutingTable};
-use crate::wire::frame::{Envelope, Frame, LinkState, MessageKind, Neighbor};
+use crate::proto::token_bucket::TokenBucket;
+use crate::wire::frame::{Envelope, Frame, LinkState, MessageKind, Neighbor, Punch};
+use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 /// Hop limit for envelopes and routes (EasyTier's and RIP's order of magnitude).
 pub const MAX_HOPS: u8 = 16;
@@ -76,6 +91,18 @@ pub const REPLY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub const RECENT_MESSAGES: usize = 256;
 /// Body bytes kept per stored message: 256 x 4 KiB bounds the store at 1 MiB.
 pub const RECENT_BODY_BYTES: usize = 4096;
+/// Added to the cost of a link to a public node of another network, in both directions, so a
+/// path inside the network always wins and the public node carries traffic only when there is
+/// none (one second: more than any sane path of 16 hops inside a network).
+pub const RELAY_PENALTY_US: u32 = 1_000_000;
+/// Punch attempts tracked at once (one per peer reached through a relay).
+pub const MAX_PUNCHERS: usize = 256;
+/// A relay coordinates at most one punch per requester and target in this time.
+pub const PUNCH_COORDINATE_INTERVAL_MS: u64 = 1_000;
+/// Coordinations remembered for that rate limit.
+pub const MAX_PUNCH_COORDINATIONS: usize = 4096;
+/// How often punch attempts are driven.
+const PUNCH_TICK: Duration = Duration::from_millis(100);
 /// How often unanswered requests are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -120,6 +147,10 @@ pub enum SendError {
     /// The target's key is unusable.
     #[error("cannot seal for {0:?}: {1}")]
     Crypto(String, String),
+    /// The target is a public node of another network that relays for us: a path may go
+    /// through it, but it cannot open our messages.
+    #[error("{0:?} is a public node of another network (it relays for us but is not a member)")]
+    NotMember(String),
 }
 
 /// A frame from a link for the relay (data or a link-state advert).
@@ -136,10 +167,35 @@ pub struct Inbound {
 pub struct LinkReady {
     pub link_id: u64,
     pub node_id: String,
+    /// The peer's network (ours, or another when one side is a public node).
+    pub network: String,
+    /// We dialled it.
+    pub dialed: bool,
+    /// Where the peer's packets come from (its reflexive address, for UDP).
+    pub remote: std::net::SocketAddr,
     pub public_key: [u8; 32],
     pub transport: Transport,
     pub peer: Addr<PeerActor>,
     pub status: StatusCell,
+}
+
+/// A punch datagram arrived on a UDP listener socket (from the listener).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PunchIn {
+    /// The listener socket's address.
+    pub local: std::net::SocketAddr,
+    pub from: std::net::SocketAddr,
+    pub token: [u8; PUNCH_TOKEN_BYTES],
+    pub ack: bool,
+}
+
+/// The node's other actors, once they exist (the relay starts first).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wire {
+    pub discovery: Addr<DiscoveryActor>,
+    pub udp: Vec<UdpEndpoint>,
 }
 
 /// A link is gone.
@@ -201,6 +257,47 @@ pub struct RelayReport {
     /// Envelopes forwarded for others, by origin network.
     pub relayed: HashMap<String, RelayedCount>,
     pub messages: MessageCounters,
+    /// As a public node: each foreign network we relay for.
+    pub foreign: std::collections::BTreeMap<String, ForeignReport>,
+    /// Nodes that are public nodes of other networks relaying for us (not members).
+    pub public_relays: Vec<String>,
+    /// Hole punching toward members reached through a relay, by peer id.
+    pub punch: std::collections::BTreeMap<String, PunchReport>,
+}
+
+/// One foreign network on a public node's `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForeignReport {
+    /// Its members linked to us, sorted.
+    pub members: Vec<String>,
+    /// Whether only control traffic is relayed (admitted by `relay_all_peer_rpc`, not by the
+    /// whitelist).
+    pub control_only: bool,
+    /// The token bucket's rate, bytes per second (0 = unlimited).
+    pub bps_limit: u64,
+    /// Data forwarded between its members.
+    pub messages_relayed: u64,
+    pub bytes_relayed: u64,
+    /// Data dropped: over the budget, control-only, or addressed to us.
+    pub messages_dropped: u64,
+    pub bytes_dropped: u64,
+    /// Punches coordinated between its members.
+    pub punches_coordinated: u64,
+}
+
+/// One peer's hole punching on `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PunchReport {
+    /// "waiting", "requested", "punching", "open" or "gave_up".
+    pub state: &'static str,
+    /// The relay asked to coordinate.
+    pub relay: String,
+    /// The address punched toward, or the one that answered.
+    pub addr: Option<String>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Why the last attempt failed (e.g. a symmetric NAT), if one did.
+    pub last_error: Option<String>,
 }
 
 /// The plain messages this node received most recently (newest last).
@@ -227,12 +324,64 @@ pub struct ReceivedMessage {
     pub truncated: bool,
 }
 
+/// What a link is to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LinkKind {
+    /// A member of our network.
+    Member,
+    /// A public node of another network that we dialled: it relays for us, it is not a member.
+    Upstream,
+    /// A member of the named foreign network that dialled us as its public node.
+    Foreign(String),
+}
+
+impl LinkKind {
+    /// The foreign network whose domain the link belongs to; `None` for our own.
+    fn domain(&self) -> Option<&str> {
+        match self {
+            LinkKind::Foreign(n) => Some(n),
+            LinkKind::Member | LinkKind::Upstream => None,
+        }
+    }
+}
+
 /// A direct link as the relay sees it.
 struct Direct {
     node_id: String,
+    kind: LinkKind,
     transport: Transport,
+    /// The peer's address as we see it (for UDP: its reflexive address).
+    remote: std::net::SocketAddr,
     peer: Addr<PeerActor>,
     status: StatusCell,
+}
+
+/// A foreign network we relay for, as a public node: its own routing and counters.
+struct Domain {
+    /// Its members' adverts and ours for it (we appear as a relay node).
+    routing: RoutingTable,
+    /// Identity keys by member id, as their adverts and links told us.
+    keys: HashMap<String, [u8; 32]>,
+    /// Admitted by `relay_all_peer_rpc` only: its data is dropped.
+    control_only: bool,
+    bucket: TokenBucket,
+    relayed: RelayedCount,
+    dropped: RelayedCount,
+    punches: u64,
+    advert_pending: bool,
+}
+
+/// Our punching toward one peer.
+struct PunchEntry {
+    puncher: Puncher,
+    /// The relay asked (or that told us to punch).
+    relay: String,
+    /// The coordination's token, once the relay's `punch` arrived.
+    token: Option<[u8; PUNCH_TOKEN_BYTES]>,
+    /// The UDP socket to punch from (the one our link to the relay uses).
+    socket: Option<std::net::SocketAddr>,
+    /// When the path opened, to retry if no link comes up over it.
+    opened_ms: Option<u64>,
 }
 
 /// A request awaiting its answer.
@@ -275,6 +424,16 @@ pub struct RelayActor {
     answered: HashMap<(String, u64), Envelope>,
     answered_order: VecDeque<(String, u64)>,
     answered_bytes: usize,
+    /// Public nodes of other networks that relay for us (from links and adverts).
+    relay_nodes: HashSet<String>,
+    /// As a public node: one domain per foreign network.
+    domains: HashMap<String, Domain>,
+    /// Our punch attempts, by peer.
+    punchers: HashMap<String, PunchEntry>,
+    /// As a relay: when we last coordinated a punch per (domain, requester, target).
+    coordinated: HashMap<(Option<String>, String, String), u64>,
+    discovery: Option<Addr<DiscoveryActor>>,
+    udp: Vec<UdpEndpoint>,
 }
 
 impl RelayActor {
@@ -306,6 +465,12 @@ impl RelayActor {
             answered: HashMap::new(),
             answered_order: VecDeque::new(),
             answered_bytes: 0,
+            relay_nodes: HashSet::new(),
+            domains: HashMap::new(),
+            punchers: HashMap::new(),
+            coordinated: HashMap::new(),
+            discovery: None,
+            udp: Vec::new(),
         }
     }
 
@@ -313,12 +478,24 @@ impl RelayActor {
         &self.node.local.node_id
     }
 
+    /// Whether we dialled `id` and it turned out a public node of another network.
+    fn is_upstream(&self, id: &str) -> bool {
+        self.links
+            .values()
+            .any(|d| d.node_id == id && d.kind == LinkKind::Upstream)
+    }
+
     /// The best Active link to a neighbour: lowest RTT, then LAN over public addresses, then
     /// UDP, TCP, WebSocket.
     fn best_link(&self, node_id: &str) -> Option<&Direct> {
+        self.best_link_in(None, node_id)
+    }
+
+    /// [`RelayActor::best_link`] within a domain (`None`: our own network).
+    fn best_link_in(&self, domain: Option<&str>, node_id: &str) -> Option<&Direct> {
         self.links
             .values()
-            .filter(|d| d.node_id == node_id)
+            .filter(|d| d.node_id == node_id && d.kind.domain() == domain)
             .filter_map(|d| {
                 let s = d.status.lock().ok()?;
                 (s.state == PeerState::Active).then(|| {
@@ -331,14 +508,13 @@ impl RelayActor {
             .map(|(_, d)| d)
     }
 
-    /// Our neighbours with their link cost, for our advert.
-    fn neighbours(&self) -> Vec<(String, u32)> {
-        let mut ids: Vec<&str> = self.links.values().map(|d| d.node_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter()
+    /// Our neighbours in a domain with their link cost, for our advert there. Links to public
+    /// nodes (ours to them, or theirs to us in a foreign domain) carry [`RELAY_PENALTY_US`].
+    fn neighbours_in(&self, domain: Option<&str>) -> Vec<(String, u32)> {
+        self.domain_neighbours(domain)
+            .into_iter()
             .filter_map(|id| {
-                let d = self.best_link(id)?;
+                let d = self.best_link_in(domain, id)?;
                 let cost = d
                     .status
                     .lock()
@@ -347,9 +523,26 @@ impl RelayActor {
                     .map_or(DEFAULT_LINK_COST_US, |us| {
                         us.clamp(1, u32::MAX as u64) as u32
                     });
-                Some((id.to_string(), cost))
+                let penalty = match d.kind {
+                    LinkKind::Member => 0,
+                    LinkKind::Upstream | LinkKind::Foreign(_) => RELAY_PENALTY_US,
+                };
+                Some((id.to_string(), cost.saturating_add(penalty)))
             })
             .collect()
+    }
+
+    /// Ids of the nodes linked to us in a domain, sorted, once each.
+    fn domain_neighbours(&self, domain: Option<&str>) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .links
+            .values()
+            .filter(|d| d.kind.domain() == domain)
+            .map(|d| d.node_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Re-advertises our links soon, coalescing changes that come in a burst.
@@ -369,18 +562,33 @@ impl RelayActor {
     fn advertise(&mut self) {
         let advert = self
             .routing
-            .set_local(self.neighbours(), self.node.now_ms());
+            .set_local(self.neighbours_in(None), self.node.now_ms());
         self.flood(&advert, None);
     }
 
-    fn to_wire(&self, advert: &Advert) -> Option<LinkState> {
-        let public_key = *self.keys.get(&advert.origin)?;
-        let addrs = if advert.origin == self.me() {
+    /// An advert of a domain as a frame: in a foreign domain, ours is flagged as a relay's.
+    fn to_wire_in(&self, domain: Option<&str>, advert: &Advert) -> Option<LinkState> {
+        let keys = match domain {
+            None => &self.keys,
+            Some(n) => &self.domains.get(n)?.keys,
+        };
+        let mine = advert.origin == self.me();
+        let public_key = if mine {
+            self.node.keys.identity.public()
+        } else {
+            *keys.get(&advert.origin)?
+        };
+        let addrs = if mine {
             self.node.local.listen_addrs.clone()
         } else {
             Vec::new()
         };
+        let relay = match domain {
+            Some(_) => mine,
+            None => self.relay_nodes.contains(&advert.origin),
+        };
         Some(LinkState {
+            relay,
             origin: advert.origin.clone(),
             seq: advert.seq,
             public_key,
@@ -398,17 +606,19 @@ impl RelayActor {
 
     /// Sends an advert to every neighbour but `except`.
     fn flood(&self, advert: &Advert, except: Option<&str>) {
-        let Some(state) = self.to_wire(advert) else {
+        self.flood_in(None, advert, except)
+    }
+
+    /// Sends an advert to every neighbour of a domain but `except`.
+    fn flood_in(&self, domain: Option<&str>, advert: &Advert, except: Option<&str>) {
+        let Some(state) = self.to_wire_in(domain, advert) else {
             return;
         };
-        let mut neighbours: Vec<&str> = self.links.values().map(|d| d.node_id.as_str()).collect();
-        neighbours.sort_unstable();
-        neighbours.dedup();
-        for n in neighbours {
+        for n in self.domain_neighbours(domain) {
             if Some(n) == except {
                 continue;
             }
-            if let Some(d) = self.best_link(n) {
+            if let Some(d) = self.best_link_in(domain, n) {
                 let _ = d.peer.try_send(SendFrame {
                     frame: Frame::LinkState(state.clone()),
                 });
@@ -416,13 +626,20 @@ impl RelayActor {
         }
     }
 
-    /// Gives a neighbour that just linked up everything we know.
-    fn sync_neighbour(&self, node_id: &str) {
-        let Some(d) = self.best_link(node_id) else {
+    /// Gives a neighbour that just linked up everything we know in its domain.
+    fn sync_neighbour(&self, domain: Option<&str>, node_id: &str) {
+        let Some(d) = self.best_link_in(domain, node_id) else {
             return;
         };
-        for advert in self.routing.adverts() {
-            if let Some(state) = self.to_wire(&advert) {
+        let adverts = match domain {
+            None => self.routing.adverts(),
+            Some(n) => match self.domains.get(n) {
+                Some(dom) => dom.routing.adverts(),
+                None => return,
+            },
+        };
+        for advert in adverts {
+            if let Some(state) = self.to_wire_in(domain, &advert) {
                 let _ = d.peer.try_send(SendFrame {
                     frame: Frame::LinkState(state),
                 });
@@ -533,7 +750,7 @@ impl RelayActor {
             .pending
             .iter()
             .filter(|(_, p)| p.resend.is_some())
-            .filter(|(_, p)| !self.links.values().any(|d| d.node_id == p.first_hop))
+            .filter(|(_, p)| self.best_link(&p.first_hop).is_none())
             .map(|(id, _)| *id)
             .collect();
         for id in stranded {
@@ -830,19 +1047,525 @@ impl RelayActor {
     }
 }
 
+/// Public node: the foreign domains.
+impl RelayActor {
+    /// A member of a foreign network linked up to us (discovery admitted it).
+    fn foreign_link_ready(&mut self, network: &str, msg: LinkReady, ctx: &mut Context<Self>) {
+        let config = &self.node.config;
+        let control_only =
+            !crate::proto::whitelist::admits(&config.relay_network_whitelist, network);
+        let (rate, now_us, me) = (
+            config.foreign_relay_bps_limit,
+            self.node.now_us(),
+            self.me().to_string(),
+        );
+        let domain = self
+            .domains
+            .entry(network.to_string())
+            .or_insert_with(|| Domain {
+                routing: RoutingTable::new(&me, unix_ms() * 1000),
+                keys: HashMap::new(),
+                control_only,
+                bucket: TokenBucket::new(rate, now_us),
+                relayed: RelayedCount::default(),
+                dropped: RelayedCount::default(),
+                punches: 0,
+                advert_pending: false,
+            });
+        // The link proved this key (Noise); it replaces whatever an advert claimed.
+        domain.keys.insert(msg.node_id.clone(), msg.public_key);
+        let first = self.best_link_in(Some(network), &msg.node_id).is_none();
+        let node_id = msg.node_id.clone();
+        self.links.insert(
+            msg.link_id,
+            Direct {
+                node_id: msg.node_id,
+                kind: LinkKind::Foreign(network.to_string()),
+                transport: msg.transport,
+                remote: msg.remote,
+                peer: msg.peer,
+                status: msg.status,
+            },
+        );
+        if first {
+            self.advertise_domain_soon(network, ctx);
+            self.sync_neighbour(Some(network), &node_id);
+            let network = network.to_string();
+            ctx.run_later(
+                Duration::from_millis(FIRST_COST_READVERT_MS),
+                move |act, ctx| act.advertise_domain_soon(&network, ctx),
+            );
+        }
+    }
+
+    /// Re-advertises our links in a foreign domain soon, coalescing bursts.
+    fn advertise_domain_soon(&mut self, network: &str, ctx: &mut Context<Self>) {
+        let Some(d) = self.domains.get_mut(network) else {
+            return;
+        };
+        if d.advert_pending {
+            return;
+        }
+        d.advert_pending = true;
+        let network = network.to_string();
+        ctx.run_later(Duration::from_millis(ADVERT_COALESCE_MS), move |act, _| {
+            if let Some(d) = act.domains.get_mut(&network) {
+                d.advert_pending = false;
+            }
+            act.advertise_domain(&network);
+        });
+    }
+
+    /// Advertises ourselves (as a relay) to a foreign domain's members.
+    fn advertise_domain(&mut self, network: &str) {
+        let neighbours = self.neighbours_in(Some(network));
+        let now = self.node.now_ms();
+        let Some(d) = self.domains.get_mut(network) else {
+            return;
+        };
+        let advert = d.routing.set_local(neighbours, now);
+        self.flood_in(Some(network), &advert, None);
+    }
+
+    /// A frame from a member of a foreign network. Only its own domain ever sees it.
+    fn on_foreign_frame(&mut self, network: &str, from: &str, frame: Frame, _: &mut Context<Self>) {
+        match frame {
+            Frame::LinkState(state) => {
+                let now = self.node.now_ms();
+                let Some(d) = self.domains.get_mut(network) else {
+                    return;
+                };
+                if state.origin != self.node.local.node_id
+                    && !d.keys.contains_key(&state.origin)
+                    && d.keys.len() < crate::proto::peer_table::MAX_KNOWN_NODES
+                {
+                    d.keys.insert(state.origin.clone(), state.public_key);
+                }
+                let advert = Advert {
+                    origin: state.origin,
+                    seq: state.seq,
+                    neighbors: state
+                        .neighbors
+                        .into_iter()
+                        .map(|n| (n.id, n.cost_us))
+                        .collect(),
+                };
+                match d.routing.apply(advert.clone(), now) {
+                    Applied::Newer => self.flood_in(Some(network), &advert, Some(from)),
+                    Applied::Readvertise => {
+                        let own = d.routing.local_advert();
+                        self.flood_in(Some(network), &own, None);
+                    }
+                    Applied::Stale | Applied::TableFull => {}
+                }
+            }
+            Frame::Data(envelope) => self.forward_foreign(network, envelope),
+            Frame::PunchRequest { target } => self.coordinate_punch(Some(network), from, &target),
+            other => debug!(
+                "ignoring {} from {from} of network {network:?}",
+                other.kind()
+            ),
+        }
+    }
+
+    /// Forwards a foreign network's data between its members, unopened, within its budget.
+    fn forward_foreign(&mut self, network: &str, mut envelope: Envelope) {
+        let bytes = envelope.sealed.len() as u64;
+        let me = self.node.local.node_id.clone();
+        let Some(d) = self.domains.get_mut(network) else {
+            return;
+        };
+        let why = if envelope.target == me {
+            // We are not a member: we cannot open it, and our scripts are not theirs.
+            Some("addressed to us, not a member")
+        } else if d.control_only {
+            Some("network admitted for control traffic only")
+        } else if envelope.hops >= MAX_HOPS {
+            Some("hop limit")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            debug!(
+                "dropping {} -> {} of network {network:?}: {why}",
+                envelope.source, envelope.target
+            );
+            d.dropped.messages += 1;
+            d.dropped.bytes += bytes;
+            return;
+        }
+        let next_hop = if self.best_link_in(Some(network), &envelope.target).is_some() {
+            Some(envelope.target.clone())
+        } else {
+            self.domains
+                .get_mut(network)
+                .and_then(|d| d.routing.route(&envelope.target))
+                .map(|r| r.next_hop)
+        };
+        let link = next_hop.and_then(|n| self.best_link_in(Some(network), &n));
+        let link = link.map(|l| l.peer.clone());
+        let now_us = self.node.now_us();
+        let Some(d) = self.domains.get_mut(network) else {
+            return;
+        };
+        let Some(peer) = link else {
+            debug!(
+                "dropping {} -> {} of network {network:?}: no route",
+                envelope.source, envelope.target
+            );
+            d.dropped.messages += 1;
+            d.dropped.bytes += bytes;
+            return;
+        };
+        if !d.bucket.try_take(now_us, bytes) {
+            d.dropped.messages += 1;
+            d.dropped.bytes += bytes;
+            return;
+        }
+        envelope.hops = envelope.hops.saturating_add(1);
+        if peer
+            .try_send(SendFrame {
+                frame: Frame::Data(envelope),
+            })
+            .is_err()
+        {
+            d.dropped.messages += 1;
+            d.dropped.bytes += bytes;
+            return;
+        }
+        d.relayed.messages += 1;
+        d.relayed.bytes += bytes;
+        let c = self.relayed.entry(network.to_string()).or_default();
+        c.messages += 1;
+        c.bytes += bytes;
+    }
+}
+
+/// Hole punching: the relay's coordination and our own attempts.
+impl RelayActor {
+    /// Sends a frame to a directly linked node of a domain; false if there is no link.
+    fn send_in(&self, domain: Option<&str>, node_id: &str, frame: Frame) -> bool {
+        self.best_link_in(domain, node_id)
+            .is_some_and(|d| d.peer.try_send(SendFrame { frame }).is_ok())
+    }
+
+    /// The reflexive UDP address of a node linked to us over UDP in a domain.
+    fn udp_remote(&self, domain: Option<&str>, node_id: &str) -> Option<std::net::SocketAddr> {
+        self.links
+            .values()
+            .filter(|d| {
+                d.node_id == node_id && d.kind.domain() == domain && d.transport == Transport::Udp
+            })
+            .find(|d| d.status.lock().is_ok_and(|s| s.state == PeerState::Active))
+            .map(|d| d.remote)
+    }
+
+    /// As a relay: `from` asks for a punch toward `target`; both must be linked to us.
+    fn coordinate_punch(&mut self, domain: Option<&str>, from: &str, target: &str) {
+        let now = self.node.now_ms();
+        let key = (
+            domain.map(String::from),
+            from.to_string(),
+            target.to_string(),
+        );
+        if self
+            .coordinated
+            .get(&key)
+            .is_some_and(|t| now < t + PUNCH_COORDINATE_INTERVAL_MS)
+        {
+            debug!("punch request {from} -> {target}: too soon after the last one");
+            return;
+        }
+        if self.coordinated.len() >= MAX_PUNCH_COORDINATIONS {
+            self.coordinated
+                .retain(|_, t| now < *t + PUNCH_COORDINATE_INTERVAL_MS);
+            if self.coordinated.len() >= MAX_PUNCH_COORDINATIONS {
+                return;
+            }
+        }
+        self.coordinated.insert(key, now);
+        let result = punch::coordinate(
+            self.udp_remote(domain, from),
+            self.udp_remote(domain, target),
+        );
+        match result {
+            Ok(p) => {
+                let mut token = [0u8; PUNCH_TOKEN_BYTES];
+                token[..8].copy_from_slice(&self.node.random_u64().to_le_bytes());
+                token[8..].copy_from_slice(&self.node.random_u64().to_le_bytes());
+                info!(
+                    "coordinating a punch between {from} ({}) and {target} ({}){}",
+                    p.to_target,
+                    p.to_requester,
+                    domain
+                        .map(|n| format!(" of network {n:?}"))
+                        .unwrap_or_default()
+                );
+                let to_requester = Frame::Punch(Punch {
+                    peer: target.to_string(),
+                    addr: p.to_requester.to_string(),
+                    token,
+                });
+                let to_target = Frame::Punch(Punch {
+                    peer: from.to_string(),
+                    addr: p.to_target.to_string(),
+                    token,
+                });
+                self.send_in(domain, target, to_target);
+                self.send_in(domain, from, to_requester);
+                if let Some(d) = domain.and_then(|n| self.domains.get_mut(n)) {
+                    d.punches += 1;
+                }
+            }
+            Err(e) => {
+                debug!("cannot coordinate a punch {from} -> {target}: {e}");
+                let refused = Frame::PunchRefused {
+                    target: target.to_string(),
+                    reason: e.to_string(),
+                };
+                self.send_in(domain, from, refused);
+            }
+        }
+    }
+
+    /// Starts punching toward members reached through exactly one relay (we request when our
+    /// id is the lower one), and drives every attempt.
+    fn drive_punching(&mut self) {
+        let now = self.node.now_ms();
+        let me = self.node.local.node_id.clone();
+        let relays = &self.relay_nodes;
+        let candidates: Vec<(String, String)> = self
+            .routing
+            .routes()
+            .iter()
+            .filter(|(id, r)| r.hops == 2 && me.as_str() < id.as_str() && !relays.contains(*id))
+            .map(|(id, r)| (id.clone(), r.next_hop.clone()))
+            .collect();
+        for (peer, relay) in candidates {
+            if self.punchers.len() >= MAX_PUNCHERS || self.best_link(&peer).is_some() {
+                continue;
+            }
+            self.punchers.entry(peer).or_insert_with(|| PunchEntry {
+                puncher: Puncher::new(now),
+                relay,
+                token: None,
+                socket: None,
+                opened_ms: None,
+            });
+        }
+        let peers: Vec<String> = self.punchers.keys().cloned().collect();
+        for peer in peers {
+            let direct = self.best_link(&peer).is_some();
+            let route = self.routing.route(&peer);
+            let Some(e) = self.punchers.get_mut(&peer) else {
+                continue;
+            };
+            if direct {
+                continue;
+            }
+            if let punch::State::Open { .. } = e.puncher.state() {
+                // The path opened but no link came up over it: try again later.
+                let opened = *e.opened_ms.get_or_insert(now);
+                if now > opened + 2 * punch::PUNCH_WINDOW_MS {
+                    e.puncher.on_link_lost(now);
+                    e.opened_ms = None;
+                    e.token = None;
+                }
+                continue;
+            }
+            match e.puncher.poll(now) {
+                Some(Action::Request) => {
+                    let Some(route) = route.filter(|r| r.hops == 2) else {
+                        continue; // reached directly or not at all now; the next poll retries
+                    };
+                    e.relay = route.next_hop.clone();
+                    e.token = None;
+                    debug!(
+                        "asking {} to coordinate a punch toward {peer}",
+                        route.next_hop
+                    );
+                    let frame = Frame::PunchRequest {
+                        target: peer.clone(),
+                    };
+                    self.send_in(None, &route.next_hop, frame);
+                }
+                Some(Action::Send(addr)) => {
+                    if let Some(token) = e.token {
+                        let socket = e.socket;
+                        self.send_punch(socket, addr, token, false);
+                    }
+                }
+                Some(Action::Dial(_)) | None => {}
+            }
+        }
+    }
+
+    /// A relay tells us to punch toward `p.peer`.
+    fn on_punch(&mut self, relay: &str, p: Punch) {
+        if !self.node.config.hole_punching {
+            debug!("ignoring a punch toward {} (hole_punching is off)", p.peer);
+            return;
+        }
+        let Ok(addr) = p.addr.parse::<std::net::SocketAddr>() else {
+            warn!("ignoring a punch from {relay}: bad address {:?}", p.addr);
+            return;
+        };
+        if p.peer == self.me()
+            || self.relay_nodes.contains(&p.peer)
+            || self.best_link(&p.peer).is_some()
+        {
+            return;
+        }
+        // Punch from the socket our UDP link to the relay uses: its mapping is the address the
+        // relay gave the peer.
+        let socket = self
+            .links
+            .values()
+            .filter(|d| d.node_id == relay && d.kind.domain().is_none())
+            .filter(|d| d.transport == Transport::Udp)
+            .find_map(|d| d.status.lock().ok().and_then(|s| s.local_addr));
+        let now = self.node.now_ms();
+        if !self.punchers.contains_key(&p.peer) && self.punchers.len() >= MAX_PUNCHERS {
+            return;
+        }
+        let e = self
+            .punchers
+            .entry(p.peer.clone())
+            .or_insert_with(|| PunchEntry {
+                puncher: Puncher::new(now),
+                relay: relay.to_string(),
+                token: None,
+                socket: None,
+                opened_ms: None,
+            });
+        e.relay = relay.to_string();
+        e.token = Some(p.token);
+        e.socket = socket;
+        if let Some(Action::Send(to)) = e.puncher.on_punch(addr, now) {
+            info!(
+                "punching toward {} at {to} (coordinated by {relay})",
+                p.peer
+            );
+            self.send_punch(socket, to, p.token, false);
+        }
+    }
+
+    /// A punch datagram arrived: answer it, and let the lower id dial the opened path.
+    fn on_punch_datagram(&mut self, msg: PunchIn) {
+        let me = self.node.local.node_id.clone();
+        let Some((peer, e)) = self
+            .punchers
+            .iter_mut()
+            .find(|(_, e)| e.token == Some(msg.token))
+        else {
+            debug!("punch datagram from {} with an unknown token", msg.from);
+            return;
+        };
+        let peer = peer.clone();
+        let we_dial = me < peer;
+        let action = e.puncher.on_datagram(msg.from, we_dial);
+        if !msg.ack {
+            self.send_punch(Some(msg.local), msg.from, msg.token, true);
+        }
+        if let Some(Action::Dial(addr)) = action {
+            info!("punched a path to {peer} at {addr}; dialling it");
+            let target = Endpoint {
+                transport: Transport::Udp,
+                host: Host::Ip(addr.ip()),
+                port: addr.port(),
+            };
+            if let Some(discovery) = &self.discovery {
+                discovery.do_send(Dial { target });
+            }
+        } else if action.is_none() && !msg.ack {
+            debug!("punch datagram from {peer} at {}", msg.from);
+        }
+    }
+
+    /// Sends a punch datagram from our UDP socket `socket` (or any of the right family).
+    fn send_punch(
+        &self,
+        socket: Option<std::net::SocketAddr>,
+        to: std::net::SocketAddr,
+        token: [u8; PUNCH_TOKEN_BYTES],
+        ack: bool,
+    ) {
+        let endpoint = self
+            .udp
+            .iter()
+            .find(|u| Some(u.local) == socket)
+            .or_else(|| self.udp.iter().find(|u| u.local.is_ipv4() == to.is_ipv4()));
+        match endpoint {
+            Some(u) => u.addr.do_send(SendPunch { to, token, ack }),
+            None => debug!("no UDP socket to punch toward {to} from"),
+        }
+    }
+}
+
+impl PunchEntry {
+    fn report(&self) -> PunchReport {
+        let (state, addr) = match self.puncher.state() {
+            punch::State::Waiting { .. } => ("waiting", None),
+            punch::State::Requested { .. } => ("requested", None),
+            punch::State::Punching { addr, .. } => ("punching", Some(addr.to_string())),
+            punch::State::Open { addr } => ("open", Some(addr.to_string())),
+            punch::State::GaveUp { .. } => ("gave_up", None),
+        };
+        PunchReport {
+            state,
+            relay: self.relay.clone(),
+            addr,
+            failures: self.puncher.failures(),
+            last_error: match self.puncher.state() {
+                punch::State::GaveUp { reason } => Some(reason.clone()),
+                _ => self.puncher.last_error().map(String::from),
+            },
+        }
+    }
+}
+
 impl Actor for RelayActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(RELAY_MAILBOX);
         ctx.run_interval(SWEEP_INTERVAL, |act, _| act.sweep());
+        if self.node.config.hole_punching {
+            ctx.run_interval(PUNCH_TICK, |act, _| act.drive_punching());
+        }
         ctx.run_interval(Duration::from_millis(ADVERT_REFRESH_MS), |act, _| {
             let now = act.node.now_ms();
             for gone in act.routing.expire(now, ADVERT_MAX_AGE_MS) {
                 debug!("advert of {gone} expired");
             }
             act.advertise();
+            let networks: Vec<String> = act.domains.keys().cloned().collect();
+            for network in networks {
+                if let Some(d) = act.domains.get_mut(&network) {
+                    for gone in d.routing.expire(now, ADVERT_MAX_AGE_MS) {
+                        debug!("advert of {gone} (network {network:?}) expired");
+                    }
+                }
+                act.advertise_domain(&network);
+            }
         });
+    }
+}
+
+impl Handler<Wire> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wire, _: &mut Self::Context) {
+        self.discovery = Some(msg.discovery);
+        self.udp = msg.udp;
+    }
+}
+
+impl Handler<PunchIn> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PunchIn, _: &mut Self::Context) {
+        self.on_punch_datagram(msg);
     }
 }
 
@@ -855,6 +1578,9 @@ impl Handler<Send> for RelayActor {
         let started = (|| {
             if self.pending.len() >= MAX_PENDING {
                 return Err(SendError::Busy);
+            }
+            if self.relay_nodes.contains(&target) {
+                return Err(SendError::NotMember(target.clone()));
             }
             if !self.keys.contains_key(&target) {
                 return Err(SendError::PeerNotFound(target.clone()));
@@ -911,13 +1637,25 @@ impl Handler<Inbound> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
-        let from = self.links.get(&msg.link_id).map(|d| d.node_id.clone());
+        let Some((from, kind)) = self
+            .links
+            .get(&msg.link_id)
+            .map(|d| (d.node_id.clone(), d.kind.clone()))
+        else {
+            return; // the link went while its frame was queued
+        };
+        if let LinkKind::Foreign(network) = kind {
+            self.on_foreign_frame(&network, &from, msg.frame, ctx);
+            return;
+        }
+        let from = Some(from);
         match msg.frame {
             Frame::Data(envelope) => self.on_envelope(envelope, ctx),
             Frame::LinkState(state) => {
                 if !self.learn_key(&state.origin, state.public_key) {
                     return;
                 }
+                let relay = state.relay && state.origin != self.me();
                 let advert = Advert {
                     origin: state.origin,
                     seq: state.seq,
@@ -929,6 +1667,13 @@ impl Handler<Inbound> for RelayActor {
                 };
                 match self.routing.apply(advert.clone(), self.node.now_ms()) {
                     Applied::Newer => {
+                        // The flag follows the origin's newest advert, except for a public
+                        // node we dialled ourselves: we know what it is.
+                        if relay {
+                            self.relay_nodes.insert(advert.origin.clone());
+                        } else if !self.is_upstream(&advert.origin) {
+                            self.relay_nodes.remove(&advert.origin);
+                        }
                         self.flood(&advert, from.as_deref());
                         // A new path may have appeared for requests stranded by a lost link.
                         self.resend_stranded(ctx);
@@ -940,6 +1685,16 @@ impl Handler<Inbound> for RelayActor {
                     Applied::Stale | Applied::TableFull => {}
                 }
             }
+            Frame::PunchRequest { target } => {
+                self.coordinate_punch(None, from.as_deref().unwrap_or(""), &target)
+            }
+            Frame::Punch(p) => self.on_punch(from.as_deref().unwrap_or(""), p),
+            Frame::PunchRefused { target, reason } => {
+                let now = self.node.now_ms();
+                if let Some(e) = self.punchers.get_mut(&target) {
+                    e.puncher.on_refused(now, &reason);
+                }
+            }
             other => debug!("relay ignores {} frame", other.kind()),
         }
     }
@@ -949,23 +1704,44 @@ impl Handler<LinkReady> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkReady, ctx: &mut Self::Context) {
+        let kind = if msg.network == self.node.local.network {
+            LinkKind::Member
+        } else if msg.dialed {
+            LinkKind::Upstream
+        } else {
+            LinkKind::Foreign(msg.network.clone())
+        };
+        if let LinkKind::Foreign(network) = &kind {
+            self.foreign_link_ready(network, msg, ctx);
+            return;
+        }
+        // Keys of our own network's nodes only: a foreign member never reaches this point.
         if !self.learn_key(&msg.node_id, msg.public_key) {
             return;
         }
+        if kind == LinkKind::Upstream {
+            self.relay_nodes.insert(msg.node_id.clone());
+        }
         let node_id = msg.node_id.clone();
-        let first = !self.links.values().any(|d| d.node_id == node_id);
+        let first = self.best_link(&node_id).is_none()
+            && !self
+                .links
+                .values()
+                .any(|d| d.node_id == node_id && d.kind.domain().is_none());
         self.links.insert(
             msg.link_id,
             Direct {
                 node_id: msg.node_id,
+                kind,
                 transport: msg.transport,
+                remote: msg.remote,
                 peer: msg.peer,
                 status: msg.status,
             },
         );
         if first {
             self.advertise_soon(ctx);
-            self.sync_neighbour(&node_id);
+            self.sync_neighbour(None, &node_id);
             // The first advert carries a default cost; re-advertise once the link's first
             // pongs have measured it, instead of waiting for the periodic refresh.
             ctx.run_later(Duration::from_millis(FIRST_COST_READVERT_MS), |act, ctx| {
@@ -980,8 +1756,32 @@ impl Handler<LinkGone> for RelayActor {
 
     fn handle(&mut self, msg: LinkGone, ctx: &mut Self::Context) {
         if let Some(d) = self.links.remove(&msg.link_id) {
-            if !self.links.values().any(|l| l.node_id == d.node_id) {
-                self.advertise_soon(ctx);
+            let domain = d.kind.domain();
+            let still = self
+                .links
+                .values()
+                .any(|l| l.node_id == d.node_id && l.kind.domain() == domain);
+            if still {
+                return;
+            }
+            match domain {
+                None => {
+                    self.advertise_soon(ctx);
+                    let now = self.node.now_ms();
+                    if let Some(e) = self.punchers.get_mut(&d.node_id) {
+                        e.puncher.on_link_lost(now);
+                        e.token = None;
+                    }
+                }
+                Some(network) => {
+                    let network = network.to_string();
+                    if self.domain_neighbours(Some(&network)).is_empty() {
+                        info!("no member of network {network:?} is linked any more");
+                        self.domains.remove(&network);
+                    } else {
+                        self.advertise_domain_soon(&network, ctx);
+                    }
+                }
             }
         }
     }
@@ -1016,7 +1816,11 @@ impl Handler<GetRoutes> for RelayActor {
             })
             .collect();
         // Linked neighbours are reached directly (see `route`).
-        let direct: Vec<String> = self.links.values().map(|d| d.node_id.clone()).collect();
+        let direct: Vec<String> = self
+            .domain_neighbours(None)
+            .into_iter()
+            .map(String::from)
+            .collect();
         for id in direct {
             let Some(link) = self.best_link(&id) else {
                 continue;
@@ -1035,10 +1839,41 @@ impl Handler<GetRoutes> for RelayActor {
             };
             routes.insert(id, route);
         }
+        let foreign = self
+            .domains
+            .iter()
+            .map(|(network, d)| {
+                let report = ForeignReport {
+                    members: self
+                        .domain_neighbours(Some(network))
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                    control_only: d.control_only,
+                    bps_limit: d.bucket.rate(),
+                    messages_relayed: d.relayed.messages,
+                    bytes_relayed: d.relayed.bytes,
+                    messages_dropped: d.dropped.messages,
+                    bytes_dropped: d.dropped.bytes,
+                    punches_coordinated: d.punches,
+                };
+                (network.clone(), report)
+            })
+            .collect();
+        let punch = self
+            .punchers
+            .iter()
+            .map(|(id, e)| (id.clone(), e.report()))
+            .collect();
+        let mut public_relays: Vec<String> = self.relay_nodes.iter().cloned().collect();
+        public_relays.sort();
         MessageResult(RelayReport {
             routes,
             relayed: self.relayed.clone(),
             messages: self.counters.clone(),
+            foreign,
+            public_relays,
+            punch,
         })
     }
 }

@@ -48,6 +48,11 @@ pub struct Params {
     pub max_frame_bytes: usize,
     /// UDP: fragment frames into datagram-sized records and retransmit the handshake.
     pub datagram: bool,
+    /// Let a peer of another network come up without a membership proof (we cannot check
+    /// one made with another network's secret); the owner decides at admission whether to
+    /// keep it. A dialer sets it to take a public node's `welcome`; a listener sets it when
+    /// it relays for other networks. Such a link rests on the Noise authentication alone.
+    pub accept_foreign: bool,
 }
 
 /// What this node says about itself in `hello` and `welcome`.
@@ -778,13 +783,16 @@ impl Link {
         if hello.protocol != PROTOCOL_VERSION {
             return Err(CloseReason::Protocol);
         }
-        if hello.network != self.local.network {
+        let foreign = hello.network != self.local.network;
+        if foreign && !self.params.accept_foreign {
             return Err(CloseReason::Foreign);
         }
-        if !self
-            .keys
-            .network_key
-            .verify(self.role.peer(), &session.handshake_hash, &hello.proof)
+        if !foreign
+            && !self.keys.network_key.verify(
+                self.role.peer(),
+                &session.handshake_hash,
+                &hello.proof,
+            )
         {
             return Err(CloseReason::WrongSecret);
         }
@@ -957,6 +965,7 @@ mod tests {
             handshake_timeout_ms: 5_000,
             max_frame_bytes: 1 << 20,
             datagram,
+            accept_foreign: false,
         }
     }
 
@@ -1071,6 +1080,36 @@ mod tests {
         let (ea, eb) = run(&mut p);
         assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::Foreign))));
         assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::Foreign))));
+    }
+
+    #[test]
+    fn a_foreign_peer_comes_up_without_proof_only_where_both_sides_accept_foreign() {
+        // A public node (listener, relaying for others) and a home node that dialled it: the
+        // link rests on Noise alone, each side sees the other's network in its hello.
+        let mut p = pair(false, "public", "other-secret");
+        p.a.params.accept_foreign = true;
+        p.b.params.accept_foreign = true;
+        let (ea, eb) = run(&mut p);
+        let up = |events: &[Event], network: &str| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Up { hello, .. } if hello.network == network))
+        };
+        assert!(up(&ea, "public"), "{ea:?}");
+        assert!(up(&eb, "net"), "{eb:?}");
+
+        // A listener that does not relay refuses, even when the dialer would accept it.
+        let mut p = pair(false, "public", "other-secret");
+        p.a.params.accept_foreign = true;
+        let (ea, _) = run(&mut p);
+        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::Foreign))));
+
+        // Same network, wrong secret: accept_foreign changes nothing.
+        let mut p = pair(false, "net", "wrong");
+        p.a.params.accept_foreign = true;
+        p.b.params.accept_foreign = true;
+        let (_, eb) = run(&mut p);
+        assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::WrongSecret))));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! then send punch datagrams from their UDP listener socket to that address for a bounded time
 //! ([`Puncher`]); the first datagram that arrives from the peer opens the path, and the side
 //! with the lower id dials it with the normal Noise handshake. Attempts are bounded and backed
-//! off, and datagrams are paced so punching never looks like a flood. Not wired into the actors
-//! yet.
+//! off, and datagrams are paced so punching never looks like a flood. The RelayActor drives
+//! both roles.
 
 use std::net::SocketAddr;
 
@@ -30,6 +30,20 @@ pub enum CoordinateError {
     TargetUnknown,
     /// Both sides are behind the same public address: punching cannot help, use the LAN.
     SameAddress,
+}
+
+impl std::fmt::Display for CoordinateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CoordinateError::RequesterUnknown => {
+                "the relay has no UDP link to the requester (no reflexive address)"
+            }
+            CoordinateError::TargetUnknown => {
+                "the relay has no UDP link to the target (no reflexive address)"
+            }
+            CoordinateError::SameAddress => "both sides share one public address",
+        })
+    }
 }
 
 /// The relay's answer to a `punch_request`: the `punch` each side gets (the other's address).
@@ -93,6 +107,8 @@ pub struct Puncher {
     state: State,
     /// Failed attempts so far.
     failures: u32,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
 }
 
 impl Puncher {
@@ -101,7 +117,18 @@ impl Puncher {
         Puncher {
             state: State::Waiting { at_ms: now_ms },
             failures: 0,
+            last_error: None,
         }
+    }
+
+    /// Failed attempts in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Why the last attempt failed, if one did.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
     }
 
     /// The current state.
@@ -168,9 +195,12 @@ impl Puncher {
         we_dial.then_some(Action::Dial(from))
     }
 
-    /// The relay refused to coordinate (no reflexive address, same public address).
-    pub fn on_refused(&mut self, now_ms: u64, reason: CoordinateError) {
-        self.fail(now_ms, &format!("the relay cannot coordinate: {reason:?}"));
+    /// The relay refused to coordinate (its `punch_refused` reason: no reflexive address, same
+    /// public address). Ignored unless a request is outstanding.
+    pub fn on_refused(&mut self, now_ms: u64, reason: &str) {
+        if matches!(self.state, State::Requested { .. }) {
+            self.fail(now_ms, &format!("the relay cannot coordinate: {reason}"));
+        }
     }
 
     /// The direct link closed: punch again later (the mapping may have expired).
@@ -182,6 +212,7 @@ impl Puncher {
 
     fn fail(&mut self, now_ms: u64, reason: &str) {
         self.failures += 1;
+        self.last_error = Some(reason.to_string());
         if self.failures >= MAX_PUNCH_ATTEMPTS {
             self.state = State::GaveUp {
                 reason: format!("{reason}; gave up after {} attempts", self.failures),
@@ -292,7 +323,7 @@ mod tests {
         );
         let t = PUNCH_WINDOW_MS + PUNCH_RETRY_BASE_MS;
         assert_eq!(p.poll(t), Some(Action::Request));
-        p.on_refused(t + 1, CoordinateError::TargetUnknown);
+        p.on_refused(t + 1, &CoordinateError::TargetUnknown.to_string());
         assert_eq!(
             p.state(),
             &State::Waiting {

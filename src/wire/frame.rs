@@ -58,6 +58,36 @@ pub enum Frame {
     Data(Envelope),
     /// A node's link-state advertisement, flooded to the whole network.
     LinkState(LinkState),
+    /// To the relay this link leads to: please coordinate a UDP hole punch between us and
+    /// `target`, a member the relay links to.
+    PunchRequest {
+        /// The member to punch toward; at most [`MAX_NAME_BYTES`].
+        target: String,
+    },
+    /// From a relay: send punch datagrams (with `token`) to `peer` at `addr`, which does the
+    /// same toward us.
+    Punch(Punch),
+    /// From a relay: it cannot coordinate the punch toward `target`, and why.
+    PunchRefused {
+        /// The member the request named; at most [`MAX_NAME_BYTES`].
+        target: String,
+        /// Why, for `/status`; at most [`MAX_ADDR_BYTES`].
+        reason: String,
+    },
+}
+
+/// A relay's instruction to punch toward a peer (see `crate::proto::punch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Punch {
+    /// The peer's node id; at most [`MAX_NAME_BYTES`].
+    pub peer: String,
+    /// The peer's reflexive UDP address as the relay saw it (`ip:port`); at most
+    /// [`MAX_ADDR_BYTES`].
+    pub addr: String,
+    /// Random per coordination; both sides put it in their punch datagrams, so a datagram
+    /// from anyone else opens nothing.
+    #[serde(with = "serde_bytes")]
+    pub token: [u8; 16],
 }
 
 /// A node's introduction: sent by the dialer as its first frame, and embedded in the
@@ -184,6 +214,10 @@ pub struct LinkState {
     /// The origin's direct links; at most [`MAX_KNOWN_NODES`].
     #[serde(deserialize_with = "de_neighbors")]
     pub neighbors: Vec<Neighbor>,
+    /// The origin is a public node of another network relaying for this one: a path may go
+    /// through it, but it is not a member (it cannot open this network's messages).
+    #[serde(default)]
+    pub relay: bool,
 }
 
 /// One direct link of a [`LinkState`]'s origin.
@@ -292,6 +326,9 @@ impl Frame {
             Frame::Close { .. } => "close",
             Frame::Data(_) => "data",
             Frame::LinkState(_) => "link_state",
+            Frame::PunchRequest { .. } => "punch_request",
+            Frame::Punch(_) => "punch",
+            Frame::PunchRefused { .. } => "punch_refused",
         }
     }
 
@@ -302,6 +339,15 @@ impl Frame {
             Frame::Welcome(welcome) => welcome.check_limits(),
             Frame::Data(envelope) => envelope.check_limits(),
             Frame::LinkState(link_state) => link_state.check_limits(),
+            Frame::PunchRequest { target } => check_len(target, MAX_NAME_BYTES, "punch.target"),
+            Frame::Punch(p) => {
+                check_len(&p.peer, MAX_NAME_BYTES, "punch.peer")?;
+                check_len(&p.addr, MAX_ADDR_BYTES, "punch.addr")
+            }
+            Frame::PunchRefused { target, reason } => {
+                check_len(target, MAX_NAME_BYTES, "punch.target")?;
+                check_len(reason, MAX_ADDR_BYTES, "punch.reason")
+            }
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => Ok(()),
         }
     }
@@ -582,14 +628,18 @@ pub(crate) mod tests {
                 (name(), any::<u32>()).prop_map(|(id, cost_us)| Neighbor { id, cost_us }),
                 0..6,
             ),
+            any::<bool>(),
         )
-            .prop_map(|(origin, seq, public_key, addrs, neighbors)| LinkState {
-                origin,
-                seq,
-                public_key,
-                addrs,
-                neighbors,
-            })
+            .prop_map(
+                |(origin, seq, public_key, addrs, neighbors, relay)| LinkState {
+                    origin,
+                    seq,
+                    public_key,
+                    addrs,
+                    neighbors,
+                    relay,
+                },
+            )
     }
 
     /// Any frame within the limits (short `known` and `neighbors` lists to keep cases
@@ -609,6 +659,10 @@ pub(crate) mod tests {
             prop::sample::select(ALL_REASONS.to_vec()).prop_map(|reason| Frame::Close { reason }),
             envelope().prop_map(Frame::Data),
             link_state().prop_map(Frame::LinkState),
+            name().prop_map(|target| Frame::PunchRequest { target }),
+            (name(), addr(), any::<[u8; 16]>())
+                .prop_map(|(peer, addr, token)| Frame::Punch(Punch { peer, addr, token })),
+            (name(), addr()).prop_map(|(target, reason)| Frame::PunchRefused { target, reason }),
         ]
     }
 
@@ -664,7 +718,32 @@ pub(crate) mod tests {
                 id: "n".into(),
                 cost_us: 300,
             }],
+            relay: false,
         }
+    }
+
+    #[test]
+    fn a_link_state_without_the_relay_flag_decodes_as_a_member() {
+        // The flag came after protocol version 1's first release: an advert from a node
+        // that does not send it is a member's.
+        let mut ls = sample_link_state();
+        ls.relay = true;
+        let mut value = rmp_serde::to_vec(&(
+            &ls.origin,
+            ls.seq,
+            serde_bytes::Bytes::new(&ls.public_key),
+            &ls.addrs,
+            &ls.neighbors,
+        ))
+        .unwrap();
+        let mut framed = vec![0x81, 0xaa];
+        framed.extend_from_slice(b"link_state");
+        framed.append(&mut value);
+        let Frame::LinkState(back) = Frame::decode(&framed).unwrap() else {
+            panic!("not a link state");
+        };
+        assert!(!back.relay);
+        assert_eq!(back.neighbors, ls.neighbors);
     }
 
     fn limit_of(frame: &Frame) -> Option<&'static str> {
@@ -752,14 +831,36 @@ pub(crate) mod tests {
         let response = Frame::Data(response).encode();
         assert!(response.windows(9).any(|w| w == b"\xa8response"));
 
-        // {"link_state": ["o", 7, bin8(32 x 0x11), ["x"], [["n", uint16(300)]]]}
+        // {"link_state": ["o", 7, bin8(32 x 0x11), ["x"], [["n", uint16(300)]], false]}
         let link_state = Frame::LinkState(sample_link_state()).encode();
         let mut want = vec![0x81, 0xaa];
         want.extend_from_slice(b"link_state");
-        want.extend_from_slice(&[0x95, 0xa1, b'o', 0x07, 0xc4, 0x20]);
+        want.extend_from_slice(&[0x96, 0xa1, b'o', 0x07, 0xc4, 0x20]);
         want.extend_from_slice(&[0x11; 32]);
         want.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
+        want.push(0xc2);
         assert_eq!(link_state, want);
+
+        // {"punch": ["b", "198.51.100.7:4000", bin8(16 x 0x05)]}
+        let punch = Frame::Punch(Punch {
+            peer: "b".into(),
+            addr: "198.51.100.7:4000".into(),
+            token: [5; 16],
+        })
+        .encode();
+        let mut want = vec![0x81, 0xa5];
+        want.extend_from_slice(b"punch");
+        want.extend_from_slice(&[0x93, 0xa1, b'b', 0xb1]);
+        want.extend_from_slice(b"198.51.100.7:4000");
+        want.extend_from_slice(&[0xc4, 0x10]);
+        want.extend_from_slice(&[5; 16]);
+        assert_eq!(punch, want);
+        // {"punch_request": ["b"]}
+        let request = Frame::PunchRequest { target: "b".into() }.encode();
+        let mut want = vec![0x81, 0xad];
+        want.extend_from_slice(b"punch_request");
+        want.extend_from_slice(&[0x91, 0xa1, b'b']);
+        assert_eq!(request, want);
     }
 
     #[test]

@@ -16,7 +16,13 @@
 //! 2 HandshakeResp:  type || sender || receiver || Noise XX message 2
 //! 3 HandshakeFinal: type || sender || receiver || Noise XX message 3
 //! 4 Transport:      type || receiver || record (counter || ciphertext || tag)
+//! 5 Punch:          type || token (16 bytes, from the relay's `punch` frame)
+//! 6 PunchAck:       type || token
 //! ```
+//!
+//! Punch datagrams carry no secret: the token only ties a datagram to one coordination, so a
+//! stray packet does not start a handshake. What they open is then authenticated by the
+//! ordinary Noise handshake.
 
 use super::record::RECORD_OVERHEAD;
 use super::WireError;
@@ -38,6 +44,13 @@ pub const TYPE_TRANSPORT: u8 = 4;
 
 /// Bytes of one session index (a big-endian `u32`).
 pub const INDEX_BYTES: usize = 4;
+
+/// Type byte of [`Datagram::Punch`].
+pub const TYPE_PUNCH: u8 = 5;
+/// Type byte of [`Datagram::PunchAck`].
+pub const TYPE_PUNCH_ACK: u8 = 6;
+/// Bytes of a punch token.
+pub const PUNCH_TOKEN_BYTES: usize = 16;
 
 /// Bytes before the record in a transport datagram: the type byte and the receiver
 /// index. [`super::fragment::max_chunk`] subtracts it.
@@ -82,6 +95,16 @@ pub enum Datagram<'a> {
         /// The record; at least [`RECORD_OVERHEAD`] bytes.
         record: &'a [u8],
     },
+    /// A hole-punch probe (type 5), sent toward a peer's reflexive address.
+    Punch {
+        /// The coordination's token.
+        token: [u8; PUNCH_TOKEN_BYTES],
+    },
+    /// The answer to a [`Datagram::Punch`] (type 6): the path works both ways.
+    PunchAck {
+        /// The token of the punch answered.
+        token: [u8; PUNCH_TOKEN_BYTES],
+    },
 }
 
 impl<'a> Datagram<'a> {
@@ -90,7 +113,7 @@ impl<'a> Datagram<'a> {
     /// Errors: [`WireError::Oversize`] beyond [`MAX_DATAGRAM_BYTES`],
     /// [`WireError::Truncated`] if empty or shorter than its type's header (for
     /// `Transport`: header plus [`RECORD_OVERHEAD`]), [`WireError::UnknownDatagramType`]
-    /// for a type byte other than 1 to 4. Handshake payloads are not checked here; the
+    /// for a type byte other than 1 to 6. Handshake payloads are not checked here; the
     /// Noise layer rejects malformed ones.
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         if buf.len() > MAX_DATAGRAM_BYTES {
@@ -134,6 +157,16 @@ impl<'a> Datagram<'a> {
                 }
                 Ok(Datagram::Transport { receiver, record })
             }
+            TYPE_PUNCH | TYPE_PUNCH_ACK => {
+                let token: [u8; PUNCH_TOKEN_BYTES] = rest
+                    .try_into()
+                    .map_err(|_| truncated(buf, 1 + PUNCH_TOKEN_BYTES))?;
+                Ok(if kind == TYPE_PUNCH {
+                    Datagram::Punch { token }
+                } else {
+                    Datagram::PunchAck { token }
+                })
+            }
             other => Err(WireError::UnknownDatagramType(other)),
         }
     }
@@ -176,6 +209,14 @@ impl<'a> Datagram<'a> {
                 out.extend_from_slice(&receiver.to_be_bytes());
                 out.extend_from_slice(record);
             }
+            Datagram::Punch { token } => {
+                out.push(TYPE_PUNCH);
+                out.extend_from_slice(&token);
+            }
+            Datagram::PunchAck { token } => {
+                out.push(TYPE_PUNCH_ACK);
+                out.extend_from_slice(&token);
+            }
         }
     }
 
@@ -187,6 +228,7 @@ impl<'a> Datagram<'a> {
                 HANDSHAKE_REPLY_HEADER_BYTES + noise.len()
             }
             Datagram::Transport { record, .. } => TRANSPORT_HEADER_BYTES + record.len(),
+            Datagram::Punch { .. } | Datagram::PunchAck { .. } => 1 + PUNCH_TOKEN_BYTES,
         }
     }
 }
@@ -218,6 +260,22 @@ mod tests {
         assert_eq!(out.len(), datagram.encoded_len());
         assert_eq!(Datagram::parse(&out).ok(), Some(datagram));
         out
+    }
+
+    #[test]
+    fn punch_datagrams_round_trip_and_need_exactly_one_token() {
+        let token = [7u8; PUNCH_TOKEN_BYTES];
+        let punch = round_trip(Datagram::Punch { token });
+        assert_eq!(punch[0], TYPE_PUNCH);
+        let ack = round_trip(Datagram::PunchAck { token });
+        assert_eq!(ack[0], TYPE_PUNCH_ACK);
+        assert!(matches!(
+            Datagram::parse(&punch[..punch.len() - 1]),
+            Err(WireError::Truncated { .. })
+        ));
+        let mut long = punch.clone();
+        long.push(0);
+        assert!(Datagram::parse(&long).is_err());
     }
 
     proptest! {
@@ -274,7 +332,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_rejected() {
-        for kind in [0u8, 5, 6, 0x7f, 0xff] {
+        for kind in [0u8, 7, 0x7f, 0xff] {
             let mut bytes = vec![kind];
             bytes.extend_from_slice(&[0; 40]);
             assert!(matches!(

@@ -1,7 +1,10 @@
-//! Test helpers: run the real `msgtier` binary with generated configs on 127.0.0.1, talk to its
-//! HTTP API, and wait on conditions with a bound.
+//! Test helpers: run the real `msgtier` binary with generated configs on 127.0.0.1 (or in a
+//! network namespace of a [`netns::Lab`]), talk to its HTTP API, and wait on conditions with a
+//! bound.
 
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -67,7 +70,53 @@ pub fn http_full(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_full_in(None, port, method, path, headers, body)
+}
+
+/// Like [`http`], to `127.0.0.1:port` inside network namespace `netns` (None: this process's).
+pub fn http_in(
+    netns: Option<&str>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    http_full_in(netns, port, method, path, headers, body).map(|r| (r.status, r.body))
+}
+
+/// Connects to `127.0.0.1:port` in network namespace `netns`. A socket stays in the namespace it
+/// was created in, so a short-lived thread enters the namespace (setns affects only the calling
+/// thread), connects, and hands the stream back.
+pub fn connect_in(netns: Option<&str>, port: u16) -> std::io::Result<TcpStream> {
+    let Some(ns) = netns else {
+        return TcpStream::connect(("127.0.0.1", port));
+    };
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path)?;
+        // SAFETY: setns(2) on a valid fd; it switches only this (throwaway) thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        TcpStream::connect(("127.0.0.1", port))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("namespace connect thread panicked"))?
+}
+
+/// Like [`http_full`], to `127.0.0.1:port` inside network namespace `netns` (None: this
+/// process's).
+pub fn http_full_in(
+    netns: Option<&str>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = connect_in(netns, port)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -157,6 +206,10 @@ pub struct Spec {
     pub scripts: Vec<(String, String)>,
     /// Extra config fields merged over the generated ones.
     pub extra: Value,
+    /// The IP the listeners bind and [`Spec::url`] reports.
+    pub host: String,
+    /// The network namespace the node runs in (its API is on 127.0.0.1 there); None: this one.
+    pub netns: Option<String>,
 }
 
 impl Spec {
@@ -174,13 +227,15 @@ impl Spec {
             max_frame_bytes: 1 << 20,
             scripts: vec![],
             extra: json!({}),
+            host: "127.0.0.1".into(),
+            netns: None,
         }
     }
 
     /// Its first listener as a peer URL.
     pub fn url(&self) -> String {
         let (t, p) = &self.listeners[0];
-        format!("{t}://127.0.0.1:{p}")
+        format!("{t}://{}:{p}", self.host)
     }
 
     /// A listener URL of the given transport.
@@ -190,7 +245,7 @@ impl Spec {
             .iter()
             .find(|(t, _)| t == transport)
             .expect("listener of that transport");
-        format!("{t}://127.0.0.1:{p}")
+        format!("{t}://{}:{p}", self.host)
     }
 }
 
@@ -227,7 +282,7 @@ impl Node {
             "id": s.id,
             "secret": s.secret,
             "network": s.network,
-            "listeners": s.listeners.iter().map(|(t, p)| format!("{t}://127.0.0.1:{p}")).collect::<Vec<_>>(),
+            "listeners": s.listeners.iter().map(|(t, p)| format!("{t}://{}:{p}", s.host)).collect::<Vec<_>>(),
             "peers": s.peers,
             "web_api": format!("127.0.0.1:{}", self.http_port),
             "data_dir": self.dir.path().join("data"),
@@ -253,7 +308,18 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("node.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_msgtier"))
+        // In a namespace, `ip netns exec` execs the binary in place (same pid), so killing and
+        // signalling the child reaches the node itself.
+        let mut cmd = match &s.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(env!("CARGO_BIN_EXE_msgtier"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_msgtier")),
+        };
+        let child = cmd
             .arg(self.config_path())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -265,23 +331,40 @@ impl Node {
         self.child = Some(child);
         let port = self.http_port;
         let id = self.spec.id.clone();
+        let ns = self.spec.netns.clone();
         wait_until(&format!("node {id} API up"), WAIT, || {
-            http(port, "GET", "/status", &[], b"").is_ok()
+            http_in(ns.as_deref(), port, "GET", "/status", &[], b"").is_ok()
         });
+    }
+
+    /// The network namespace the node runs in (None: the test's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.spec.netns.as_deref()
+    }
+
+    /// An HTTP exchange with this node's API (in its namespace).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        http_full_in(self.netns(), self.http_port, method, path, headers, body)
     }
 
     /// `POST /send` to `target` with `body` (and extra headers).
     pub fn send(&self, target: &str, body: &[u8], extra: &[(&str, &str)]) -> Response {
         let mut headers = vec![("target", target)];
         headers.extend_from_slice(extra);
-        http_full(self.http_port, "POST", "/send", &headers, body).expect("send")
+        self.http("POST", "/send", &headers, body).expect("send")
     }
 
     /// `GET /status` as JSON.
     pub fn status(&self) -> Value {
-        let (code, body) = http(self.http_port, "GET", "/status", &[], b"").expect("status");
-        assert_eq!(code, 200);
-        serde_json::from_slice(&body).expect("status json")
+        let r = self.http("GET", "/status", &[], b"").expect("status");
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).expect("status json")
     }
 
     /// The status entry for peer `id`, if known.
@@ -317,7 +400,10 @@ impl Node {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, WAIT, f)));
         if let Err(e) = r {
             eprintln!("--- log of node {} ---\n{}", self.spec.id, self.log_tail());
-            eprintln!("--- status ---\n{:#}", self.status());
+            match self.http("GET", "/status", &[], b"") {
+                Ok(r) => eprintln!("--- status ---\n{:#}", r.json()),
+                Err(e) => eprintln!("--- status unavailable: {e} ---"),
+            }
             std::panic::resume_unwind(e);
         }
     }
