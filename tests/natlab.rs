@@ -1,12 +1,25 @@
-//! Tests in a NAT lab of network namespaces (`tests/common/netns.rs`): nodes behind home-router
-//! NATs and a public node. They need root (skipped with a SKIPPED line otherwise).
+//! Issue 4 in a NAT lab of network namespaces (`tests/common/netns.rs`): a public node P of
+//! network `public` on the "internet", two home routers doing NAT, and nodes A and B of network
+//! `home` behind them, each configured with only P. They need root (each prints a SKIPPED line
+//! otherwise) and run one at a time: the rate-limit measurements want the two cores to
+//! themselves.
 
 mod common;
 
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use common::netns::{lab_available, Lab, Nat};
-use common::Node;
+use common::{Node, Spec};
+use serde_json::{json, Value};
+
+/// One lab test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The names `ip netns list` shows.
 fn netns_names() -> Vec<String> {
@@ -20,88 +33,309 @@ fn netns_names() -> Vec<String> {
         .collect()
 }
 
-/// Harness smoke test: A and B behind cone NATs reach the public P; P sees A's link come from
-/// A's router; A learns B through P and runs B's script through P.
+/// P (network `public`, with `extra` config), A and B (network `home`, `a_extra` and
+/// `b_extra` merged into their config), each of A and B configured with only P's UDP listener.
+/// B runs `whoami`; P has a script of its own. Returns once A and B are linked to P.
+fn topology(lab: &Lab, p_extra: Value, home_extra: Value) -> (Node, Node, Node) {
+    let mut sp = lab.spec("P", &lab.inet, &lab.p_ip, &["udp", "tcp"]);
+    sp.network = "public".into();
+    sp.secret = "public-secret".into();
+    sp.scripts = vec![("own".into(), "echo ran > p_marker; echo p".into())];
+    sp.extra = p_extra;
+    let p = Node::start(sp);
+    let member = |id: &str, ns: &str, ip: &str| -> Spec {
+        let mut s = lab.spec(id, ns, ip, &["udp", "tcp"]);
+        s.network = "home".into();
+        s.secret = "home-secret".into();
+        s.peers = vec![p.spec.url_of("udp")];
+        s.extra = home_extra.clone();
+        s
+    };
+    let mut sb = member("B", &lab.lb, &lab.b_ip);
+    sb.scripts = vec![("whoami".into(), "echo b-here".into())];
+    let b = Node::start(sb);
+    let a = Node::start(member("A", &lab.la, &lab.a_ip));
+    a.wait_peer_state("P", "Active");
+    b.wait_peer_state("P", "Active");
+    (p, a, b)
+}
+
+fn home_on(p: &Node) -> Value {
+    p.status()["foreign"]["home"].clone()
+}
+
+fn relayed_bytes(p: &Node) -> u64 {
+    home_on(p)["bytes_relayed"].as_u64().unwrap_or(0)
+}
+
+/// A's direct UDP link to B, if up: its remote address.
+fn direct_udp_to_b(a: &Node) -> Option<String> {
+    let b = a.peer("B")?;
+    b["links"].as_array()?.iter().find_map(|l| {
+        (l["transport"] == "udp" && l["state"] == "Active")
+            .then(|| l["remote_addr"].as_str().unwrap_or_default().to_string())
+    })
+}
+
+/// Cone NATs on both sides: A punches a direct UDP path to B through both NATs, after which P
+/// carries none of their data while they keep talking.
 #[test]
-fn lab_topology_nat_and_relay_within_one_network() {
-    let test = "lab_topology_nat_and_relay_within_one_network";
+fn lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path() {
+    let test = "lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path";
     if !lab_available(test) {
         return;
     }
-    // Declared first so it drops last, after the nodes.
+    let _serial = serial();
     let lab = Lab::new(Nat::Cone, Nat::Cone);
-
-    let mut sp = lab.spec("P", &lab.inet, &lab.p_ip, &["udp", "tcp"]);
-    sp.network = "home".into();
-    let p = Node::start(sp);
-    let p_udp = p.spec.url_of("udp");
-
-    let mut sa = lab.spec("A", &lab.la, &lab.a_ip, &["udp", "tcp"]);
-    sa.network = "home".into();
-    sa.peers = vec![p_udp.clone()];
-    let a = Node::start(sa);
-
-    let mut sb = lab.spec("B", &lab.lb, &lab.b_ip, &["udp", "tcp"]);
-    sb.network = "home".into();
-    sb.peers = vec![p_udp];
-    sb.scripts = vec![("whoami".into(), "echo b-here".into())];
-    let b = Node::start(sb);
-
-    p.wait_peer_state("A", "Active");
-    p.wait_peer_state("B", "Active");
-
-    // NAT works: P sees A's links come from router A's WAN address, never from A's LAN
-    // address, and the cone NAT kept A's UDP source port (its listener port).
-    let a_udp_port = a.spec.url_of("udp").rsplit(':').next().unwrap().to_string();
-    let a_mapped = format!("{}:{a_udp_port}", lab.ra_wan);
-    p.wait(&format!("P has A's UDP link from {a_mapped}"), || {
-        let links = p.peer("A").unwrap_or_default()["links"].clone();
-        links.as_array().is_some_and(|l| {
-            l.iter().any(|l| {
-                l["transport"] == "udp" && l["state"] == "Active" && l["remote_addr"] == *a_mapped
-            })
-        })
-    });
-    let peer_a = p.peer("A").expect("P knows A");
-    for l in peer_a["links"].as_array().unwrap() {
-        let remote = l["remote_addr"].as_str().unwrap_or_default();
-        assert!(
-            remote.starts_with(&format!("{}:", lab.ra_wan)),
-            "P's link to A must come from router A's WAN address: {peer_a:#}"
-        );
-    }
-    // A learns its public address from P.
-    let observed = format!("udp://{a_mapped}");
-    a.wait(&format!("A observes itself as {observed}"), || {
-        a.status()["observed_addrs"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|x| *x == *observed))
-    });
-
-    // A learns B through P (B's LAN address is unreachable from A) and runs B's script via P.
-    a.wait("A routes to B through P", || {
-        let b = a.peer("B").unwrap_or_default();
-        b["next_hop"] == "P" && b["hops"] == 2
+    let (p, a, b) = topology(
+        &lab,
+        json!({"relay_network_whitelist": "home", "foreign_relay_bps_limit": 1_000_000}),
+        json!({}),
+    );
+    // A and B found each other through P (B's LAN address is unreachable from A).
+    assert_eq!(home_on(&p)["members"], json!(["A", "B"]));
+    a.wait("A has a route to B", || {
+        a.peer("B").is_some_and(|x| x["hops"].as_u64().is_some())
     });
     let r = a.send("B", b"whoami", &[]);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(String::from_utf8_lossy(&r.body), "b-here\n");
-    assert_eq!(r.header("x-exit-code"), Some("0"));
-    assert_eq!(r.header("x-hops"), Some("2"), "A -> P -> B");
-    b.wait("B counted the script run", || {
-        b.status()["messages"]["scripts_run"].as_u64() == Some(1)
+
+    // The punch: A's direct UDP link to B comes from router B's public address.
+    a.wait("A has a direct UDP link to B", || {
+        direct_udp_to_b(&a).is_some()
+    });
+    let remote = direct_udp_to_b(&a).unwrap();
+    assert!(
+        remote.starts_with(&format!("{}:", lab.rb_wan)),
+        "the direct link goes through B's NAT: {remote}"
+    );
+    let punch = a.status()["punch"]["B"].clone();
+    assert_eq!(punch["state"], "open", "{punch}");
+    assert_eq!(punch["relay"], "P", "{punch}");
+    assert!(home_on(&p)["punches_coordinated"].as_u64().unwrap() >= 1);
+    a.wait("A routes to B directly", || {
+        a.peer("B").is_some_and(|x| x["hops"] == 1)
     });
 
-    // Dropping a node kills it inside its namespace (`ip netns exec` execs the node in place).
-    drop((a, b, p));
-    for ns in lab.namespaces() {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()
-            .expect("ip netns pids");
-        let pids = String::from_utf8_lossy(&out.stdout);
-        assert!(pids.trim().is_empty(), "processes left in {ns}: {pids}");
+    // P's relayed bytes for `home` stop growing while A and B keep exchanging messages.
+    let before = relayed_bytes(&p);
+    let delivered = b.status()["messages"]["delivered"].as_u64().unwrap();
+    for i in 0..30 {
+        let r = a.send("B", format!("direct {i}").as_bytes(), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["hops"], 1);
     }
+    assert_eq!(b.status()["messages"]["delivered"], delivered + 30);
+    assert_eq!(relayed_bytes(&p), before, "P carried data after the punch");
+}
+
+/// Punching disabled: the traffic keeps flowing through P (x-hops 2), P's counter grows, and a
+/// foreign member cannot reach P's own scripts.
+#[test]
+fn lab_without_punching_traffic_flows_through_the_public_node() {
+    let test = "lab_without_punching_traffic_flows_through_the_public_node";
+    if !lab_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (p, a, b) = topology(
+        &lab,
+        json!({"relay_network_whitelist": "home"}),
+        json!({"hole_punching": false}),
+    );
+    a.wait("A routes to B through P", || {
+        a.peer("B")
+            .is_some_and(|x| x["hops"] == 2 && x["next_hop"] == "P")
+    });
+    let r = a.send("B", b"whoami", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(String::from_utf8_lossy(&r.body), "b-here\n");
+    assert_eq!(r.header("x-hops"), Some("2"), "A -> P -> B");
+    let before = relayed_bytes(&p);
+    for i in 0..10 {
+        let r = a.send("B", format!("via P {i}").as_bytes(), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["hops"], 2);
+    }
+    assert!(relayed_bytes(&p) > before, "P carried the messages");
+    assert!(direct_udp_to_b(&a).is_none());
+    assert!(b.status()["punch"].as_object().unwrap().is_empty());
+
+    // P's own scripts are not reachable from a foreign network.
+    let r = a.send("P", b"own", &[]);
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "not_a_member");
+    assert!(!p.dir.path().join("p_marker").exists(), "P's script ran");
+    assert_eq!(p.status()["messages"]["scripts_run"], 0);
+}
+
+/// Router B randomises ports (symmetric NAT): the punch fails, `/status` says why, and the
+/// traffic stays on P.
+#[test]
+fn lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay() {
+    let test = "lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay";
+    if !lab_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new(Nat::Cone, Nat::Symmetric);
+    let (p, a, _b) = topology(&lab, json!({"relay_network_whitelist": "home"}), json!({}));
+    a.wait("A's punch toward B failed", || {
+        a.status()["punch"]["B"]["failures"].as_u64().unwrap_or(0) >= 1
+    });
+    let punch = a.status()["punch"]["B"].clone();
+    let why = punch["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("symmetric NAT"), "{punch}");
+    assert!(
+        direct_udp_to_b(&a).is_none(),
+        "no direct link through a symmetric NAT"
+    );
+    let before = relayed_bytes(&p);
+    for i in 0..5 {
+        let r = a.send("B", format!("still via P {i}").as_bytes(), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["hops"], 2);
+    }
+    assert!(relayed_bytes(&p) > before);
+}
+
+/// Streams 16 KiB messages from A to B through P with `foreign_relay_bps_limit` = `limit` and
+/// returns (bytes per second arriving at B, P's relayed bytes per second) over a 5 s window.
+fn measure_rate(limit: u64) -> (f64, f64, Value) {
+    let lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (p, a, b) = topology(
+        &lab,
+        json!({"relay_network_whitelist": "home", "foreign_relay_bps_limit": limit}),
+        json!({"hole_punching": false}),
+    );
+    a.wait("A routes to B through P", || {
+        a.peer("B").is_some_and(|x| x["hops"] == 2)
+    });
+    const BODY: usize = 16 * 1024;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ns, port) = (a.spec.netns.clone(), a.http_port);
+    let senders: Vec<_> = (0..48)
+        .map(|_| {
+            let (stop, ns) = (stop.clone(), ns.clone());
+            std::thread::spawn(move || {
+                let body = vec![b'x'; BODY];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let headers = [("target", "B"), ("timeout", "400")];
+                    let _ =
+                        common::http_full_in(ns.as_deref(), port, "POST", "/send", &headers, &body);
+                }
+            })
+        })
+        .collect();
+    // Let the initial burst (one second of budget) drain, then measure.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let sample = || {
+        let t = Instant::now();
+        let delivered = b.status()["messages"]["delivered"].as_u64().unwrap();
+        (t, delivered, relayed_bytes(&p))
+    };
+    let (t0, d0, r0) = sample();
+    std::thread::sleep(Duration::from_millis(5_000));
+    let (t1, d1, r1) = sample();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let secs = (t1 - t0).as_secs_f64();
+    let arrived = (d1 - d0) as f64 * BODY as f64 / secs;
+    let relayed = (r1 - r0) as f64 / secs;
+    let home = home_on(&p);
+    // Control traffic is never limited: A's link to P stayed up through the flood.
+    assert_eq!(a.peer_state("P"), "Active");
+    (arrived, relayed, home)
+}
+
+fn check_rate(limit: u64) {
+    let (arrived, relayed, home) = measure_rate(limit);
+    eprintln!(
+        "foreign_relay_bps_limit {limit}: {arrived:.0} B/s of message bodies arrived at B, \
+         P relayed {relayed:.0} B/s ({:.3} / {:.3} of the limit); {home}",
+        arrived / limit as f64,
+        relayed / limit as f64
+    );
+    assert!(
+        home["bytes_dropped"].as_u64().unwrap() > 0,
+        "the stream exceeded the budget: {home}"
+    );
+    let within = |x: f64| (x / limit as f64 - 1.0).abs() <= 0.10;
+    assert!(within(arrived), "arrived {arrived:.0} B/s vs limit {limit}");
+    assert!(within(relayed), "relayed {relayed:.0} B/s vs limit {limit}");
+}
+
+#[test]
+fn lab_relay_rate_limit_holds_at_200_kb_per_second() {
+    if !lab_available("lab_relay_rate_limit_holds_at_200_kb_per_second") {
+        return;
+    }
+    let _serial = serial();
+    check_rate(200_000);
+}
+
+#[test]
+fn lab_relay_rate_limit_holds_at_1_mb_per_second() {
+    if !lab_available("lab_relay_rate_limit_holds_at_1_mb_per_second") {
+        return;
+    }
+    let _serial = serial();
+    check_rate(1_000_000);
+}
+
+/// A network P's whitelist does not name is refused.
+#[test]
+fn lab_a_network_outside_the_whitelist_is_refused() {
+    if !lab_available("lab_a_network_outside_the_whitelist_is_refused") {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new(Nat::Cone, Nat::Cone);
+    let mut sp = lab.spec("P", &lab.inet, &lab.p_ip, &["udp"]);
+    sp.network = "public".into();
+    sp.extra = json!({"relay_network_whitelist": ["home", "lab-*"]});
+    let p = Node::start(sp);
+    let mut sa = lab.spec("A", &lab.la, &lab.a_ip, &["udp"]);
+    sa.network = "guest".into();
+    sa.peers = vec![p.spec.url_of("udp")];
+    let a = Node::start(sa);
+    p.wait("P refuses network guest", || {
+        p.counter("links_refused", "foreign") >= 1
+    });
+    a.wait("A is told it is foreign", || {
+        a.counter("links_refused_by_peer", "foreign") >= 1
+    });
+    assert_ne!(a.peer_state("P"), "Active");
+    assert!(p.status()["foreign"].as_object().unwrap().is_empty());
+}
+
+/// With `relay_all_peer_rpc` and no whitelist entry, P admits `home` for control traffic only:
+/// it relays none of their data, yet coordinates the punch that links A and B directly.
+#[test]
+fn lab_relay_all_peer_rpc_relays_no_data_but_the_punch_succeeds() {
+    if !lab_available("lab_relay_all_peer_rpc_relays_no_data_but_the_punch_succeeds") {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (p, a, b) = topology(&lab, json!({"relay_all_peer_rpc": true}), json!({}));
+    assert_eq!(home_on(&p)["control_only"], true);
+    a.wait("A has a punched UDP link to B", || {
+        direct_udp_to_b(&a).is_some()
+    });
+    for i in 0..10 {
+        let r = a.send("B", format!("direct {i}").as_bytes(), &[]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["hops"], 1);
+    }
+    assert_eq!(b.status()["messages"]["delivered"], 10);
+    let home = home_on(&p);
+    assert_eq!(home["bytes_relayed"], 0, "{home}");
+    assert!(home["punches_coordinated"].as_u64().unwrap() >= 1, "{home}");
 }
 
 /// Dropping a lab removes its namespaces.
