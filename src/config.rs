@@ -2483,6 +2483,33 @@ mod tests {
     }
 
     #[test]
+    fn public_and_home_node_examples_load_without_warnings() {
+        let load = |name: &str, text: &str| match parse(name, text, Path::new("/repo/config")) {
+            Ok(l) => {
+                assert!(l.warnings.is_empty(), "{name}: {:?}", l.warnings);
+                l.config
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let public = load(
+            "config/public-node.json",
+            include_str!("../config/public-node.json"),
+        );
+        let home = load(
+            "config/home-node.json",
+            include_str!("../config/home-node.json"),
+        );
+        assert_eq!(public.network, "public");
+        assert_eq!(public.relay_network_whitelist, ["home"]);
+        assert_eq!(public.foreign_relay_bps_limit, 1_000_000);
+        assert!(!public.relay_all_peer_rpc);
+        assert_eq!(home.network, "home");
+        assert!(home.hole_punching);
+        // The home node dials the public node's UDP listener.
+        assert_eq!(home.peers[0], public.listeners[0]);
+    }
+
+    #[test]
     fn example_configs_load_without_warnings() {
         let examples = [
             (include_str!("../config/node1.json"), "1"),

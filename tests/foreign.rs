@@ -172,3 +172,27 @@ fn without_punching_traffic_stays_on_the_public_node() {
     assert!(a.status()["punch"].as_object().unwrap().is_empty());
     assert!(foreign(&p, "home")["messages_relayed"].as_u64().unwrap() >= 10);
 }
+
+/// Punching works through a relay of one's own network too: a and b know only c.
+#[test]
+fn members_punch_through_a_relay_of_their_own_network() {
+    let mut sc = Spec::new("c", "udp");
+    sc.auto_connect = false;
+    let c = Node::start(sc);
+    let member = |id: &str| {
+        let mut s = Spec::new(id, "udp");
+        s.peers = vec![c.spec.url()];
+        s.auto_connect = false;
+        s
+    };
+    let b = Node::start(member("b"));
+    let a = Node::start(member("a"));
+    a.wait("a punched a direct link to b", || {
+        a.peer("b").is_some_and(|x| x["hops"] == 1)
+    });
+    assert_eq!(a.status()["punch"]["b"]["relay"], "c");
+    assert_eq!(b.status()["punch"]["a"]["state"], "open");
+    let r = a.send("b", b"hi", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["hops"], 1);
+}
