@@ -197,6 +197,27 @@ impl DiscoveryActor {
         }
     }
 
+    /// Remembers an admitted link and names its node on the link's status.
+    fn keep_link(
+        &mut self,
+        node_id: &str,
+        link_id: u64,
+        peer: Addr<PeerActor>,
+        status: StatusCell,
+    ) {
+        if let Ok(mut s) = status.lock() {
+            s.node_id = Some(node_id.to_string());
+        }
+        self.links.insert(
+            link_id,
+            LinkHandle {
+                link_id,
+                peer,
+                status,
+            },
+        );
+    }
+
     /// A node of another network dialled us: admit it as a member of that network's domain
     /// if we relay for it (whitelist, or control only with `relay_all_peer_rpc`). Its welcome
     /// lists only members of its own network.
@@ -245,19 +266,10 @@ impl DiscoveryActor {
                 " (control traffic only)"
             }
         );
-        if let Ok(mut s) = msg.status.lock() {
-            s.node_id = Some(msg.hello.node_id.clone());
-        }
         let known = table.known_for(&msg.hello.node_id);
-        self.links.insert(
-            msg.link_id,
-            LinkHandle {
-                link_id: msg.link_id,
-                peer: msg.peer,
-                status: msg.status,
-            },
-        );
         self.foreign_links.insert(msg.link_id, network);
+        let node_id = msg.hello.node_id.clone();
+        self.keep_link(&node_id, msg.link_id, msg.peer, msg.status);
         Ok(known)
     }
 
@@ -480,18 +492,9 @@ impl Handler<Admit> for DiscoveryActor {
                 reason: CloseReason::Duplicate,
             });
         }
-        if let Ok(mut s) = msg.status.lock() {
-            s.node_id = Some(node_id.clone());
-        }
-        self.links.insert(
-            msg.link_id,
-            LinkHandle {
-                link_id: msg.link_id,
-                peer: msg.peer,
-                status: msg.status,
-            },
-        );
-        if let Some(welcome) = &msg.welcome {
+        let welcome = msg.welcome.clone();
+        self.keep_link(&node_id, msg.link_id, msg.peer, msg.status);
+        if let Some(welcome) = &welcome {
             let added = self.table.learn(&node_id, &welcome.known);
             if added > 0 {
                 info!("learned {added} node(s) from {node_id}");
@@ -513,6 +516,10 @@ impl Handler<LinkDown> for DiscoveryActor {
         if let Some(network) = self.foreign_links.remove(&msg.link_id) {
             if let Some(table) = self.foreign.get_mut(&network) {
                 table.link_down(msg.link_id);
+            }
+            // A network with no member linked any more frees its slot.
+            if !self.foreign_links.values().any(|n| *n == network) {
+                self.foreign.remove(&network);
             }
             return;
         }

@@ -1141,15 +1141,7 @@ impl RelayActor {
                 {
                     d.keys.insert(state.origin.clone(), state.public_key);
                 }
-                let advert = Advert {
-                    origin: state.origin,
-                    seq: state.seq,
-                    neighbors: state
-                        .neighbors
-                        .into_iter()
-                        .map(|n| (n.id, n.cost_us))
-                        .collect(),
-                };
+                let advert = advert_of(state);
                 match d.routing.apply(advert.clone(), now) {
                     Applied::Newer => self.flood_in(Some(network), &advert, Some(from)),
                     Applied::Readvertise => {
@@ -1656,15 +1648,7 @@ impl Handler<Inbound> for RelayActor {
                     return;
                 }
                 let relay = state.relay && state.origin != self.me();
-                let advert = Advert {
-                    origin: state.origin,
-                    seq: state.seq,
-                    neighbors: state
-                        .neighbors
-                        .into_iter()
-                        .map(|n| (n.id, n.cost_us))
-                        .collect(),
-                };
+                let advert = advert_of(state);
                 match self.routing.apply(advert.clone(), self.node.now_ms()) {
                     Applied::Newer => {
                         // The flag follows the origin's newest advert, except for a public
@@ -1875,6 +1859,19 @@ impl Handler<GetRoutes> for RelayActor {
             public_relays,
             punch,
         })
+    }
+}
+
+/// The routing table's view of a `link_state` frame.
+fn advert_of(state: LinkState) -> Advert {
+    Advert {
+        origin: state.origin,
+        seq: state.seq,
+        neighbors: state
+            .neighbors
+            .into_iter()
+            .map(|n| (n.id, n.cost_us))
+            .collect(),
     }
 }
 
