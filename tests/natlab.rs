@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::netns::{lab_available, Lab, Nat};
 use common::{Node, Spec};
@@ -37,6 +37,16 @@ fn netns_names() -> Vec<String> {
 /// `b_extra` merged into their config), each of A and B configured with only P's UDP listener.
 /// B runs `whoami`; P has a script of its own. Returns once A and B are linked to P.
 fn topology(lab: &Lab, p_extra: Value, home_extra: Value) -> (Node, Node, Node) {
+    topology_via(lab, "udp", p_extra, home_extra)
+}
+
+/// [`topology`] with A and B dialling P's listener of `transport`.
+fn topology_via(
+    lab: &Lab,
+    transport: &str,
+    p_extra: Value,
+    home_extra: Value,
+) -> (Node, Node, Node) {
     let mut sp = lab.spec("P", &lab.inet, &lab.p_ip, &["udp", "tcp"]);
     sp.network = "public".into();
     sp.secret = "public-secret".into();
@@ -47,7 +57,7 @@ fn topology(lab: &Lab, p_extra: Value, home_extra: Value) -> (Node, Node, Node) 
         let mut s = lab.spec(id, ns, ip, &["udp", "tcp"]);
         s.network = "home".into();
         s.secret = "home-secret".into();
-        s.peers = vec![p.spec.url_of("udp")];
+        s.peers = vec![p.spec.url_of(transport)];
         s.extra = home_extra.clone();
         s
     };
@@ -201,26 +211,34 @@ fn lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay() {
     assert!(relayed_bytes(&p) > before);
 }
 
-/// Streams 16 KiB messages from A to B through P with `foreign_relay_bps_limit` = `limit` and
-/// returns (bytes per second arriving at B, P's relayed bytes per second) over a 5 s window.
-fn measure_rate(limit: u64) -> (f64, f64, Value) {
+/// Streams messages of `body` bytes from A to B through P with `foreign_relay_bps_limit` =
+/// `limit` and returns (body bytes per second arriving at B, P's relayed bytes per second, P's
+/// dropped bytes in the window) over a 6 s window.
+///
+/// A and B link to P over TCP here: the budget is the same on every transport, and UDP (no
+/// retransmission of lost fragments) loses whole messages when a loaded machine overflows a
+/// socket buffer, which would measure the machine instead of the bucket.
+fn measure_rate(limit: u64, body: usize) -> (f64, f64, u64) {
     let lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (p, a, b) = topology(
+    let (p, a, b) = topology_via(
         &lab,
-        json!({"relay_network_whitelist": "home", "foreign_relay_bps_limit": limit}),
-        json!({"hole_punching": false}),
+        "tcp",
+        // A 5 s peer timeout (not the tests' usual 1.5 s): pings queue behind the flood in A's
+        // own link to P, which is A's business, not the relay budget's.
+        json!({"relay_network_whitelist": "home", "foreign_relay_bps_limit": limit,
+               "peer_timeout_ms": 5_000}),
+        json!({"hole_punching": false, "peer_timeout_ms": 5_000}),
     );
     a.wait("A routes to B through P", || {
         a.peer("B").is_some_and(|x| x["hops"] == 2)
     });
-    const BODY: usize = 16 * 1024;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ns, port) = (a.spec.netns.clone(), a.http_port);
     let senders: Vec<_> = (0..48)
         .map(|_| {
             let (stop, ns) = (stop.clone(), ns.clone());
             std::thread::spawn(move || {
-                let body = vec![b'x'; BODY];
+                let body = vec![b'x'; body];
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let headers = [("target", "B"), ("timeout", "400")];
                     let _ =
@@ -231,38 +249,49 @@ fn measure_rate(limit: u64) -> (f64, f64, Value) {
         .collect();
     // Let the initial burst (one second of budget) drain, then measure.
     std::thread::sleep(Duration::from_millis(2_000));
+    // Each node's counters are timed by its own clock (`uptime_ms` in the same `/status`), so
+    // how long an HTTP answer takes on a busy machine does not skew the rates.
     let sample = || {
-        let t = Instant::now();
-        let delivered = b.status()["messages"]["delivered"].as_u64().unwrap();
-        (t, delivered, relayed_bytes(&p))
+        let bs = b.status();
+        let ps = p.status();
+        let home = &ps["foreign"]["home"];
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        (
+            n(&bs["uptime_ms"]),
+            n(&bs["messages"]["delivered"]),
+            n(&ps["uptime_ms"]),
+            n(&home["bytes_relayed"]),
+            n(&home["bytes_dropped"]),
+        )
     };
-    let (t0, d0, r0) = sample();
-    std::thread::sleep(Duration::from_millis(5_000));
-    let (t1, d1, r1) = sample();
+    let (bt0, d0, pt0, r0, x0) = sample();
+    std::thread::sleep(Duration::from_millis(6_000));
+    let (bt1, d1, pt1, r1, x1) = sample();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in senders {
         s.join().unwrap();
     }
-    let secs = (t1 - t0).as_secs_f64();
-    let arrived = (d1 - d0) as f64 * BODY as f64 / secs;
-    let relayed = (r1 - r0) as f64 / secs;
-    let home = home_on(&p);
+    let arrived = (d1 - d0) as f64 * body as f64 / ((bt1 - bt0) as f64 / 1000.0);
+    let relayed = (r1 - r0) as f64 / ((pt1 - pt0) as f64 / 1000.0);
     // Control traffic is never limited: A's link to P stayed up through the flood.
     assert_eq!(a.peer_state("P"), "Active");
-    (arrived, relayed, home)
+    (arrived, relayed, x1 - x0)
 }
 
-fn check_rate(limit: u64) {
-    let (arrived, relayed, home) = measure_rate(limit);
+/// The budget holds within 10 %. Bodies of `body` bytes make 20-40 messages a second, so one
+/// message more or less in the window is under 1 %, and the envelope and reply overhead that
+/// the budget also counts (about 200 bytes a message) stays near 1 %.
+fn check_rate(limit: u64, body: usize) {
+    let (arrived, relayed, dropped) = measure_rate(limit, body);
     eprintln!(
-        "foreign_relay_bps_limit {limit}: {arrived:.0} B/s of message bodies arrived at B, \
-         P relayed {relayed:.0} B/s ({:.3} / {:.3} of the limit); {home}",
+        "foreign_relay_bps_limit {limit}, {body}-byte bodies: {arrived:.0} B/s arrived at B, \
+         P relayed {relayed:.0} B/s ({:.3} / {:.3} of the limit), {dropped} bytes dropped",
         arrived / limit as f64,
         relayed / limit as f64
     );
     assert!(
-        home["bytes_dropped"].as_u64().unwrap() > 0,
-        "the stream exceeded the budget: {home}"
+        dropped > 0,
+        "the stream must exceed the budget during the window"
     );
     let within = |x: f64| (x / limit as f64 - 1.0).abs() <= 0.10;
     assert!(within(arrived), "arrived {arrived:.0} B/s vs limit {limit}");
@@ -275,16 +304,16 @@ fn lab_relay_rate_limit_holds_at_200_kb_per_second() {
         return;
     }
     let _serial = serial();
-    check_rate(200_000);
+    check_rate(200_000, 10_000);
 }
 
 #[test]
-fn lab_relay_rate_limit_holds_at_1_mb_per_second() {
-    if !lab_available("lab_relay_rate_limit_holds_at_1_mb_per_second") {
+fn lab_relay_rate_limit_holds_at_500_kb_per_second() {
+    if !lab_available("lab_relay_rate_limit_holds_at_500_kb_per_second") {
         return;
     }
     let _serial = serial();
-    check_rate(1_000_000);
+    check_rate(500_000, 25_000);
 }
 
 /// A network P's whitelist does not name is refused.
