@@ -1529,6 +1529,9 @@ impl Actor for RelayActor {
             let now = act.node.now_ms();
             for gone in act.routing.expire(now, ADVERT_MAX_AGE_MS) {
                 debug!("advert of {gone} expired");
+                if !act.is_upstream(&gone) {
+                    act.relay_nodes.remove(&gone);
+                }
             }
             act.advertise();
             let networks: Vec<String> = act.domains.keys().cloned().collect();
@@ -1654,7 +1657,10 @@ impl Handler<Inbound> for RelayActor {
                         // The flag follows the origin's newest advert, except for a public
                         // node we dialled ourselves: we know what it is.
                         if relay {
-                            self.relay_nodes.insert(advert.origin.clone());
+                            // Bounded like the adverts themselves (expired ones leave).
+                            if self.relay_nodes.len() < crate::proto::routing::MAX_ORIGINS {
+                                self.relay_nodes.insert(advert.origin.clone());
+                            }
                         } else if !self.is_upstream(&advert.origin) {
                             self.relay_nodes.remove(&advert.origin);
                         }
