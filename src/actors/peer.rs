@@ -789,8 +789,16 @@ impl PeerActor {
                 | Frame::PunchRequest { .. }
                 | Frame::Punch(_)
                 | Frame::PunchRefused { .. }) => {
+                    let (from, network) = self
+                        .attempt_ref()
+                        .and_then(|a| a.link.peer())
+                        .map(|h| (h.node_id.clone(), h.network.clone()))
+                        .unwrap_or_default();
                     let msg = Inbound {
                         link_id: self.link_id,
+                        from,
+                        network,
+                        dialed: self.is_dialer(),
                         frame,
                     };
                     if self.relay.try_send(msg).is_err() {

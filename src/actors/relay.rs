@@ -158,6 +158,13 @@ pub enum SendError {
 #[rtype(result = "()")]
 pub struct Inbound {
     pub link_id: u64,
+    /// The peer's node id and network, from its hello: a dialer's link can deliver frames
+    /// before its [`LinkReady`] (admission is still being answered), so the relay must not
+    /// depend on knowing the link already.
+    pub from: String,
+    pub network: String,
+    /// We dialled the link.
+    pub dialed: bool,
     pub frame: Frame,
 }
 
@@ -476,6 +483,17 @@ impl RelayActor {
 
     fn me(&self) -> &str {
         &self.node.local.node_id
+    }
+
+    /// What a link to a node of `network` is to us; `dialed`: we dialled it.
+    fn link_kind(&self, network: &str, dialed: bool) -> LinkKind {
+        if network == self.node.local.network {
+            LinkKind::Member
+        } else if dialed {
+            LinkKind::Upstream
+        } else {
+            LinkKind::Foreign(network.to_string())
+        }
     }
 
     /// Whether we dialled `id` and it turned out a public node of another network.
@@ -1632,18 +1650,20 @@ impl Handler<Inbound> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
-        let Some((from, kind)) = self
-            .links
-            .get(&msg.link_id)
-            .map(|d| (d.node_id.clone(), d.kind.clone()))
-        else {
-            return; // the link went while its frame was queued
-        };
+        let kind = self.link_kind(&msg.network, msg.dialed);
         if let LinkKind::Foreign(network) = kind {
-            self.on_foreign_frame(&network, &from, msg.frame, ctx);
+            // Only an admitted member's frames enter its network's domain (an acceptor's
+            // LinkReady always precedes its frames).
+            if self
+                .links
+                .get(&msg.link_id)
+                .is_some_and(|d| d.kind.domain() == Some(network.as_str()))
+            {
+                self.on_foreign_frame(&network, &msg.from, msg.frame, ctx);
+            }
             return;
         }
-        let from = Some(from);
+        let from = Some(msg.from);
         match msg.frame {
             Frame::Data(envelope) => self.on_envelope(envelope, ctx),
             Frame::LinkState(state) => {
@@ -1694,13 +1714,7 @@ impl Handler<LinkReady> for RelayActor {
     type Result = ();
 
     fn handle(&mut self, msg: LinkReady, ctx: &mut Self::Context) {
-        let kind = if msg.network == self.node.local.network {
-            LinkKind::Member
-        } else if msg.dialed {
-            LinkKind::Upstream
-        } else {
-            LinkKind::Foreign(msg.network.clone())
-        };
+        let kind = self.link_kind(&msg.network, msg.dialed);
         if let LinkKind::Foreign(network) = &kind {
             self.foreign_link_ready(network, msg, ctx);
             return;
