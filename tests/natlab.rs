@@ -140,6 +140,58 @@ fn lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path() {
     assert_eq!(relayed_bytes(&p), before, "P carried data after the punch");
 }
 
+/// A punched path that dies (the "internet" drops A<->B datagrams) falls back to P at once,
+/// and the direct link comes back by itself once the path works again (a new punch, and the
+/// dialer of the punched address woken from its backoff).
+#[test]
+fn lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again() {
+    let test = "lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again";
+    if !lab_available(test) {
+        return;
+    }
+    let _serial = serial();
+    let lab = Lab::new(Nat::Cone, Nat::Cone);
+    let (p, a, _b) = topology(&lab, json!({"relay_network_whitelist": "home"}), json!({}));
+    a.wait("A has a direct UDP link to B", || {
+        direct_udp_to_b(&a).is_some()
+    });
+    let block = |op: &str| {
+        for (src, dst) in [(&lab.ra_wan, &lab.rb_wan), (&lab.rb_wan, &lab.ra_wan)] {
+            let out = lab.exec(
+                &lab.inet,
+                &[
+                    "iptables", "-w", op, "FORWARD", "-p", "udp", "-s", src, "-d", dst, "-j",
+                    "DROP",
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    block("-I");
+    a.wait("A falls back to P", || {
+        a.peer("B")
+            .is_some_and(|x| x["hops"] == 2 && x["next_hop"] == "P")
+    });
+    let r = a.send("B", b"via P again", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["hops"], 2);
+    let relayed = relayed_bytes(&p);
+    assert!(relayed > 0);
+    block("-D");
+    // The puncher waits 10 s after losing a link before it tries again.
+    common::wait_until("the direct link is back", Duration::from_secs(30), || {
+        a.peer("B").is_some_and(|x| x["hops"] == 1)
+    });
+    let r = a.send("B", b"direct again", &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["hops"], 1);
+    assert_eq!(relayed_bytes(&p), relayed, "P is off the path again");
+}
+
 /// Punching disabled: the traffic keeps flowing through P (x-hops 2), P's counter grows, and a
 /// foreign member cannot reach P's own scripts.
 #[test]
@@ -343,16 +395,38 @@ fn lab_a_network_outside_the_whitelist_is_refused() {
 }
 
 /// With `relay_all_peer_rpc` and no whitelist entry, P admits `home` for control traffic only:
-/// it relays none of their data, yet coordinates the punch that links A and B directly.
+/// their data through P is dropped and counted, yet P coordinates the punch that links A and B
+/// directly.
 #[test]
-fn lab_relay_all_peer_rpc_relays_no_data_but_the_punch_succeeds() {
-    if !lab_available("lab_relay_all_peer_rpc_relays_no_data_but_the_punch_succeeds") {
+fn lab_relay_all_peer_rpc_drops_data_but_the_punch_succeeds() {
+    if !lab_available("lab_relay_all_peer_rpc_drops_data_but_the_punch_succeeds") {
         return;
     }
     let _serial = serial();
     let lab = Lab::new(Nat::Cone, Nat::Cone);
-    let (p, a, b) = topology(&lab, json!({"relay_all_peer_rpc": true}), json!({}));
+    // First without punching, so that the only path is through P.
+    let (p, mut a, mut b) = topology(
+        &lab,
+        json!({"relay_all_peer_rpc": true}),
+        json!({"hole_punching": false}),
+    );
     assert_eq!(home_on(&p)["control_only"], true);
+    a.wait(
+        "A routes to B through P (route updates are control traffic)",
+        || a.peer("B").is_some_and(|x| x["hops"] == 2),
+    );
+    let r = a.send("B", b"through P", &[("timeout", "1000")]);
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    let home = home_on(&p);
+    assert!(home["messages_dropped"].as_u64().unwrap() >= 1, "{home}");
+    assert_eq!(home["bytes_relayed"], 0, "{home}");
+    assert_eq!(b.status()["messages"]["delivered"], 0);
+
+    // The same nodes with punching on: P coordinates, A and B link directly and talk.
+    for n in [&mut b, &mut a] {
+        n.spec.extra = json!({});
+        n.restart();
+    }
     a.wait("A has a punched UDP link to B", || {
         direct_udp_to_b(&a).is_some()
     });

@@ -22,7 +22,7 @@ use log::{info, warn};
 use serde::Serialize;
 
 use crate::actors::listener::UdpEndpoint;
-use crate::actors::peer::{CloseLink, PeerActor, PeerState, Redial, StatusCell};
+use crate::actors::peer::{CloseLink, DialNow, PeerActor, PeerState, Redial, StatusCell};
 use crate::actors::relay::RelayActor;
 use crate::config::{Endpoint, Transport};
 use crate::node::NodeShared;
@@ -537,9 +537,9 @@ impl Handler<Dial> for DiscoveryActor {
 
     fn handle(&mut self, msg: Dial, ctx: &mut Self::Context) {
         if self.dialers.iter().any(|d| d.target == msg.target) {
-            // Wake it: the path it failed on may be open now.
+            // Cut its backoff short: the path it failed on is open now.
             for d in self.dialers.iter().filter(|d| d.target == msg.target) {
-                d.addr.do_send(Redial);
+                d.addr.do_send(DialNow);
             }
             return;
         }

@@ -119,6 +119,12 @@ pub struct CloseLink {
 #[rtype(result = "()")]
 pub struct Redial;
 
+/// Dial now if waiting out a backoff: a hole punch just opened the path this dialer kept
+/// failing on. A dialer mid-attempt, linked, or standing by is left alone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DialNow;
+
 /// Test-only: make this actor fail, to prove supervision brings it back.
 #[cfg(feature = "fault-injection")]
 #[derive(Message, Debug, Clone, Copy)]
@@ -417,6 +423,24 @@ impl Handler<Redial> for PeerActor {
                 }
                 debug!("{}: woken to re-dial", self.describe());
                 ctx.stop(); // restart: started() schedules the dial with backoff
+            }
+        }
+    }
+}
+
+impl Handler<DialNow> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: DialNow, ctx: &mut Self::Context) {
+        let idle = self.attempt_ref().is_none() && !self.closing;
+        if let Role::Dialer {
+            standby, backoff, ..
+        } = &mut self.role
+        {
+            if idle && !*standby {
+                backoff.reset();
+                debug!("{}: dialling now (path opened)", self.describe());
+                ctx.stop(); // restart: started() dials after the (reset) base delay
             }
         }
     }
