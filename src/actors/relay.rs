@@ -1178,31 +1178,47 @@ impl RelayActor {
         }
     }
 
-    /// Forwards a foreign network's data between its members, unopened, within its budget.
-    fn forward_foreign(&mut self, network: &str, mut envelope: Envelope) {
+    /// Forwards a foreign network's data between its members, unopened, within its budget,
+    /// and counts what it relayed or dropped.
+    fn forward_foreign(&mut self, network: &str, envelope: Envelope) {
         let bytes = envelope.sealed.len() as u64;
-        let me = self.node.local.node_id.clone();
+        let (source, target) = (envelope.source.clone(), envelope.target.clone());
+        let result = self.pass_foreign(network, envelope);
         let Some(d) = self.domains.get_mut(network) else {
             return;
         };
-        let why = if envelope.target == me {
+        match result {
+            Ok(()) => {
+                d.relayed.messages += 1;
+                d.relayed.bytes += bytes;
+                let c = self.relayed.entry(network.to_string()).or_default();
+                c.messages += 1;
+                c.bytes += bytes;
+            }
+            Err(why) => {
+                debug!("dropping {source} -> {target} of network {network:?}: {why}");
+                d.dropped.messages += 1;
+                d.dropped.bytes += bytes;
+            }
+        }
+    }
+
+    /// Passes one envelope of a foreign network on toward its target, or says why not.
+    fn pass_foreign(&mut self, network: &str, mut envelope: Envelope) -> Result<(), &'static str> {
+        let control_only = self
+            .domains
+            .get(network)
+            .ok_or("unknown network")?
+            .control_only;
+        if envelope.target == self.node.local.node_id {
             // We are not a member: we cannot open it, and our scripts are not theirs.
-            Some("addressed to us, not a member")
-        } else if d.control_only {
-            Some("network admitted for control traffic only")
-        } else if envelope.hops >= MAX_HOPS {
-            Some("hop limit")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            debug!(
-                "dropping {} -> {} of network {network:?}: {why}",
-                envelope.source, envelope.target
-            );
-            d.dropped.messages += 1;
-            d.dropped.bytes += bytes;
-            return;
+            return Err("addressed to us, not a member");
+        }
+        if control_only {
+            return Err("network admitted for control traffic only");
+        }
+        if envelope.hops >= MAX_HOPS {
+            return Err("hop limit");
         }
         let next_hop = if self.best_link_in(Some(network), &envelope.target).is_some() {
             Some(envelope.target.clone())
@@ -1212,42 +1228,20 @@ impl RelayActor {
                 .and_then(|d| d.routing.route(&envelope.target))
                 .map(|r| r.next_hop)
         };
-        let link = next_hop.and_then(|n| self.best_link_in(Some(network), &n));
-        let link = link.map(|l| l.peer.clone());
+        let peer = next_hop
+            .and_then(|n| self.best_link_in(Some(network), &n))
+            .map(|l| l.peer.clone())
+            .ok_or("no route")?;
         let now_us = self.node.now_us();
-        let Some(d) = self.domains.get_mut(network) else {
-            return;
-        };
-        let Some(peer) = link else {
-            debug!(
-                "dropping {} -> {} of network {network:?}: no route",
-                envelope.source, envelope.target
-            );
-            d.dropped.messages += 1;
-            d.dropped.bytes += bytes;
-            return;
-        };
-        if !d.bucket.try_take(now_us, bytes) {
-            d.dropped.messages += 1;
-            d.dropped.bytes += bytes;
-            return;
+        let d = self.domains.get_mut(network).ok_or("unknown network")?;
+        if !d.bucket.try_take(now_us, envelope.sealed.len() as u64) {
+            return Err("over the relay budget");
         }
         envelope.hops = envelope.hops.saturating_add(1);
-        if peer
-            .try_send(SendFrame {
-                frame: Frame::Data(envelope),
-            })
-            .is_err()
-        {
-            d.dropped.messages += 1;
-            d.dropped.bytes += bytes;
-            return;
-        }
-        d.relayed.messages += 1;
-        d.relayed.bytes += bytes;
-        let c = self.relayed.entry(network.to_string()).or_default();
-        c.messages += 1;
-        c.bytes += bytes;
+        peer.try_send(SendFrame {
+            frame: Frame::Data(envelope),
+        })
+        .map_err(|_| "link queue full")
     }
 }
 

@@ -17,12 +17,36 @@ use serde_json::{json, Value};
 /// Default bound for a wait.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
+/// A port free for both TCP and UDP on 127.0.0.1 right now, never handed out twice by this
+/// process, and below the kernel's ephemeral range: a port from that range can be taken by
+/// any outgoing connection (a node dialling, a test's HTTP client) between this check and the
+/// node's bind, which made a node fail to start now and then.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut x = u64::from(std::process::id());
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        // xorshift over a per-call seed: spread over the range, different per process.
+        x ^= std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = low + (x % u64::from(high - low)) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            handed_out.insert(port);
             return port;
         }
     }
@@ -332,9 +356,15 @@ impl Node {
         let port = self.http_port;
         let id = self.spec.id.clone();
         let ns = self.spec.netns.clone();
-        wait_until(&format!("node {id} API up"), WAIT, || {
-            http_in(ns.as_deref(), port, "GET", "/status", &[], b"").is_ok()
+        let up = std::panic::catch_unwind(|| {
+            wait_until(&format!("node {id} API up"), WAIT, || {
+                http_in(ns.as_deref(), port, "GET", "/status", &[], b"").is_ok()
+            })
         });
+        if let Err(e) = up {
+            eprintln!("--- log of node {id} ---\n{}", self.log_tail());
+            std::panic::resume_unwind(e);
+        }
     }
 
     /// The network namespace the node runs in (None: the test's own).
