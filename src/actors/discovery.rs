@@ -248,7 +248,13 @@ impl DiscoveryActor {
             msg.transport,
             false,
         ) {
-            Admission::Refuse(reason) => return Err(reason),
+            Admission::Refuse(reason) => {
+                // A table made for this refused link alone must not hold a slot.
+                if !self.foreign_links.values().any(|n| *n == network) {
+                    self.foreign.remove(&network);
+                }
+                return Err(reason);
+            }
             Admission::Accept { replaces } => replaces,
         };
         if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {

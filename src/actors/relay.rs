@@ -1365,6 +1365,7 @@ impl RelayActor {
                 continue;
             };
             if direct {
+                e.opened_ms = None;
                 continue;
             }
             if let punch::State::Open { .. } = e.puncher.state() {
