@@ -17,8 +17,10 @@ use serde_json::{json, Value};
 /// One lab test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Starts a lab test: `None` (after a SKIPPED line) when the lab cannot run here, else the
+/// guard that keeps other lab tests out until this one ends.
+fn lab_test(test: &str) -> Option<MutexGuard<'static, ()>> {
+    lab_available(test).then(|| SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The names `ip netns list` shows.
@@ -91,11 +93,11 @@ fn direct_udp_to_b(a: &Node) -> Option<String> {
 /// carries none of their data while they keep talking.
 #[test]
 fn lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path() {
-    let test = "lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path";
-    if !lab_available(test) {
+    let Some(_serial) =
+        lab_test("lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path")
+    else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Cone);
     let (p, a, b) = topology(
         &lab,
@@ -145,11 +147,11 @@ fn lab_punch_through_two_cone_nats_takes_the_public_node_off_the_path() {
 /// dialer of the punched address woken from its backoff).
 #[test]
 fn lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again() {
-    let test = "lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again";
-    if !lab_available(test) {
+    let Some(_serial) =
+        lab_test("lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again")
+    else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Cone);
     let (p, a, _b) = topology(&lab, json!({"relay_network_whitelist": "home"}), json!({}));
     a.wait("A has a direct UDP link to B", || {
@@ -196,11 +198,10 @@ fn lab_a_lost_punched_path_falls_back_to_the_relay_and_is_punched_again() {
 /// foreign member cannot reach P's own scripts.
 #[test]
 fn lab_without_punching_traffic_flows_through_the_public_node() {
-    let test = "lab_without_punching_traffic_flows_through_the_public_node";
-    if !lab_available(test) {
+    let Some(_serial) = lab_test("lab_without_punching_traffic_flows_through_the_public_node")
+    else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Cone);
     let (p, a, b) = topology(
         &lab,
@@ -237,11 +238,11 @@ fn lab_without_punching_traffic_flows_through_the_public_node() {
 /// traffic stays on P.
 #[test]
 fn lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay() {
-    let test = "lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay";
-    if !lab_available(test) {
+    let Some(_serial) =
+        lab_test("lab_symmetric_nat_defeats_the_punch_and_traffic_stays_on_the_relay")
+    else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Symmetric);
     let (p, a, _b) = topology(&lab, json!({"relay_network_whitelist": "home"}), json!({}));
     a.wait("A's punch toward B failed", || {
@@ -352,29 +353,26 @@ fn check_rate(limit: u64, body: usize) {
 
 #[test]
 fn lab_relay_rate_limit_holds_at_200_kb_per_second() {
-    if !lab_available("lab_relay_rate_limit_holds_at_200_kb_per_second") {
+    let Some(_serial) = lab_test("lab_relay_rate_limit_holds_at_200_kb_per_second") else {
         return;
-    }
-    let _serial = serial();
+    };
     check_rate(200_000, 10_000);
 }
 
 #[test]
 fn lab_relay_rate_limit_holds_at_500_kb_per_second() {
-    if !lab_available("lab_relay_rate_limit_holds_at_500_kb_per_second") {
+    let Some(_serial) = lab_test("lab_relay_rate_limit_holds_at_500_kb_per_second") else {
         return;
-    }
-    let _serial = serial();
+    };
     check_rate(500_000, 25_000);
 }
 
 /// A network P's whitelist does not name is refused.
 #[test]
 fn lab_a_network_outside_the_whitelist_is_refused() {
-    if !lab_available("lab_a_network_outside_the_whitelist_is_refused") {
+    let Some(_serial) = lab_test("lab_a_network_outside_the_whitelist_is_refused") else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Cone);
     let mut sp = lab.spec("P", &lab.inet, &lab.p_ip, &["udp"]);
     sp.network = "public".into();
@@ -399,10 +397,9 @@ fn lab_a_network_outside_the_whitelist_is_refused() {
 /// directly.
 #[test]
 fn lab_relay_all_peer_rpc_drops_data_but_the_punch_succeeds() {
-    if !lab_available("lab_relay_all_peer_rpc_drops_data_but_the_punch_succeeds") {
+    let Some(_serial) = lab_test("lab_relay_all_peer_rpc_drops_data_but_the_punch_succeeds") else {
         return;
-    }
-    let _serial = serial();
+    };
     let lab = Lab::new(Nat::Cone, Nat::Cone);
     // First without punching, so that the only path is through P.
     let (p, mut a, mut b) = topology(

@@ -160,7 +160,6 @@ struct Dialer {
 
 /// Actor-side data of an admitted link (the table holds the pure part).
 struct LinkHandle {
-    link_id: u64,
     peer: Addr<PeerActor>,
     status: StatusCell,
 }
@@ -208,14 +207,7 @@ impl DiscoveryActor {
         if let Ok(mut s) = status.lock() {
             s.node_id = Some(node_id.to_string());
         }
-        self.links.insert(
-            link_id,
-            LinkHandle {
-                link_id,
-                peer,
-                status,
-            },
-        );
+        self.links.insert(link_id, LinkHandle { peer, status });
     }
 
     /// A node of another network dialled us: admit it as a member of that network's domain
@@ -257,8 +249,10 @@ impl DiscoveryActor {
             }
             Admission::Accept { replaces } => replaces,
         };
+        if let Some(id) = replaces {
+            self.foreign_links.remove(&id);
+        }
         if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {
-            self.foreign_links.remove(&old.link_id);
             old.peer.do_send(CloseLink {
                 reason: CloseReason::Duplicate,
             });

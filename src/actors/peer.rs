@@ -947,7 +947,6 @@ impl PeerActor {
                 node_id,
                 network,
                 dialed: self.is_dialer(),
-                remote,
                 public_key,
                 transport,
                 peer: ctx.address(),

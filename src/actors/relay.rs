@@ -178,8 +178,6 @@ pub struct LinkReady {
     pub network: String,
     /// We dialled it.
     pub dialed: bool,
-    /// Where the peer's packets come from (its reflexive address, for UDP).
-    pub remote: std::net::SocketAddr,
     pub public_key: [u8; 32],
     pub transport: Transport,
     pub peer: Addr<PeerActor>,
@@ -357,8 +355,6 @@ struct Direct {
     node_id: String,
     kind: LinkKind,
     transport: Transport,
-    /// The peer's address as we see it (for UDP: its reflexive address).
-    remote: std::net::SocketAddr,
     peer: Addr<PeerActor>,
     status: StatusCell,
 }
@@ -1100,7 +1096,6 @@ impl RelayActor {
                 node_id: msg.node_id,
                 kind: LinkKind::Foreign(network.to_string()),
                 transport: msg.transport,
-                remote: msg.remote,
                 peer: msg.peer,
                 status: msg.status,
             },
@@ -1260,8 +1255,13 @@ impl RelayActor {
             .filter(|d| {
                 d.node_id == node_id && d.kind.domain() == domain && d.transport == Transport::Udp
             })
-            .find(|d| d.status.lock().is_ok_and(|s| s.state == PeerState::Active))
-            .map(|d| d.remote)
+            .find_map(|d| {
+                // The source address of its datagrams: its reflexive address.
+                let s = d.status.lock().ok()?;
+                (s.state == PeerState::Active)
+                    .then_some(s.remote_addr)
+                    .flatten()
+            })
     }
 
     /// As a relay: `from` asks for a punch toward `target`; both must be linked to us.
@@ -1733,7 +1733,6 @@ impl Handler<LinkReady> for RelayActor {
                 node_id: msg.node_id,
                 kind,
                 transport: msg.transport,
-                remote: msg.remote,
                 peer: msg.peer,
                 status: msg.status,
             },
