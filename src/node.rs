@@ -19,7 +19,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::actors::crypto::{CryptoActor, GetKeyRing};
 use crate::actors::discovery::DiscoveryActor;
 use crate::actors::listener::{ListenerActor, UdpEndpoint};
-use crate::actors::relay::{RelayActor, Wire};
+use crate::actors::messages::RelayPorts;
+use crate::actors::relay::{PunchSocket, RelayActor, RelayPeers};
 use crate::actors::script::{ScriptActor, ScriptLimits};
 use crate::api;
 use crate::config::{Config, Transport};
@@ -278,19 +279,29 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         ScriptLimits::from_config(&shared.config),
     )
     .start();
-    let relay = RelayActor::new(shared.clone(), script.clone()).start();
+    // Every actor's address exists before any actor runs, so each is built once with the
+    // handles it needs (no late wiring message).
+    let relay_ctx = Context::<RelayActor>::new();
+    let relay = relay_ctx.address();
+    let relay_ports = RelayPorts {
+        up: relay.clone().recipient(),
+        rtt: relay.clone().recipient(),
+        frames: relay.clone().recipient(),
+        down: relay.clone().recipient(),
+        punches: relay.clone().recipient(),
+    };
     let discovery_ctx = Context::<DiscoveryActor>::new();
     let discovery = discovery_ctx.address();
     let mut udp = Vec::new();
     for b in bound {
         let started = match b {
             Bound::Stream(t, l) => {
-                ListenerActor::stream(shared.clone(), discovery.clone(), relay.clone(), t, l)
+                ListenerActor::stream(shared.clone(), discovery.clone(), relay_ports.clone(), t, l)
                     .map(|a| (a.start(), None))
             }
             Bound::Udp(s) => {
                 let local = s.local_addr();
-                ListenerActor::udp(shared.clone(), discovery.clone(), relay.clone(), s)
+                ListenerActor::udp(shared.clone(), discovery.clone(), relay_ports.clone(), s)
                     .and_then(|a| Ok((a.start(), Some(local?))))
             }
         };
@@ -300,11 +311,20 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             Err(e) => warn!("listener: {e}"),
         }
     }
-    relay.do_send(Wire {
-        discovery: discovery.clone(),
-        udp: udp.clone(),
-    });
-    discovery_ctx.run(DiscoveryActor::new(shared.clone(), relay.clone(), udp));
+    let punch_sockets = udp
+        .iter()
+        .map(|u| PunchSocket {
+            local: u.local,
+            send: u.addr.clone().recipient(),
+        })
+        .collect();
+    let relay_peers = RelayPeers {
+        script: script.clone().recipient(),
+        dial: discovery.clone().recipient(),
+        udp: punch_sockets,
+    };
+    relay_ctx.run(RelayActor::new(shared.clone(), relay_peers));
+    discovery_ctx.run(DiscoveryActor::new(shared.clone(), relay_ports, udp));
     info!(
         "node {} (network {}) listening on {}",
         shared.local.node_id,

@@ -22,8 +22,8 @@ use log::{info, warn};
 use serde::Serialize;
 
 use crate::actors::listener::UdpEndpoint;
+use crate::actors::messages::{Dial, LinkDown, RelayPorts};
 use crate::actors::peer::{CloseLink, DialNow, PeerActor, PeerState, Redial, StatusCell};
-use crate::actors::relay::RelayActor;
 use crate::config::{Endpoint, Transport};
 use crate::node::NodeShared;
 use crate::proto::link::WelcomeInfo;
@@ -54,20 +54,6 @@ pub struct Admit {
     /// Dialer side: what the listener's welcome said.
     pub welcome: Option<WelcomeInfo>,
     pub status: StatusCell,
-}
-
-/// Dial an address (a path a hole punch opened); no-op if a dialer for it exists.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Dial {
-    pub target: Endpoint,
-}
-
-/// An admitted link closed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LinkDown {
-    pub link_id: u64,
 }
 
 /// Everything `/status` shows except routes and counters.
@@ -167,7 +153,7 @@ struct LinkHandle {
 /// See the module docs.
 pub struct DiscoveryActor {
     node: Arc<NodeShared>,
-    relay: Addr<RelayActor>,
+    relay: RelayPorts,
     udp: Vec<UdpEndpoint>,
     table: PeerTable,
     links: HashMap<u64, LinkHandle>,
@@ -182,7 +168,7 @@ pub struct DiscoveryActor {
 
 impl DiscoveryActor {
     /// A discovery actor; `udp` are the sockets dialers may use for `udp://` peers.
-    pub fn new(node: Arc<NodeShared>, relay: Addr<RelayActor>, udp: Vec<UdpEndpoint>) -> Self {
+    pub fn new(node: Arc<NodeShared>, relay: RelayPorts, udp: Vec<UdpEndpoint>) -> Self {
         DiscoveryActor {
             table: PeerTable::new(&node.local.node_id, node.config.pinned_keys.clone()),
             node,

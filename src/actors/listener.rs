@@ -23,12 +23,11 @@ use tokio_util::codec::BytesCodec;
 use tokio_util::udp::UdpFramed;
 
 use crate::actors::discovery::DiscoveryActor;
+use crate::actors::messages::{PunchIn, RelayPorts, SendPunch};
 use crate::actors::peer::{Incoming, PeerActor, UdpConn, UdpIn};
-use crate::actors::relay::PunchIn;
-use crate::actors::relay::RelayActor;
 use crate::config::Transport;
 use crate::node::NodeShared;
-use crate::wire::udp::{Datagram, PUNCH_TOKEN_BYTES};
+use crate::wire::udp::Datagram;
 
 /// Most UDP sessions one socket keeps (established and handshaking), so a flood of handshake
 /// inits cannot grow the table without bound.
@@ -53,16 +52,6 @@ pub struct UdpEndpoint {
 pub struct RegisterDial {
     pub remote: SocketAddr,
     pub peer: Addr<PeerActor>,
-}
-
-/// Send one hole-punch datagram from this UDP socket (so it leaves through the same NAT
-/// mapping as our links).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendPunch {
-    pub to: SocketAddr,
-    pub token: [u8; PUNCH_TOKEN_BYTES],
-    pub ack: bool,
 }
 
 /// A session ended; forget its index.
@@ -101,7 +90,7 @@ enum Socket {
 pub struct ListenerActor {
     node: Arc<NodeShared>,
     discovery: Addr<DiscoveryActor>,
-    relay: Addr<RelayActor>,
+    relay: RelayPorts,
     /// Bound address, for logs.
     local: SocketAddr,
     socket: Socket,
@@ -112,7 +101,7 @@ impl ListenerActor {
     pub fn stream(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
-        relay: Addr<RelayActor>,
+        relay: RelayPorts,
         transport: Transport,
         listener: TcpListener,
     ) -> std::io::Result<ListenerActor> {
@@ -132,7 +121,7 @@ impl ListenerActor {
     pub fn udp(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
-        relay: Addr<RelayActor>,
+        relay: RelayPorts,
         socket: UdpSocket,
     ) -> std::io::Result<ListenerActor> {
         Ok(ListenerActor {
@@ -270,7 +259,7 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                     token,
                     ack,
                 };
-                if self.relay.try_send(msg).is_err() {
+                if self.relay.punches.try_send(msg).is_err() {
                     drop_it("relay mailbox full");
                 }
                 return;

@@ -12,6 +12,7 @@
 pub mod crypto;
 pub mod discovery;
 pub mod listener;
+pub mod messages;
 pub mod peer;
 pub mod relay;
 pub mod script;

@@ -30,14 +30,15 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::actors::discovery::{Admit, DiscoveryActor, LinkDown};
+use crate::actors::discovery::{Admit, DiscoveryActor};
 use crate::actors::listener::{ListenerActor, RegisterDial, UdpEndpoint, Unregister};
-use crate::actors::relay::{Inbound, LinkGone, LinkReady, RelayActor};
+use crate::actors::messages::{self, Inbound, LinkRtt, LinkUp, RelayPorts, SendFrame};
 use crate::config::{Endpoint, Transport};
 use crate::node::{HandshakeSlot, NodeShared};
 use crate::proto::backoff::Backoff;
 use crate::proto::link::{Cause, Event, Link, Packet, Phase, Rtt, Transmit};
 use crate::proto::peer_state::Step;
+use crate::proto::router::{LinkInfo, LinkKind};
 use crate::wire::frame::{CloseReason, Frame};
 use crate::wire::udp::Datagram;
 
@@ -55,6 +56,12 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const CLOSE_LINGER_MS: u64 = 1_000;
 /// Bound on TCP connect and WebSocket upgrade time, so a blackholed address cannot hold a dial.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Frames held while the link waits for discovery's admission (a dialer's peer may send its
+/// adverts right behind its `welcome`): the relay hears of them only after the link's `LinkUp`.
+/// Beyond either bound they are dropped and counted; the sender's adverts are re-sent anyway.
+pub const EARLY_FRAMES: usize = 256;
+/// Byte bound of the frames held before `LinkUp` (data bodies counted).
+pub const EARLY_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 pub use crate::proto::peer_state::PeerState;
 
@@ -98,13 +105,6 @@ pub type StatusCell = Arc<Mutex<LinkStatus>>;
 pub struct UdpIn {
     pub data: Bytes,
     pub from: SocketAddr,
-}
-
-/// Seal and send a frame on this link (from the RelayActor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendFrame {
-    pub frame: Frame,
 }
 
 /// Close the link (sent by the DiscoveryActor when this link lost the duplicate rule).
@@ -222,7 +222,7 @@ pub struct PeerActor {
     node: Arc<NodeShared>,
     discovery: Addr<DiscoveryActor>,
     /// Where data and link-state frames go, and who learns when this link is up or down.
-    relay: Addr<RelayActor>,
+    relay: RelayPorts,
     role: Role,
     state: State,
     /// Shared with the DiscoveryActor for `/status`.
@@ -235,6 +235,13 @@ pub struct PeerActor {
     timer: Option<(u64, SpawnHandle)>,
     /// The link closed; the actor stops once the writer has flushed (e.g. a `close` frame).
     closing: bool,
+    /// The relay was told this link is up (`LinkUp`); until then frames wait in `early`.
+    announced: bool,
+    /// Frames that arrived before `LinkUp`, with their byte total.
+    early: Vec<Frame>,
+    early_bytes: usize,
+    /// The RTT average last reported to the relay.
+    reported_rtt: Option<u64>,
 }
 
 impl PeerActor {
@@ -242,7 +249,7 @@ impl PeerActor {
     pub fn dialer(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
-        relay: Addr<RelayActor>,
+        relay: RelayPorts,
         target: Endpoint,
         udp: Vec<UdpEndpoint>,
     ) -> (PeerActor, StatusCell) {
@@ -269,6 +276,10 @@ impl PeerActor {
             admitted: false,
             timer: None,
             closing: false,
+            announced: false,
+            early: Vec::new(),
+            early_bytes: 0,
+            reported_rtt: None,
         };
         (actor, status)
     }
@@ -277,7 +288,7 @@ impl PeerActor {
     pub fn acceptor(
         node: Arc<NodeShared>,
         discovery: Addr<DiscoveryActor>,
-        relay: Addr<RelayActor>,
+        relay: RelayPorts,
         incoming: Incoming,
         slot: HandshakeSlot,
     ) -> PeerActor {
@@ -300,6 +311,10 @@ impl PeerActor {
             admitted: false,
             timer: None,
             closing: false,
+            announced: false,
+            early: Vec::new(),
+            early_bytes: 0,
+            reported_rtt: None,
         }
     }
 }
@@ -769,8 +784,27 @@ impl PeerActor {
             };
             self.on_event(event, ctx);
         }
+        self.report_rtt();
         self.update_status();
         self.arm_timer(ctx);
+    }
+
+    /// Tells the relay the link's average RTT when it changed (its routing costs).
+    fn report_rtt(&mut self) {
+        if !self.announced {
+            return;
+        }
+        let avg = match &self.state {
+            State::Active { attempt } => attempt.link.rtt().and_then(|r| r.avg_us()),
+            _ => None,
+        };
+        if let Some(avg_us) = avg.filter(|a| Some(*a) != self.reported_rtt) {
+            self.reported_rtt = Some(avg_us);
+            let _ = self.relay.rtt.try_send(LinkRtt {
+                link_id: self.link_id,
+                avg_us,
+            });
+        }
     }
 
     fn arm_timer(&mut self, ctx: &mut Context<Self>) {
@@ -812,23 +846,7 @@ impl PeerActor {
                 | Frame::LinkState(_)
                 | Frame::PunchRequest { .. }
                 | Frame::Punch(_)
-                | Frame::PunchRefused { .. }) => {
-                    let (from, network) = self
-                        .attempt_ref()
-                        .and_then(|a| a.link.peer())
-                        .map(|h| (h.node_id.clone(), h.network.clone()))
-                        .unwrap_or_default();
-                    let msg = Inbound {
-                        link_id: self.link_id,
-                        from,
-                        network,
-                        dialed: self.is_dialer(),
-                        frame,
-                    };
-                    if self.relay.try_send(msg).is_err() {
-                        self.node.metrics.frames_dropped.inc();
-                    }
-                }
+                | Frame::PunchRefused { .. }) => self.pass_to_relay(frame),
                 other => debug!("{}: unexpected frame {}", self.describe(), other.kind()),
             },
             Event::Closed(cause) => self.on_closed(cause, ctx),
@@ -941,18 +959,54 @@ impl PeerActor {
         }
         self.transition(Step::Up, None);
         if let (Some(node_id), Some(public_key)) = (peer, public_key) {
-            let transport = self.status.lock().map_or(Transport::Tcp, |s| s.transport);
-            self.relay.do_send(LinkReady {
-                link_id: self.link_id,
+            let (transport, local) = self
+                .status
+                .lock()
+                .map_or((Transport::Tcp, None), |s| (s.transport, s.local_addr));
+            let info = LinkInfo {
                 node_id,
-                network,
-                dialed: self.is_dialer(),
-                public_key,
+                kind: LinkKind::of(&self.node.local.network, &network, self.is_dialer()),
                 transport,
-                peer: ctx.address(),
-                status: self.status.clone(),
+                public_key,
+                remote: Some(remote),
+                local,
+            };
+            self.relay.up.do_send(LinkUp {
+                link_id: self.link_id,
+                info,
+                send: ctx.address().recipient(),
             });
+            self.announced = true;
+            for frame in std::mem::take(&mut self.early) {
+                self.pass_to_relay(frame);
+            }
+            self.early_bytes = 0;
         }
+    }
+
+    /// Hands a frame to the relay, or holds it until the link is announced.
+    fn pass_to_relay(&mut self, frame: Frame) {
+        if self.announced {
+            let msg = Inbound {
+                link_id: self.link_id,
+                frame,
+            };
+            if self.relay.frames.try_send(msg).is_err() {
+                self.node.metrics.frames_dropped.inc();
+            }
+            return;
+        }
+        let size = match &frame {
+            Frame::Data(e) => e.sealed.len(),
+            _ => 0,
+        } + 256;
+        if self.early.len() >= EARLY_FRAMES || self.early_bytes + size > EARLY_FRAME_BYTES {
+            debug!("{}: frame before admission dropped", self.describe());
+            self.node.metrics.frames_dropped.inc();
+            return;
+        }
+        self.early_bytes += size;
+        self.early.push(frame);
     }
 
     fn on_closed(&mut self, cause: Cause, ctx: &mut Context<Self>) {
@@ -979,7 +1033,7 @@ impl PeerActor {
             other => debug!("{what}: {other}"),
         }
         if self.admitted {
-            self.discovery.do_send(LinkDown {
+            self.discovery.do_send(messages::LinkDown {
                 link_id: self.link_id,
             });
             self.admitted = false;
@@ -1087,7 +1141,7 @@ impl PeerActor {
                 s.last_error = Some("panic".into());
             }
             if self.admitted {
-                self.discovery.do_send(LinkDown {
+                self.discovery.do_send(messages::LinkDown {
                     link_id: self.link_id,
                 });
                 self.admitted = false;
@@ -1126,10 +1180,16 @@ impl PeerActor {
     fn transition(&mut self, step: Step, new_attempt: Option<Attempt>) {
         let old = std::mem::replace(&mut self.state, State::Init { attempt: None });
         let from = old.visible();
-        if from == PeerState::Active && step == Step::Down {
-            self.relay.do_send(LinkGone {
-                link_id: self.link_id,
-            });
+        if step == Step::Down {
+            if self.announced {
+                self.relay.down.do_send(messages::LinkDown {
+                    link_id: self.link_id,
+                });
+            }
+            self.announced = false;
+            self.early.clear();
+            self.early_bytes = 0;
+            self.reported_rtt = None;
         }
         let current = match old {
             State::Init { attempt } | State::Disconnected { attempt } => attempt,

@@ -6,12 +6,15 @@
 //! so it is tested directly.
 
 pub mod backoff;
+pub mod cache;
 pub mod e2e;
 pub mod handshake;
+pub mod key_book;
 pub mod link;
 pub mod peer_state;
 pub mod peer_table;
 pub mod punch;
+pub mod router;
 pub mod routing;
 pub mod token_bucket;
 pub mod whitelist;

@@ -1,0 +1,210 @@
+//! The key book: which identity key belongs to which node id, with one precedence rule, pure.
+//!
+//! Used by the router (to seal end to end and to check adverts) and by the peer table (to
+//! admit links). Three sources, strongest first:
+//! 1. **pinned** by the operator (config `pinned_keys`): the only key ever accepted for that id;
+//! 2. **proven** by the node itself on a direct link (its Noise static key): replaces a gossiped
+//!    key, and is never replaced: a link proving another key for the id is refused as a key
+//!    mismatch (the operator pins the new key to accept a regenerated identity);
+//! 3. **gossiped** (a `link_state` advert, a `welcome` list): taken only for an id we know no
+//!    key of, and never replaces anything.
+//!
+//! So an advert that arrives before a node's direct link cannot keep the link's proven key
+//! out, and no amount of gossip can replace a key a node proved or an operator pinned.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Where a key came from, weakest first (the derived order is the precedence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// Heard from a third party (an advert or a welcome list).
+    Gossiped,
+    /// Proven by the node on a direct link.
+    Proven,
+    /// Pinned in the config.
+    Pinned,
+}
+
+/// What [`KeyBook::offer`] did with a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// We held this key already (its source may have been upgraded).
+    Same,
+    /// Stored: the id was new, or the key replaced a weaker one. Anything derived from the old
+    /// key (pair keys) must be dropped.
+    Changed,
+    /// Refused: a stronger or equal source holds another key for the id (or the book is full of
+    /// gossip). The caller ignores whatever carried the key.
+    Refused,
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct KeyBook {
+    /// Key and source by node id.
+    keys: HashMap<String, ([u8; 32], Source)>,
+    /// Most gossiped entries kept (proven and pinned ones are bounded by links and config).
+    max_gossiped: usize,
+    /// Gossiped entries held.
+    gossiped: usize,
+}
+
+impl KeyBook {
+    /// A book holding the operator's pinned keys, keeping at most `max_gossiped` gossiped ones.
+    pub fn new(pinned: &BTreeMap<String, [u8; 32]>, max_gossiped: usize) -> KeyBook {
+        KeyBook {
+            keys: pinned
+                .iter()
+                .map(|(id, k)| (id.clone(), (*k, Source::Pinned)))
+                .collect(),
+            max_gossiped,
+            gossiped: 0,
+        }
+    }
+
+    /// Offers `key` for `id` from `source`; see [`Offer`].
+    pub fn offer(&mut self, id: &str, key: [u8; 32], source: Source) -> Offer {
+        match self.keys.get_mut(id) {
+            Some((held, from)) if *held == key => {
+                if source > *from {
+                    if *from == Source::Gossiped {
+                        self.gossiped -= 1;
+                    }
+                    *from = source;
+                }
+                Offer::Same
+            }
+            // Only a stronger source replaces a key: a proof replaces gossip, nothing replaces
+            // a pin, and a proven key stays pinned to its id (another key's link is refused).
+            Some((held, from)) if source > *from => {
+                if *from == Source::Gossiped {
+                    self.gossiped -= 1;
+                }
+                *held = key;
+                *from = source;
+                Offer::Changed
+            }
+            Some(_) => Offer::Refused,
+            None => {
+                if source == Source::Gossiped {
+                    if self.gossiped >= self.max_gossiped {
+                        return Offer::Refused;
+                    }
+                    self.gossiped += 1;
+                }
+                self.keys.insert(id.to_string(), (key, source));
+                Offer::Changed
+            }
+        }
+    }
+
+    /// Whether `offer(id, key, source)` would be refused, without changing anything.
+    pub fn would_refuse(&self, id: &str, key: &[u8; 32], source: Source) -> bool {
+        match self.keys.get(id) {
+            Some((held, _)) if held == key => false,
+            Some((_, from)) => source <= *from,
+            None => source == Source::Gossiped && self.gossiped >= self.max_gossiped,
+        }
+    }
+
+    /// The key held for `id`.
+    pub fn get(&self, id: &str) -> Option<&[u8; 32]> {
+        self.keys.get(id).map(|(k, _)| k)
+    }
+
+    /// The key held for `id` and where it came from.
+    pub fn entry(&self, id: &str) -> Option<([u8; 32], Source)> {
+        self.keys.get(id).copied()
+    }
+
+    /// Whether a key is held for `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
+    /// Forgets a gossiped key (e.g. its advert expired); proven and pinned keys stay.
+    pub fn forget_gossiped(&mut self, id: &str) {
+        if let Some((_, Source::Gossiped)) = self.keys.get(id) {
+            self.keys.remove(id);
+            self.gossiped -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 32] = [1; 32];
+    const B: [u8; 32] = [2; 32];
+
+    fn book() -> KeyBook {
+        KeyBook::new(&BTreeMap::new(), 16)
+    }
+
+    #[test]
+    fn a_proof_replaces_a_key_an_advert_brought_first() {
+        // The advert-before-link case: a relay gossips its own key for `b` before `b`'s direct
+        // link proves the real one.
+        let mut k = book();
+        assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Changed);
+        assert_eq!(k.offer("b", A, Source::Proven), Offer::Changed);
+        assert_eq!(k.get("b"), Some(&A));
+        assert_eq!(k.entry("b").map(|e| e.1), Some(Source::Proven));
+    }
+
+    #[test]
+    fn gossip_never_replaces_a_proven_key() {
+        let mut k = book();
+        k.offer("b", A, Source::Proven);
+        assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Refused);
+        assert!(k.would_refuse("b", &B, Source::Gossiped));
+        assert_eq!(k.get("b"), Some(&A));
+    }
+
+    #[test]
+    fn gossip_does_not_replace_gossip() {
+        let mut k = book();
+        k.offer("b", A, Source::Gossiped);
+        assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Refused);
+        assert_eq!(k.get("b"), Some(&A));
+    }
+
+    #[test]
+    fn a_pinned_key_is_the_only_one_accepted() {
+        let pinned = BTreeMap::from([("b".to_string(), A)]);
+        let mut k = KeyBook::new(&pinned, 16);
+        assert_eq!(k.offer("b", B, Source::Proven), Offer::Refused);
+        assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Refused);
+        assert_eq!(k.offer("b", A, Source::Proven), Offer::Same);
+        assert_eq!(k.entry("b"), Some((A, Source::Pinned)));
+    }
+
+    #[test]
+    fn a_proven_key_stays_pinned_to_its_id() {
+        let mut k = book();
+        k.offer("b", A, Source::Proven);
+        assert_eq!(k.offer("b", B, Source::Proven), Offer::Refused);
+        assert!(k.would_refuse("b", &B, Source::Proven));
+        assert_eq!(k.get("b"), Some(&A));
+    }
+
+    #[test]
+    fn gossiped_entries_are_bounded_and_upgrades_free_their_slot() {
+        let mut k = KeyBook::new(&BTreeMap::new(), 2);
+        k.offer("a", A, Source::Gossiped);
+        k.offer("b", A, Source::Gossiped);
+        assert_eq!(k.offer("c", A, Source::Gossiped), Offer::Refused);
+        assert_eq!(
+            k.offer("c", A, Source::Proven),
+            Offer::Changed,
+            "proofs always fit"
+        );
+        k.offer("a", A, Source::Proven); // upgrade frees a gossip slot
+        assert_eq!(k.offer("d", A, Source::Gossiped), Offer::Changed);
+        k.forget_gossiped("d");
+        k.forget_gossiped("a"); // proven: stays
+        assert!(!k.contains("d"));
+        assert!(k.contains("a"));
+    }
+}

@@ -1,0 +1,586 @@
+//! The message path: sealing, pending requests, forwarding, the target's side (replays,
+//! scripts, replies, the inbox).
+//!
+//! - Sending: [`Router::send`] seals the message end to end for the target (pair key cached per
+//!   peer: one X25519 per peer, not per message), remembers the pending request (with a copy to
+//!   re-send if its first hop's link goes) and queues it on the best link to the next hop. The
+//!   sealed reply completes it ([`super::Action::Complete`]); a deadline fails what was not
+//!   answered in time.
+//! - Receiving: envelopes for us are opened, checked against replays, and dispatched: a body
+//!   naming a configured script runs it ([`super::Action::RunScript`]); anything else is a plain
+//!   message, kept in the inbox. The outcome goes back sealed, and is kept in a reply cache so a
+//!   re-sent request is answered again instead of running twice.
+//! - Forwarding: envelopes for others are passed on unopened within their domain's policy, with
+//!   a hop counter and an id cache as the last guard against loops, and counted.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+
+use crate::proto::cache::BoundedCache;
+use crate::proto::e2e::{self, E2eError, Outcome, PairKey, Payload, ReplayCache};
+use crate::wire::frame::{Envelope, Frame, MessageKind};
+
+use super::report::{MessageCounters, ReceivedMessage};
+use super::{
+    describe, Action, Delivery, Now, Policy, Router, ScriptResult, SendError, MAX_HOPS,
+    MAX_PENDING, RECENT_BODY_BYTES, RECENT_MESSAGES, REPLAY_CACHE, REPLY_CACHE_BYTES,
+    REPLY_CACHE_ENTRIES, REPLY_OVERHEAD_BYTES, RESEND_BUDGET_BYTES,
+};
+
+/// A request awaiting its answer.
+#[derive(Debug)]
+struct Pending {
+    /// Who must answer.
+    target: String,
+    /// When it times out (monotonic ms).
+    deadline_ms: u64,
+    /// The timeout asked for, for the error.
+    timeout_ms: u64,
+    /// The sealed request as first sent (hops 0), to re-send on another path; `None` when it
+    /// did not fit [`RESEND_BUDGET_BYTES`].
+    resend: Option<Envelope>,
+    /// The neighbour it last went to ("" while it waits for a path).
+    first_hop: String,
+    /// Times it was handed to a link.
+    sends: u32,
+}
+
+/// The message path's state.
+#[derive(Debug)]
+pub(super) struct Messages {
+    /// Requests awaiting an answer, by id.
+    pending: HashMap<u64, Pending>,
+    /// The same, ordered by deadline.
+    deadlines: BTreeSet<(u64, u64)>,
+    /// Bytes held in `Pending::resend`.
+    resend_bytes: usize,
+    /// End-to-end keys by node id, derived once.
+    pair_keys: HashMap<String, Arc<PairKey>>,
+    /// (source, id) of every envelope accepted here, against replays.
+    replay: ReplayCache,
+    /// Sealed replies by (requester, request id), for re-sent duplicates.
+    answered: BoundedCache<(String, u64), Envelope>,
+    /// Requests whose script is running, by job.
+    running: HashMap<u64, Envelope>,
+    /// Next script job id.
+    next_job: u64,
+    /// Counters for `/status`.
+    pub counters: MessageCounters,
+    /// Recent plain messages, bounded by [`RECENT_MESSAGES`].
+    pub inbox: VecDeque<ReceivedMessage>,
+}
+
+impl Messages {
+    pub(super) fn new() -> Messages {
+        Messages {
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            resend_bytes: 0,
+            pair_keys: HashMap::new(),
+            replay: ReplayCache::new(REPLAY_CACHE),
+            answered: BoundedCache::new(REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES),
+            running: HashMap::new(),
+            next_job: 0,
+            counters: MessageCounters::default(),
+            inbox: VecDeque::new(),
+        }
+    }
+
+    /// The earliest pending deadline.
+    pub(super) fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Drops a cached pair key (the node's key changed).
+    pub(super) fn forget_pair_key(&mut self, id: &str) {
+        self.pair_keys.remove(id);
+    }
+
+    /// Forgets a pending request, releasing its re-send copy.
+    fn take(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        self.deadlines.remove(&(p.deadline_ms, id));
+        if let Some(e) = &p.resend {
+            self.resend_bytes = self.resend_bytes.saturating_sub(e.sealed.len());
+        }
+        Some(p)
+    }
+}
+
+impl Router {
+    /// Sends `body` to `target`, answering within `timeout_ms` through
+    /// [`Action::Complete`] with the returned id; an error here means it was not sent.
+    pub fn send(
+        &mut self,
+        now: Now,
+        target: &str,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    ) -> Result<u64, SendError> {
+        if self.msgs.pending.len() >= MAX_PENDING {
+            return Err(SendError::Busy);
+        }
+        if self.home.relay_nodes.contains(target) {
+            return Err(SendError::NotMember(target.to_string()));
+        }
+        if !self.home.keys.contains(target) {
+            return Err(SendError::PeerNotFound(target.to_string()));
+        }
+        let payload = Payload::Message { body };
+        let envelope = self.seal(now, target, MessageKind::Request, timeout_ms, &payload)?;
+        let id = envelope.id;
+        let size = envelope.sealed.len();
+        let me = self.settings.node_id.clone();
+        let resend = (target != me && self.msgs.resend_bytes + size <= RESEND_BUDGET_BYTES)
+            .then(|| envelope.clone());
+        if resend.is_some() {
+            self.msgs.resend_bytes += size;
+        }
+        let deadline_ms = now.ms() + timeout_ms;
+        self.msgs.pending.insert(
+            id,
+            Pending {
+                target: target.to_string(),
+                deadline_ms,
+                timeout_ms,
+                resend,
+                first_hop: String::new(),
+                sends: 1,
+            },
+        );
+        self.msgs.deadlines.insert((deadline_ms, id));
+        self.msgs.counters.sent += 1;
+        match self.route(now, envelope) {
+            Ok(next) => {
+                if let Some(p) = self.msgs.pending.get_mut(&id) {
+                    p.first_hop = next;
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                self.msgs.take(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// A script the router asked for ended: answer its request.
+    pub fn script_done(&mut self, now: Now, job: u64, result: ScriptResult) {
+        let Some(request) = self.msgs.running.remove(&job) else {
+            return;
+        };
+        let outcome = match result {
+            ScriptResult::Ran {
+                exit_code,
+                mut stdout,
+                mut stderr,
+                timed_out,
+                truncated,
+            } => {
+                // The reply must fit one frame: stderr gives way first, then stdout.
+                let budget = self
+                    .settings
+                    .max_frame_bytes
+                    .saturating_sub(REPLY_OVERHEAD_BYTES);
+                let mut truncated = truncated;
+                if stdout.len() + stderr.len() > budget {
+                    truncated = true;
+                    stderr.truncate(budget.saturating_sub(stdout.len()));
+                    stdout.truncate(budget);
+                }
+                Outcome::Script {
+                    exit_code,
+                    stdout,
+                    stderr,
+                    timed_out,
+                    truncated,
+                }
+            }
+            ScriptResult::Busy => Outcome::Failed {
+                code: "script_busy".into(),
+                message: "too many scripts running or queued".into(),
+            },
+            ScriptResult::Failed(message) => Outcome::Failed {
+                code: "script_failed".into(),
+                message,
+            },
+        };
+        self.reply(now, &request, outcome);
+    }
+
+    /// Fails requests whose deadline passed.
+    pub(super) fn expire_pending(&mut self, now: Now) {
+        let ms = now.ms();
+        while let Some(&(deadline, id)) = self.msgs.deadlines.first() {
+            if deadline > ms {
+                break;
+            }
+            if let Some(p) = self.msgs.take(id) {
+                self.msgs.counters.timed_out += 1;
+                self.actions.push_back(Action::Complete {
+                    id,
+                    result: Err(SendError::Timeout(p.target, p.timeout_ms)),
+                });
+            } else {
+                self.msgs.deadlines.remove(&(deadline, id));
+            }
+        }
+    }
+
+    /// A link could not take an envelope we sealed.
+    pub(super) fn own_envelope_refused(&mut self, envelope: &Envelope) {
+        if envelope.kind != MessageKind::Request {
+            debug!("reply {} dropped: link queue full", describe(envelope));
+            return;
+        }
+        let id = envelope.id;
+        let first = self.msgs.pending.get(&id).is_some_and(|p| p.sends <= 1);
+        if first {
+            // As before it was sent: the caller hears at once that the node is busy.
+            self.msgs.take(id);
+            self.actions.push_back(Action::Complete {
+                id,
+                result: Err(SendError::Busy),
+            });
+        } else if let Some(p) = self.msgs.pending.get_mut(&id) {
+            // A re-send: wait for the next path change and try again.
+            p.first_hop.clear();
+        }
+    }
+
+    /// Builds and seals an envelope from us.
+    fn seal(
+        &mut self,
+        now: Now,
+        target: &str,
+        kind: MessageKind,
+        ttl_ms: u64,
+        payload: &Payload,
+    ) -> Result<Envelope, SendError> {
+        let key = self.pair_key(target)?;
+        let mut envelope = Envelope {
+            id: self.random_u64(),
+            source: self.settings.node_id.clone(),
+            target: target.to_string(),
+            kind,
+            timestamp_ms: now.unix_ms,
+            ttl_ms: ttl_ms.min(e2e::MAX_TTL_MS as u64) as u32,
+            hops: 0,
+            sealed: Vec::new(),
+        };
+        e2e::seal(&key, &mut envelope, &payload.encode())
+            .map_err(|e| SendError::Crypto(target.to_string(), e.to_string()))?;
+        Ok(envelope)
+    }
+
+    fn pair_key(&mut self, id: &str) -> Result<Arc<PairKey>, SendError> {
+        if let Some(k) = self.msgs.pair_keys.get(id) {
+            return Ok(k.clone());
+        }
+        let public = *self
+            .home
+            .keys
+            .get(id)
+            .ok_or_else(|| SendError::PeerNotFound(id.to_string()))?;
+        let keys = &self.settings.keys;
+        let me = &self.settings.node_id;
+        let key = PairKey::derive(&keys.identity, &public, &keys.network_key, me, id)
+            .map_err(|e| SendError::Crypto(id.to_string(), e.to_string()))?;
+        let key = Arc::new(key);
+        if self.msgs.pair_keys.len() < crate::proto::peer_table::MAX_KNOWN_NODES {
+            self.msgs.pair_keys.insert(id.to_string(), key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Sends an envelope of ours toward its target (or handles it here for loopback); answers
+    /// the neighbour it went to.
+    fn route(&mut self, now: Now, mut envelope: Envelope) -> Result<String, SendError> {
+        let me = self.settings.node_id.clone();
+        if envelope.target == me {
+            self.on_envelope_for_me(now, envelope);
+            return Ok(me);
+        }
+        let next_hop = self
+            .next_hop(None, &envelope.target)
+            .ok_or_else(|| SendError::NoRoute(envelope.target.clone()))?;
+        let link = self
+            .best_link(None, &next_hop)
+            .ok_or_else(|| SendError::NoRoute(envelope.target.clone()))?;
+        envelope.hops = envelope.hops.saturating_add(1);
+        self.actions.push_back(Action::Send {
+            link,
+            frame: Frame::Data(envelope),
+        });
+        Ok(next_hop)
+    }
+
+    /// The neighbour to hand a frame for `target` to in a domain. A node with a direct link
+    /// gets it directly (also before its advert arrives, and even if link costs make a relayed
+    /// path look cheaper: a relay adds a hop of work and a point of failure); others go by the
+    /// routing table.
+    fn next_hop(&mut self, dom: Option<&str>, target: &str) -> Option<String> {
+        if self.best_link(dom, target).is_some() {
+            return Some(target.to_string());
+        }
+        self.domain_mut(dom)?
+            .routing
+            .route(target)
+            .map(|r| r.next_hop)
+    }
+
+    /// Re-sends pending requests whose first hop is no longer linked, over whatever path the
+    /// routing table has now. The target answers a duplicate from its reply cache, so a script
+    /// never runs twice.
+    pub(super) fn resend_stranded(&mut self, now: Now) {
+        let stranded: Vec<u64> = self
+            .msgs
+            .pending
+            .iter()
+            .filter(|(_, p)| p.resend.is_some())
+            .filter(|(_, p)| self.best_link(None, &p.first_hop).is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stranded {
+            let Some(envelope) = self.msgs.pending.get(&id).and_then(|p| p.resend.clone()) else {
+                continue;
+            };
+            match self.route(now, envelope) {
+                Ok(next) => {
+                    debug!("re-sent request {id} via {next} after losing its first hop");
+                    self.msgs.counters.resent += 1;
+                    if let Some(p) = self.msgs.pending.get_mut(&id) {
+                        p.first_hop = next;
+                        p.sends += 1;
+                    }
+                }
+                Err(e) => debug!("cannot re-send request {id} yet: {e}"),
+            }
+        }
+    }
+
+    /// A data frame in a domain: ours to open, or to forward under the domain's policy.
+    pub(super) fn on_data(&mut self, now: Now, dom: Option<&str>, envelope: Envelope) {
+        if dom.is_none() && envelope.target == self.settings.node_id {
+            self.on_envelope_for_me(now, envelope);
+            return;
+        }
+        let bytes = envelope.sealed.len() as u64;
+        let what = describe(&envelope);
+        let network = dom.unwrap_or(&self.settings.network).to_string();
+        match self.forward(now, dom, envelope) {
+            Ok(()) => {
+                let c = self.relayed.entry(network).or_default();
+                c.messages += 1;
+                c.bytes += bytes;
+                if let Some(d) = self.domain_mut(dom) {
+                    d.relayed.messages += 1;
+                    d.relayed.bytes += bytes;
+                }
+            }
+            Err(why) => {
+                debug!("dropping {what}{}: {why}", super::in_network(dom));
+                if let Some(d) = self.domain_mut(dom) {
+                    d.dropped.messages += 1;
+                    d.dropped.bytes += bytes;
+                }
+                if dom.is_none() {
+                    self.msgs.counters.dropped += 1;
+                }
+            }
+        }
+    }
+
+    /// Passes one envelope on toward its target in its domain, unopened, or says why not.
+    fn forward(
+        &mut self,
+        now: Now,
+        dom: Option<&str>,
+        mut envelope: Envelope,
+    ) -> Result<(), &'static str> {
+        let me = self.settings.node_id.clone();
+        let d = self.domain_mut(dom).ok_or("unknown network")?;
+        if let Policy::Foreign { control_only, .. } = d.policy {
+            if envelope.target == me {
+                // We are not a member: we cannot open it, and our scripts are not theirs.
+                return Err("addressed to us, not a member");
+            }
+            if control_only {
+                return Err("network admitted for control traffic only");
+            }
+        }
+        if envelope.hops >= MAX_HOPS {
+            return Err("hop limit");
+        }
+        let key = (envelope.source.clone(), envelope.id);
+        if d.seen.contains(&key) {
+            return Err("seen (loop)");
+        }
+        d.seen.insert(key, (), 0);
+        let next_hop = self.next_hop(dom, &envelope.target).ok_or("no route")?;
+        let link = self.best_link(dom, &next_hop).ok_or("no route")?;
+        let d = self.domain_mut(dom).ok_or("unknown network")?;
+        if let Policy::Foreign { bucket, .. } = &mut d.policy {
+            if !bucket.try_take(now.us, envelope.sealed.len() as u64) {
+                return Err("over the relay budget");
+            }
+        }
+        envelope.hops = envelope.hops.saturating_add(1);
+        self.actions.push_back(Action::Send {
+            link,
+            frame: Frame::Data(envelope),
+        });
+        Ok(())
+    }
+
+    fn on_envelope_for_me(&mut self, now: Now, envelope: Envelope) {
+        let source = envelope.source.clone();
+        let key = match self.pair_key(&source) {
+            Ok(k) => k,
+            Err(e) => {
+                debug!("dropping envelope from {source}: {e}");
+                self.msgs.counters.dropped += 1;
+                return;
+            }
+        };
+        let plaintext = match e2e::open(&key, &envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("dropping envelope {} from {source}: {e}", envelope.id);
+                self.msgs.counters.dropped += 1;
+                return;
+            }
+        };
+        // Only authentic envelopes enter the replay cache, so forgeries cannot evict it.
+        if let Err(e) = self.msgs.replay.check_and_insert(now.unix_ms, &envelope) {
+            let key = (source.clone(), envelope.id);
+            if let (E2eError::Replayed, Some(reply)) = (&e, self.msgs.answered.get(&key)) {
+                // The requester lost its path and re-sent: answer again, do not run again.
+                debug!(
+                    "answering re-sent request {} from {source} again",
+                    envelope.id
+                );
+                let reply = reply.clone();
+                if let Err(e) = self.route(now, reply) {
+                    debug!("cannot answer {} at {source} again: {e}", envelope.id);
+                }
+                return;
+            }
+            debug!("dropping envelope {} from {source}: {e}", envelope.id);
+            self.msgs.counters.dropped += 1;
+            return;
+        }
+        let payload = match Payload::decode(&plaintext) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!("dropping envelope {} from {source}: {e}", envelope.id);
+                self.msgs.counters.dropped += 1;
+                return;
+            }
+        };
+        match (envelope.kind, payload) {
+            (MessageKind::Request, Payload::Message { body }) => {
+                self.on_request(now, envelope, body)
+            }
+            (
+                MessageKind::Response,
+                Payload::Reply {
+                    in_reply_to,
+                    outcome,
+                    request_hops,
+                },
+            ) => {
+                // Only the node we asked may answer (a duplicate answer finds nothing pending).
+                let asked = self
+                    .msgs
+                    .pending
+                    .get(&in_reply_to)
+                    .map(|p| p.target.as_str());
+                if asked != Some(&source) {
+                    debug!("late, unknown or misdirected reply {in_reply_to} from {source}");
+                    return;
+                }
+                if self.msgs.take(in_reply_to).is_none() {
+                    return;
+                }
+                self.msgs.counters.replies += 1;
+                self.actions.push_back(Action::Complete {
+                    id: in_reply_to,
+                    result: Ok(Delivery {
+                        id: in_reply_to,
+                        hops: request_hops,
+                        outcome,
+                    }),
+                });
+            }
+            _ => {
+                warn!(
+                    "dropping envelope {} from {source}: kind and payload disagree",
+                    envelope.id
+                );
+                self.msgs.counters.dropped += 1;
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Now, envelope: Envelope, body: Vec<u8>) {
+        let name = std::str::from_utf8(&body).map(str::trim).unwrap_or("");
+        if !self.settings.scripts.contains(name) {
+            info!(
+                "message {} from {} ({} bytes, {} hops)",
+                envelope.id,
+                envelope.source,
+                body.len(),
+                envelope.hops
+            );
+            self.msgs.counters.delivered += 1;
+            if self.msgs.inbox.len() >= RECENT_MESSAGES {
+                self.msgs.inbox.pop_front();
+            }
+            let kept = &body[..body.len().min(RECENT_BODY_BYTES)];
+            self.msgs.inbox.push_back(ReceivedMessage {
+                id: envelope.id.to_string(),
+                source: envelope.source.clone(),
+                received_unix_ms: now.unix_ms,
+                hops: envelope.hops,
+                bytes: body.len(),
+                body: String::from_utf8_lossy(kept).into_owned(),
+                truncated: kept.len() < body.len(),
+            });
+            self.reply(now, &envelope, Outcome::Delivered);
+            return;
+        }
+        self.msgs.counters.scripts_run += 1;
+        self.msgs.next_job += 1;
+        let job = self.msgs.next_job;
+        self.actions.push_back(Action::RunScript {
+            job,
+            name: name.to_string(),
+            source: envelope.source.clone(),
+            message_id: envelope.id,
+        });
+        self.msgs.running.insert(job, envelope);
+    }
+
+    fn reply(&mut self, now: Now, request: &Envelope, outcome: Outcome) {
+        let payload = Payload::Reply {
+            in_reply_to: request.id,
+            outcome,
+            request_hops: request.hops,
+        };
+        let ttl = request.ttl_ms as u64;
+        match self.seal(now, &request.source, MessageKind::Response, ttl, &payload) {
+            Ok(envelope) => {
+                let size = envelope.sealed.len();
+                let key = (request.source.clone(), request.id);
+                self.msgs.answered.insert(key, envelope.clone(), size);
+                if let Err(e) = self.route(now, envelope) {
+                    debug!("cannot answer {} at {}: {e}", request.id, request.source);
+                }
+            }
+            Err(e) => warn!("cannot answer {} at {}: {e}", request.id, request.source),
+        }
+    }
+}

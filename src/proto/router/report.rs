@@ -1,0 +1,235 @@
+//! What the router reports for `/status` and `GET /messages`: plain serialisable values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::{Router, DEFAULT_LINK_COST_US};
+use crate::proto::punch;
+
+/// How a node is reached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteReport {
+    /// The neighbour a frame for the node goes to.
+    pub next_hop: String,
+    /// Links on the path.
+    pub hops: u32,
+    /// Sum of link RTTs on the path, microseconds.
+    pub cost_us: u64,
+    /// The node's identity key as held here, hex.
+    pub public_key: Option<String>,
+}
+
+/// Relay counters for one origin network.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayedCount {
+    /// Envelopes.
+    pub messages: u64,
+    /// Sealed bytes.
+    pub bytes: u64,
+}
+
+/// Message counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MessageCounters {
+    /// Requests sent from this node (including loopback).
+    pub sent: u64,
+    /// Requests for this node delivered as plain messages.
+    pub delivered: u64,
+    /// Requests for this node that ran a script.
+    pub scripts_run: u64,
+    /// Answers that completed a request of ours.
+    pub replies: u64,
+    /// Envelopes dropped: replayed, expired, unopenable, unknown source, no route, hop limit, loop.
+    pub dropped: u64,
+    /// Requests that got no answer in time.
+    pub timed_out: u64,
+    /// Requests re-sent on another path after their first hop's link was lost.
+    pub resent: u64,
+}
+
+/// What `/status` takes from the router.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayReport {
+    /// Route per reachable node (merged into `/status` peers, not shown as such).
+    #[serde(skip)]
+    pub routes: HashMap<String, RouteReport>,
+    /// Envelopes forwarded for others, by origin network.
+    pub relayed: HashMap<String, RelayedCount>,
+    /// Message counters.
+    pub messages: MessageCounters,
+    /// As a public node: each foreign network we relay for.
+    pub foreign: BTreeMap<String, ForeignReport>,
+    /// Nodes that are public nodes of other networks relaying for us (not members).
+    pub public_relays: Vec<String>,
+    /// Hole punching toward members reached through a relay, by peer id.
+    pub punch: BTreeMap<String, PunchReport>,
+}
+
+/// One foreign network on a public node's `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForeignReport {
+    /// Its members linked to us, sorted.
+    pub members: Vec<String>,
+    /// Whether only control traffic is relayed (admitted by `relay_all_peer_rpc`, not by the
+    /// whitelist).
+    pub control_only: bool,
+    /// The token bucket's rate, bytes per second (0 = unlimited).
+    pub bps_limit: u64,
+    /// Data forwarded between its members.
+    pub messages_relayed: u64,
+    /// Bytes of it.
+    pub bytes_relayed: u64,
+    /// Data dropped: over the budget, control-only, or addressed to us.
+    pub messages_dropped: u64,
+    /// Bytes of it.
+    pub bytes_dropped: u64,
+    /// Punches coordinated between its members.
+    pub punches_coordinated: u64,
+}
+
+/// One peer's hole punching on `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PunchReport {
+    /// "waiting", "requested", "punching", "open" or "gave_up".
+    pub state: &'static str,
+    /// The relay asked to coordinate.
+    pub relay: String,
+    /// The address punched toward, or the one that answered.
+    pub addr: Option<String>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Why the last attempt failed (e.g. a symmetric NAT), if one did.
+    pub last_error: Option<String>,
+}
+
+/// A plain message this node received.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedMessage {
+    /// Message id (decimal string: JSON numbers lose u64 precision).
+    pub id: String,
+    /// Sender node id.
+    pub source: String,
+    /// When it arrived, unix ms.
+    pub received_unix_ms: u64,
+    /// Links it crossed.
+    pub hops: u8,
+    /// Body size in bytes.
+    pub bytes: usize,
+    /// The body as text (lossy UTF-8), at most [`super::RECENT_BODY_BYTES`].
+    pub body: String,
+    /// Whether `body` was cut.
+    pub truncated: bool,
+}
+
+impl Router {
+    /// Routes, counters, foreign domains and punching, for `/status`.
+    pub fn report(&mut self) -> RelayReport {
+        let keys = &self.home.keys;
+        let mut routes: HashMap<String, RouteReport> = self
+            .home
+            .routing
+            .routes()
+            .iter()
+            .map(|(id, r)| {
+                let report = RouteReport {
+                    next_hop: r.next_hop.clone(),
+                    hops: r.hops,
+                    cost_us: r.cost_us,
+                    public_key: keys.get(id).map(hex::encode),
+                };
+                (id.clone(), report)
+            })
+            .collect();
+        // Linked neighbours are reached directly (see `route`).
+        let direct: Vec<String> = self
+            .neighbours(None)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for id in direct {
+            let Some(link) = self.best_link(None, &id) else {
+                continue;
+            };
+            let cost_us = self.links[&link]
+                .rtt_us
+                .unwrap_or(DEFAULT_LINK_COST_US as u64);
+            let route = RouteReport {
+                next_hop: id.clone(),
+                hops: 1,
+                cost_us,
+                public_key: self.home.keys.get(&id).map(hex::encode),
+            };
+            routes.insert(id, route);
+        }
+        let foreign = self
+            .foreign
+            .iter()
+            .map(|(network, d)| {
+                let (control_only, bps_limit) = match &d.policy {
+                    super::Policy::Foreign {
+                        control_only,
+                        bucket,
+                    } => (*control_only, bucket.rate()),
+                    super::Policy::Home => (false, 0),
+                };
+                let report = ForeignReport {
+                    members: self
+                        .neighbours(Some(network))
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                    control_only,
+                    bps_limit,
+                    messages_relayed: d.relayed.messages,
+                    bytes_relayed: d.relayed.bytes,
+                    messages_dropped: d.dropped.messages,
+                    bytes_dropped: d.dropped.bytes,
+                    punches_coordinated: d.punches,
+                };
+                (network.clone(), report)
+            })
+            .collect();
+        let punch = self
+            .punch
+            .entries
+            .iter()
+            .map(|(id, e)| (id.clone(), punch_report(e)))
+            .collect();
+        let mut public_relays: Vec<String> = self.home.relay_nodes.iter().cloned().collect();
+        public_relays.sort();
+        RelayReport {
+            routes,
+            relayed: self.relayed.clone(),
+            messages: self.msgs.counters.clone(),
+            foreign,
+            public_relays,
+            punch,
+        }
+    }
+
+    /// The plain messages received most recently, newest last.
+    pub fn inbox(&self) -> Vec<ReceivedMessage> {
+        self.msgs.inbox.iter().cloned().collect()
+    }
+}
+
+fn punch_report(e: &super::punching::PunchEntry) -> PunchReport {
+    let (state, addr) = match e.puncher.state() {
+        punch::State::Waiting { .. } => ("waiting", None),
+        punch::State::Requested { .. } => ("requested", None),
+        punch::State::Punching { addr, .. } => ("punching", Some(addr.to_string())),
+        punch::State::Open { addr } => ("open", Some(addr.to_string())),
+        punch::State::GaveUp { .. } => ("gave_up", None),
+    };
+    PunchReport {
+        state,
+        relay: e.relay.clone(),
+        addr,
+        failures: e.puncher.failures(),
+        last_error: match e.puncher.state() {
+            punch::State::GaveUp { reason } => Some(reason.clone()),
+            _ => e.puncher.last_error().map(String::from),
+        },
+    }
+}

@@ -1,0 +1,471 @@
+//! A deterministic network of [`Router`]s on a virtual clock, for tests (quinn-proto's `Pair`
+//! idea, grown to a network).
+//!
+//! Nodes are routers; links are pairs of in-memory pipes with a latency; a frame sent on a link
+//! arrives at the other end `latency` later, in order. Time only moves when the harness runs:
+//! it jumps from one event (a frame arriving, a router's deadline) to the next, so a minute of
+//! network life costs only the work done in it. Scripts "run" at once and answer
+//! `ran <name>`; punch datagrams travel between the nodes' fake UDP addresses; dials are
+//! recorded. Everything is seeded, so a failing run replays exactly.
+//!
+//! Used by the router's unit tests and by `tests/sim.rs`; not part of the node.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::{Endpoint, Transport};
+use crate::identity::Identity;
+use crate::keys::KeyRing;
+use crate::proto::handshake::NetworkKey;
+use crate::wire::frame::Frame;
+
+use super::{
+    Action, Delivery, LinkInfo, LinkKind, Now, RelayReport, Router, ScriptResult, SendError,
+    Settings,
+};
+
+/// The virtual clock's wall-clock origin (2026-01-01), so envelope timestamps look real.
+const UNIX_BASE_MS: u64 = 1_767_225_600_000;
+
+/// One simulated node.
+pub struct SimNode {
+    /// Its id.
+    pub id: String,
+    /// Its network.
+    pub network: String,
+    /// Its router.
+    pub router: Router,
+    /// Outcomes of the requests it sent, by id.
+    pub completed: HashMap<u64, Result<Delivery, SendError>>,
+    /// Scripts it ran, as (name, source).
+    pub scripts_run: Vec<(String, String)>,
+    /// Addresses it was asked to dial.
+    pub dials: Vec<Endpoint>,
+    /// Its fake UDP address (for punching).
+    pub udp: SocketAddr,
+    /// Its identity key.
+    pub public_key: [u8; 32],
+}
+
+/// A link between two nodes.
+#[derive(Debug, Clone)]
+struct SimLink {
+    /// The two ends (node indices); `a` dialled.
+    ends: [usize; 2],
+    /// One-way latency, microseconds.
+    latency_us: u64,
+    /// Frames sent but not yet delivered are lost when it goes down.
+    up: bool,
+}
+
+/// Something that happens at a virtual time.
+#[derive(Debug)]
+enum Event {
+    /// A frame reaches node `to` on `link`.
+    Frame { to: usize, link: u64, frame: Frame },
+    /// A punch datagram reaches node `to`.
+    Punch {
+        to: usize,
+        from: SocketAddr,
+        token: [u8; 16],
+        ack: bool,
+    },
+}
+
+/// See the module docs.
+pub struct Net {
+    /// Virtual monotonic time, microseconds.
+    now_us: u64,
+    /// The nodes, by index.
+    pub nodes: Vec<SimNode>,
+    /// Node index by id (ids may repeat across networks: the first wins here).
+    by_id: HashMap<String, usize>,
+    /// Links by id (the same id at both ends).
+    links: BTreeMap<u64, SimLink>,
+    /// Pending events: (time, sequence, event index).
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Events by sequence number.
+    events: HashMap<u64, Event>,
+    /// Next event sequence number (ties keep sending order).
+    seq: u64,
+    /// Routers' deadlines: (time ms, node); stale entries are skipped.
+    deadlines: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Next link id.
+    next_link: u64,
+    /// Seed for identities and router ids.
+    seed: u64,
+    /// Link-state frames delivered so far.
+    pub adverts_delivered: u64,
+    /// Data frames delivered so far.
+    pub data_delivered: u64,
+}
+
+impl Net {
+    /// An empty network; `seed` makes every identity and id reproducible.
+    pub fn new(seed: u64) -> Net {
+        Net {
+            now_us: 0,
+            nodes: Vec::new(),
+            by_id: HashMap::new(),
+            links: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            deadlines: BinaryHeap::new(),
+            next_link: 0,
+            seed,
+            adverts_delivered: 0,
+            data_delivered: 0,
+        }
+    }
+
+    /// The current time as the routers see it.
+    pub fn now(&self) -> Now {
+        Now {
+            us: self.now_us,
+            unix_ms: UNIX_BASE_MS + self.now_us / 1000,
+        }
+    }
+
+    /// Virtual milliseconds since the start.
+    pub fn now_ms(&self) -> u64 {
+        self.now_us / 1000
+    }
+
+    /// Adds a node of network "sim" with scripts `echo` and `slow`.
+    pub fn add(&mut self, id: &str) -> usize {
+        self.add_with(id, "sim", |_| {})
+    }
+
+    /// Adds a node of `network`, letting `tweak` change its settings.
+    pub fn add_with(
+        &mut self,
+        id: &str,
+        network: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> usize {
+        let index = self.nodes.len();
+        let mut private = [0u8; 32];
+        private[..8].copy_from_slice(&self.seed.to_le_bytes());
+        private[8..16].copy_from_slice(&(index as u64).to_le_bytes());
+        private[16] = 1;
+        let identity = Identity::from_private(private);
+        let public_key = identity.public();
+        let keys = Arc::new(KeyRing {
+            identity,
+            network_key: NetworkKey::derive(network, "sim secret"),
+        });
+        let mut settings = Settings {
+            node_id: id.to_string(),
+            network: network.to_string(),
+            keys,
+            listen_addrs: Vec::new(),
+            scripts: ["echo".to_string()].into_iter().collect(),
+            max_frame_bytes: 1024 * 1024,
+            hole_punching: false,
+            relay_network_whitelist: Vec::new(),
+            foreign_relay_bps_limit: 0,
+            pinned_keys: BTreeMap::new(),
+            seq_base: UNIX_BASE_MS * 1000,
+            seed: self.seed ^ ((index as u64 + 1) << 32),
+        };
+        tweak(&mut settings);
+        let router = Router::new(settings, self.now());
+        let udp = SocketAddr::from(([127, 1, (index >> 8) as u8, index as u8], 40_000));
+        self.nodes.push(SimNode {
+            id: id.to_string(),
+            network: network.to_string(),
+            router,
+            completed: HashMap::new(),
+            scripts_run: Vec::new(),
+            dials: Vec::new(),
+            udp,
+            public_key,
+        });
+        self.by_id.entry(id.to_string()).or_insert(index);
+        self.schedule_deadline(index);
+        index
+    }
+
+    /// The index of node `id`.
+    pub fn index(&self, id: &str) -> usize {
+        self.by_id[id]
+    }
+
+    /// Links `a` (the dialler) and `b` over TCP with a one-way latency; returns the link id.
+    pub fn connect(&mut self, a: usize, b: usize, latency_ms: u64) -> u64 {
+        self.connect_over(a, b, latency_ms, Transport::Tcp)
+    }
+
+    /// Links `a` (the dialler) and `b` over `transport`; a UDP link carries the ends' fake UDP
+    /// addresses as their reflexive addresses.
+    pub fn connect_over(
+        &mut self,
+        a: usize,
+        b: usize,
+        latency_ms: u64,
+        transport: Transport,
+    ) -> u64 {
+        self.next_link += 1;
+        let link = self.next_link;
+        let latency_us = latency_ms * 1000;
+        self.links.insert(
+            link,
+            SimLink {
+                ends: [a, b],
+                latency_us,
+                up: true,
+            },
+        );
+        let now = self.now();
+        for (me, other, dialed) in [(a, b, true), (b, a, false)] {
+            let (net_me, net_other) = (&self.nodes[me].network, &self.nodes[other].network);
+            let udp = transport == Transport::Udp;
+            let info = LinkInfo {
+                node_id: self.nodes[other].id.clone(),
+                kind: LinkKind::of(net_me, net_other, dialed),
+                transport,
+                public_key: self.nodes[other].public_key,
+                remote: udp.then_some(self.nodes[other].udp),
+                local: udp.then_some(self.nodes[me].udp),
+            };
+            let r = &mut self.nodes[me].router;
+            r.link_up(now, link, info);
+            r.link_rtt(link, 2 * latency_us);
+            self.drain(me);
+        }
+        link
+    }
+
+    /// Takes a link down at both ends; frames in flight on it are lost.
+    pub fn disconnect(&mut self, link: u64) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        l.up = false;
+        let ends = l.ends;
+        let now = self.now();
+        for end in ends {
+            self.nodes[end].router.link_down(now, link);
+            self.drain(end);
+        }
+    }
+
+    /// The ids of the links between `a` and `b` that are up.
+    pub fn links_between(&self, a: usize, b: usize) -> Vec<u64> {
+        self.links
+            .iter()
+            .filter(|(_, l)| l.up && (l.ends == [a, b] || l.ends == [b, a]))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Node `from` sends `body` to `target`.
+    pub fn send(
+        &mut self,
+        from: usize,
+        target: &str,
+        body: &str,
+        timeout_ms: u64,
+    ) -> Result<u64, SendError> {
+        let now = self.now();
+        let r = self.nodes[from]
+            .router
+            .send(now, target, body.as_bytes().to_vec(), timeout_ms);
+        self.drain(from);
+        r
+    }
+
+    /// The outcome of request `id` sent by `from`, once complete.
+    pub fn outcome(&self, from: usize, id: u64) -> Option<&Result<Delivery, SendError>> {
+        self.nodes[from].completed.get(&id)
+    }
+
+    /// A node's `/status` view of the router.
+    pub fn report(&mut self, node: usize) -> RelayReport {
+        self.nodes[node].router.report()
+    }
+
+    /// Whether every node of each network has a route to every other node of it.
+    pub fn converged(&mut self) -> bool {
+        let groups: Vec<(usize, String)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, n.network.clone()))
+            .collect();
+        for (i, network) in &groups {
+            let routes = self.nodes[*i].router.report().routes;
+            for (j, other) in &groups {
+                if i != j && network == other && !routes.contains_key(&self.nodes[*j].id) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Runs the network for `ms` virtual milliseconds.
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now_us + ms * 1000;
+        self.run_until_us(until, &mut |_| false);
+    }
+
+    /// Runs until `done` holds (checked after every step) or `max_ms` pass; answers whether it
+    /// held.
+    pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        let until = self.now_us + max_ms * 1000;
+        if done(self) {
+            return true;
+        }
+        self.run_until_us(until, &mut done)
+    }
+
+    fn run_until_us(&mut self, until_us: u64, done: &mut dyn FnMut(&mut Net) -> bool) -> bool {
+        loop {
+            let next_event = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_deadline = self.next_live_deadline().map(|(t, _)| t * 1000);
+            let next = match (next_event, next_deadline) {
+                (Some(e), Some(d)) => e.min(d),
+                (Some(e), None) => e,
+                (None, Some(d)) => d,
+                (None, None) => until_us,
+            };
+            if next > until_us {
+                self.now_us = until_us;
+                return false;
+            }
+            self.now_us = self.now_us.max(next);
+            if next_event == Some(next) {
+                let Some(Reverse((_, seq))) = self.queue.pop() else {
+                    continue;
+                };
+                if let Some(event) = self.events.remove(&seq) {
+                    self.deliver(event);
+                }
+            } else if let Some((_, node)) = self.next_live_deadline() {
+                self.deadlines.pop();
+                let now = self.now();
+                self.nodes[node].router.handle_timeout(now);
+                self.drain(node);
+            }
+            if done(self) {
+                return true;
+            }
+        }
+    }
+
+    /// The earliest deadline that is still a router's current one (stale entries dropped).
+    fn next_live_deadline(&mut self) -> Option<(u64, usize)> {
+        while let Some(Reverse((t, node))) = self.deadlines.peek().copied() {
+            if self.nodes[node].router.next_timeout() == Some(t) {
+                return Some((t, node));
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    fn schedule_deadline(&mut self, node: usize) {
+        if let Some(t) = self.nodes[node].router.next_timeout() {
+            self.deadlines.push(Reverse((t, node)));
+        }
+    }
+
+    fn push(&mut self, at_us: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert(self.seq, event);
+        self.queue.push(Reverse((at_us, self.seq)));
+    }
+
+    fn deliver(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::Frame { to, link, frame } => {
+                if !self.links.get(&link).is_some_and(|l| l.up) {
+                    return;
+                }
+                match &frame {
+                    Frame::LinkState(_) => self.adverts_delivered += 1,
+                    Frame::Data(_) => self.data_delivered += 1,
+                    _ => {}
+                }
+                self.nodes[to].router.handle_frame(now, link, frame);
+                self.drain(to);
+            }
+            Event::Punch {
+                to,
+                from,
+                token,
+                ack,
+            } => {
+                let local = self.nodes[to].udp;
+                self.nodes[to]
+                    .router
+                    .punch_datagram(local, from, token, ack);
+                self.drain(to);
+            }
+        }
+    }
+
+    /// Carries out a node's actions.
+    fn drain(&mut self, node: usize) {
+        while let Some(action) = self.nodes[node].router.poll_action() {
+            match action {
+                Action::Send { link, frame } => {
+                    let Some(l) = self.links.get(&link).filter(|l| l.up) else {
+                        self.nodes[node].router.frame_refused(link, frame);
+                        continue;
+                    };
+                    let to = if l.ends[0] == node {
+                        l.ends[1]
+                    } else {
+                        l.ends[0]
+                    };
+                    let at = self.now_us + l.latency_us;
+                    self.push(at, Event::Frame { to, link, frame });
+                }
+                Action::RunScript {
+                    job, name, source, ..
+                } => {
+                    let now = self.now();
+                    let n = &mut self.nodes[node];
+                    n.scripts_run.push((name.clone(), source));
+                    let result = ScriptResult::Ran {
+                        exit_code: Some(0),
+                        stdout: format!("ran {name}").into_bytes(),
+                        stderr: Vec::new(),
+                        timed_out: false,
+                        truncated: false,
+                    };
+                    n.router.script_done(now, job, result);
+                }
+                Action::Dial(endpoint) => self.nodes[node].dials.push(endpoint),
+                Action::Punch { to, token, ack, .. } => {
+                    let from = self.nodes[node].udp;
+                    if let Some(target) = self.nodes.iter().position(|n| n.udp == to) {
+                        let at = self.now_us + 1000;
+                        self.push(
+                            at,
+                            Event::Punch {
+                                to: target,
+                                from,
+                                token,
+                                ack,
+                            },
+                        );
+                    }
+                }
+                Action::Complete { id, result } => {
+                    self.nodes[node].completed.insert(id, result);
+                }
+            }
+        }
+        self.schedule_deadline(node);
+    }
+}
