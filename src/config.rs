@@ -2,20 +2,33 @@
 //!
 //! A msgtier node is started with one config file (`msgtier node.json`). This module turns that
 //! file into a validated [`Config`]: the node's identity (`id`, `secret`, `network`), the
-//! endpoints it listens on and dials ([`Endpoint`]), the HTTP API address, the named scripts it
-//! may run, relay policy, timing and size limits, and where it keeps its data.
+//! endpoints it listens on and dials ([`Endpoint`], defined in [`crate::addr`]), the HTTP API
+//! address, the named scripts it may run, relay policy, timing and size limits, and where it
+//! keeps its data.
 //!
 //! The file is JSON5 (comments, trailing commas, unquoted keys are fine), which keeps it
 //! compatible with MsgTier's config files. It is parsed into a [`serde_json::Value`] first and
-//! then checked field by field by hand, so that every problem is reported as exactly one
-//! one-line [`ConfigError`] of the form `<file>: <field path>: <problem>`, e.g.
+//! then checked field by field, so that every problem is reported as exactly one one-line
+//! [`ConfigError`] of the form `<file>: <field path>: <problem>`, e.g.
 //! `node.json: listeners[1]: unknown scheme "quic" (expected udp, tcp or ws)`.
 //! Things that are not errors (unknown fields, MsgTier fields msgtier does not use) come back as
 //! warning lines in [`Loaded::warnings`] for the caller to log.
 //!
-//! Users: the binary's startup code calls [`load`] and logs the warnings; the transport and
-//! peer actors read [`Config::listeners`] / [`Config::peers`]; the HTTP API serves
-//! [`Config::redacted_json`] (which, like every `Debug` output here, never shows the secret).
+//! Every top-level field is described once, in [`FIELDS`]: its name, what it is for, its
+//! default, its bounds when it is an integer, whether a running node could take on a new value
+//! ([`Field::reloadable`]) and whether it must never be shown ([`Field::secret`]). That table
+//! decides which fields are known (anything else gets an "unknown field" warning, with a
+//! suggestion when it looks like a typo), checks the booleans and integers (default, type,
+//! bounds), and drives redaction. The remaining fields have their own checks in
+//! `Checker::config`, in file order. For hot reload, [`Config::reloadable`] is the part of the
+//! config a running node can change and [`Config::restart_needed`] names the changed fields it
+//! cannot.
+//!
+//! Users: `main.rs` calls [`load`], logs the warnings and sets the log level; the composition
+//! root (`node.rs`) keeps the [`Config`] and hands it to the actors, which read the fields they
+//! need (listeners, peers, scripts, relay policy, timings, the secret for key derivation); the
+//! HTTP API serves [`Config::redacted_json`] (which, like every `Debug` output here, never
+//! shows the secret).
 //!
 //! Scripts and `/send` have their own limits, all optional:
 //!
@@ -28,18 +41,19 @@
 //! | `max_body_bytes` | 1048576, but at most `max_frame_bytes` - 4096 | 1 ..= `max_frame_bytes` - 4096 | largest `/send` body |
 //! | `send_timeout_max_ms` | 60000 | 1000 ..= 600000 | upper bound on a `/send` `timeout` header |
 //!
-//! The script limits are read by `ScriptLimits::from_config` (in `actors::script`); the
-//! `/send` limits by the HTTP API.
+//! (A unit test checks this table against [`FIELDS`].) The script limits are read by
+//! `ScriptLimits::from_config` (in `actors::script`); the `/send` limits by the HTTP API.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+
+pub use crate::addr::{Endpoint, EndpointError, Host, Transport};
 
 /// Network name used when the config has no `network` field.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -145,34 +159,291 @@ pub const MAX_SEND_TIMEOUT_MAX_MS: u64 = 600_000;
 /// What every output of this module shows in place of the secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// Top-level fields that are validated and stored in [`Config`].
-const KNOWN_FIELDS: &[&str] = &[
-    "id",
-    "secret",
-    "network",
-    "listeners",
-    "peers",
-    "web_api",
-    "scripts",
-    "relay_network_whitelist",
-    "relay_all_peer_rpc",
-    "foreign_relay_bps_limit",
-    "hole_punching",
-    "log",
-    "data_dir",
-    "heartbeat_interval_ms",
-    "peer_timeout_ms",
-    "auto_connect",
-    "max_frame_bytes",
-    "metadata",
-    "pinned_keys",
-    "script_timeout_ms",
-    "max_concurrent_scripts",
-    "max_script_queue",
-    "max_script_output_bytes",
-    "max_body_bytes",
-    "send_timeout_max_ms",
+/// Every top-level field of the config file, in the order they are checked: the one place
+/// where a field's name, purpose, default, bounds, reload behaviour and secrecy are written.
+///
+/// The loader takes from it which fields are known, and the default and bounds of every
+/// [`Rule::Bool`] and [`Rule::Int`] field; [`Config::redacted_json`] hides the
+/// [`Field::secret`] ones; [`Config::restart_needed`] reports the changed fields that are not
+/// [`Field::reloadable`]. Adding a field means: a [`Config`] field, an entry here, and its
+/// parse line in `Checker::config` (and, if it is reloadable, a [`Reloadable`] field).
+pub const FIELDS: &[Field] = &[
+    Field::new(
+        "id",
+        Rule::Required,
+        "this node's id, unique within its network",
+    ),
+    Field::new(
+        "secret",
+        Rule::Required,
+        "shared network secret; nodes with another secret are rejected",
+    )
+    .mark_secret(),
+    Field::new(
+        "network",
+        Rule::Custom {
+            default: "\"default\"",
+        },
+        "network name",
+    ),
+    Field::new(
+        "listeners",
+        Rule::Custom { default: "none" },
+        "endpoints to bind",
+    ),
+    Field::new(
+        "peers",
+        Rule::Custom { default: "none" },
+        "seed peers to dial",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "web_api",
+        Rule::Custom {
+            default: "none (no HTTP API)",
+        },
+        "bind address of the HTTP API",
+    ),
+    Field::new(
+        "scripts",
+        Rule::Custom { default: "none" },
+        "script name -> shell command",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "relay_network_whitelist",
+        Rule::Custom { default: "none" },
+        "foreign-network patterns allowed to relay through this node",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "relay_all_peer_rpc",
+        Rule::Bool { default: false },
+        "admit other foreign networks for control traffic only",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "foreign_relay_bps_limit",
+        Rule::Int {
+            default: 0,
+            min: 0,
+            max: None,
+        },
+        "relayed bytes per second per foreign network; 0 = unlimited",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "hole_punching",
+        Rule::Bool { default: true },
+        "open direct UDP paths to members reached through a relay",
+    ),
+    Field::new(
+        "log",
+        Rule::Custom {
+            default: "none (info unless the command line says otherwise)",
+        },
+        "log level",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "data_dir",
+        Rule::Custom {
+            default: "msgtier/<id> in the user's data directory",
+        },
+        "where the node keeps its identity and state",
+    ),
+    Field::new(
+        "heartbeat_interval_ms",
+        Rule::Int {
+            default: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            min: MIN_HEARTBEAT_INTERVAL_MS,
+            max: None,
+        },
+        "interval between heartbeats to each peer, in ms",
+    ),
+    Field::new(
+        "peer_timeout_ms",
+        // Must also be greater than heartbeat_interval_ms, checked in `Checker::config`.
+        Rule::Int {
+            default: DEFAULT_PEER_TIMEOUT_MS,
+            min: 0,
+            max: None,
+        },
+        "silence from a peer after which it is dropped, in ms",
+    ),
+    Field::new(
+        "auto_connect",
+        Rule::Bool { default: true },
+        "dial configured and gossiped peers automatically",
+    ),
+    Field::new(
+        "max_frame_bytes",
+        Rule::Int {
+            default: DEFAULT_MAX_FRAME_BYTES as u64,
+            min: MIN_MAX_FRAME_BYTES as u64,
+            max: Some(MAX_MAX_FRAME_BYTES as u64),
+        },
+        "largest frame sent or accepted, in bytes",
+    ),
+    Field::new(
+        "metadata",
+        Rule::Custom { default: "none" },
+        "free-form string metadata advertised to peers",
+    ),
+    Field::new(
+        "pinned_keys",
+        Rule::Custom { default: "none" },
+        "node id -> the only public key accepted for it",
+    ),
+    Field::new(
+        "script_timeout_ms",
+        Rule::Int {
+            default: DEFAULT_SCRIPT_TIMEOUT_MS,
+            min: MIN_SCRIPT_TIMEOUT_MS,
+            max: Some(MAX_SCRIPT_TIMEOUT_MS),
+        },
+        "a script still running after this long is killed (its whole process group)",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "max_concurrent_scripts",
+        Rule::Int {
+            default: DEFAULT_MAX_CONCURRENT_SCRIPTS as u64,
+            min: MIN_MAX_CONCURRENT_SCRIPTS as u64,
+            max: Some(MAX_MAX_CONCURRENT_SCRIPTS as u64),
+        },
+        "scripts running at once",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "max_script_queue",
+        Rule::Int {
+            default: DEFAULT_MAX_SCRIPT_QUEUE as u64,
+            min: MIN_MAX_SCRIPT_QUEUE as u64,
+            max: Some(MAX_MAX_SCRIPT_QUEUE as u64),
+        },
+        "scripts waiting for a slot; beyond it requests are refused",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "max_script_output_bytes",
+        Rule::Int {
+            default: DEFAULT_MAX_SCRIPT_OUTPUT_BYTES as u64,
+            min: MIN_MAX_SCRIPT_OUTPUT_BYTES as u64,
+            max: Some(MAX_MAX_SCRIPT_OUTPUT_BYTES as u64),
+        },
+        "bytes kept of a script's stdout, and of its stderr (each); the rest is read and dropped",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "max_body_bytes",
+        // Its upper bound depends on max_frame_bytes: see `Checker::max_body_bytes`.
+        Rule::Custom {
+            default: "1048576, but at most `max_frame_bytes` - 4096",
+        },
+        "largest `/send` body",
+    ),
+    Field::new(
+        "send_timeout_max_ms",
+        Rule::Int {
+            default: DEFAULT_SEND_TIMEOUT_MAX_MS,
+            min: MIN_SEND_TIMEOUT_MAX_MS,
+            max: Some(MAX_SEND_TIMEOUT_MAX_MS),
+        },
+        "upper bound on a `/send` `timeout` header",
+    ),
 ];
+
+/// The [`FIELDS`] entry named `name`, if it is a known top-level field.
+pub fn field(name: &str) -> Option<&'static Field> {
+    FIELDS.iter().find(|f| f.name == name)
+}
+
+/// One top-level config field, as listed in [`FIELDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// The key in the config file, and the field's name in [`Config`] and in
+    /// [`Config::redacted_json`].
+    pub name: &'static str,
+    /// What an unset field becomes, and how much of the checking the table does.
+    pub rule: Rule,
+    /// What the field is for, one short line.
+    pub doc: &'static str,
+    /// A running node can take on a new value without a restart: the field is part of
+    /// [`Reloadable`], and [`Config::restart_needed`] does not report it.
+    pub reloadable: bool,
+    /// The value is never shown: [`Config::redacted_json`] prints [`REDACTED`] instead.
+    pub secret: bool,
+}
+
+impl Field {
+    /// A field that needs a restart to change and may be shown.
+    const fn new(name: &'static str, rule: Rule, doc: &'static str) -> Field {
+        Field {
+            name,
+            rule,
+            doc,
+            reloadable: false,
+            secret: false,
+        }
+    }
+
+    /// The same field, marked [`Field::reloadable`].
+    const fn mark_reloadable(self) -> Field {
+        Field {
+            reloadable: true,
+            ..self
+        }
+    }
+
+    /// The same field, marked [`Field::secret`].
+    const fn mark_secret(self) -> Field {
+        Field {
+            secret: true,
+            ..self
+        }
+    }
+
+    /// The default as a person reads it: `required`, `true`, `30000`, `none`, ...
+    pub fn default_text(&self) -> String {
+        match self.rule {
+            Rule::Required => "required".to_string(),
+            Rule::Bool { default } => default.to_string(),
+            Rule::Int { default, .. } => default.to_string(),
+            Rule::Custom { default } => default.to_string(),
+        }
+    }
+}
+
+/// What a [`Field`] holds when unset, and whether the table checks it.
+///
+/// `null` in the file means "not set" for every field that is not [`Rule::Required`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Must be present (`id`, `secret`); checked by its own code in `Checker::config`.
+    Required,
+    /// `true` or `false`; checked entirely from the table.
+    Bool {
+        /// The value when unset.
+        default: bool,
+    },
+    /// A non-negative integer in `min ..= max`; type and bounds are checked from the table
+    /// (`must be between MIN and MAX, found N`, or `must be at least MIN, found N` without a
+    /// maximum). Rules between fields are checked after it in `Checker::config`.
+    Int {
+        /// The value when unset.
+        default: u64,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value; `None`: no bound below `u64::MAX`.
+        max: Option<u64>,
+    },
+    /// Checked by its own code in `Checker::config`.
+    Custom {
+        /// What an unset field becomes, in words.
+        default: &'static str,
+    },
+}
 
 /// MsgTier fields that are accepted (with a warning) but not used by msgtier.
 const IGNORED_MSGTIER_FIELDS: &[&str] = &["disable_encryption", "upload_dir", "hot_reload"];
@@ -281,7 +552,11 @@ impl Serialize for Secret {
 }
 
 /// A node's validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Serialize` output is [`Config::redacted_json`] without the table's redaction pass:
+/// endpoints as URL strings, `log` as a lowercase level name or null, paths as strings, pinned
+/// keys in hex, and the secret as [`REDACTED`] (by [`Secret`]'s own `Serialize`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// This node's id, unique within its network: ASCII letters, digits, `.`, `_`, `-`,
     /// 1 to [`MAX_ID_CHARS`] characters.
@@ -310,9 +585,11 @@ pub struct Config {
     /// Try to open a direct UDP path (hole punching) to members reached only through a relay.
     pub hole_punching: bool,
     /// Log level from the config, if any (the command line / environment may override it).
+    #[serde(serialize_with = "level_name")]
     pub log: Option<log::LevelFilter>,
     /// Where the node keeps its identity and state; always absolute when the config came from
     /// [`load`] (relative paths in the file are resolved against the file's directory).
+    #[serde(serialize_with = "lossy_path")]
     pub data_dir: PathBuf,
     /// Interval between heartbeats to each peer, in milliseconds (at least
     /// [`MIN_HEARTBEAT_INTERVAL_MS`]).
@@ -330,6 +607,7 @@ pub struct Config {
     /// Operator-pinned identity keys: node id -> X25519 public key. A pinned key is the only
     /// one accepted for that id (on links and in routing adverts), and it overrides a key the
     /// node learned before, e.g. after a peer's identity was regenerated.
+    #[serde(serialize_with = "hex_keys")]
     pub pinned_keys: BTreeMap<String, [u8; 32]>,
     /// A script still running after this long is killed with its whole process group, in
     /// milliseconds ([`MIN_SCRIPT_TIMEOUT_MS`]..=[`MAX_SCRIPT_TIMEOUT_MS`]).
@@ -350,370 +628,123 @@ pub struct Config {
     /// Upper bound on a `/send` `timeout` header, in milliseconds
     /// ([`MIN_SEND_TIMEOUT_MAX_MS`]..=[`MAX_SEND_TIMEOUT_MAX_MS`]).
     pub send_timeout_max_ms: u64,
-    /// The file this config came from (as given to [`parse`]), for messages.
+    /// The file this config came from (as given to [`parse`]), for messages. Not a field of
+    /// the file, so not in [`FIELDS`].
+    #[serde(serialize_with = "lossy_path")]
     pub source: PathBuf,
 }
 
 impl Config {
-    /// The effective config as JSON, with every field, endpoints as URL strings, `log` as a
-    /// lowercase level name or null, paths as strings, and `"secret": "<redacted>"`.
+    /// The effective config as JSON: every field of [`FIELDS`] plus `source`, endpoints as URL
+    /// strings, `log` as a lowercase level name or null, paths as strings, pinned keys in hex,
+    /// and every [`Field::secret`] field as [`REDACTED`].
     pub fn redacted_json(&self) -> Value {
-        let urls = |endpoints: &[Endpoint]| -> Vec<String> {
-            endpoints.iter().map(Endpoint::to_string).collect()
-        };
-        serde_json::json!({
-            "id": self.id,
-            "secret": REDACTED,
-            "network": self.network,
-            "listeners": urls(&self.listeners),
-            "peers": urls(&self.peers),
-            "web_api": self.web_api.map(|a| a.to_string()),
-            "scripts": self.scripts,
-            "relay_network_whitelist": self.relay_network_whitelist,
-            "relay_all_peer_rpc": self.relay_all_peer_rpc,
-            "foreign_relay_bps_limit": self.foreign_relay_bps_limit,
-            "hole_punching": self.hole_punching,
-            "log": self.log.map(|l| l.as_str().to_ascii_lowercase()),
-            "data_dir": self.data_dir.to_string_lossy(),
-            "heartbeat_interval_ms": self.heartbeat_interval_ms,
-            "peer_timeout_ms": self.peer_timeout_ms,
-            "auto_connect": self.auto_connect,
-            "max_frame_bytes": self.max_frame_bytes,
-            "metadata": self.metadata,
-            "pinned_keys": self
-                .pinned_keys
-                .iter()
-                .map(|(id, key)| (id.clone(), Value::from(hex_encode(key))))
-                .collect::<Map<String, Value>>(),
-            "script_timeout_ms": self.script_timeout_ms,
-            "max_concurrent_scripts": self.max_concurrent_scripts,
-            "max_script_queue": self.max_script_queue,
-            "max_script_output_bytes": self.max_script_output_bytes,
-            "max_body_bytes": self.max_body_bytes,
-            "send_timeout_max_ms": self.send_timeout_max_ms,
-            "source": self.source.to_string_lossy(),
-        })
+        // Cannot fail: every field serializes to a string, number, boolean, null, list or
+        // string-keyed map, and none of the serializers used here returns an error.
+        let mut json = serde_json::to_value(self).expect("a Config always serializes to JSON");
+        if let Value::Object(fields) = &mut json {
+            for field in FIELDS.iter().filter(|f| f.secret) {
+                fields.insert(field.name.to_string(), Value::from(REDACTED));
+            }
+        }
+        json
     }
-}
 
-/// The transport of an [`Endpoint`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// Datagrams over UDP.
-    Udp,
-    /// A byte stream over TCP.
-    Tcp,
-    /// WebSocket (binary messages) over TCP.
-    Ws,
-}
-
-impl Transport {
-    /// The URL scheme: `"udp"`, `"tcp"` or `"ws"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Ws => "ws",
+    /// The part of this config a running node can take on without a restart.
+    pub fn reloadable(&self) -> Reloadable {
+        Reloadable {
+            peers: self.peers.clone(),
+            scripts: self.scripts.clone(),
+            relay_network_whitelist: self.relay_network_whitelist.clone(),
+            relay_all_peer_rpc: self.relay_all_peer_rpc,
+            foreign_relay_bps_limit: self.foreign_relay_bps_limit,
+            log: self.log,
+            script_timeout_ms: self.script_timeout_ms,
+            max_concurrent_scripts: self.max_concurrent_scripts,
+            max_script_queue: self.max_script_queue,
+            max_script_output_bytes: self.max_script_output_bytes,
         }
     }
 
-    /// Whether the transport binds a TCP socket (so `tcp` and `ws` on one port conflict).
-    fn uses_tcp_port(self) -> bool {
-        matches!(self, Transport::Tcp | Transport::Ws)
+    /// The fields, by their [`FIELDS`] name and in its order, that differ between this
+    /// (running) config and `new` and that only a restart can apply. Empty when `new` can be
+    /// applied at run time through [`Config::reloadable`]. `source` is not compared.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        // One comparison for every field: its JSON form, which is complete and canonical
+        // (sorted maps, URLs, lowercase level names). Secret fields are redacted there, so
+        // they are compared directly; `secret` is the only one (a unit test checks).
+        let (old_json, new_json) = (self.redacted_json(), new.redacted_json());
+        FIELDS
+            .iter()
+            .filter(|field| !field.reloadable)
+            .filter(|field| {
+                if field.secret {
+                    self.secret != new.secret
+                } else {
+                    old_json.get(field.name) != new_json.get(field.name)
+                }
+            })
+            .map(|field| field.name)
+            .collect()
     }
 }
 
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The host part of an [`Endpoint`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Host {
-    /// An IP literal.
-    Ip(IpAddr),
-    /// A DNS name, stored in lowercase.
-    Name(String),
-}
-
-impl fmt::Display for Host {
-    /// As it appears in a URL: IPv6 in brackets (`[::1]`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
-            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
-            Host::Name(name) => f.write_str(name),
-        }
-    }
-}
-
-/// A transport URL such as `tcp://127.0.0.1:6667`, `ws://[::1]:80` or `udp://example.org:5`.
+/// What of a [`Config`] can change while the node runs: the fields marked
+/// [`Field::reloadable`] in [`FIELDS`], with the same names, types and meaning as in
+/// [`Config`].
 ///
-/// [`FromStr`] accepts a case-insensitive scheme, an IP literal (IPv6 in brackets) or DNS name,
-/// a port 0-65535, and for `ws` only an optional `/` path; [`fmt::Display`] writes the same
-/// form back. Whether port 0 or DNS names are acceptable depends on the use (listener or peer)
-/// and is checked by the config loader.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    /// The transport (URL scheme).
-    pub transport: Transport,
-    /// IP literal or DNS name.
-    pub host: Host,
-    /// Port number; 0 only makes sense for listeners (the OS picks one).
-    pub port: u16,
+/// This is what a hot reload would hand over: load the file again, check that
+/// [`Config::restart_needed`] is empty, and give the new `Reloadable` to the actors that read
+/// these fields. Each value is meant for what comes next (new links and dials, data relayed
+/// from then on, scripts started later) without cutting short what is running. Nothing
+/// consumes it yet; `node.rs` also derives from `relay_network_whitelist` and
+/// `relay_all_peer_rpc`, once at start, whether foreign hellos are accepted at all, so a
+/// reload will have to refresh that too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloadable {
+    /// [`Config::peers`]: seed peers to dial.
+    pub peers: Vec<Endpoint>,
+    /// [`Config::scripts`]: script name -> shell command.
+    pub scripts: BTreeMap<String, String>,
+    /// [`Config::relay_network_whitelist`]: foreign networks allowed to relay through us.
+    pub relay_network_whitelist: Vec<String>,
+    /// [`Config::relay_all_peer_rpc`]: admit other foreign networks for control traffic.
+    pub relay_all_peer_rpc: bool,
+    /// [`Config::foreign_relay_bps_limit`]: relayed bytes per second per foreign network.
+    pub foreign_relay_bps_limit: u64,
+    /// [`Config::log`]: the configured log level.
+    pub log: Option<log::LevelFilter>,
+    /// [`Config::script_timeout_ms`]: applies to scripts started after the change.
+    pub script_timeout_ms: u64,
+    /// [`Config::max_concurrent_scripts`]: a lower value lets running scripts finish.
+    pub max_concurrent_scripts: usize,
+    /// [`Config::max_script_queue`]: a lower value refuses new requests, not waiting ones.
+    pub max_script_queue: usize,
+    /// [`Config::max_script_output_bytes`]: applies to scripts started after the change.
+    pub max_script_output_bytes: usize,
 }
 
-impl Endpoint {
-    /// The socket address, when the host is an IP literal (no DNS lookup is done).
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        match self.host {
-            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
-            Host::Name(_) => None,
-        }
-    }
+/// Serializes [`Config::log`] as a lowercase level name, or null.
+fn level_name<S: Serializer>(
+    level: &Option<log::LevelFilter>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    level
+        .map(|l| l.as_str().to_ascii_lowercase())
+        .serialize(serializer)
 }
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.transport, self.host, self.port)
-    }
+/// Serializes a path as a string, replacing what is not UTF-8 (so it cannot fail).
+fn lossy_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
 }
 
-impl Serialize for Endpoint {
-    /// Serialized as its URL string.
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// Why a string is not a valid [`Endpoint`] URL. Each message quotes the offending input.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointError {
-    /// No `scheme://` prefix.
-    #[error("missing scheme in {input:?} (expected udp://, tcp:// or ws://)")]
-    MissingScheme {
-        /// The whole URL.
-        input: String,
-    },
-    /// A scheme other than udp, tcp or ws.
-    #[error("unknown scheme {scheme:?} (expected udp, tcp or ws)")]
-    UnknownScheme {
-        /// The scheme as written.
-        scheme: String,
-    },
-    /// `user@` before the host.
-    #[error("user info is not allowed in {input:?}")]
-    UserInfo {
-        /// The whole URL.
-        input: String,
-    },
-    /// Nothing between `://` and the port.
-    #[error("missing host in {input:?}")]
-    MissingHost {
-        /// The whole URL.
-        input: String,
-    },
-    /// The host is neither an IPv4 address nor a DNS name.
-    #[error("invalid host {host:?} in {input:?} (expected an IP address or a DNS name)")]
-    InvalidHost {
-        /// The host as written.
-        host: String,
-        /// The whole URL.
-        input: String,
-    },
-    /// A bracketed host that is not an IPv6 address.
-    #[error("invalid IPv6 address {host:?} in {input:?}")]
-    InvalidIpv6 {
-        /// The bracketed host as written.
-        host: String,
-        /// The whole URL.
-        input: String,
-    },
-    /// An IPv6 address without brackets.
-    #[error("IPv6 address must be in brackets (e.g. \"tcp://[::1]:6667\") in {input:?}")]
-    UnbracketedIpv6 {
-        /// The whole URL.
-        input: String,
-    },
-    /// No `:port`, or an empty one.
-    #[error("missing port in {input:?}")]
-    MissingPort {
-        /// The whole URL.
-        input: String,
-    },
-    /// The port is not a number in 0-65535.
-    #[error("invalid port {port:?} in {input:?} (expected a number 0-65535)")]
-    InvalidPort {
-        /// The port as written.
-        port: String,
-        /// The whole URL.
-        input: String,
-    },
-    /// A path on a udp or tcp URL.
-    #[error("a path ({path:?}) is only allowed for ws URLs, found in {input:?}")]
-    PathNotAllowed {
-        /// The path as written.
-        path: String,
-        /// The whole URL.
-        input: String,
-    },
-    /// A ws path other than `/`.
-    #[error("ws path {path:?} is not supported yet (only \"/\" or none) in {input:?}")]
-    UnsupportedWsPath {
-        /// The path as written.
-        path: String,
-        /// The whole URL.
-        input: String,
-    },
-    /// A `?query` part.
-    #[error("a query string is not allowed in {input:?}")]
-    Query {
-        /// The whole URL.
-        input: String,
-    },
-    /// A `#fragment` part.
-    #[error("a fragment is not allowed in {input:?}")]
-    Fragment {
-        /// The whole URL.
-        input: String,
-    },
-}
-
-impl FromStr for Endpoint {
-    type Err = EndpointError;
-
-    fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let owned = || input.to_string();
-        let (scheme, rest) = match input.split_once("://") {
-            Some((scheme, rest)) if !scheme.is_empty() => (scheme, rest),
-            _ => return Err(EndpointError::MissingScheme { input: owned() }),
-        };
-        let transport = match scheme.to_ascii_lowercase().as_str() {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            "ws" => Transport::Ws,
-            _ => {
-                return Err(EndpointError::UnknownScheme {
-                    scheme: scheme.to_string(),
-                })
-            }
-        };
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        if authority.contains('@') {
-            return Err(EndpointError::UserInfo { input: owned() });
-        }
-
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let invalid_v6 = |host: &str| EndpointError::InvalidIpv6 {
-                host: host.to_string(),
-                input: owned(),
-            };
-            let Some((inside, after)) = bracketed.split_once(']') else {
-                return Err(invalid_v6(authority));
-            };
-            let ip: Ipv6Addr = inside
-                .parse()
-                .map_err(|_| invalid_v6(&format!("[{inside}]")))?;
-            let port = if after.is_empty() {
-                None
-            } else if let Some(port) = after.strip_prefix(':') {
-                Some(port)
-            } else {
-                return Err(invalid_v6(authority));
-            };
-            (Host::Ip(IpAddr::V6(ip)), port)
-        } else {
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            };
-            if host.contains(':') {
-                return Err(EndpointError::UnbracketedIpv6 { input: owned() });
-            }
-            (parse_plain_host(host, input)?, port)
-        };
-
-        let port = match port {
-            None | Some("") => return Err(EndpointError::MissingPort { input: owned() }),
-            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u16>().map_err(|_| EndpointError::InvalidPort {
-                    port: p.to_string(),
-                    input: owned(),
-                })?
-            }
-            Some(p) => {
-                return Err(EndpointError::InvalidPort {
-                    port: p.to_string(),
-                    input: owned(),
-                })
-            }
-        };
-
-        if tail.contains('#') {
-            return Err(EndpointError::Fragment { input: owned() });
-        }
-        if tail.contains('?') {
-            return Err(EndpointError::Query { input: owned() });
-        }
-        match (transport, tail) {
-            (_, "") | (Transport::Ws, "/") => {}
-            (Transport::Ws, path) => {
-                return Err(EndpointError::UnsupportedWsPath {
-                    path: path.to_string(),
-                    input: owned(),
-                })
-            }
-            (_, path) => {
-                return Err(EndpointError::PathNotAllowed {
-                    path: path.to_string(),
-                    input: owned(),
-                })
-            }
-        }
-
-        Ok(Endpoint {
-            transport,
-            host,
-            port,
-        })
-    }
-}
-
-/// Parses an unbracketed host: an IPv4 literal or a DNS name (RFC 1123 labels; underscores
-/// tolerated; the last label must not be all digits, so `1.2.3.999` is rejected).
-fn parse_plain_host(host: &str, input: &str) -> Result<Host, EndpointError> {
-    if host.is_empty() {
-        return Err(EndpointError::MissingHost {
-            input: input.to_string(),
-        });
-    }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Ok(Host::Ip(IpAddr::V4(ip)));
-    }
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    let last_label_numeric = host
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    if host.len() > 253 || !host.split('.').all(label_ok) || last_label_numeric {
-        return Err(EndpointError::InvalidHost {
-            host: host.to_string(),
-            input: input.to_string(),
-        });
-    }
-    Ok(Host::Name(host.to_ascii_lowercase()))
+/// Serializes [`Config::pinned_keys`] as node id -> lowercase hex.
+fn hex_keys<S: Serializer>(
+    keys: &BTreeMap<String, [u8; 32]>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(keys.iter().map(|(id, key)| (id, hex_encode(key))))
 }
 
 /// Reads and validates the config file at `path`.
@@ -938,6 +969,23 @@ fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// `null` means "not set" for every optional field.
+fn unless_null(value: Option<&Value>) -> Option<&Value> {
+    value.filter(|v| !v.is_null())
+}
+
+/// The [`FIELDS`] entry of a field the checker parses by name.
+///
+/// # Panics
+/// When `name` is not in [`FIELDS`]: a bug in this module, not in the file. Every load looks
+/// up every such name, so any test that loads a config finds it.
+fn table_entry(name: &'static str) -> &'static Field {
+    match field(name) {
+        Some(entry) => entry,
+        None => panic!("{name} is missing from config::FIELDS"),
+    }
+}
+
 /// Field-by-field validation state: the file name for messages and the warnings so far.
 struct Checker<'a> {
     file: &'a str,
@@ -962,8 +1010,7 @@ impl Checker<'_> {
         root: &Map<String, Value>,
         base_dir: &Path,
     ) -> Result<Config, ConfigError> {
-        // `null` means "not set" for every optional field.
-        let get = |key: &str| root.get(key).filter(|v| !v.is_null());
+        let get = |key: &str| unless_null(root.get(key));
 
         let id = match root.get("id") {
             None => return Err(self.err("id", "missing required field")),
@@ -1020,11 +1067,9 @@ impl Checker<'_> {
 
         let scripts = self.scripts(get("scripts"))?;
         let relay_network_whitelist = self.whitelist(get("relay_network_whitelist"))?;
-        let relay_all_peer_rpc =
-            self.boolean("relay_all_peer_rpc", get("relay_all_peer_rpc"), false)?;
-        let foreign_relay_bps_limit =
-            self.integer("foreign_relay_bps_limit", get("foreign_relay_bps_limit"), 0)?;
-        let hole_punching = self.boolean("hole_punching", get("hole_punching"), true)?;
+        let relay_all_peer_rpc = self.flag(root, "relay_all_peer_rpc")?;
+        let foreign_relay_bps_limit = self.int(root, "foreign_relay_bps_limit")?;
+        let hole_punching = self.flag(root, "hole_punching")?;
 
         let log = match get("log") {
             None => None,
@@ -1052,24 +1097,8 @@ impl Checker<'_> {
             }
         };
 
-        let heartbeat_interval_ms = self.integer(
-            "heartbeat_interval_ms",
-            get("heartbeat_interval_ms"),
-            DEFAULT_HEARTBEAT_INTERVAL_MS,
-        )?;
-        if heartbeat_interval_ms < MIN_HEARTBEAT_INTERVAL_MS {
-            return Err(self.err(
-                "heartbeat_interval_ms",
-                format!(
-                    "must be at least {MIN_HEARTBEAT_INTERVAL_MS}, found {heartbeat_interval_ms}"
-                ),
-            ));
-        }
-        let peer_timeout_ms = self.integer(
-            "peer_timeout_ms",
-            get("peer_timeout_ms"),
-            DEFAULT_PEER_TIMEOUT_MS,
-        )?;
+        let heartbeat_interval_ms = self.int(root, "heartbeat_interval_ms")?;
+        let peer_timeout_ms = self.int(root, "peer_timeout_ms")?;
         if peer_timeout_ms <= heartbeat_interval_ms {
             return Err(self.err(
                 "peer_timeout_ms",
@@ -1077,24 +1106,8 @@ impl Checker<'_> {
             ));
         }
 
-        let auto_connect = self.boolean("auto_connect", get("auto_connect"), true)?;
-
-        let max_frame_bytes = self.integer(
-            "max_frame_bytes",
-            get("max_frame_bytes"),
-            DEFAULT_MAX_FRAME_BYTES as u64,
-        )?;
-        let max_frame_bytes = usize::try_from(max_frame_bytes)
-            .ok()
-            .filter(|n| (MIN_MAX_FRAME_BYTES..=MAX_MAX_FRAME_BYTES).contains(n))
-            .ok_or_else(|| {
-                self.err(
-                    "max_frame_bytes",
-                    format!(
-                        "must be between {MIN_MAX_FRAME_BYTES} and {MAX_MAX_FRAME_BYTES}, found {max_frame_bytes}"
-                    ),
-                )
-            })?;
+        let auto_connect = self.flag(root, "auto_connect")?;
+        let max_frame_bytes = self.size(root, "max_frame_bytes")?;
 
         let metadata = self.string_map("metadata", get("metadata"))?;
         let pinned_keys = self
@@ -1115,37 +1128,12 @@ impl Checker<'_> {
             })
             .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
 
-        let script_timeout_ms = self.integer_in(
-            "script_timeout_ms",
-            get("script_timeout_ms"),
-            DEFAULT_SCRIPT_TIMEOUT_MS,
-            MIN_SCRIPT_TIMEOUT_MS..=MAX_SCRIPT_TIMEOUT_MS,
-        )?;
-        let max_concurrent_scripts = self.size_in(
-            "max_concurrent_scripts",
-            get("max_concurrent_scripts"),
-            DEFAULT_MAX_CONCURRENT_SCRIPTS,
-            MIN_MAX_CONCURRENT_SCRIPTS..=MAX_MAX_CONCURRENT_SCRIPTS,
-        )?;
-        let max_script_queue = self.size_in(
-            "max_script_queue",
-            get("max_script_queue"),
-            DEFAULT_MAX_SCRIPT_QUEUE,
-            MIN_MAX_SCRIPT_QUEUE..=MAX_MAX_SCRIPT_QUEUE,
-        )?;
-        let max_script_output_bytes = self.size_in(
-            "max_script_output_bytes",
-            get("max_script_output_bytes"),
-            DEFAULT_MAX_SCRIPT_OUTPUT_BYTES,
-            MIN_MAX_SCRIPT_OUTPUT_BYTES..=MAX_MAX_SCRIPT_OUTPUT_BYTES,
-        )?;
+        let script_timeout_ms = self.int(root, "script_timeout_ms")?;
+        let max_concurrent_scripts = self.size(root, "max_concurrent_scripts")?;
+        let max_script_queue = self.size(root, "max_script_queue")?;
+        let max_script_output_bytes = self.size(root, "max_script_output_bytes")?;
         let max_body_bytes = self.max_body_bytes(get("max_body_bytes"), max_frame_bytes)?;
-        let send_timeout_max_ms = self.integer_in(
-            "send_timeout_max_ms",
-            get("send_timeout_max_ms"),
-            DEFAULT_SEND_TIMEOUT_MAX_MS,
-            MIN_SEND_TIMEOUT_MAX_MS..=MAX_SEND_TIMEOUT_MAX_MS,
-        )?;
+        let send_timeout_max_ms = self.int(root, "send_timeout_max_ms")?;
 
         self.unknown_fields(root);
 
@@ -1220,51 +1208,42 @@ impl Checker<'_> {
         }
     }
 
-    /// An integer field that must lie in `range`: `must be between MIN and MAX, found N`.
-    fn integer_in(
-        &self,
-        field: &str,
-        value: Option<&Value>,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Result<u64, ConfigError> {
-        let n = self.integer(field, value, default)?;
-        if range.contains(&n) {
+    /// A [`Rule::Bool`] field of [`FIELDS`]: its default when unset, else `true` or `false`.
+    fn flag(&self, root: &Map<String, Value>, name: &'static str) -> Result<bool, ConfigError> {
+        let Rule::Bool { default } = table_entry(name).rule else {
+            panic!("{name} is not a Rule::Bool field in FIELDS");
+        };
+        self.boolean(name, unless_null(root.get(name)), default)
+    }
+
+    /// A [`Rule::Int`] field of [`FIELDS`]: its default when unset, else a non-negative integer
+    /// within the entry's bounds.
+    fn int(&self, root: &Map<String, Value>, name: &'static str) -> Result<u64, ConfigError> {
+        let Rule::Int { default, min, max } = table_entry(name).rule else {
+            panic!("{name} is not a Rule::Int field in FIELDS");
+        };
+        let n = self.integer(name, unless_null(root.get(name)), default)?;
+        if n >= min && max.is_none_or(|max| n <= max) {
             Ok(n)
         } else {
-            Err(self.err(
-                field,
-                format!(
-                    "must be between {} and {}, found {n}",
-                    range.start(),
-                    range.end()
-                ),
-            ))
+            Err(self.out_of_range(name, min, max, n))
         }
     }
 
-    /// [`Checker::integer_in`] for a count or size held as `usize`.
-    fn size_in(
-        &self,
-        field: &str,
-        value: Option<&Value>,
-        default: usize,
-        range: std::ops::RangeInclusive<usize>,
-    ) -> Result<usize, ConfigError> {
-        // usize is at most 64 bits on every supported target, so these widen losslessly; a
-        // value that does not fit back into usize is out of range anyway.
-        let wide = (*range.start() as u64)..=(*range.end() as u64);
-        let n = self.integer_in(field, value, default as u64, wide)?;
-        usize::try_from(n).map_err(|_| {
-            self.err(
-                field,
-                format!(
-                    "must be between {} and {}, found {n}",
-                    range.start(),
-                    range.end()
-                ),
-            )
-        })
+    /// [`Checker::int`] for a count or size held as `usize`.
+    fn size(&self, root: &Map<String, Value>, name: &'static str) -> Result<usize, ConfigError> {
+        let n = self.int(root, name)?;
+        // The bounds of every usize field in FIELDS are usize constants, so a value within
+        // them fits; this only matters for an entry without a maximum on a 32-bit target.
+        usize::try_from(n).map_err(|_| self.out_of_range(name, 0, Some(usize::MAX as u64), n))
+    }
+
+    /// `must be between MIN and MAX, found N`, or `must be at least MIN, found N`.
+    fn out_of_range(&self, field: &str, min: u64, max: Option<u64>, n: u64) -> ConfigError {
+        match max {
+            Some(max) => self.err(field, format!("must be between {min} and {max}, found {n}")),
+            None => self.err(field, format!("must be at least {min}, found {n}")),
+        }
     }
 
     /// `max_body_bytes`: at most `max_frame_bytes` - [`BODY_FRAME_RESERVE_BYTES`], so a body
@@ -1450,7 +1429,7 @@ impl Checker<'_> {
         let mut entries: Vec<(&String, &Value)> = root.iter().collect();
         entries.sort_by_key(|(key, _)| *key);
         for (key, value) in entries {
-            if KNOWN_FIELDS.contains(&key.as_str()) {
+            if field(key).is_some() {
                 continue;
             }
             match key.as_str() {
@@ -1477,9 +1456,9 @@ impl Checker<'_> {
 /// The known field closest to a misspelt one, if it is close enough to be a likely typo.
 fn suggestion(unknown: &str) -> Option<&'static str> {
     let unknown = unknown.to_ascii_lowercase();
-    KNOWN_FIELDS
+    FIELDS
         .iter()
-        .map(|known| (edit_distance(&unknown, known), *known))
+        .map(|known| (edit_distance(&unknown, known.name), known.name))
         .filter(|(d, known)| *d <= 2.min(known.len() / 3))
         .min()
         .map(|(_, known)| known)
@@ -1562,13 +1541,6 @@ mod tests {
                 assert!(!msg.contains(SECRET), "secret leaked: {msg}");
                 msg
             }
-        }
-    }
-
-    fn url_err(url: &str) -> String {
-        match url.parse::<Endpoint>() {
-            Ok(e) => panic!("expected {url:?} to be rejected, got {e}"),
-            Err(e) => e.to_string(),
         }
     }
 
@@ -2129,15 +2101,10 @@ mod tests {
         );
     }
 
-    // ---- endpoints ----
+    // ---- endpoints (URL parsing itself is tested in `addr`) ----
 
     #[test]
-    fn url_missing_scheme() {
-        assert_eq!(
-            url_err("127.0.0.1:5"),
-            r#"missing scheme in "127.0.0.1:5" (expected udp://, tcp:// or ws://)"#
-        );
-        url_err("://127.0.0.1:5");
+    fn peer_url_errors_name_the_field() {
         assert_eq!(
             err(&with(r#""peers": ["127.0.0.1:5"]"#)),
             r#"node.json: peers[0]: missing scheme in "127.0.0.1:5" (expected udp://, tcp:// or ws://)"#
@@ -2145,18 +2112,7 @@ mod tests {
     }
 
     #[test]
-    fn url_bad_port() {
-        assert_eq!(
-            url_err("tcp://1.2.3.4:70000"),
-            r#"invalid port "70000" in "tcp://1.2.3.4:70000" (expected a number 0-65535)"#
-        );
-        url_err("tcp://1.2.3.4:abc");
-        url_err("tcp://1.2.3.4:+5");
-        url_err("tcp://1.2.3.4:-1");
-        assert_eq!(
-            url_err("tcp://1.2.3.4:"),
-            r#"missing port in "tcp://1.2.3.4:""#
-        );
+    fn endpoint_port_rules() {
         assert_eq!(
             err(&with(r#""peers": ["tcp://1.2.3.4:0"]"#)),
             r#"node.json: peers[0]: port 0 is not allowed for a peer in "tcp://1.2.3.4:0" (expected 1-65535)"#
@@ -2167,74 +2123,6 @@ mod tests {
         .config;
         assert_eq!(c.listeners[0].port, 0);
         assert_eq!(c.listeners[1].port, 65535);
-    }
-
-    #[test]
-    fn url_bad_ipv6() {
-        assert_eq!(
-            url_err("tcp://[::g]:5"),
-            r#"invalid IPv6 address "[::g]" in "tcp://[::g]:5""#
-        );
-        url_err("tcp://[::1:5");
-        url_err("tcp://[::1]5");
-        url_err("tcp://[1.2.3.4]:5");
-        assert_eq!(
-            url_err("tcp://::1:5"),
-            r#"IPv6 address must be in brackets (e.g. "tcp://[::1]:6667") in "tcp://::1:5""#
-        );
-    }
-
-    #[test]
-    fn url_unknown_scheme() {
-        assert_eq!(
-            url_err("http://1.2.3.4:5"),
-            r#"unknown scheme "http" (expected udp, tcp or ws)"#
-        );
-        let e: Endpoint = "TCP://1.2.3.4:5".parse().unwrap();
-        assert_eq!(e.transport, Transport::Tcp);
-        assert_eq!(
-            "Ws://1.2.3.4:5".parse::<Endpoint>().unwrap().transport,
-            Transport::Ws
-        );
-    }
-
-    #[test]
-    fn url_paths() {
-        assert_eq!(
-            url_err("tcp://1.2.3.4:5/x"),
-            r#"a path ("/x") is only allowed for ws URLs, found in "tcp://1.2.3.4:5/x""#
-        );
-        url_err("udp://1.2.3.4:5/");
-        assert_eq!(
-            url_err("ws://1.2.3.4:5/chat"),
-            r#"ws path "/chat" is not supported yet (only "/" or none) in "ws://1.2.3.4:5/chat""#
-        );
-        let e: Endpoint = "ws://1.2.3.4:5/".parse().unwrap();
-        assert_eq!(e.to_string(), "ws://1.2.3.4:5");
-    }
-
-    #[test]
-    fn url_userinfo_query_fragment_host() {
-        assert_eq!(
-            url_err("tcp://me@1.2.3.4:5"),
-            r#"user info is not allowed in "tcp://me@1.2.3.4:5""#
-        );
-        assert_eq!(
-            url_err("ws://1.2.3.4:5/?a=b"),
-            r#"a query string is not allowed in "ws://1.2.3.4:5/?a=b""#
-        );
-        assert_eq!(
-            url_err("tcp://1.2.3.4:5#x"),
-            r#"a fragment is not allowed in "tcp://1.2.3.4:5#x""#
-        );
-        assert_eq!(url_err("tcp://:5"), r#"missing host in "tcp://:5""#);
-        assert_eq!(
-            url_err("tcp://1.2.3.999:5"),
-            r#"invalid host "1.2.3.999" in "tcp://1.2.3.999:5" (expected an IP address or a DNS name)"#
-        );
-        url_err("tcp://bad host:5");
-        url_err("tcp://-bad.example:5");
-        url_err("tcp://a..b:5");
     }
 
     #[test]
@@ -2268,32 +2156,6 @@ mod tests {
         ok(&with(
             r#""listeners": ["udp://127.0.0.1:7", "tcp://127.0.0.1:7", "tcp://0.0.0.0:0", "ws://0.0.0.0:0"]"#,
         ));
-    }
-
-    #[test]
-    fn endpoint_display_from_str_round_trip() {
-        for url in [
-            "tcp://127.0.0.1:6667",
-            "ws://[::1]:80",
-            "udp://example.org:5",
-            "udp://0.0.0.0:0",
-            "ws://[fe80::1:2]:65535",
-            "tcp://node-1.lan:1",
-        ] {
-            let e: Endpoint = url.parse().unwrap();
-            assert_eq!(e.to_string(), url);
-            assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e);
-        }
-        let e = Endpoint {
-            transport: Transport::Ws,
-            host: Host::Ip("::1".parse().unwrap()),
-            port: 80,
-        };
-        assert_eq!(e.to_string(), "ws://[::1]:80");
-        assert_eq!(e.socket_addr(), Some("[::1]:80".parse().unwrap()));
-        assert_eq!(serde_json::to_value(e).unwrap(), "ws://[::1]:80");
-        assert_eq!(serde_json::to_value(Transport::Udp).unwrap(), "udp");
-        assert_eq!(Transport::Tcp.to_string(), "tcp");
     }
 
     // ---- whole configs ----
@@ -2332,9 +2194,10 @@ mod tests {
 
     #[test]
     fn null_means_default_for_optional_fields() {
-        let nulls = KNOWN_FIELDS
+        let nulls = FIELDS
             .iter()
-            .filter(|f| !matches!(**f, "id" | "secret"))
+            .map(|f| f.name)
+            .filter(|f| !matches!(*f, "id" | "secret"))
             .map(|f| format!(r#""{f}": null"#))
             .collect::<Vec<_>>()
             .join(", ");
@@ -2440,7 +2303,7 @@ mod tests {
         assert_eq!(json["source"], "node.json");
         assert!(json["data_dir"].is_string());
         // Every stored field is present.
-        for field in KNOWN_FIELDS.iter().chain(&["source"]) {
+        for field in FIELDS.iter().map(|f| f.name).chain(["source"]) {
             assert!(json.get(field).is_some(), "missing {field}");
         }
         assert!(!format!("{loaded:?}").contains(SECRET));
@@ -2451,6 +2314,209 @@ mod tests {
             REDACTED
         );
         assert_eq!(ok(&with("")).config.redacted_json()["log"], Value::Null);
+    }
+
+    // ---- the field table ----
+
+    /// The table lists every field `redacted_json` shows (plus `source`, which is not a file
+    /// field), each once, and nothing else.
+    #[test]
+    fn table_covers_every_field_of_redacted_json() {
+        let json = ok(&with("")).config.redacted_json();
+        let shown: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed: Vec<&str> = FIELDS.iter().map(|f| f.name).chain(["source"]).collect();
+        listed.sort_unstable();
+        let count = listed.len();
+        listed.dedup();
+        assert_eq!(listed.len(), count, "a field is listed twice in FIELDS");
+        assert_eq!(shown, listed);
+    }
+
+    /// The table's defaults and bounds are what the loader applies.
+    #[test]
+    fn table_defaults_are_what_an_unset_field_gets() {
+        let json = ok(&with("")).config.redacted_json();
+        for field in FIELDS {
+            match field.rule {
+                Rule::Bool { default } => assert_eq!(json[field.name], default, "{}", field.name),
+                Rule::Int { default, min, max } => {
+                    assert_eq!(json[field.name], default, "{}", field.name);
+                    assert_eq!(field.default_text(), default.to_string());
+                    if min > 0 {
+                        let below = with(&format!(r#""{}": {}"#, field.name, min - 1));
+                        assert!(err(&below).contains("must be"), "{}", field.name);
+                    }
+                    if let Some(max) = max {
+                        let above = with(&format!(r#""{}": {}"#, field.name, max + 1));
+                        assert!(err(&above).contains("must be between"), "{}", field.name);
+                    }
+                }
+                Rule::Required | Rule::Custom { .. } => {}
+            }
+        }
+    }
+
+    /// The secret is the one secret field, and neither `redacted_json` nor `Serialize` shows
+    /// it; changing it still needs a restart although its JSON form never changes.
+    #[test]
+    fn secret_is_redacted_by_the_table() {
+        let secret: Vec<&str> = FIELDS.iter().filter(|f| f.secret).map(|f| f.name).collect();
+        assert_eq!(secret, ["secret"]);
+        let config = ok(&with("")).config;
+        let json = config.redacted_json();
+        assert_eq!(json["secret"], REDACTED);
+        assert!(!json.to_string().contains(SECRET));
+        let serialized = serde_json::to_string(&config).unwrap();
+        assert!(!serialized.contains(SECRET), "{serialized}");
+        let other = ok(r#"{"id": "n1", "secret": "another-secret"}"#).config;
+        assert_eq!(other.redacted_json(), json);
+        assert_eq!(config.restart_needed(&other), ["secret"]);
+    }
+
+    /// `restart_needed` names the changed fields a running node cannot take on, in table
+    /// order, and ignores the ones it can.
+    #[test]
+    fn restart_needed_names_only_fixed_fields() {
+        let running = ok(&with(r#""listeners": ["tcp://0.0.0.0:1"]"#)).config;
+        assert!(running.restart_needed(&running.clone()).is_empty());
+        let reloaded = ok(&with(
+            r#""listeners": ["tcp://0.0.0.0:2"], "scripts": {"a": "true"}, "log": "debug", "auto_connect": false"#,
+        ))
+        .config;
+        assert_eq!(
+            running.restart_needed(&reloaded),
+            ["listeners", "auto_connect"]
+        );
+        // Only reloadable fields changed: the new config can be applied as it is.
+        let reloaded = ok(&with(
+            r#""listeners": ["tcp://0.0.0.0:1"], "peers": ["udp://1.2.3.4:5"], "foreign_relay_bps_limit": 100"#,
+        ))
+        .config;
+        assert!(running.restart_needed(&reloaded).is_empty());
+        assert_ne!(running.reloadable(), reloaded.reloadable());
+        // The default data_dir follows the id, so both are reported.
+        let renamed = ok(&format!(
+            r#"{{"id": "n2", "secret": "{SECRET}", "listeners": ["tcp://0.0.0.0:1"]}}"#
+        ))
+        .config;
+        assert_eq!(running.restart_needed(&renamed), ["id", "data_dir"]);
+        // Where the file was read from is not part of the config.
+        let moved = parse(
+            "elsewhere.json",
+            &with(r#""listeners": ["tcp://0.0.0.0:1"]"#),
+            base(),
+        )
+        .unwrap()
+        .config;
+        assert!(running.restart_needed(&moved).is_empty());
+    }
+
+    /// For every field of the table: changing it alone changes `Config::reloadable()` exactly
+    /// when the table says it is reloadable, and `restart_needed` names it exactly when not.
+    #[test]
+    fn table_reloadable_and_restart_needed_agree() {
+        // One valid value per field, different from the base config's.
+        let key = "ab".repeat(32);
+        let pinned = format!(r#"{{"n2": "{key}"}}"#);
+        let samples: &[(&str, &str)] = &[
+            ("id", r#""n2""#),
+            ("secret", r#""another-secret""#),
+            ("network", r#""net2""#),
+            ("listeners", r#"["tcp://127.0.0.1:1"]"#),
+            ("peers", r#"["tcp://127.0.0.1:2"]"#),
+            ("web_api", r#""127.0.0.1:9000""#),
+            ("scripts", r#"{"a": "true"}"#),
+            ("relay_network_whitelist", r#""*""#),
+            ("relay_all_peer_rpc", "true"),
+            ("foreign_relay_bps_limit", "1000"),
+            ("hole_punching", "false"),
+            ("log", r#""debug""#),
+            ("data_dir", r#""elsewhere""#),
+            ("heartbeat_interval_ms", "5000"),
+            ("peer_timeout_ms", "40000"),
+            ("auto_connect", "false"),
+            ("max_frame_bytes", "8192"),
+            ("metadata", r#"{"a": "b"}"#),
+            ("pinned_keys", pinned.as_str()),
+            ("script_timeout_ms", "5"),
+            ("max_concurrent_scripts", "2"),
+            ("max_script_queue", "0"),
+            ("max_script_output_bytes", "2048"),
+            ("max_body_bytes", "2000"),
+            ("send_timeout_max_ms", "1000"),
+        ];
+        // Fields whose defaults follow another field's are set, so that a sample changes one
+        // field only.
+        let base_fields = [
+            ("id", r#""n1""#),
+            ("secret", r#""x""#),
+            ("data_dir", r#""d""#),
+            ("max_body_bytes", "1000"),
+        ];
+        let text = |change: Option<(&str, &str)>| {
+            let mut fields: BTreeMap<&str, &str> = base_fields.into_iter().collect();
+            fields.extend(change);
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!(r#""{k}": {v}"#))
+                .collect();
+            format!("{{{}}}", body.join(", "))
+        };
+        let running = ok(&text(None)).config;
+        let names: Vec<&str> = samples.iter().map(|(name, _)| *name).collect();
+        let table: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names, table,
+            "every table field needs a sample, in table order"
+        );
+        for (field, &(name, value)) in FIELDS.iter().zip(samples) {
+            let changed = ok(&text(Some((name, value)))).config;
+            assert_ne!(changed, running, "{name}: the sample changes nothing");
+            let fixed = running.restart_needed(&changed);
+            let reloadable_changed = running.reloadable() != changed.reloadable();
+            if field.reloadable {
+                assert!(
+                    fixed.is_empty(),
+                    "{name} is reloadable, yet {fixed:?} need a restart"
+                );
+                assert!(
+                    reloadable_changed,
+                    "{name} is reloadable but not in Reloadable"
+                );
+            } else {
+                assert_eq!(fixed, [name], "{name} needs a restart");
+                assert!(
+                    !reloadable_changed,
+                    "{name} is not reloadable but in Reloadable"
+                );
+            }
+        }
+    }
+
+    /// The limits table in the module doc says what FIELDS says.
+    #[test]
+    fn module_doc_limits_table_matches_fields() {
+        let rows: Vec<Vec<&str>> = include_str!("config.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .map(|row| row.trim_end_matches(" |").split(" | ").collect())
+            .collect();
+        assert_eq!(rows.len(), 6);
+        for row in rows {
+            let name = row[0].trim_end_matches('`');
+            let entry = field(name).unwrap_or_else(|| panic!("{name} is not in FIELDS"));
+            assert_eq!(row[1], entry.default_text(), "{name}: default");
+            assert_eq!(row[3], entry.doc, "{name}: meaning");
+            if let Rule::Int { min, max, .. } = entry.rule {
+                let range = format!("{min} ..= {}", max.unwrap());
+                assert_eq!(row[2], range, "{name}: range");
+            }
+        }
     }
 
     #[test]

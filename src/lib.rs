@@ -1,7 +1,10 @@
 //! msgtier: a self-hosted peer-to-peer messaging node.
 //!
 //! Map of the crate:
-//! - [`config`]: the node's JSON/JSON5 config, validated field by field.
+//! - [`config`]: the node's JSON/JSON5 config, validated field by field from one table of
+//!   fields ([`config::FIELDS`]).
+//! - [`addr`]: transport addresses (`udp://`, `tcp://`, `ws://` endpoints), parsed and printed;
+//!   used by `config`, `proto` and the actors.
 //! - [`wire`]: frames, sealed records, UDP datagrams and fragments (pure codec).
 //! - [`proto`]: pure protocol state machines: Noise handshake and membership proof
 //!   ([`proto::handshake`]), one link's lifecycle ([`proto::link`]), the known-node table and
@@ -12,6 +15,7 @@
 //! - [`api`]: the HTTP API. [`node`]: the composition root. [`metrics`]: counters.
 
 pub mod actors;
+pub mod addr;
 pub mod api;
 pub mod config;
 pub mod identity;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::config::{Endpoint, Host, Transport};
+use crate::addr::{Endpoint, Host, Transport};
 use crate::wire::frame::{CloseReason, Hello, NodeInfo};
 
 /// Most nodes remembered, so gossip cannot grow the table without bound. Matches the wire limit
