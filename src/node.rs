@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{info, warn};
@@ -17,13 +17,14 @@ use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::actors::crypto::{CryptoActor, GetKeyRing};
-use crate::actors::discovery::DiscoveryActor;
-use crate::actors::listener::{ListenerActor, UdpEndpoint};
-use crate::actors::messages::RelayPorts;
+use crate::actors::discovery::{DiscoveryActor, Shutdown};
+use crate::actors::listener::ListenerActor;
+use crate::actors::messages::{PeerPorts, RelayPorts, UdpEndpoint};
 use crate::actors::relay::{PunchSocket, RelayActor, RelayPeers};
 use crate::actors::script::{ScriptActor, ScriptLimits};
+use crate::addr::Transport;
 use crate::api;
-use crate::config::{Config, Transport};
+use crate::config::Config;
 use crate::identity::IdentityError;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
@@ -183,13 +184,29 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops the HTTP server gracefully (actors stop with the system).
+    /// The one shutdown path: stops the HTTP server (in-flight requests finish), then closes
+    /// every link with `close(shutdown)` so peers mark us Disconnected at once instead of
+    /// waiting out their peer timeout, and gives the writers a moment to flush that frame
+    /// (bounded by [`SHUTDOWN_LINGER_MS`]). The actors stop with the system afterwards.
     pub async fn stop(&self) {
         if let Some(h) = &self.http {
             h.stop(true).await;
         }
+        let _ = self
+            .discovery
+            .send(Shutdown)
+            .timeout(Duration::from_millis(SHUTDOWN_LINGER_MS))
+            .await;
+        // The close frames are queued; a writer flushes its queue within one event-loop turn
+        // on a healthy socket. Wait a little, bounded, rather than cut them off.
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_FLUSH_MS)).await;
     }
 }
+
+/// Longest wait for discovery to hand out the `close(shutdown)` frames.
+pub const SHUTDOWN_LINGER_MS: u64 = 1_000;
+/// Time given to link writers to flush the `close` frames before the system stops.
+pub const SHUTDOWN_FLUSH_MS: u64 = 100;
 
 enum Bound {
     Stream(Transport, TcpListener),
@@ -292,30 +309,41 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     };
     let discovery_ctx = Context::<DiscoveryActor>::new();
     let discovery = discovery_ctx.address();
+    let ports = PeerPorts {
+        admit: discovery.clone().recipient(),
+        down: discovery.clone().recipient(),
+        relay: relay_ports,
+    };
     let mut udp = Vec::new();
     for b in bound {
         let started = match b {
-            Bound::Stream(t, l) => {
-                ListenerActor::stream(shared.clone(), discovery.clone(), relay_ports.clone(), t, l)
-                    .map(|a| (a.start(), None))
-            }
+            Bound::Stream(t, l) => ListenerActor::stream(shared.clone(), ports.clone(), t, l)
+                .map(|a| (a.start(), None)),
             Bound::Udp(s) => {
                 let local = s.local_addr();
-                ListenerActor::udp(shared.clone(), discovery.clone(), relay_ports.clone(), s)
+                ListenerActor::udp(shared.clone(), ports.clone(), s)
                     .and_then(|a| Ok((a.start(), Some(local?))))
             }
         };
         match started {
-            Ok((addr, Some(local))) => udp.push(UdpEndpoint { local, addr }),
+            Ok((addr, Some(local))) => udp.push((local, addr)),
             Ok(_) => {}
             Err(e) => warn!("listener: {e}"),
         }
     }
     let punch_sockets = udp
         .iter()
-        .map(|u| PunchSocket {
-            local: u.local,
-            send: u.addr.clone().recipient(),
+        .map(|(local, addr)| PunchSocket {
+            local: *local,
+            send: addr.clone().recipient(),
+        })
+        .collect();
+    let udp: Vec<UdpEndpoint> = udp
+        .into_iter()
+        .map(|(local, addr)| UdpEndpoint {
+            local,
+            register: addr.clone().recipient(),
+            unregister: addr.recipient(),
         })
         .collect();
     let relay_peers = RelayPeers {
@@ -324,7 +352,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         udp: punch_sockets,
     };
     relay_ctx.run(RelayActor::new(shared.clone(), relay_peers));
-    discovery_ctx.run(DiscoveryActor::new(shared.clone(), relay_ports, udp));
+    discovery_ctx.run(DiscoveryActor::new(shared.clone(), ports, udp));
     info!(
         "node {} (network {}) listening on {}",
         shared.local.node_id,

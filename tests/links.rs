@@ -151,6 +151,29 @@ fn stopped_peer_times_out_and_recovers() {
     }
 }
 
+/// A node stopped with SIGTERM says goodbye (`close(shutdown)`): its peer marks it
+/// Disconnected at once, long before the 60 s peer timeout, on every transport.
+#[test]
+fn a_node_stopped_by_sigterm_is_disconnected_at_once() {
+    for transport in ["tcp", "udp", "ws"] {
+        let slow = |id: &str| {
+            let mut s = Spec::new(id, transport);
+            s.heartbeat_ms = 10_000;
+            s.timeout_ms = 60_000;
+            s
+        };
+        let a = Node::start(slow("a"));
+        let mut sb = slow("b");
+        sb.peers = vec![a.spec.url()];
+        let b = Node::start(sb);
+        a.wait_peer_state("b", "Active");
+        b.signal(libc::SIGTERM);
+        // The wait is bounded at 20 s, a third of the peer timeout: only the close frame can
+        // get there in time.
+        a.wait_peer_state("b", "Disconnected");
+    }
+}
+
 /// A killed and restarted peer is Active again, with the same identity key.
 #[test]
 fn restarted_peer_is_active_again_with_the_same_identity() {

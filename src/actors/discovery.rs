@@ -10,10 +10,15 @@
 //!   lost node's known addresses are dialled again (the dialers back off on their own).
 //! - A watchdog respawns dialers whose actor died outside the supervisor's reach (a panic that
 //!   escaped the handler guard).
-//! - It keeps the RelayActor's view of direct links current and answers `/status`.
+//! - It answers `/status` for peers, links and dialers, asking each PeerActor for the status
+//!   it owns ([`GetLinkStatus`]).
+//! - On [`Shutdown`] it closes every link with `close(shutdown)`, so peers mark us
+//!   Disconnected at once, and stops the dialers for good.
+//!
+//! Talks to: PeerActors it creates (dialers) and admits (acceptors, through their
+//! [`PeerHandle`]); nothing else (the relay learns of links from the links themselves).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +26,14 @@ use actix::prelude::*;
 use log::{info, warn};
 use serde::Serialize;
 
-use crate::actors::listener::UdpEndpoint;
-use crate::actors::messages::{Dial, LinkDown, RelayPorts};
-use crate::actors::peer::{CloseLink, DialNow, PeerActor, PeerState, Redial, StatusCell};
-use crate::config::{Endpoint, Transport};
+use crate::actors::messages::{
+    Admit, CloseLink, Dial, GetLinkStatus, LinkDown, LinkStatus, PeerHandle, PeerPorts, UdpEndpoint,
+};
+use crate::actors::peer::{DialNow, PeerActor, PeerState, Redial};
+use crate::addr::{Endpoint, Transport};
 use crate::node::NodeShared;
-use crate::proto::link::WelcomeInfo;
 use crate::proto::peer_table::{Admission, PeerTable};
-use crate::wire::frame::{CloseReason, Hello, NodeInfo};
+use crate::wire::frame::{CloseReason, NodeInfo};
 
 /// Most dialers kept at once (configured plus learned addresses): bounds sockets and actors
 /// a large gossip could make us open.
@@ -39,22 +44,14 @@ pub const MAX_OBSERVED_ADDRS: usize = 16;
 pub const MAX_FOREIGN_NETWORKS: usize = 64;
 /// How often the watchdog checks dialers.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
+/// How long `/status` waits for one PeerActor's status before leaving it out.
+const STATUS_WAIT: Duration = Duration::from_millis(1_000);
 
-/// An authenticated peer asks to keep its link. Answers the `welcome` node list, or a reason
-/// to close.
+/// Close every link and stop dialling (the node is shutting down); answers once every link
+/// was asked to close.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<NodeInfo>, CloseReason>")]
-pub struct Admit {
-    pub link_id: u64,
-    pub peer: Addr<PeerActor>,
-    pub dialed: bool,
-    pub transport: Transport,
-    pub remote: SocketAddr,
-    pub hello: Box<Hello>,
-    /// Dialer side: what the listener's welcome said.
-    pub welcome: Option<WelcomeInfo>,
-    pub status: StatusCell,
-}
+#[rtype(result = "()")]
+pub struct Shutdown;
 
 /// Everything `/status` shows except routes and counters.
 #[derive(Message)]
@@ -138,26 +135,32 @@ pub struct DialerReport {
 
 /// A dialer we started.
 struct Dialer {
+    /// Named in its `Admit`s.
+    id: u64,
+    /// The address it dials.
     target: Endpoint,
+    /// From the config (not learned).
     configured: bool,
+    /// The supervised actor.
     addr: Addr<PeerActor>,
-    status: StatusCell,
-}
-
-/// Actor-side data of an admitted link (the table holds the pure part).
-struct LinkHandle {
-    peer: Addr<PeerActor>,
-    status: StatusCell,
+    /// The node it reached last (from its admissions): whom a standby dialer waits for.
+    node_id: Option<String>,
 }
 
 /// See the module docs.
 pub struct DiscoveryActor {
     node: Arc<NodeShared>,
-    relay: RelayPorts,
+    /// Handed to every dialer.
+    ports: PeerPorts,
     udp: Vec<UdpEndpoint>,
     table: PeerTable,
-    links: HashMap<u64, LinkHandle>,
+    /// Admitted links (ours and foreign), by link id.
+    links: HashMap<u64, PeerHandle>,
     dialers: Vec<Dialer>,
+    /// Next dialer id.
+    next_dialer: u64,
+    /// Shutting down: no new dialers, no admissions.
+    shut_down: bool,
     observed: BTreeSet<String>,
     /// As a public node: the members of each foreign network linked to us, one table per
     /// network, never mixed with ours (ids may repeat across networks).
@@ -168,32 +171,20 @@ pub struct DiscoveryActor {
 
 impl DiscoveryActor {
     /// A discovery actor; `udp` are the sockets dialers may use for `udp://` peers.
-    pub fn new(node: Arc<NodeShared>, relay: RelayPorts, udp: Vec<UdpEndpoint>) -> Self {
+    pub fn new(node: Arc<NodeShared>, ports: PeerPorts, udp: Vec<UdpEndpoint>) -> Self {
         DiscoveryActor {
             table: PeerTable::new(&node.local.node_id, node.config.pinned_keys.clone()),
             node,
-            relay,
+            ports,
             udp,
             links: HashMap::new(),
             dialers: Vec::new(),
+            next_dialer: 0,
+            shut_down: false,
             observed: BTreeSet::new(),
             foreign: HashMap::new(),
             foreign_links: HashMap::new(),
         }
-    }
-
-    /// Remembers an admitted link and names its node on the link's status.
-    fn keep_link(
-        &mut self,
-        node_id: &str,
-        link_id: u64,
-        peer: Addr<PeerActor>,
-        status: StatusCell,
-    ) {
-        if let Ok(mut s) = status.lock() {
-            s.node_id = Some(node_id.to_string());
-        }
-        self.links.insert(link_id, LinkHandle { peer, status });
     }
 
     /// A node of another network dialled us: admit it as a member of that network's domain
@@ -239,7 +230,7 @@ impl DiscoveryActor {
             self.foreign_links.remove(&id);
         }
         if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {
-            old.peer.do_send(CloseLink {
+            old.close.do_send(CloseLink {
                 reason: CloseReason::Duplicate,
             });
         }
@@ -254,12 +245,14 @@ impl DiscoveryActor {
         );
         let known = table.known_for(&msg.hello.node_id);
         self.foreign_links.insert(msg.link_id, network);
-        let node_id = msg.hello.node_id.clone();
-        self.keep_link(&node_id, msg.link_id, msg.peer, msg.status);
+        self.links.insert(msg.link_id, msg.peer);
         Ok(known)
     }
 
     fn spawn_dialer(&mut self, target: Endpoint, configured: bool, ctx: &mut Context<Self>) {
+        if self.shut_down {
+            return;
+        }
         if self.dialers.len() >= MAX_DIALERS {
             warn!("not dialling {target}: {MAX_DIALERS} dialers already");
             return;
@@ -267,19 +260,23 @@ impl DiscoveryActor {
         if target.transport == Transport::Udp && self.udp.is_empty() {
             return;
         }
-        let (actor, status) = PeerActor::dialer(
+        let _ = ctx;
+        self.next_dialer += 1;
+        let id = self.next_dialer;
+        let actor = PeerActor::dialer(
             self.node.clone(),
-            ctx.address(),
-            self.relay.clone(),
+            self.ports.clone(),
+            id,
             target.clone(),
             self.udp.clone(),
         );
         let addr = Supervisor::start(move |_| actor);
         self.dialers.push(Dialer {
+            id,
             target,
             configured,
             addr,
-            status,
+            node_id: None,
         });
     }
 
@@ -316,23 +313,21 @@ impl DiscoveryActor {
     /// Wakes standby dialers to `node_id` on `transport` now that no link is left there.
     fn wake_standby(&self, node_id: &str, transport: Transport) {
         for d in &self.dialers {
-            if d.target.transport != transport {
-                continue;
-            }
-            let matches = d
-                .status
-                .lock()
-                .map(|s| s.node_id.as_deref() == Some(node_id))
-                .unwrap_or(false);
-            if matches {
+            if d.target.transport == transport && d.node_id.as_deref() == Some(node_id) {
                 d.addr.do_send(Redial);
             }
         }
     }
 
-    fn report(&self) -> DiscoveryReport {
+    /// The report, from the link statuses the PeerActors answered (by link id, and by dialer
+    /// id); a PeerActor that did not answer in time is left out.
+    fn report(
+        &self,
+        link_status: &HashMap<u64, LinkStatus>,
+        dialer_status: &HashMap<u64, LinkStatus>,
+    ) -> DiscoveryReport {
         let now = self.node.now_us();
-        let link_report = |s: &crate::actors::peer::LinkStatus| LinkReport {
+        let link_report = |s: &LinkStatus| LinkReport {
             transport: s.transport,
             direction: if s.dialed { "outbound" } else { "inbound" },
             local_addr: s.local_addr.map(|a| a.to_string()),
@@ -351,24 +346,21 @@ impl DiscoveryActor {
         let mut peers = Vec::new();
         for n in self.table.nodes() {
             let mut links: Vec<LinkReport> = Vec::new();
-            let mut linked_ids = Vec::new();
-            for (id, h) in &self.links {
+            let mut ids: Vec<&u64> = self.links.keys().collect();
+            ids.sort_unstable();
+            for id in ids {
                 if self.table.link(*id).is_some_and(|l| l.node_id == n.id) {
-                    if let Ok(s) = h.status.lock() {
-                        links.push(link_report(&s));
+                    if let Some(s) = link_status.get(id) {
+                        links.push(link_report(s));
                     }
-                    linked_ids.push(*id);
                 }
             }
             // Dialers to this node that are not currently carrying an admitted link.
             for d in &self.dialers {
-                if let Ok(s) = d.status.lock() {
-                    let admitted = self
-                        .links
-                        .values()
-                        .any(|h| Arc::ptr_eq(&h.status, &d.status));
+                if let Some(s) = dialer_status.get(&d.id) {
+                    let admitted = self.links.contains_key(&s.link_id);
                     if s.node_id.as_deref() == Some(&n.id) && !admitted && !s.standby {
-                        links.push(link_report(&s));
+                        links.push(link_report(s));
                     }
                 }
             }
@@ -397,7 +389,7 @@ impl DiscoveryActor {
             .dialers
             .iter()
             .filter_map(|d| {
-                let s = d.status.lock().ok()?;
+                let s = dialer_status.get(&d.id)?;
                 Some(DialerReport {
                     target: d.target.to_string(),
                     configured: d.configured,
@@ -446,7 +438,11 @@ impl Handler<Admit> for DiscoveryActor {
     type Result = MessageResult<Admit>;
 
     fn handle(&mut self, msg: Admit, ctx: &mut Self::Context) -> Self::Result {
-        if msg.hello.network != self.node.local.network && !msg.dialed {
+        if self.shut_down {
+            return MessageResult(Err(CloseReason::Shutdown));
+        }
+        let dialed = msg.dialer.is_some();
+        if msg.hello.network != self.node.local.network && !dialed {
             return MessageResult(self.admit_foreign(msg));
         }
         let node_id = msg.hello.node_id.clone();
@@ -455,8 +451,14 @@ impl Handler<Admit> for DiscoveryActor {
             &msg.hello,
             msg.remote.ip(),
             msg.transport,
-            msg.dialed,
+            dialed,
         );
+        // The dialer now knows whom it reaches: a standby one waits for that node's link.
+        if !matches!(verdict, Admission::Refuse(ref r) if *r != CloseReason::Duplicate) {
+            if let Some(d) = self.dialers.iter_mut().find(|d| Some(d.id) == msg.dialer) {
+                d.node_id = Some(node_id.clone());
+            }
+        }
         let replaces = match verdict {
             Admission::Refuse(reason) => {
                 if reason == CloseReason::KeyMismatch {
@@ -474,12 +476,12 @@ impl Handler<Admit> for DiscoveryActor {
             Admission::Accept { replaces } => replaces,
         };
         if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {
-            old.peer.do_send(CloseLink {
+            old.close.do_send(CloseLink {
                 reason: CloseReason::Duplicate,
             });
         }
         let welcome = msg.welcome.clone();
-        self.keep_link(&node_id, msg.link_id, msg.peer, msg.status);
+        self.links.insert(msg.link_id, msg.peer);
         if let Some(welcome) = &welcome {
             let added = self.table.learn(&node_id, &welcome.known);
             if added > 0 {
@@ -535,10 +537,53 @@ impl Handler<Dial> for DiscoveryActor {
 }
 
 impl Handler<GetReport> for DiscoveryActor {
-    type Result = MessageResult<GetReport>;
+    type Result = ResponseActFuture<Self, DiscoveryReport>;
 
     fn handle(&mut self, _: GetReport, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.report())
+        let ask = |handle: Recipient<GetLinkStatus>| async move {
+            handle.send(GetLinkStatus).timeout(STATUS_WAIT).await.ok()
+        };
+        let links: Vec<_> = self
+            .links
+            .iter()
+            .map(|(id, h)| (*id, ask(h.status.clone())))
+            .collect();
+        let dialers: Vec<_> = self
+            .dialers
+            .iter()
+            .map(|d| (d.id, ask(d.addr.clone().recipient())))
+            .collect();
+        let gather = |asks: Vec<(u64, _)>| async move {
+            let (ids, futs): (Vec<u64>, Vec<_>) = asks.into_iter().unzip();
+            let answers = futures_util::future::join_all(futs).await;
+            ids.into_iter()
+                .zip(answers)
+                .filter_map(|(id, s)| Some((id, s?)))
+                .collect::<HashMap<u64, LinkStatus>>()
+        };
+        let fut = async move { (gather(links).await, gather(dialers).await) };
+        Box::pin(
+            fut.into_actor(self)
+                .map(|(links, dialers), act, _| act.report(&links, &dialers)),
+        )
+    }
+}
+
+impl Handler<Shutdown> for DiscoveryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        self.shut_down = true;
+        let close = CloseLink {
+            reason: CloseReason::Shutdown,
+        };
+        for link in self.links.values() {
+            link.close.do_send(close);
+        }
+        // Dialers stop re-dialling; one carrying a link closes it (if not closed above).
+        for d in &self.dialers {
+            d.addr.do_send(close);
+        }
     }
 }
 

@@ -22,11 +22,11 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::codec::BytesCodec;
 use tokio_util::udp::UdpFramed;
 
-use crate::actors::discovery::DiscoveryActor;
-use crate::actors::messages::{PunchIn, RelayPorts, SendPunch};
-use crate::actors::peer::{Incoming, PeerActor, UdpConn, UdpIn};
-use crate::config::Transport;
+use crate::actors::messages::{PeerPorts, PunchIn, RegisterDial, SendPunch, UdpIn, Unregister};
+use crate::actors::peer::{Incoming, PeerActor, UdpConn};
+use crate::addr::Transport;
 use crate::node::NodeShared;
+use crate::proto::udp_session::UdpSession;
 use crate::wire::udp::Datagram;
 
 /// Most UDP sessions one socket keeps (established and handshaking), so a flood of handshake
@@ -36,35 +36,10 @@ pub const MAX_UDP_SESSIONS: usize = 4096;
 /// How often dead UDP sessions are swept.
 const SESSION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A UDP socket dialers may use, with the address it is bound to.
-#[derive(Clone)]
-pub struct UdpEndpoint {
-    /// Bound address (its family and loopback-ness decide which remotes it can reach).
-    pub local: SocketAddr,
-    /// The ListenerActor owning the socket.
-    pub addr: Addr<ListenerActor>,
-}
-
-/// A dialer asks for an outbound UDP session on this socket; answers its index and the socket
-/// (`None` from a listener that is not UDP).
-#[derive(Message)]
-#[rtype(result = "Option<(u32, Arc<UdpSocket>)>")]
-pub struct RegisterDial {
-    pub remote: SocketAddr,
-    pub peer: Addr<PeerActor>,
-}
-
-/// A session ended; forget its index.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unregister {
-    pub local_idx: u32,
-}
-
 /// One UDP session.
 struct Session {
     /// The PeerActor serving it.
-    peer: Addr<PeerActor>,
+    peer: Recipient<UdpIn>,
     /// Where its datagrams must come from.
     remote: SocketAddr,
     /// The remote's sender index from its handshake init (acceptor sessions), for duplicates.
@@ -89,8 +64,8 @@ enum Socket {
 /// See the module docs.
 pub struct ListenerActor {
     node: Arc<NodeShared>,
-    discovery: Addr<DiscoveryActor>,
-    relay: RelayPorts,
+    /// What the acceptors it starts report to (and the relay, for punch datagrams).
+    ports: PeerPorts,
     /// Bound address, for logs.
     local: SocketAddr,
     socket: Socket,
@@ -100,15 +75,13 @@ impl ListenerActor {
     /// A TCP or WebSocket listener on a bound socket.
     pub fn stream(
         node: Arc<NodeShared>,
-        discovery: Addr<DiscoveryActor>,
-        relay: RelayPorts,
+        ports: PeerPorts,
         transport: Transport,
         listener: TcpListener,
     ) -> std::io::Result<ListenerActor> {
         Ok(ListenerActor {
             node,
-            discovery,
-            relay,
+            ports,
             local: listener.local_addr()?,
             socket: Socket::Stream {
                 transport,
@@ -120,14 +93,12 @@ impl ListenerActor {
     /// A UDP listener on a bound socket.
     pub fn udp(
         node: Arc<NodeShared>,
-        discovery: Addr<DiscoveryActor>,
-        relay: RelayPorts,
+        ports: PeerPorts,
         socket: UdpSocket,
     ) -> std::io::Result<ListenerActor> {
         Ok(ListenerActor {
             node,
-            discovery,
-            relay,
+            ports,
             local: socket.local_addr()?,
             socket: Socket::Udp {
                 socket: Arc::new(socket),
@@ -203,14 +174,7 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ListenerActor {
             Transport::Ws => Incoming::Ws(stream, remote),
             _ => Incoming::Tcp(stream, remote),
         };
-        PeerActor::acceptor(
-            self.node.clone(),
-            self.discovery.clone(),
-            self.relay.clone(),
-            incoming,
-            slot,
-        )
-        .start();
+        PeerActor::acceptor(self.node.clone(), self.ports.clone(), incoming, slot).start();
     }
 
     fn finished(&mut self, _: &mut Self::Context) {
@@ -259,7 +223,7 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                     token,
                     ack,
                 };
-                if self.relay.punches.try_send(msg).is_err() {
+                if self.ports.relay.punches.try_send(msg).is_err() {
                     drop_it("relay mailbox full");
                 }
                 return;
@@ -279,19 +243,14 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                     let idx = ListenerActor::next_index(sessions, node.random_u64());
                     let conn = UdpConn {
                         socket: socket.clone(),
-                        listener: ctx.address(),
+                        listener: ctx.address().recipient(),
                         remote: from,
-                        local_idx: idx,
-                        remote_idx: Some(sender),
+                        session: UdpSession::new(idx, Some(sender)),
                     };
-                    let peer = PeerActor::acceptor(
-                        node.clone(),
-                        self.discovery.clone(),
-                        self.relay.clone(),
-                        Incoming::Udp(conn),
-                        slot,
-                    )
-                    .start();
+                    let ports = self.ports.clone();
+                    let peer = PeerActor::acceptor(node.clone(), ports, Incoming::Udp(conn), slot)
+                        .start()
+                        .recipient();
                     sessions.insert(
                         idx,
                         Session {

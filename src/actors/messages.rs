@@ -12,12 +12,16 @@
 //! two subscribers ([`LinkEvents`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::prelude::*;
+use tokio::net::UdpSocket;
 
-use crate::config::Endpoint;
+use crate::addr::{Endpoint, Transport};
+use crate::proto::link::{Rtt, WelcomeInfo};
+use crate::proto::peer_state::PeerState;
 use crate::proto::router::LinkInfo;
-use crate::wire::frame::Frame;
+use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 /// Seal and send a frame on a link (relay -> PeerActor).
@@ -119,4 +123,137 @@ pub struct SendPunch {
     pub token: [u8; PUNCH_TOKEN_BYTES],
     /// An answer to a punch datagram.
     pub ack: bool,
+}
+
+// ---- PeerActor <-> DiscoveryActor ----
+
+/// What `/status` shows about one link; owned by its PeerActor, asked for with
+/// [`GetLinkStatus`].
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    /// The current connection's id (new per attempt; matches [`Admit::link_id`]).
+    pub link_id: u64,
+    /// The link's transport.
+    pub transport: Transport,
+    /// Did this node dial it?
+    pub dialed: bool,
+    /// The address dialled (dialers only).
+    pub target: Option<Endpoint>,
+    /// Local socket address of the current connection.
+    pub local_addr: Option<SocketAddr>,
+    /// Remote socket address of the current connection.
+    pub remote_addr: Option<SocketAddr>,
+    /// Init -> Active -> Disconnected.
+    pub state: PeerState,
+    /// The remote node, once it was admitted (kept while Disconnected).
+    pub node_id: Option<String>,
+    /// Pong RTT statistics of the current connection.
+    pub rtt: Option<Rtt>,
+    /// Node-clock microseconds when the peer was last heard.
+    pub last_heard_us: Option<u64>,
+    /// Why the last connection ended.
+    pub last_error: Option<String>,
+    /// Times the supervisor restarted this actor (dialers).
+    pub restarts: u32,
+    /// Dial attempts since the last success.
+    pub attempts: u32,
+    /// A dialer waiting because another link to the same node was preferred.
+    pub standby: bool,
+}
+
+/// Asks a PeerActor for its [`LinkStatus`] (discovery, for `/status`).
+#[derive(Message)]
+#[rtype(result = "LinkStatus")]
+pub struct GetLinkStatus;
+
+/// Close the link (discovery -> PeerActor: it lost the duplicate rule, or the node shuts
+/// down). With [`CloseReason::Shutdown`] a dialer also stops re-dialling.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct CloseLink {
+    /// Sent to the peer in the `close` frame.
+    pub reason: CloseReason,
+}
+
+/// How discovery reaches a link it admitted.
+#[derive(Clone)]
+pub struct PeerHandle {
+    /// Closes it.
+    pub close: Recipient<CloseLink>,
+    /// Reads its status.
+    pub status: Recipient<GetLinkStatus>,
+}
+
+/// An authenticated peer asks to keep its link (PeerActor -> discovery). Answers the
+/// `welcome` node list, or a reason to close.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<NodeInfo>, CloseReason>")]
+pub struct Admit {
+    /// The connection's id.
+    pub link_id: u64,
+    /// How to reach the PeerActor.
+    pub peer: PeerHandle,
+    /// The dialer's id in discovery, when we dialled.
+    pub dialer: Option<u64>,
+    /// The link's transport.
+    pub transport: Transport,
+    /// The peer's socket address.
+    pub remote: SocketAddr,
+    /// The peer's verified hello.
+    pub hello: Box<Hello>,
+    /// Dialer side: what the listener's welcome said.
+    pub welcome: Option<WelcomeInfo>,
+}
+
+/// Everything a PeerActor reports to: discovery (admission, link down) and the relay.
+#[derive(Clone)]
+pub struct PeerPorts {
+    /// [`Admit`].
+    pub admit: Recipient<Admit>,
+    /// [`LinkDown`] for discovery.
+    pub down: Recipient<LinkDown>,
+    /// The relay's inboxes.
+    pub relay: RelayPorts,
+}
+
+// ---- UDP sessions: PeerActor <-> ListenerActor ----
+
+/// A UDP datagram for a link's session (listener -> PeerActor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UdpIn {
+    /// The datagram.
+    pub data: bytes::Bytes,
+    /// Its source (the listener checked it against the session).
+    pub from: SocketAddr,
+}
+
+/// A dialer asks for an outbound UDP session on a listener's socket; answers its index and
+/// the socket (`None` from a listener that is not UDP).
+#[derive(Message)]
+#[rtype(result = "Option<(u32, Arc<UdpSocket>)>")]
+pub struct RegisterDial {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Where the session's datagrams go.
+    pub peer: Recipient<UdpIn>,
+}
+
+/// A UDP session ended; its listener forgets the index.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    /// Our index of the session.
+    pub local_idx: u32,
+}
+
+/// A UDP socket dialers may use, with the address it is bound to.
+#[derive(Clone)]
+pub struct UdpEndpoint {
+    /// Bound address (its family and loopback-ness decide which remotes it can reach).
+    pub local: SocketAddr,
+    /// Its ListenerActor, for [`RegisterDial`].
+    pub register: Recipient<RegisterDial>,
+    /// The same, for [`Unregister`].
+    pub unregister: Recipient<Unregister>,
 }

@@ -17,4 +17,5 @@ pub mod punch;
 pub mod router;
 pub mod routing;
 pub mod token_bucket;
+pub mod udp_session;
 pub mod whitelist;

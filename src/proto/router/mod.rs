@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use log::{debug, info};
 
-use crate::config::{Endpoint, Transport};
+use crate::addr::{Endpoint, Transport};
 use crate::keys::KeyRing;
 use crate::proto::e2e::Outcome;
 use crate::proto::key_book::{Offer, Source};

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use log::{debug, info, warn};
 
-use crate::config::{Endpoint, Host, Transport};
+use crate::addr::{Endpoint, Host, Transport};
 use crate::proto::cache::BoundedCache;
 use crate::proto::punch::{self, Puncher};
 use crate::wire::frame::{Frame, Punch};

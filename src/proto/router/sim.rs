@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Endpoint, Transport};
+use crate::addr::{Endpoint, Transport};
 use crate::identity::Identity;
 use crate::keys::KeyRing;
 use crate::proto::handshake::NetworkKey;

@@ -16,31 +16,37 @@
 //! Talks to: DiscoveryActor (`Admit` when the peer is authenticated, `LinkDown` when it goes),
 //! ListenerActor (UDP session registration). Receives `UdpIn`, `CloseLink`, `Redial`.
 
+mod transport;
+mod writer;
+
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::StreamExt;
 use log::{debug, info, warn};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::actors::discovery::{Admit, DiscoveryActor};
-use crate::actors::listener::{ListenerActor, RegisterDial, UdpEndpoint, Unregister};
-use crate::actors::messages::{self, Inbound, LinkRtt, LinkUp, RelayPorts, SendFrame};
-use crate::config::{Endpoint, Transport};
+use crate::actors::messages::{
+    Admit, CloseLink, GetLinkStatus, Inbound, LinkDown, LinkRtt, LinkStatus, LinkUp, PeerHandle,
+    PeerPorts, RegisterDial, SendFrame, UdpEndpoint, UdpIn, Unregister,
+};
+use crate::addr::{Endpoint, Transport};
 use crate::node::{HandshakeSlot, NodeShared};
 use crate::proto::backoff::Backoff;
-use crate::proto::link::{Cause, Event, Link, Packet, Phase, Rtt, Transmit};
+use crate::proto::link::{Cause, Event, Link, Phase};
 use crate::proto::peer_state::Step;
 use crate::proto::router::{LinkInfo, LinkKind};
+use crate::proto::udp_session::UdpSession;
 use crate::wire::frame::{CloseReason, Frame};
-use crate::wire::udp::Datagram;
+use transport::{connect_stream, pick_udp, resolve, Connected};
+use writer::{spawn_writer, transmit};
 
 /// Frames queued for one stream socket before the link counts as stuck. A heartbeat link needs
 /// a handful; later data traffic gets backpressure from this bound instead of unbounded memory.
@@ -64,55 +70,6 @@ pub const EARLY_FRAMES: usize = 256;
 pub const EARLY_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 pub use crate::proto::peer_state::PeerState;
-
-/// What `/status` shows about one link; written by the PeerActor, read by the DiscoveryActor.
-#[derive(Debug, Clone)]
-pub struct LinkStatus {
-    /// The link's transport.
-    pub transport: Transport,
-    /// Did this node dial it?
-    pub dialed: bool,
-    /// The address dialled (dialers only).
-    pub target: Option<Endpoint>,
-    /// Local socket address of the current connection.
-    pub local_addr: Option<SocketAddr>,
-    /// Remote socket address of the current connection.
-    pub remote_addr: Option<SocketAddr>,
-    /// Init -> Active -> Disconnected.
-    pub state: PeerState,
-    /// The remote node, once it authenticated (kept while Disconnected).
-    pub node_id: Option<String>,
-    /// Pong RTT statistics of the current connection.
-    pub rtt: Option<Rtt>,
-    /// Node-clock microseconds when the peer was last heard.
-    pub last_heard_us: Option<u64>,
-    /// Why the last connection ended.
-    pub last_error: Option<String>,
-    /// Times the supervisor restarted this actor (dialers).
-    pub restarts: u32,
-    /// Dial attempts since the last success.
-    pub attempts: u32,
-    /// A dialer waiting because another link to the same node was preferred.
-    pub standby: bool,
-}
-
-/// Shared handle on a [`LinkStatus`].
-pub type StatusCell = Arc<Mutex<LinkStatus>>;
-
-/// A UDP datagram for this link's session, from the ListenerActor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UdpIn {
-    pub data: Bytes,
-    pub from: SocketAddr,
-}
-
-/// Close the link (sent by the DiscoveryActor when this link lost the duplicate rule).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseLink {
-    pub reason: CloseReason,
-}
 
 /// Wake a dialer that stood by because another link to the same node was preferred.
 #[derive(Message)]
@@ -152,13 +109,11 @@ pub struct UdpConn {
     /// The listener's socket, shared for sending.
     pub socket: Arc<UdpSocket>,
     /// The listener, to unregister the session.
-    pub listener: Addr<ListenerActor>,
+    pub listener: Recipient<Unregister>,
     /// The peer's address.
     pub remote: SocketAddr,
-    /// Our index for this session.
-    pub local_idx: u32,
-    /// The peer's index, once known.
-    pub remote_idx: Option<u32>,
+    /// The session's indices and datagram mapping.
+    pub session: UdpSession,
 }
 
 /// How frames leave this link.
@@ -201,6 +156,8 @@ impl State {
 /// Dialer or acceptor, with what each needs.
 enum Role {
     Dialer {
+        /// Discovery's id for this dialer (named in `Admit`).
+        id: u64,
         target: Endpoint,
         backoff: Backoff,
         /// Another link to the same node won the duplicate rule: wait for `Redial`.
@@ -209,6 +166,8 @@ enum Role {
         dialed_once: bool,
         /// UDP sockets to dial from.
         udp: Vec<UdpEndpoint>,
+        /// The node is shutting down: never dial again.
+        shut_down: bool,
     },
     Acceptor {
         incoming: Option<Incoming>,
@@ -220,13 +179,13 @@ enum Role {
 /// See the module docs.
 pub struct PeerActor {
     node: Arc<NodeShared>,
-    discovery: Addr<DiscoveryActor>,
-    /// Where data and link-state frames go, and who learns when this link is up or down.
-    relay: RelayPorts,
+    /// Who learns of this link: discovery (admission, down) and the relay (up, frames, RTT,
+    /// down).
+    ports: PeerPorts,
     role: Role,
     state: State,
-    /// Shared with the DiscoveryActor for `/status`.
-    status: StatusCell,
+    /// What `/status` shows of this link; discovery asks for it ([`GetLinkStatus`]).
+    status: LinkStatus,
     /// Identifies the current connection in the DiscoveryActor's tables; new per attempt.
     link_id: u64,
     /// Whether the DiscoveryActor has admitted the current connection.
@@ -245,33 +204,30 @@ pub struct PeerActor {
 }
 
 impl PeerActor {
-    /// A dialer for `target`; start it with `Supervisor::start`.
+    /// A dialer for `target`, known to discovery as `id`; start it with `Supervisor::start`.
     pub fn dialer(
         node: Arc<NodeShared>,
-        discovery: Addr<DiscoveryActor>,
-        relay: RelayPorts,
+        ports: PeerPorts,
+        id: u64,
         target: Endpoint,
         udp: Vec<UdpEndpoint>,
-    ) -> (PeerActor, StatusCell) {
-        let status = Arc::new(Mutex::new(LinkStatus::new(
-            target.transport,
-            true,
-            Some(target.clone()),
-        )));
+    ) -> PeerActor {
+        let status = new_status(target.transport, true, Some(target.clone()));
         let backoff = Backoff::new(node.backoff_base_ms, node.backoff_max_ms);
-        let actor = PeerActor {
+        PeerActor {
             node,
-            discovery,
-            relay,
+            ports,
             role: Role::Dialer {
+                id,
                 target,
                 backoff,
                 standby: false,
                 dialed_once: false,
                 udp,
+                shut_down: false,
             },
             state: State::Init { attempt: None },
-            status: status.clone(),
+            status,
             link_id: 0,
             admitted: false,
             timer: None,
@@ -280,15 +236,13 @@ impl PeerActor {
             early: Vec::new(),
             early_bytes: 0,
             reported_rtt: None,
-        };
-        (actor, status)
+        }
     }
 
     /// An acceptor for an inbound connection; start it with `Actor::start`.
     pub fn acceptor(
         node: Arc<NodeShared>,
-        discovery: Addr<DiscoveryActor>,
-        relay: RelayPorts,
+        ports: PeerPorts,
         incoming: Incoming,
         slot: HandshakeSlot,
     ) -> PeerActor {
@@ -299,14 +253,13 @@ impl PeerActor {
         };
         PeerActor {
             node,
-            discovery,
-            relay,
+            ports,
             role: Role::Acceptor {
                 incoming: Some(incoming),
                 slot: Some(slot),
             },
             state: State::Init { attempt: None },
-            status: Arc::new(Mutex::new(LinkStatus::new(transport, false, None))),
+            status: new_status(transport, false, None),
             link_id: 0,
             admitted: false,
             timer: None,
@@ -319,23 +272,22 @@ impl PeerActor {
     }
 }
 
-impl LinkStatus {
-    fn new(transport: Transport, dialed: bool, target: Option<Endpoint>) -> LinkStatus {
-        LinkStatus {
-            transport,
-            dialed,
-            target,
-            local_addr: None,
-            remote_addr: None,
-            state: PeerState::Init,
-            node_id: None,
-            rtt: None,
-            last_heard_us: None,
-            last_error: None,
-            restarts: 0,
-            attempts: 0,
-            standby: false,
-        }
+fn new_status(transport: Transport, dialed: bool, target: Option<Endpoint>) -> LinkStatus {
+    LinkStatus {
+        link_id: 0,
+        transport,
+        dialed,
+        target,
+        local_addr: None,
+        remote_addr: None,
+        state: PeerState::Init,
+        node_id: None,
+        rtt: None,
+        last_heard_us: None,
+        last_error: None,
+        restarts: 0,
+        attempts: 0,
+        standby: false,
     }
 }
 
@@ -345,6 +297,7 @@ impl Actor for PeerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.link_id = self.node.next_link_id();
+        self.status.link_id = self.link_id;
         self.admitted = false;
         match &mut self.role {
             Role::Acceptor { incoming, .. } => {
@@ -356,9 +309,10 @@ impl Actor for PeerActor {
                 standby,
                 backoff,
                 dialed_once,
+                shut_down,
                 ..
             } => {
-                if *standby {
+                if *standby || *shut_down {
                     return;
                 }
                 let delay = if *dialed_once {
@@ -383,7 +337,8 @@ impl Supervised for PeerActor {
         self.release_attempt();
         self.timer = None;
         self.closing = false;
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.restarts += 1;
         }
     }
@@ -419,10 +374,26 @@ impl Handler<CloseLink> for PeerActor {
     type Result = ();
 
     fn handle(&mut self, msg: CloseLink, ctx: &mut Self::Context) {
-        if let Some(attempt) = self.attempt_mut() {
-            attempt.link.refuse(msg.reason);
+        if msg.reason == CloseReason::Shutdown {
+            if let Role::Dialer { shut_down, .. } = &mut self.role {
+                *shut_down = true;
+            }
+        }
+        match self.attempt_mut() {
+            Some(attempt) => attempt.link.refuse(msg.reason),
+            // A dialer waiting out a backoff: cancel the pending dial (the restart is idle).
+            None if msg.reason == CloseReason::Shutdown => ctx.stop(),
+            None => {}
         }
         self.drive(ctx);
+    }
+}
+
+impl Handler<GetLinkStatus> for PeerActor {
+    type Result = MessageResult<GetLinkStatus>;
+
+    fn handle(&mut self, _: GetLinkStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status.clone())
     }
 }
 
@@ -433,7 +404,8 @@ impl Handler<Redial> for PeerActor {
         if let Role::Dialer { standby, .. } = &mut self.role {
             if *standby {
                 *standby = false;
-                if let Ok(mut s) = self.status.lock() {
+                {
+                    let s = &mut self.status;
                     s.standby = false;
                 }
                 debug!("{}: woken to re-dial", self.describe());
@@ -540,7 +512,8 @@ impl PeerActor {
             return;
         };
         let target = target.clone();
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.attempts += 1;
         }
         debug!("dialing {target}");
@@ -548,17 +521,18 @@ impl PeerActor {
             Transport::Tcp | Transport::Ws => self.dial_stream(target, ctx),
             Transport::Udp => {
                 let udp = udp.clone();
-                let me = ctx.address();
+                let me = ctx.address().recipient();
                 let fut = async move {
                     let remote = resolve(&target).await?;
-                    let listener = pick_udp(&udp, remote)
+                    let endpoint = pick_udp(&udp, remote)
                         .ok_or_else(|| format!("no UDP socket that can reach {remote}"))?;
-                    let session = listener
+                    let session = endpoint
+                        .register
                         .send(RegisterDial { remote, peer: me })
                         .await
                         .map_err(|e| e.to_string())?
                         .ok_or("not a UDP socket")?;
-                    Ok::<_, String>((session, listener, remote))
+                    Ok::<_, String>((session, endpoint.unregister, remote))
                 };
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
                     Ok(((local_idx, socket), listener, remote)) => {
@@ -566,8 +540,7 @@ impl PeerActor {
                             socket,
                             listener,
                             remote,
-                            local_idx,
-                            remote_idx: None,
+                            session: UdpSession::new(local_idx, None),
                         };
                         act.attach(Conn::Udp(conn), remote, true, ctx);
                     }
@@ -589,7 +562,8 @@ impl PeerActor {
 
     fn dial_failed(&mut self, error: String, ctx: &mut Context<Self>) {
         debug!("{}: {error}", self.describe());
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.last_error = Some(error);
         }
         ctx.stop();
@@ -666,10 +640,8 @@ impl PeerActor {
         self.attach(Conn::Stream { tx }, remote, dialed, ctx);
     }
 
-    fn set_local(&self, local: Option<SocketAddr>) {
-        if let Ok(mut s) = self.status.lock() {
-            s.local_addr = local;
-        }
+    fn set_local(&mut self, local: Option<SocketAddr>) {
+        self.status.local_addr = local;
     }
 
     /// A socket exists: start the link protocol on it.
@@ -683,7 +655,8 @@ impl PeerActor {
         } else {
             Link::accept(params, local, keys, now)
         };
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.remote_addr = Some(remote);
             if let Conn::Udp(u) = &conn {
                 s.local_addr = u.socket.local_addr().ok();
@@ -727,31 +700,8 @@ impl PeerActor {
         let Conn::Udp(conn) = &mut attempt.conn else {
             return;
         };
-        let Ok(datagram) = Datagram::parse(&msg.data) else {
-            return; // the listener parsed it already
-        };
-        let packet = match datagram {
-            Datagram::HandshakeInit { sender, noise } => {
-                conn.remote_idx.get_or_insert(sender);
-                Packet::Handshake {
-                    step: 1,
-                    bytes: noise,
-                }
-            }
-            Datagram::HandshakeResp { sender, noise, .. } => {
-                conn.remote_idx.get_or_insert(sender);
-                Packet::Handshake {
-                    step: 2,
-                    bytes: noise,
-                }
-            }
-            Datagram::HandshakeFinal { noise, .. } => Packet::Handshake {
-                step: 3,
-                bytes: noise,
-            },
-            Datagram::Transport { record, .. } => Packet::Record(record),
-            // The listener hands punch datagrams to the relay, never to a session.
-            Datagram::Punch { .. } | Datagram::PunchAck { .. } => return,
+        let Some(packet) = conn.session.decode(&msg.data) else {
+            return; // the listener hands punch datagrams to the relay, never to a session
         };
         attempt.link.handle_datagram(now, packet);
         self.drive(ctx);
@@ -771,7 +721,7 @@ impl PeerActor {
             node.metrics.frames_out.add(frames_out);
             let mut failed = None;
             while let Some(t) = attempt.link.poll_transmit() {
-                if let Err(e) = send(&mut attempt.conn, t, &node) {
+                if let Err(e) = transmit(&mut attempt.conn, t, &node) {
                     failed = Some(e);
                     break;
                 }
@@ -800,7 +750,7 @@ impl PeerActor {
         };
         if let Some(avg_us) = avg.filter(|a| Some(*a) != self.reported_rtt) {
             self.reported_rtt = Some(avg_us);
-            let _ = self.relay.rtt.try_send(LinkRtt {
+            let _ = self.ports.relay.rtt.try_send(LinkRtt {
                 link_id: self.link_id,
                 avg_us,
             });
@@ -864,26 +814,29 @@ impl PeerActor {
         let Some(attempt) = self.attempt_ref() else {
             return;
         };
-        let dialed = matches!(self.role, Role::Dialer { .. });
-        let transport = self
-            .status
-            .lock()
-            .map(|s| s.transport)
-            .unwrap_or(Transport::Tcp);
+        let dialer = match &self.role {
+            Role::Dialer { id, .. } => Some(*id),
+            Role::Acceptor { .. } => None,
+        };
+        let transport = self.status.transport;
         let remote = attempt.remote;
+        let node_id = hello.node_id.clone();
         let msg = Admit {
             link_id: self.link_id,
-            peer: ctx.address(),
-            dialed,
+            peer: PeerHandle {
+                close: ctx.address().recipient(),
+                status: ctx.address().recipient(),
+            },
+            dialer,
             transport,
             remote,
             hello,
             welcome,
-            status: self.status.clone(),
         };
         let link_id = self.link_id;
         ctx.spawn(
-            self.discovery
+            self.ports
+                .admit
                 .send(msg)
                 .into_actor(self)
                 .map(move |res, act, ctx| {
@@ -898,6 +851,7 @@ impl PeerActor {
                     match res {
                         Ok(Ok(known)) => {
                             act.admitted = true;
+                            act.status.node_id = Some(node_id);
                             if phase == Phase::Active {
                                 // Dialer: the welcome already made the link Active.
                                 act.transition_active(ctx);
@@ -937,10 +891,7 @@ impl PeerActor {
             "link up: {} {} via {} ({})",
             peer.as_deref().unwrap_or("?"),
             remote,
-            self.status
-                .lock()
-                .map(|s| s.transport.to_string())
-                .unwrap_or_default(),
+            self.status.transport,
             if self.is_dialer() {
                 "dialed"
             } else {
@@ -952,17 +903,15 @@ impl PeerActor {
             Role::Dialer { backoff, .. } => backoff.reset(),
             Role::Acceptor { slot, .. } => *slot = None,
         }
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.node_id.clone_from(&peer);
             s.attempts = 0;
             s.last_error = None;
         }
         self.transition(Step::Up, None);
         if let (Some(node_id), Some(public_key)) = (peer, public_key) {
-            let (transport, local) = self
-                .status
-                .lock()
-                .map_or((Transport::Tcp, None), |s| (s.transport, s.local_addr));
+            let (transport, local) = (self.status.transport, self.status.local_addr);
             let info = LinkInfo {
                 node_id,
                 kind: LinkKind::of(&self.node.local.network, &network, self.is_dialer()),
@@ -971,7 +920,7 @@ impl PeerActor {
                 remote: Some(remote),
                 local,
             };
-            self.relay.up.do_send(LinkUp {
+            self.ports.relay.up.do_send(LinkUp {
                 link_id: self.link_id,
                 info,
                 send: ctx.address().recipient(),
@@ -991,7 +940,7 @@ impl PeerActor {
                 link_id: self.link_id,
                 frame,
             };
-            if self.relay.frames.try_send(msg).is_err() {
+            if self.ports.relay.frames.try_send(msg).is_err() {
                 self.node.metrics.frames_dropped.inc();
             }
             return;
@@ -1033,7 +982,7 @@ impl PeerActor {
             other => debug!("{what}: {other}"),
         }
         if self.admitted {
-            self.discovery.do_send(messages::LinkDown {
+            self.ports.down.do_send(LinkDown {
                 link_id: self.link_id,
             });
             self.admitted = false;
@@ -1046,7 +995,8 @@ impl PeerActor {
                 Cause::Refused(CloseReason::Duplicate)
                 | Cause::ClosedByPeer(CloseReason::Duplicate) => {
                     *standby = true;
-                    if let Ok(mut s) = self.status.lock() {
+                    {
+                        let s = &mut self.status;
                         s.standby = true;
                     }
                 }
@@ -1066,7 +1016,8 @@ impl PeerActor {
                 _ => {}
             }
         }
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.last_error = Some(cause.to_string());
         }
         let stream = matches!(
@@ -1115,13 +1066,14 @@ impl PeerActor {
         }
     }
 
-    fn update_status(&self) {
+    fn update_status(&mut self) {
         let state = self.state.visible();
         let (rtt, heard) = match &self.state {
             State::Active { attempt } => (attempt.link.rtt(), attempt.link.last_heard_us()),
             _ => (None, None),
         };
-        if let Ok(mut s) = self.status.lock() {
+        {
+            let s = &mut self.status;
             s.state = state;
             if state == PeerState::Active {
                 s.rtt = rtt;
@@ -1137,11 +1089,12 @@ impl PeerActor {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx)));
         if result.is_err() {
             warn!("{}: panicked; the supervisor restarts it", self.describe());
-            if let Ok(mut s) = self.status.lock() {
+            {
+                let s = &mut self.status;
                 s.last_error = Some("panic".into());
             }
             if self.admitted {
-                self.discovery.do_send(messages::LinkDown {
+                self.ports.down.do_send(LinkDown {
                     link_id: self.link_id,
                 });
                 self.admitted = false;
@@ -1182,7 +1135,7 @@ impl PeerActor {
         let from = old.visible();
         if step == Step::Down {
             if self.announced {
-                self.relay.down.do_send(messages::LinkDown {
+                self.ports.relay.down.do_send(LinkDown {
                     link_id: self.link_id,
                 });
             }
@@ -1211,180 +1164,24 @@ impl PeerActor {
         }) = released
         {
             u.listener.do_send(Unregister {
-                local_idx: u.local_idx,
+                local_idx: u.session.local_idx,
             });
         }
         self.update_status();
     }
 
     fn describe(&self) -> String {
-        let s = self.status.lock();
-        match (&self.role, s) {
-            (Role::Dialer { target, .. }, Ok(s)) => match &s.node_id {
+        let s = &self.status;
+        match &self.role {
+            Role::Dialer { target, .. } => match &s.node_id {
                 Some(id) => format!("peer {id} ({target})"),
                 None => format!("peer {target}"),
             },
-            (Role::Acceptor { .. }, Ok(s)) => match (&s.node_id, s.remote_addr) {
+            Role::Acceptor { .. } => match (&s.node_id, s.remote_addr) {
                 (Some(id), Some(r)) => format!("peer {id} ({}://{r})", s.transport),
                 (None, Some(r)) => format!("inbound {}://{r}", s.transport),
                 _ => "inbound link".into(),
             },
-            _ => "peer".into(),
-        }
-    }
-}
-
-/// Result of connecting a stream transport.
-enum Connected {
-    Tcp(TcpStream, SocketAddr),
-    Ws(
-        Box<tokio_tungstenite::WebSocketStream<TcpStream>>,
-        SocketAddr,
-    ),
-}
-
-async fn resolve(target: &Endpoint) -> Result<SocketAddr, String> {
-    if let Some(addr) = target.socket_addr() {
-        return Ok(addr);
-    }
-    let host = target.host.to_string();
-    tokio::net::lookup_host(format!("{host}:{}", target.port))
-        .await
-        .map_err(|e| format!("resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolve {host}: no address"))
-}
-
-async fn connect_stream(
-    target: &Endpoint,
-    ws_config: WebSocketConfig,
-) -> Result<Connected, String> {
-    let addr = resolve(target).await?;
-    let stream = tokio::time::timeout(
-        Duration::from_millis(CONNECT_TIMEOUT_MS),
-        TcpStream::connect(addr),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    if target.transport == Transport::Tcp {
-        return Ok(Connected::Tcp(stream, addr));
-    }
-    let url = format!("ws://{addr}/");
-    let upgrade = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config));
-    let (ws, _response) = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), upgrade)
-        .await
-        .map_err(|_| "websocket upgrade timed out".to_string())?
-        .map_err(|e| format!("websocket upgrade: {e}"))?;
-    Ok(Connected::Ws(Box::new(ws), addr))
-}
-
-/// A UDP socket of the same address family that can reach `remote` (a socket bound to loopback
-/// only reaches loopback).
-fn pick_udp(sockets: &[UdpEndpoint], remote: SocketAddr) -> Option<Addr<ListenerActor>> {
-    sockets
-        .iter()
-        .filter(|s| s.local.is_ipv4() == remote.is_ipv4() && s.addr.connected())
-        .find(|s| !s.local.ip().is_loopback() || remote.ip().is_loopback())
-        .map(|s| s.addr.clone())
-}
-
-/// Spawns, in the actor's own context, the future that writes queued records to `sink`;
-/// returns the bounded queue feeding it. Records are fed in batches and flushed once per batch.
-fn spawn_writer<S, T>(
-    mut sink: S,
-    wrap: fn(Vec<u8>) -> T,
-    ctx: &mut Context<PeerActor>,
-) -> mpsc::Sender<Vec<u8>>
-where
-    S: Sink<T> + Unpin + 'static,
-    S::Error: std::fmt::Display,
-    T: 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_FRAMES);
-    let fut = async move {
-        while let Some(first) = rx.recv().await {
-            sink.feed(wrap(first)).await.map_err(|e| e.to_string())?;
-            while let Ok(more) = rx.try_recv() {
-                sink.feed(wrap(more)).await.map_err(|e| e.to_string())?;
-            }
-            sink.flush().await.map_err(|e| e.to_string())?;
-        }
-        let _ = sink.close().await;
-        Ok::<(), String>(())
-    };
-    ctx.spawn(
-        actix::fut::wrap_future::<_, PeerActor>(fut).map(|res, act, ctx| {
-            if let Err(e) = res {
-                debug!("{}: write failed: {e}", act.describe());
-                act.on_stream_error(Cause::TransportClosed);
-                act.drive(ctx);
-            }
-            if act.closing {
-                ctx.stop();
-            }
-        }),
-    );
-    tx
-}
-
-/// Sends one transmit on the connection.
-fn send(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Result<(), Cause> {
-    match conn {
-        Conn::Stream { tx } => {
-            let bytes = match t {
-                Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) => bytes,
-            };
-            node.metrics.bytes_out.add(bytes.len() as u64);
-            tx.try_send(bytes).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Cause::Refused(CloseReason::Timeout),
-                mpsc::error::TrySendError::Closed(_) => Cause::TransportClosed,
-            })
-        }
-        Conn::Udp(u) => {
-            let mut out = Vec::with_capacity(crate::wire::udp::MAX_DATAGRAM_BYTES);
-            let Some(remote_idx) = u.remote_idx.or(match &t {
-                Transmit::Handshake { step: 1, .. } => Some(0),
-                _ => None,
-            }) else {
-                return Ok(()); // nothing can be addressed before the peer's index is known
-            };
-            let datagram = match &t {
-                Transmit::Handshake { step: 1, bytes } => Datagram::HandshakeInit {
-                    sender: u.local_idx,
-                    noise: bytes,
-                },
-                Transmit::Handshake { step: 2, bytes } => Datagram::HandshakeResp {
-                    sender: u.local_idx,
-                    receiver: remote_idx,
-                    noise: bytes,
-                },
-                Transmit::Handshake { bytes, .. } => Datagram::HandshakeFinal {
-                    sender: u.local_idx,
-                    receiver: remote_idx,
-                    noise: bytes,
-                },
-                Transmit::Record(record) => Datagram::Transport {
-                    receiver: remote_idx,
-                    record,
-                },
-            };
-            datagram.write(&mut out);
-            node.metrics.bytes_out.add(out.len() as u64);
-            // UDP semantics: a full socket buffer drops the datagram; the protocol retransmits
-            // what matters (handshake) and heartbeats tolerate loss.
-            match u.socket.try_send_to(&out, u.remote) {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    node.metrics.datagrams_dropped.inc();
-                    Ok(())
-                }
-                Err(e) => {
-                    debug!("udp send to {}: {e}", u.remote);
-                    Ok(())
-                }
-            }
         }
     }
 }
