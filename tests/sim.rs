@@ -1,0 +1,332 @@
+//! Simulation tests: whole networks of sans-io routers on a virtual clock
+//! (`msgtier::proto::router::sim`), deterministic given the seed. They cover what process tests
+//! are too slow or too noisy for: convergence of large graphs, flapping, partitions, route
+//! withdrawal, the hop limit, a relay dying with requests in flight, foreign domains, punching.
+//! Times below are virtual; each test takes well under a second of real time.
+
+use msgtier::addr::Transport;
+use msgtier::proto::e2e::Outcome;
+use msgtier::proto::router::sim::Net;
+use msgtier::proto::router::SendError;
+
+/// Virtual milliseconds allowed for a network to converge.
+const CONVERGE_MS: u64 = 60_000;
+
+/// A deterministic pseudo-random sequence for building graphs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Adds nodes `n0..n{count}`.
+fn nodes(net: &mut Net, count: usize) -> Vec<usize> {
+    (0..count).map(|i| net.add(&format!("n{i}"))).collect()
+}
+
+/// Runs until every node routes to every other; answers the virtual time it took.
+fn converge(net: &mut Net, what: &str) -> u64 {
+    let start = net.now_ms();
+    assert!(
+        net.run_until(CONVERGE_MS, |n| n.converged()),
+        "{what}: no full routes after {CONVERGE_MS} virtual ms"
+    );
+    let took = net.now_ms() - start;
+    println!(
+        "{what}: full routes after {took} virtual ms, {} adverts delivered",
+        net.adverts_delivered
+    );
+    took
+}
+
+/// Sends a plain message and runs until it is answered; answers the outcome's hops.
+fn deliver(net: &mut Net, from: usize, to: &str) -> Result<u8, String> {
+    let id = net
+        .send(from, to, "hello", 5_000)
+        .map_err(|e| e.to_string())?;
+    net.run_until(6_000, |n| n.outcome(from, id).is_some());
+    match net.outcome(from, id) {
+        Some(Ok(d)) if matches!(d.outcome, Outcome::Delivered) => Ok(d.hops),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A line of 17 (16 hops end to end), a ring of 32 and a star of 100 reach full routes within
+/// a second of virtual time, and a message to the farthest node takes the shortest path.
+#[test]
+fn lines_rings_and_stars_converge() {
+    for (shape, count, far, hops) in [
+        ("line", 17, 16, 16),
+        ("ring", 32, 16, 16),
+        ("star", 100, 99, 2),
+    ] {
+        let mut net = Net::new(11);
+        let n = nodes(&mut net, count);
+        for i in 1..count {
+            match shape {
+                "star" => net.connect(n[i], n[0], 1),
+                _ => net.connect(n[i - 1], n[i], 1),
+            };
+        }
+        if shape == "ring" {
+            net.connect(n[count - 1], n[0], 1);
+        }
+        let took = converge(&mut net, &format!("{shape} of {count}"));
+        assert!(took <= 1_000, "{shape}: {took} ms");
+        let from = if shape == "star" { n[1] } else { n[0] };
+        assert_eq!(
+            deliver(&mut net, from, &format!("n{far}")),
+            Ok(hops),
+            "{shape}"
+        );
+    }
+}
+
+/// A random connected graph of 100 nodes (mean degree about 4) converges within a second of
+/// virtual time and delivers across itself. (Graphs of up to 500 nodes:
+/// `cargo run --release --example sim_convergence`, too slow for a debug test.)
+#[test]
+fn random_graphs_of_up_to_500_nodes_converge() {
+    for (count, seed) in [(100usize, 21u64)] {
+        let mut net = Net::new(seed);
+        let mut rng = Rng(seed * 7919);
+        let n = nodes(&mut net, count);
+        // A random spanning tree keeps it connected, then extra random edges.
+        for i in 1..count {
+            let parent = rng.below(i);
+            net.connect(n[i], n[parent], 1 + rng.below(5) as u64);
+        }
+        for _ in 0..count {
+            let (a, b) = (rng.below(count), rng.below(count));
+            if a != b && net.links_between(n[a], n[b]).is_empty() {
+                net.connect(n[a], n[b], 1 + rng.below(5) as u64);
+            }
+        }
+        converge(&mut net, &format!("random graph of {count}"));
+        let target = format!("n{}", count - 1);
+        deliver(&mut net, n[0], &target).expect("delivered across the graph");
+    }
+}
+
+/// A link that flaps twenty times settles: routes come back and messages flow.
+#[test]
+fn a_flapping_link_settles() {
+    let mut net = Net::new(31);
+    let n = nodes(&mut net, 10);
+    for i in 1..10 {
+        net.connect(n[i - 1], n[i], 2);
+    }
+    net.connect(n[9], n[0], 2);
+    converge(&mut net, "ring of 10");
+    for _ in 0..20 {
+        let link = net.links_between(n[0], n[1])[0];
+        net.disconnect(link);
+        net.run_for(30);
+        net.connect(n[0], n[1], 2);
+        net.run_for(30);
+    }
+    converge(&mut net, "ring of 10 after flapping");
+    assert_eq!(deliver(&mut net, n[0], "n1"), Ok(1));
+    assert_eq!(deliver(&mut net, n[0], "n5"), Ok(5));
+}
+
+/// A partition makes the other side unreachable at once, and healing it restores routes.
+#[test]
+fn a_partition_withdraws_routes_and_heals() {
+    let mut net = Net::new(41);
+    let n = nodes(&mut net, 8);
+    // Two triangles-plus joined by the bridge n3 - n4.
+    for (a, b) in [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 0),
+        (4, 5),
+        (5, 6),
+        (6, 7),
+        (7, 4),
+        (3, 4),
+    ] {
+        net.connect(n[a], n[b], 1);
+    }
+    converge(&mut net, "two clusters");
+    let bridge = net.links_between(n[3], n[4])[0];
+    net.disconnect(bridge);
+    // Both ends withdraw the edge in their next coalesced advert (100 ms).
+    assert!(
+        net.run_until(1_000, |net| !net.report(n[0]).routes.contains_key("n6")),
+        "route to the other side withdrawn"
+    );
+    assert!(matches!(
+        net.send(n[0], "n6", "x", 1_000),
+        Err(SendError::NoRoute(_))
+    ));
+    net.connect(n[3], n[4], 1);
+    converge(&mut net, "healed");
+    assert_eq!(deliver(&mut net, n[0], "n6"), Ok(4));
+}
+
+/// When the only link toward a node goes, routes through it disappear, also two hops away.
+#[test]
+fn a_lost_link_withdraws_the_route_behind_it() {
+    let mut net = Net::new(51);
+    let n = nodes(&mut net, 3);
+    net.connect(n[0], n[1], 1);
+    let bc = net.connect(n[1], n[2], 1);
+    converge(&mut net, "line of 3");
+    assert_eq!(net.report(n[0]).routes["n2"].next_hop, "n1");
+    net.disconnect(bc);
+    assert!(net.run_until(500, |net| !net.report(n[0]).routes.contains_key("n2")));
+}
+
+/// A node 16 hops away is reachable; one 17 hops away is not.
+#[test]
+fn the_hop_limit_is_sixteen() {
+    let mut net = Net::new(61);
+    let n = nodes(&mut net, 18);
+    for i in 1..18 {
+        net.connect(n[i - 1], n[i], 1);
+    }
+    net.run_for(10_000);
+    let routes = net.report(n[0]).routes;
+    assert_eq!(routes["n16"].hops, 16);
+    assert!(!routes.contains_key("n17"));
+    assert_eq!(deliver(&mut net, n[0], "n16"), Ok(16));
+    assert!(matches!(
+        net.send(n[0], "n17", "x", 1_000),
+        Err(SendError::NoRoute(_))
+    ));
+}
+
+/// A relay that dies while the answer to a script request is on its way: the origin re-sends
+/// over the other path and the target answers from its reply cache, so the script ran once.
+#[test]
+fn a_relay_dying_with_a_request_in_flight_runs_the_script_once() {
+    let mut net = Net::new(71);
+    let (a, r1, r2, c) = (net.add("a"), net.add("r1"), net.add("r2"), net.add("c"));
+    net.connect(a, r1, 10);
+    net.connect(r1, c, 10);
+    net.connect(a, r2, 30);
+    net.connect(r2, c, 30);
+    converge(&mut net, "two paths");
+    assert_eq!(net.report(a).routes["c"].next_hop, "r1");
+    let id = net.send(a, "c", "echo", 5_000).expect("sent");
+    // The request reaches c at +20 ms and the reply r1 at +30 ms; r1 dies at +25 ms.
+    net.run_for(25);
+    assert_eq!(net.nodes[c].scripts_run.len(), 1);
+    for link in net
+        .links_between(r1, a)
+        .into_iter()
+        .chain(net.links_between(r1, c))
+    {
+        net.disconnect(link);
+    }
+    assert!(net.run_until(3_000, |n| n.outcome(a, id).is_some()));
+    match net.outcome(a, id) {
+        Some(Ok(d)) => {
+            assert!(matches!(&d.outcome, Outcome::Script { stdout, .. } if stdout == b"ran echo"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.nodes[c].scripts_run.len(), 1, "the script ran once");
+    assert_eq!(net.report(a).messages.resent, 1);
+}
+
+/// A public node relays within each foreign network and never across: ids that repeat in two
+/// networks stay apart, its own scripts are not reachable, and it cannot address members.
+#[test]
+fn foreign_domains_stay_apart() {
+    let mut net = Net::new(81);
+    let p = net.add_with("p", "pub", |s| {
+        s.relay_network_whitelist = vec!["alpha".into(), "beta".into()];
+    });
+    let a1 = net.add_with("x1", "alpha", |_| {});
+    let a2 = net.add_with("x2", "alpha", |_| {});
+    let b1 = net.add_with("y1", "beta", |_| {});
+    let b2 = net.add_with("x2", "beta", |_| {}); // same id as alpha's x2
+    for m in [a1, a2, b1, b2] {
+        net.connect(m, p, 1); // members dial the public node
+    }
+    net.run_for(3_000);
+    // alpha's x1 reaches alpha's x2 through p (2 hops), and only alpha's x2 opens it.
+    let id = net.send(a1, "x2", "for alpha", 5_000).expect("sent");
+    net.run_for(1_000);
+    assert!(matches!(net.outcome(a1, id), Some(Ok(d)) if d.hops == 2));
+    assert_eq!(net.nodes[a2].router.inbox().len(), 1);
+    assert!(net.nodes[b2].router.inbox().is_empty());
+    // beta's y1 knows nothing of alpha's x1; p is a relay, not a member, for both.
+    assert!(matches!(
+        net.send(b1, "x1", "x", 1_000),
+        Err(SendError::PeerNotFound(_))
+    ));
+    assert!(matches!(
+        net.send(a1, "p", "echo", 1_000),
+        Err(SendError::NotMember(_))
+    ));
+    assert!(matches!(
+        net.send(p, "x1", "x", 1_000),
+        Err(SendError::PeerNotFound(_))
+    ));
+    let report = net.report(p);
+    assert_eq!(report.foreign["alpha"].members, vec!["x1", "x2"]);
+    assert_eq!(report.foreign["beta"].members, vec!["x2", "y1"]);
+    assert_eq!(
+        report.foreign["alpha"].messages_relayed, 2,
+        "request and reply"
+    );
+    assert_eq!(report.foreign["beta"].messages_relayed, 0);
+}
+
+/// Two members reached only through a relay punch: the relay coordinates, both send punch
+/// datagrams, and only the lower id dials the opened path.
+#[test]
+fn members_behind_a_relay_punch_and_the_lower_id_dials() {
+    let mut net = Net::new(91);
+    let punching = |s: &mut msgtier::proto::router::Settings| s.hole_punching = true;
+    let a = net.add_with("a", "sim", punching);
+    let r = net.add_with("r", "sim", punching);
+    let b = net.add_with("b", "sim", punching);
+    net.connect_over(a, r, 5, Transport::Udp);
+    net.connect_over(b, r, 5, Transport::Udp);
+    assert!(
+        net.run_until(10_000, |n| !n.nodes[a].dials.is_empty()),
+        "a dials the punched path"
+    );
+    let b_udp = net.nodes[b].udp;
+    let dial = &net.nodes[a].dials[0];
+    assert_eq!(dial.to_string(), format!("udp://{b_udp}"));
+    assert!(net.nodes[b].dials.is_empty(), "the higher id does not dial");
+    assert_eq!(net.report(a).punch["b"].state, "open");
+}
+
+/// A member that advertises itself as a relay with a huge sequence number cannot take over a
+/// node whose key and link the others have proven: the victim stays addressable.
+#[test]
+fn a_forged_relay_advert_does_not_make_a_member_unaddressable() {
+    use msgtier::wire::frame::{Frame, LinkState};
+    let mut net = Net::new(101);
+    let n = nodes(&mut net, 3);
+    let m_link = net.connect(n[0], n[1], 1);
+    net.connect(n[0], n[2], 1);
+    converge(&mut net, "triangle-less star");
+    // n1 (a member gone bad) claims n2's id with its own key and the relay flag.
+    let forged = Frame::LinkState(LinkState {
+        relay: true,
+        origin: "n2".into(),
+        seq: u64::MAX,
+        public_key: net.nodes[n[1]].public_key,
+        addrs: Vec::new(),
+        neighbors: Vec::new(),
+    });
+    let now = net.now();
+    net.nodes[n[0]].router.handle_frame(now, m_link, forged);
+    assert_eq!(deliver(&mut net, n[0], "n2"), Ok(1), "n2 still addressable");
+}
