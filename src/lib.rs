@@ -8,10 +8,13 @@
 //! - [`wire`]: frames, sealed records, UDP datagrams and fragments (pure codec).
 //! - [`proto`]: pure protocol state machines: Noise handshake and membership proof
 //!   ([`proto::handshake`]), one link's lifecycle ([`proto::link`]), the known-node table and
-//!   duplicate rule ([`proto::peer_table`]), re-dial backoff ([`proto::backoff`]).
+//!   duplicate rule ([`proto::peer_table`]), re-dial backoff ([`proto::backoff`]), and the
+//!   [`proto::router`]: routing, the message path, foreign domains and punching, with its
+//!   deterministic simulation ([`proto::router::sim`]).
 //! - [`identity`], [`keys`]: the long-term X25519 identity and the key bundle links use.
-//! - [`actors`]: one actix actor per concern (listeners, peers, discovery, relay, crypto); they
-//!   move bytes and timers and call into `proto`.
+//! - [`actors`]: one actix actor per concern (listeners, peers, discovery, relay, scripts,
+//!   crypto); they move bytes and timers and call into `proto`; [`actors::messages`] holds what
+//!   crosses between them.
 //! - [`api`]: the HTTP API. [`node`]: the composition root. [`metrics`]: counters.
 
 pub mod actors;

@@ -287,15 +287,8 @@ impl DiscoveryActor {
         }
         let wanted: Vec<Endpoint> = self
             .table
-            .nodes()
+            .unlinked_addrs()
             .into_iter()
-            .flat_map(|n| {
-                n.addrs
-                    .iter()
-                    .filter(|a| !self.table.has_link(&n.id, a.transport))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
             .filter(|a| !self.dialers.iter().any(|d| &d.target == a))
             .filter(|a| !self.is_own_address(a))
             .collect();

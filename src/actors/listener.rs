@@ -10,6 +10,9 @@
 //! Garbage, unknown sessions and datagrams from the wrong source are dropped and counted here:
 //! a UDP source address can be spoofed, so a stray datagram never reaches, let alone closes, an
 //! existing link.
+//!
+//! Talks to: the PeerActors it starts (`UdpIn`), and, through [`PeerPorts`], the relay (punch
+//! datagrams as `PunchIn`). Receives `RegisterDial`, `Unregister`, `SendPunch`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,9 +1,11 @@
-//! Pure protocol logic of msgtier links: no sockets, no clocks, no actors.
+//! Pure protocol logic of msgtier: no sockets, no clocks, no actors.
 //!
-//! The connection and peer actors call into these modules to decide what to send
-//! and when; everything here is deterministic given its inputs (randomness is
-//! passed in; the one exception is `e2e`, which draws its random nonces itself),
-//! so it is tested directly.
+//! The actors call into these modules to decide what to send and when: the PeerActor drives a
+//! [`link::Link`] per connection, the DiscoveryActor owns a [`peer_table::PeerTable`], the
+//! RelayActor drives the [`router::Router`]. Everything here is deterministic given its inputs
+//! (time and randomness are passed in; the one exception is `e2e`, which draws its random
+//! nonces itself, and so the router's seals), so it is tested directly, and whole networks of
+//! routers run in a simulation.
 
 pub mod backoff;
 pub mod cache;

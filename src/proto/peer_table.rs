@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::addr::{Endpoint, Host, Transport};
+use crate::proto::key_book::{KeyBook, Source};
 use crate::wire::frame::{CloseReason, Hello, NodeInfo};
 
 /// Most nodes remembered, so gossip cannot grow the table without bound. Matches the wire limit
@@ -21,8 +22,8 @@ pub struct NodeRecord {
     pub id: String,
     /// Identity key.
     pub public_key: [u8; 32],
-    /// Proven by the node itself on a direct link (not only gossiped). A verified key is pinned:
-    /// another key for the same id is refused.
+    /// Proven by the node itself on a direct link (not only gossiped). A verified key stays
+    /// (the [`KeyBook`] rule): another key for the same id is refused.
     pub key_verified: bool,
     /// Software version from its hello.
     pub version: Option<String>,
@@ -108,8 +109,9 @@ pub fn resolve_advertised(url: &str, observed_ip: IpAddr) -> Option<Endpoint> {
 #[derive(Debug)]
 pub struct PeerTable {
     local_id: String,
-    /// Operator-pinned keys (config `pinned_keys`): the only key accepted for those ids.
-    pinned: BTreeMap<String, [u8; 32]>,
+    /// Which key belongs to which id: pinned (config `pinned_keys`) > proven on a link >
+    /// gossiped, the same rule the router uses.
+    keys: KeyBook,
     nodes: HashMap<String, NodeRecord>,
     links: HashMap<u64, LinkRecord>,
 }
@@ -119,7 +121,7 @@ impl PeerTable {
     pub fn new(local_id: &str, pinned: BTreeMap<String, [u8; 32]>) -> PeerTable {
         PeerTable {
             local_id: local_id.to_string(),
-            pinned,
+            keys: KeyBook::new(&pinned, MAX_KNOWN_NODES),
             nodes: HashMap::new(),
             links: HashMap::new(),
         }
@@ -137,19 +139,12 @@ impl PeerTable {
         if hello.node_id == self.local_id {
             return Admission::Refuse(CloseReason::Protocol);
         }
-        match (
-            self.pinned.get(&hello.node_id),
-            self.nodes.get(&hello.node_id),
-        ) {
-            // A pinned key decides alone, and overrides whatever was learned before.
-            (Some(pinned), _) if *pinned != hello.public_key => {
-                return Admission::Refuse(CloseReason::KeyMismatch);
-            }
-            (Some(_), _) => {}
-            (None, Some(known)) if known.key_verified && known.public_key != hello.public_key => {
-                return Admission::Refuse(CloseReason::KeyMismatch);
-            }
-            _ => {}
+        // A pinned key decides alone; a proven one stays; a gossiped one gives way.
+        if self
+            .keys
+            .would_refuse(&hello.node_id, &hello.public_key, Source::Proven)
+        {
+            return Admission::Refuse(CloseReason::KeyMismatch);
         }
         if !self.nodes.contains_key(&hello.node_id)
             && self.nodes.len() >= MAX_KNOWN_NODES
@@ -177,6 +172,8 @@ impl PeerTable {
         if let Some(old) = replaces {
             self.links.remove(&old);
         }
+        self.keys
+            .offer(&hello.node_id, hello.public_key, Source::Proven);
         let addrs: Vec<Endpoint> = hello
             .listen_addrs
             .iter()
@@ -219,18 +216,16 @@ impl PeerTable {
                 continue;
             }
             if self
-                .pinned
-                .get(&info.id)
-                .is_some_and(|k| *k != info.public_key)
+                .keys
+                .would_refuse(&info.id, &info.public_key, Source::Gossiped)
             {
-                continue;
+                continue; // another key is held for it (pinned, proven or gossiped first)
             }
             let addrs: Vec<Endpoint> = info.addrs.iter().filter_map(|a| a.parse().ok()).collect();
             match self.nodes.get_mut(&info.id) {
                 // A node's own word (a direct link) beats gossip about it.
                 Some(n) if n.key_verified => {}
                 Some(n) => {
-                    n.public_key = info.public_key;
                     n.addrs = addrs;
                     n.learned_from = Some(from.to_string());
                 }
@@ -238,6 +233,7 @@ impl PeerTable {
                     if self.nodes.len() >= MAX_KNOWN_NODES {
                         continue;
                     }
+                    self.keys.offer(&info.id, info.public_key, Source::Gossiped);
                     added += 1;
                     self.nodes.insert(
                         info.id.clone(),
@@ -272,6 +268,20 @@ impl PeerTable {
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
+    }
+
+    /// Every advertised address of a known node we have no link to on that address's
+    /// transport: what `auto_connect` dials (the caller skips addresses it dials already).
+    pub fn unlinked_addrs(&self) -> Vec<Endpoint> {
+        self.nodes()
+            .into_iter()
+            .flat_map(|n| {
+                n.addrs
+                    .iter()
+                    .filter(|a| !self.has_link(&n.id, a.transport))
+                    .cloned()
+            })
+            .collect()
     }
 
     /// Whether an admitted link to `node_id` on `transport` exists.
@@ -310,7 +320,11 @@ impl PeerTable {
             .values()
             .find(|n| !n.ever_active && !self.links.values().any(|l| l.node_id == n.id))
             .map(|n| n.id.clone());
-        victim.is_some_and(|id| self.nodes.remove(&id).is_some())
+        let Some(id) = victim else {
+            return false;
+        };
+        self.keys.forget_gossiped(&id);
+        self.nodes.remove(&id).is_some()
     }
 }
 
@@ -459,6 +473,39 @@ mod tests {
         // What we tell c about: b (not c itself).
         let told: Vec<String> = t.known_for("c").into_iter().map(|n| n.id).collect();
         assert_eq!(told, ["b"]);
+    }
+
+    #[test]
+    fn gossip_does_not_replace_gossip_but_a_link_replaces_it() {
+        // One key book rule: the first gossiped key holds until the node proves its own.
+        let mut t = PeerTable::new("a", BTreeMap::new());
+        let told = |key: u8| NodeInfo {
+            id: "c".into(),
+            public_key: [key; 32],
+            addrs: vec!["tcp://10.0.0.3:80".into()],
+        };
+        t.learn("b", &[told(3)]);
+        t.learn("x", &[told(4)]);
+        assert_eq!(t.node("c").unwrap().public_key, [3; 32]);
+        assert_eq!(t.node("c").unwrap().learned_from.as_deref(), Some("b"));
+        let verdict = t.admit(1, &hello("c", 5, 1), ip(), Transport::Tcp, true);
+        assert_eq!(verdict, Admission::Accept { replaces: None });
+        let c = t.node("c").unwrap();
+        assert_eq!((c.public_key, c.key_verified), ([5; 32], true));
+    }
+
+    #[test]
+    fn unlinked_addresses_are_those_of_transports_without_a_link() {
+        let mut t = PeerTable::new("a", BTreeMap::new());
+        t.admit(1, &hello("b", 1, 9), ip(), Transport::Tcp, true);
+        let want: Vec<String> = t.unlinked_addrs().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            want,
+            ["udp://10.0.0.9:7001"],
+            "b's tcp address is linked already"
+        );
+        t.link_down(1);
+        assert_eq!(t.unlinked_addrs().len(), 2);
     }
 
     #[test]

@@ -10,11 +10,16 @@
 //!   as long as its link; the remote side is the one that re-dials.
 //!
 //! The actor owns the socket (read half through `add_stream`, write half in a writer future
-//! spawned in its own context behind a bounded channel; UDP through its ListenerActor's socket)
-//! and moves bytes and timers; the protocol itself is the sans-io [`Link`].
+//! spawned in its own context behind a bounded channel, [`writer`]; UDP through its
+//! ListenerActor's socket and a [`UdpSession`]), sets connections up ([`transport`]) and moves
+//! bytes and timers; the protocol itself is the sans-io [`Link`]. It owns its link's
+//! [`LinkStatus`] and answers [`GetLinkStatus`].
 //!
-//! Talks to: DiscoveryActor (`Admit` when the peer is authenticated, `LinkDown` when it goes),
-//! ListenerActor (UDP session registration). Receives `UdpIn`, `CloseLink`, `Redial`.
+//! Talks to (only through the `Recipient`s in [`PeerPorts`], never naming another actor): the
+//! DiscoveryActor (`Admit` when the peer is authenticated, `LinkDown` when it goes), the
+//! RelayActor (`LinkUp`, `LinkRtt`, `Inbound` frames, `LinkDown`), a UDP ListenerActor (session
+//! registration). Receives `UdpIn`, `SendFrame`, `CloseLink`, `GetLinkStatus`, `Redial`,
+//! `DialNow`.
 
 mod transport;
 mod writer;

@@ -41,6 +41,9 @@ impl Policy {
 pub struct Domain {
     /// What its data may do.
     pub policy: Policy,
+    /// Our Active links in it: node id -> link ids (sorted by id, so neighbour lists need no
+    /// sort, and a hub with many links finds one node's links without a scan).
+    pub links: BTreeMap<String, Vec<u64>>,
     /// Its members' adverts and ours for it.
     pub routing: RoutingTable,
     /// Identity keys by node id (pinned > proven on a link > gossiped).
@@ -72,6 +75,7 @@ impl Domain {
     ) -> Domain {
         Domain {
             policy,
+            links: BTreeMap::new(),
             routing: RoutingTable::new(me, seq_base),
             keys: KeyBook::new(pinned, MAX_KNOWN_NODES),
             relay_nodes: HashSet::new(),

@@ -478,11 +478,13 @@ impl Router {
         if info.kind == LinkKind::Upstream {
             self.home.relay_nodes.insert(info.node_id.clone());
         }
-        let first = !self
-            .links
-            .values()
-            .any(|l| l.info.node_id == info.node_id && l.info.kind.domain() == dom.as_deref());
         let node_id = info.node_id.clone();
+        let Some(d) = self.domain_mut(dom.as_deref()) else {
+            return;
+        };
+        let ids = d.links.entry(node_id.clone()).or_default();
+        let first = ids.is_empty();
+        ids.push(link);
         self.links.insert(link, Link { info, rtt_us: None });
         if first {
             let ms = now.ms();
@@ -509,12 +511,15 @@ impl Router {
             return;
         };
         let dom = l.info.kind.domain();
-        let still = self
-            .links
-            .values()
-            .any(|o| o.info.node_id == l.info.node_id && o.info.kind.domain() == dom);
-        if still {
+        let Some(d) = self.domain_mut(dom) else {
             return;
+        };
+        if let Some(ids) = d.links.get_mut(&l.info.node_id) {
+            ids.retain(|id| *id != link);
+            if !ids.is_empty() {
+                return; // another link to the node is still up
+            }
+            d.links.remove(&l.info.node_id);
         }
         let ms = now.ms();
         match dom {
@@ -615,6 +620,9 @@ impl Router {
                     );
                     return;
                 }
+                // A key for an id that had none (or whose gossiped key expired): a pair key
+                // derived from an older one must go.
+                Offer::Changed if dom.is_none() => self.msgs.forget_pair_key(&state.origin),
                 // The book is full of gossip: the advert still counts (its origin stays
                 // unsealable until a key is known), as the routing table bounds origins.
                 Offer::Refused | Offer::Same | Offer::Changed => {}
@@ -660,10 +668,7 @@ impl Router {
     /// An origin's advert expired in a domain.
     fn advert_expired(&mut self, dom: Option<&str>, origin: &str) {
         let upstream = self.is_upstream(origin);
-        let linked = self
-            .links
-            .values()
-            .any(|l| l.info.node_id == origin && l.info.kind.domain() == dom);
+        let linked = self.node_links(dom, origin).next().is_some();
         if let Some(d) = self.domain_mut(dom) {
             if !upstream {
                 d.relay_nodes.remove(origin);
@@ -783,32 +788,37 @@ impl Router {
     /// The best link to a neighbour in a domain: lowest RTT, then LAN over public addresses,
     /// then UDP, TCP, WebSocket.
     fn best_link(&self, dom: Option<&str>, node_id: &str) -> Option<u64> {
-        self.links
-            .iter()
-            .filter(|(_, l)| l.info.node_id == node_id && l.info.kind.domain() == dom)
+        self.node_links(dom, node_id)
             .min_by_key(|(id, l)| {
                 let public = l.info.remote.is_some_and(|a| is_public(a.ip()));
                 (
                     l.rtt_us.unwrap_or(u64::MAX),
                     public,
                     transport_rank(l.info.transport),
-                    **id,
+                    *id,
                 )
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
+    }
+
+    /// Our Active links to one node in a domain.
+    fn node_links<'a>(
+        &'a self,
+        dom: Option<&str>,
+        node_id: &str,
+    ) -> impl Iterator<Item = (u64, &'a Link)> + 'a {
+        self.domain(dom)
+            .and_then(|d| d.links.get(node_id))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((*id, self.links.get(id)?)))
     }
 
     /// Ids of the nodes linked to us in a domain, sorted, once each.
     fn neighbours(&self, dom: Option<&str>) -> Vec<&str> {
-        let mut ids: Vec<&str> = self
-            .links
-            .values()
-            .filter(|l| l.info.kind.domain() == dom)
-            .map(|l| l.info.node_id.as_str())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        self.domain(dom)
+            .map(|d| d.links.keys().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// Our neighbours in a domain with their link cost, for our advert there. Links to public
@@ -832,9 +842,8 @@ impl Router {
 
     /// Whether `node_id` is linked to us as a public node we dialled.
     fn is_upstream(&self, node_id: &str) -> bool {
-        self.links
-            .values()
-            .any(|l| l.info.node_id == node_id && l.info.kind == LinkKind::Upstream)
+        self.node_links(None, node_id)
+            .any(|(_, l)| l.info.kind == LinkKind::Upstream)
     }
 
     /// A pseudo-random number (xorshift; ids and tokens, nothing secret).

@@ -115,11 +115,9 @@ impl Router {
 
     /// The reflexive UDP address of a node linked to us over UDP in a domain.
     fn udp_remote(&self, dom: Option<&str>, node_id: &str) -> Option<SocketAddr> {
-        self.links
-            .values()
-            .filter(|l| l.info.node_id == node_id && l.info.kind.domain() == dom)
-            .filter(|l| l.info.transport == Transport::Udp)
-            .find_map(|l| l.info.remote)
+        self.node_links(dom, node_id)
+            .filter(|(_, l)| l.info.transport == Transport::Udp)
+            .find_map(|(_, l)| l.info.remote)
     }
 
     /// Sends a frame to a directly linked node of a domain; false if there is no link.
@@ -286,11 +284,9 @@ impl Router {
         // Punch from the socket our UDP link to the relay uses: its mapping is the address the
         // relay gave the peer.
         let socket = self
-            .links
-            .values()
-            .filter(|l| l.info.node_id == relay && l.info.kind.domain().is_none())
-            .filter(|l| l.info.transport == Transport::Udp)
-            .find_map(|l| l.info.local);
+            .node_links(None, relay)
+            .filter(|(_, l)| l.info.transport == Transport::Udp)
+            .find_map(|(_, l)| l.info.local);
         let ms = now.ms();
         if !self.punch.entries.contains_key(&p.peer) && self.punch.entries.len() >= MAX_PUNCHERS {
             return;
