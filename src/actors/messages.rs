@@ -9,7 +9,7 @@
 //! A link's life reaches the rest of the node as one event stream from its PeerActor:
 //! `Admit` (authenticated; discovery decides) -> [`LinkUp`] (Active, with its kind) ->
 //! [`Inbound`] frames and [`LinkRtt`] samples -> [`LinkDown`]. Discovery and the relay are its
-//! two subscribers ([`LinkEvents`]).
+//! two subscribers (through [`PeerPorts`] and [`RelayPorts`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

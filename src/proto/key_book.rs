@@ -113,6 +113,7 @@ impl KeyBook {
     }
 
     /// The key held for `id` and where it came from.
+    #[cfg(test)]
     pub fn entry(&self, id: &str) -> Option<([u8; 32], Source)> {
         self.keys.get(id).copied()
     }

@@ -8,10 +8,10 @@
 //! routers run in a simulation.
 
 pub mod backoff;
-pub mod cache;
+pub(crate) mod cache;
 pub mod e2e;
 pub mod handshake;
-pub mod key_book;
+pub(crate) mod key_book;
 pub mod link;
 pub mod peer_state;
 pub mod peer_table;

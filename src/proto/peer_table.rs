@@ -23,7 +23,7 @@ pub struct NodeRecord {
     /// Identity key.
     pub public_key: [u8; 32],
     /// Proven by the node itself on a direct link (not only gossiped). A verified key stays
-    /// (the [`KeyBook`] rule): another key for the same id is refused.
+    /// (the `proto::key_book` rule): another key for the same id is refused.
     pub key_verified: bool,
     /// Software version from its hello.
     pub version: Option<String>,

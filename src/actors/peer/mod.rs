@@ -10,8 +10,8 @@
 //!   as long as its link; the remote side is the one that re-dials.
 //!
 //! The actor owns the socket (read half through `add_stream`, write half in a writer future
-//! spawned in its own context behind a bounded channel, [`writer`]; UDP through its
-//! ListenerActor's socket and a [`UdpSession`]), sets connections up ([`transport`]) and moves
+//! spawned in its own context behind a bounded channel, `writer`; UDP through its
+//! ListenerActor's socket and a [`UdpSession`]), sets connections up (`transport`) and moves
 //! bytes and timers; the protocol itself is the sans-io [`Link`]. It owns its link's
 //! [`LinkStatus`] and answers [`GetLinkStatus`].
 //!

@@ -9,21 +9,21 @@
 //! networks of routers run in a deterministic simulation (`tests/sim.rs`).
 //!
 //! Inside:
-//! - one [`domain::Domain`] per network: our own (home) and, as a public node, one per foreign
+//! - one `domain::Domain` per network: our own (home) and, as a public node, one per foreign
 //!   network we relay for. A domain owns its routing table, key book, relay flags, loop guard
-//!   and counters; its [`domain::Policy`] (home, or foreign with control-only and a byte
+//!   and counters; its `domain::Policy` (home, or foreign with control-only and a byte
 //!   budget) is the only difference between the two, so adverts, forwarding and punch
 //!   coordination are one code path;
-//! - [`messages`]: sealing, pending requests with their re-send copies, the target's replay and
+//! - `messages`: sealing, pending requests with their re-send copies, the target's replay and
 //!   reply caches, the inbox of plain messages;
-//! - [`punching`]: coordinating punches as a relay and our own attempts toward members reached
+//! - `punching`: coordinating punches as a relay and our own attempts toward members reached
 //!   through a relay.
 //!
 //! Links are learned from one event stream ([`Router::link_up`], [`Router::link_rtt`],
 //! [`Router::link_down`]); a frame names only its link, whose kind the router knows from
 //! `link_up` (the PeerActor holds frames back until its link is announced).
 
-pub mod domain;
+mod domain;
 mod messages;
 mod punching;
 pub mod report;
