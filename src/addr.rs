@@ -8,7 +8,7 @@
 //! literals.
 //!
 //! Who uses it: [`crate::config`] parses `listeners` and `peers` with it (and adds the rules
-//! that depend on the role, such as "no DNS names for listeners"); [`crate::proto::peer_table`]
+//! that depend on the role, such as "no DNS names for listeners"); `proto::peer_table`
 //! keeps and gossips known nodes' addresses as endpoints; the actors bind, dial and punch them
 //! (listener, peer, discovery, relay) and [`crate::node`] picks transports. It lives outside
 //! `config` so that protocol code need not import the config module to name an address.

@@ -8,7 +8,7 @@
 //! - [`wire`]: frames, sealed records, UDP datagrams and fragments (pure codec).
 //! - [`proto`]: pure protocol state machines: Noise handshake and membership proof
 //!   ([`proto::handshake`]), one link's lifecycle ([`proto::link`]), the known-node table and
-//!   duplicate rule ([`proto::peer_table`]), re-dial backoff ([`proto::backoff`]), and the
+//!   duplicate rule (`proto::peer_table`), re-dial backoff (`proto::backoff`), and the
 //!   [`proto::router`]: routing, the message path, foreign domains and punching, with its
 //!   deterministic simulation ([`proto::router::sim`]).
 //! - [`identity`], [`keys`]: the long-term X25519 identity and the key bundle links use.

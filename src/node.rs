@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -61,7 +61,8 @@ pub struct NodeShared {
     pub backoff_max_ms: u64,
     next_link: AtomicU64,
     handshaking: Arc<AtomicUsize>,
-    rng: Mutex<u64>,
+    /// splitmix64 state: every call takes the next value of a Weyl sequence (lock-free).
+    rng: AtomicU64,
 }
 
 /// A slot among [`MAX_PENDING_HANDSHAKES`]; released when dropped (also when its actor dies).
@@ -89,16 +90,17 @@ impl NodeShared {
         self.next_link.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A pseudo-random number for jitter and session indices (xorshift seeded from the OS;
-    /// nothing secret depends on it).
+    /// A pseudo-random number for jitter, session indices and seeds (splitmix64 over an atomic
+    /// counter seeded from the OS: lock-free, so the actors share no mutex; nothing secret
+    /// depends on it).
     pub fn random_u64(&self) -> u64 {
-        let mut s = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let mut x = *s;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *s = x;
-        x
+        let mut z = self
+            .rng
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Takes a handshake slot for an inbound connection, if one is free.
@@ -288,7 +290,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
         next_link: AtomicU64::new(0),
         handshaking: Arc::new(AtomicUsize::new(0)),
-        rng: Mutex::new(seed),
+        rng: AtomicU64::new(seed),
     });
 
     let script = ScriptActor::new(

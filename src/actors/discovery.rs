@@ -1,7 +1,7 @@
 //! DiscoveryActor: who is in the network, which links we keep, and whom to dial.
 //!
 //! - At start it creates a supervised dialer PeerActor for every configured peer.
-//! - Every authenticated link asks it for admission ([`Admit`]): the [`PeerTable`] applies key
+//! - Every authenticated link asks it for admission ([`Admit`]): the `PeerTable` applies key
 //!   pinning and the duplicate rule; the answer carries the node list a listener puts in its
 //!   `welcome`. What a `welcome` teaches is merged into the table, and (with `auto_connect`) a
 //!   dialer is started for every advertised address of a node we have no link to on that

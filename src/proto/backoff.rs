@@ -70,6 +70,7 @@ impl Backoff {
     }
 
     /// Attempts since the last reset.
+    #[cfg(test)]
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

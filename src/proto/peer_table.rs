@@ -291,11 +291,6 @@ impl PeerTable {
             .any(|l| l.node_id == node_id && l.transport == transport)
     }
 
-    /// Whether any admitted link to `node_id` exists.
-    pub fn is_linked(&self, node_id: &str) -> bool {
-        self.links.values().any(|l| l.node_id == node_id)
-    }
-
     /// An admitted link.
     pub fn link(&self, link_id: u64) -> Option<&LinkRecord> {
         self.links.get(&link_id)

@@ -267,6 +267,7 @@ impl RoutingTable {
     }
 
     /// Ids of every origin we hold an advert for, ours included, sorted.
+    #[cfg(test)]
     pub fn origins(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.remote.keys().cloned().collect();
         ids.push(self.local_id.clone());
