@@ -5,7 +5,9 @@
 //!   pinning and the duplicate rule; the answer carries the node list a listener puts in its
 //!   `welcome`. What a `welcome` teaches is merged into the table, and (with `auto_connect`) a
 //!   dialer is started for every advertised address of a node we have no link to on that
-//!   transport, so a chain of configured peers becomes a mesh.
+//!   transport, so a chain of configured peers becomes a mesh. A node of another network that
+//!   dialled us is admitted into its network's own table (`proto::foreign_tables`) when we
+//!   relay for it.
 //! - When a link goes ([`LinkDown`]) it wakes dialers that stood by for it and makes sure the
 //!   lost node's known addresses are dialled again (the dialers back off on their own).
 //! - A watchdog respawns dialers whose actor died outside the supervisor's reach (a panic that
@@ -32,6 +34,7 @@ use crate::actors::messages::{
 use crate::actors::peer::{DialNow, PeerActor, PeerState, Redial};
 use crate::addr::{Endpoint, Transport};
 use crate::node::NodeShared;
+use crate::proto::foreign_tables::{ForeignTables, Refusal, MAX_FOREIGN_NETWORKS};
 use crate::proto::peer_table::{Admission, PeerTable};
 use crate::wire::frame::{CloseReason, NodeInfo};
 
@@ -40,8 +43,6 @@ use crate::wire::frame::{CloseReason, NodeInfo};
 pub const MAX_DIALERS: usize = 512;
 /// Most reflexive (observed) addresses remembered.
 pub const MAX_OBSERVED_ADDRS: usize = 16;
-/// Most foreign networks a public node relays for at once; a hello from one more is refused.
-pub const MAX_FOREIGN_NETWORKS: usize = 64;
 /// How often the watchdog checks dialers.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `/status` waits for one PeerActor's status before leaving it out.
@@ -164,16 +165,21 @@ pub struct DiscoveryActor {
     observed: BTreeSet<String>,
     /// As a public node: the members of each foreign network linked to us, one table per
     /// network, never mixed with ours (ids may repeat across networks).
-    foreign: HashMap<String, PeerTable>,
-    /// Foreign link id -> its network.
-    foreign_links: HashMap<u64, String>,
+    foreign: ForeignTables,
 }
 
 impl DiscoveryActor {
     /// A discovery actor; `udp` are the sockets dialers may use for `udp://` peers.
     pub fn new(node: Arc<NodeShared>, ports: PeerPorts, udp: Vec<UdpEndpoint>) -> Self {
+        let config = &node.config;
+        let foreign = ForeignTables::new(
+            &node.local.node_id,
+            config.relay_network_whitelist.clone(),
+            config.relay_all_peer_rpc,
+        );
         DiscoveryActor {
-            table: PeerTable::new(&node.local.node_id, node.config.pinned_keys.clone()),
+            table: PeerTable::new(&node.local.node_id, config.pinned_keys.clone()),
+            foreign,
             node,
             ports,
             udp,
@@ -182,8 +188,6 @@ impl DiscoveryActor {
             next_dialer: 0,
             shut_down: false,
             observed: BTreeSet::new(),
-            foreign: HashMap::new(),
-            foreign_links: HashMap::new(),
         }
     }
 
@@ -191,62 +195,39 @@ impl DiscoveryActor {
     /// if we relay for it (whitelist, or control only with `relay_all_peer_rpc`). Its welcome
     /// lists only members of its own network.
     fn admit_foreign(&mut self, msg: Admit) -> Result<Vec<NodeInfo>, CloseReason> {
-        let config = &self.node.config;
-        let network = msg.hello.network.clone();
-        let whitelisted =
-            crate::proto::whitelist::admits(&config.relay_network_whitelist, &network);
-        if !whitelisted && !config.relay_all_peer_rpc {
-            info!(
-                "refusing {} of network {network:?}: not in relay_network_whitelist",
-                msg.hello.node_id
-            );
-            return Err(CloseReason::Foreign);
-        }
-        if !self.foreign.contains_key(&network) && self.foreign.len() >= MAX_FOREIGN_NETWORKS {
-            warn!("refusing network {network:?}: relaying for {MAX_FOREIGN_NETWORKS} already");
-            return Err(CloseReason::Foreign);
-        }
-        let table = self
+        let (node, network) = (&msg.hello.node_id, &msg.hello.network);
+        match self
             .foreign
-            .entry(network.clone())
-            .or_insert_with(|| PeerTable::new(&self.node.local.node_id, Default::default()));
-        let replaces = match table.admit(
-            msg.link_id,
-            &msg.hello,
-            msg.remote.ip(),
-            msg.transport,
-            false,
-        ) {
-            Admission::Refuse(reason) => {
-                // A table made for this refused link alone must not hold a slot.
-                if !self.foreign_links.values().any(|n| *n == network) {
-                    self.foreign.remove(&network);
+            .admit(msg.link_id, &msg.hello, msg.remote.ip(), msg.transport)
+        {
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::NotRelayed => info!(
+                        "refusing {node} of network {network:?}: not in relay_network_whitelist"
+                    ),
+                    Refusal::TooManyNetworks => warn!(
+                        "refusing network {network:?}: relaying for {MAX_FOREIGN_NETWORKS} already"
+                    ),
+                    Refusal::Table(_) => {}
                 }
-                return Err(reason);
+                Err(refusal.reason())
             }
-            Admission::Accept { replaces } => replaces,
-        };
-        if let Some(id) = replaces {
-            self.foreign_links.remove(&id);
-        }
-        if let Some(old) = replaces.and_then(|id| self.links.remove(&id)) {
-            old.close.do_send(CloseLink {
-                reason: CloseReason::Duplicate,
-            });
-        }
-        info!(
-            "relaying for {} of network {network:?}{}",
-            msg.hello.node_id,
-            if whitelisted {
-                ""
-            } else {
-                " (control traffic only)"
+            Ok(admitted) => {
+                if let Some(old) = admitted.replaces.and_then(|id| self.links.remove(&id)) {
+                    old.close.do_send(CloseLink {
+                        reason: CloseReason::Duplicate,
+                    });
+                }
+                let only = if admitted.control_only {
+                    " (control traffic only)"
+                } else {
+                    ""
+                };
+                info!("relaying for {node} of network {network:?}{only}");
+                self.links.insert(msg.link_id, msg.peer);
+                Ok(admitted.known)
             }
-        );
-        let known = table.known_for(&msg.hello.node_id);
-        self.foreign_links.insert(msg.link_id, network);
-        self.links.insert(msg.link_id, msg.peer);
-        Ok(known)
+        }
     }
 
     fn spawn_dialer(&mut self, target: Endpoint, configured: bool, ctx: &mut Context<Self>) {
@@ -494,14 +475,7 @@ impl Handler<LinkDown> for DiscoveryActor {
 
     fn handle(&mut self, msg: LinkDown, ctx: &mut Self::Context) {
         self.links.remove(&msg.link_id);
-        if let Some(network) = self.foreign_links.remove(&msg.link_id) {
-            if let Some(table) = self.foreign.get_mut(&network) {
-                table.link_down(msg.link_id);
-            }
-            // A network with no member linked any more frees its slot.
-            if !self.foreign_links.values().any(|n| *n == network) {
-                self.foreign.remove(&network);
-            }
+        if self.foreign.link_down(msg.link_id) {
             return;
         }
         if let Some(link) = self.table.link_down(msg.link_id) {

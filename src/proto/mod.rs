@@ -10,6 +10,7 @@
 pub(crate) mod backoff;
 pub(crate) mod cache;
 pub mod e2e;
+pub(crate) mod foreign_tables;
 pub mod handshake;
 pub(crate) mod key_book;
 pub mod link;
