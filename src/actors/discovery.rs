@@ -263,7 +263,7 @@ impl DiscoveryActor {
 
     /// Starts dialers for learned addresses of nodes we lack a link to on that transport.
     fn ensure_dialers(&mut self, ctx: &mut Context<Self>) {
-        if !self.node.config.auto_connect {
+        if !self.node.config.auto_connect || self.shut_down {
             return;
         }
         let wanted: Vec<Endpoint> = self
