@@ -219,29 +219,16 @@ impl PeerActor {
     ) -> PeerActor {
         let status = new_status(target.transport, true, Some(target.clone()));
         let backoff = Backoff::new(node.backoff_base_ms, node.backoff_max_ms);
-        PeerActor {
-            node,
-            ports,
-            role: Role::Dialer {
-                id,
-                target,
-                backoff,
-                standby: false,
-                dialed_once: false,
-                udp,
-                shut_down: false,
-            },
-            state: State::Init { attempt: None },
-            status,
-            link_id: 0,
-            admitted: false,
-            timer: None,
-            closing: false,
-            announced: false,
-            early: Vec::new(),
-            early_bytes: 0,
-            reported_rtt: None,
-        }
+        let role = Role::Dialer {
+            id,
+            target,
+            backoff,
+            standby: false,
+            dialed_once: false,
+            udp,
+            shut_down: false,
+        };
+        PeerActor::new(node, ports, role, status)
     }
 
     /// An acceptor for an inbound connection; start it with `Actor::start`.
@@ -256,15 +243,20 @@ impl PeerActor {
             Incoming::Ws(..) => Transport::Ws,
             Incoming::Udp(..) => Transport::Udp,
         };
+        let role = Role::Acceptor {
+            incoming: Some(incoming),
+            slot: Some(slot),
+        };
+        PeerActor::new(node, ports, role, new_status(transport, false, None))
+    }
+
+    fn new(node: Arc<NodeShared>, ports: PeerPorts, role: Role, status: LinkStatus) -> PeerActor {
         PeerActor {
             node,
             ports,
-            role: Role::Acceptor {
-                incoming: Some(incoming),
-                slot: Some(slot),
-            },
+            role,
             state: State::Init { attempt: None },
-            status: new_status(transport, false, None),
+            status,
             link_id: 0,
             admitted: false,
             timer: None,
