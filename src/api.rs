@@ -4,6 +4,10 @@
 //! Handlers never touch node state directly: they ask the actors by message with a timeout and
 //! map a mailbox failure to 503 and a timeout to 504. Every error is JSON
 //! `{"error": "<code>", "message": "<text>"}`.
+//!
+//! Every request first passes [`check_caller`]: a `Host` this API does not answer to gets 421,
+//! a foreign `Origin` 403, so a web page cannot drive the node by DNS rebinding or cross-site
+//! requests (curl and other tools send no `Origin` and are unaffected).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +78,13 @@ pub enum ApiError {
     /// The target is a public node of another network: it relays for us, it is not a member.
     #[error("{0}")]
     NotMember(String),
+    /// The `Host` header names a host this API does not answer to (a page whose name was
+    /// rebound to this machine).
+    #[error("{0}")]
+    MisdirectedHost(String),
+    /// The request carries the `Origin` of another site (a browser sent it cross-site).
+    #[error("{0}")]
+    ForeignOrigin(String),
 }
 
 impl ApiError {
@@ -91,6 +102,8 @@ impl ApiError {
             ApiError::Remote { .. } => "remote_error",
             ApiError::SendTimeout(_) => "timeout",
             ApiError::NotMember(_) => "not_a_member",
+            ApiError::MisdirectedHost(_) => "misdirected_host",
+            ApiError::ForeignOrigin(_) => "foreign_origin",
         }
     }
 }
@@ -119,6 +132,8 @@ impl ResponseError for ApiError {
             ApiError::Remote { .. } => StatusCode::BAD_GATEWAY,
             ApiError::SendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotMember(_) => StatusCode::FORBIDDEN,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -378,6 +393,94 @@ async fn fault(
     }
 }
 
+/// The host part of an HTTP authority (`host`, `host:port`, `[v6]:port`), lowercase, without a
+/// trailing dot.
+fn authority_host(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether this API answers to `host`: an IP literal (a rebinding attack needs a name),
+/// `localhost` or a name under it (RFC 6761: always this machine), or a name the operator
+/// listed in `api_hosts`.
+fn host_allowed(host: &str, api_hosts: &[String]) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || host.ends_with(".localhost")
+        || api_hosts.iter().any(|h| h == host)
+}
+
+/// The DNS rebinding and cross-site guard, on a request's `Host` and `Origin` headers.
+///
+/// A web page can make a browser send requests to this API in two ways: by rebinding its own
+/// name to this machine (the request then says `Host: attacker.example`), or by sending a
+/// cross-site request (it then carries `Origin: http://attacker.example`; browsers add it to
+/// every cross-site and every POST request). So: the `Host` must pass [`host_allowed`] (a
+/// request without one, from an HTTP/1.0 tool, passes), and an `Origin`, when present, must be
+/// this API's own origin (same authority as `Host`) or a host listed in `api_hosts`. Tools like
+/// curl send no `Origin` and are unaffected.
+pub fn check_caller(
+    host: Option<&str>,
+    origin: Option<&str>,
+    api_hosts: &[String],
+) -> Result<(), ApiError> {
+    if let Some(host) = host {
+        if !host_allowed(&authority_host(host), api_hosts) {
+            return Err(ApiError::MisdirectedHost(format!(
+                "this API does not answer to host {host:?} (allowed: IP addresses, localhost,                  and the names in config api_hosts)"
+            )));
+        }
+    }
+    let Some(origin) = origin else {
+        return Ok(());
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    let same_origin = match (authority, host) {
+        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h),
+        _ => false,
+    };
+    let listed = authority.is_some_and(|a| api_hosts.contains(&authority_host(a)));
+    if same_origin || listed {
+        Ok(())
+    } else {
+        Err(ApiError::ForeignOrigin(format!(
+            "requests from the web origin {origin:?} are refused (only this API's own origin and              the hosts in config api_hosts may call it from a browser)"
+        )))
+    }
+}
+
+/// Runs [`check_caller`] before every handler.
+async fn guard_caller(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    let api_hosts = req
+        .app_data::<web::Data<ApiState>>()
+        .map(|s| s.node.config.api_hosts.clone())
+        .unwrap_or_default();
+    check_caller(
+        header(actix_web::http::header::HOST),
+        header(actix_web::http::header::ORIGIN),
+        &api_hosts,
+    )?;
+    next.call(req).await
+}
+
 fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
@@ -399,10 +502,75 @@ pub fn serve(
             .app_data(web::Data::new(state.clone()))
             .configure(routes)
             .default_service(web::to(not_found))
+            .wrap(actix_web::middleware::from_fn(guard_caller))
     })
     .workers(2)
     .disable_signals()
     .bind(addr)?;
     let bound = server.addrs().first().copied().unwrap_or(addr);
     Ok((server.run(), bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(host: Option<&str>, origin: Option<&str>, hosts: &[&str]) -> bool {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        check_caller(host, origin, &hosts).is_ok()
+    }
+
+    #[test]
+    fn tools_on_this_machine_pass() {
+        assert!(ok(Some("127.0.0.1:9001"), None, &[]));
+        assert!(ok(Some("[::1]:9001"), None, &[]));
+        assert!(ok(Some("localhost:9001"), None, &[]));
+        assert!(ok(Some("LOCALHOST."), None, &[]));
+        assert!(ok(Some("api.localhost:9001"), None, &[]));
+        assert!(
+            ok(Some("192.0.2.7:9001"), None, &[]),
+            "an IP literal cannot be rebound"
+        );
+        assert!(ok(None, None, &[]), "HTTP/1.0 without Host");
+    }
+
+    #[test]
+    fn a_rebound_name_is_misdirected() {
+        let e = check_caller(Some("attacker.example:9001"), None, &[]).unwrap_err();
+        assert_eq!(e.status_code(), StatusCode::MISDIRECTED_REQUEST);
+        assert!(!ok(Some("localhost.attacker.example"), None, &[]));
+        assert!(
+            ok(Some("node.lan:9001"), None, &["node.lan"]),
+            "listed by the operator"
+        );
+    }
+
+    #[test]
+    fn a_foreign_origin_is_forbidden_and_the_own_origin_passes() {
+        let e =
+            check_caller(Some("127.0.0.1:9001"), Some("http://attacker.example"), &[]).unwrap_err();
+        assert_eq!(e.status_code(), StatusCode::FORBIDDEN);
+        assert!(!ok(Some("127.0.0.1:9001"), Some("null"), &[]));
+        // Another local web app (other port) is another origin.
+        assert!(!ok(
+            Some("127.0.0.1:9001"),
+            Some("http://127.0.0.1:8080"),
+            &[]
+        ));
+        assert!(ok(
+            Some("127.0.0.1:9001"),
+            Some("http://127.0.0.1:9001"),
+            &[]
+        ));
+        assert!(ok(
+            Some("localhost:9001"),
+            Some("http://LOCALHOST:9001"),
+            &[]
+        ));
+        assert!(ok(
+            Some("127.0.0.1:9001"),
+            Some("https://dash.lan"),
+            &["dash.lan"]
+        ));
+    }
 }

@@ -205,6 +205,13 @@ pub const FIELDS: &[Field] = &[
         "bind address of the HTTP API",
     ),
     Field::new(
+        "api_hosts",
+        Rule::Custom {
+            default: "none (IP literals and localhost only)",
+        },
+        "extra host names the HTTP API answers to (DNS rebinding guard)",
+    ),
+    Field::new(
         "scripts",
         Rule::Custom { default: "none" },
         "script name -> shell command",
@@ -571,6 +578,10 @@ pub struct Config {
     pub peers: Vec<Endpoint>,
     /// Bind address of the HTTP API; `None` means no HTTP API.
     pub web_api: Option<SocketAddr>,
+    /// Host names, besides IP literals and `localhost`, that the HTTP API accepts in a `Host`
+    /// header (and as the host of an `Origin`), lowercase. Anything else is refused, so a web
+    /// page whose name rebinds to this machine cannot drive the node.
+    pub api_hosts: Vec<String>,
     /// Script name -> shell command, run when a peer sends a `script` message with that name.
     pub scripts: BTreeMap<String, String>,
     /// Foreign-network name patterns allowed to relay through this node (`*` = any, `?`/`*`
@@ -1065,6 +1076,7 @@ impl Checker<'_> {
             }
         };
 
+        let api_hosts = self.api_hosts(get("api_hosts"))?;
         let scripts = self.scripts(get("scripts"))?;
         let relay_network_whitelist = self.whitelist(get("relay_network_whitelist"))?;
         let relay_all_peer_rpc = self.flag(root, "relay_all_peer_rpc")?;
@@ -1144,6 +1156,7 @@ impl Checker<'_> {
             listeners,
             peers,
             web_api,
+            api_hosts,
             scripts,
             relay_network_whitelist,
             relay_all_peer_rpc,
@@ -1386,6 +1399,42 @@ impl Checker<'_> {
         object
             .iter()
             .map(|(key, v)| Ok((key.clone(), self.string(&child_path(field, key), v)?)))
+            .collect()
+    }
+
+    /// An array of host names (letters, digits, `.`, `-`), kept lowercase.
+    fn api_hosts(&self, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
+        const FIELD: &str = "api_hosts";
+        let items = match value {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(self.err(
+                    FIELD,
+                    format!("expected an array of host names, found {}", kind(other)),
+                ))
+            }
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let path = format!("{FIELD}[{i}]");
+                let host = self.string(&path, item)?;
+                let valid = !host.is_empty()
+                    && host.len() <= 253
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                if valid {
+                    Ok(host.to_ascii_lowercase())
+                } else {
+                    Err(self.err(
+                        path,
+                        format!("{host:?} is not a host name (letters, digits, '.', '-')"),
+                    ))
+                }
+            })
             .collect()
     }
 
@@ -1731,6 +1780,21 @@ mod tests {
             err(&with(r#""peers": ["tcp://1.2.3.4:5", 7]"#)),
             "node.json: peers[1]: expected a URL string, found number"
         );
+    }
+
+    #[test]
+    fn api_hosts_rules() {
+        assert_eq!(
+            err(&with(r#""api_hosts": "node.lan""#)),
+            "node.json: api_hosts: expected an array of host names, found string"
+        );
+        assert_eq!(
+            err(&with(r#""api_hosts": ["ok.lan", "bad host"]"#)),
+            r#"node.json: api_hosts[1]: "bad host" is not a host name (letters, digits, '.', '-')"#
+        );
+        let hosts = ok(&with(r#""api_hosts": ["Node.LAN"]"#)).config.api_hosts;
+        assert_eq!(hosts, ["node.lan"]);
+        assert!(ok(&with("")).config.api_hosts.is_empty());
     }
 
     #[test]
@@ -2430,6 +2494,7 @@ mod tests {
             ("listeners", r#"["tcp://127.0.0.1:1"]"#),
             ("peers", r#"["tcp://127.0.0.1:2"]"#),
             ("web_api", r#""127.0.0.1:9000""#),
+            ("api_hosts", r#"["node.lan"]"#),
             ("scripts", r#"{"a": "true"}"#),
             ("relay_network_whitelist", r#""*""#),
             ("relay_all_peer_rpc", "true"),

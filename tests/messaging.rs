@@ -269,3 +269,63 @@ fn in_flight_request_survives_the_loss_of_its_relay() {
     let runs = std::fs::read_to_string(n3.dir.path().join("runs")).unwrap();
     assert_eq!(runs.lines().count(), 1, "the script ran once");
 }
+
+/// Sends a raw HTTP/1.1 request with exactly the given header lines; answers the status code
+/// and the body.
+fn raw_request(port: u16, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let req = format!(
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// From a web page's side: a name rebound to this machine (`Host: attacker.example`) gets 421
+/// and a cross-site `Origin` 403, as JSON, for `/send` and `/config` alike, and the script never
+/// runs; the same request from a tool (no `Origin`, an IP or localhost `Host`) still works.
+#[test]
+fn a_web_page_cannot_drive_the_api_by_rebinding_or_cross_site() {
+    let (a, b) = pair(&[("mark", "echo ran > marker")]);
+    let port = a.http_port;
+    let send = |host: &str, extra: &str| {
+        let head = format!("POST /send HTTP/1.1\r\nHost: {host}\r\ntarget: b{extra}");
+        raw_request(port, &head, b"mark")
+    };
+    let (code, body) = send("attacker.example:9001", "");
+    assert_eq!(code, 421, "{body}");
+    assert!(body.contains("\"misdirected_host\""), "{body}");
+    let (code, body) = send("127.0.0.1", "\r\nOrigin: http://attacker.example");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"foreign_origin\""), "{body}");
+    let (code, _) = raw_request(
+        port,
+        "GET /config HTTP/1.1\r\nHost: rebound.attacker.example",
+        b"",
+    );
+    assert_eq!(code, 421);
+    assert!(
+        !b.dir.path().join("marker").exists(),
+        "nothing ran for the refused requests"
+    );
+    let (code, body) = send("localhost", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        b.dir.path().join("marker").exists(),
+        "the tool's request ran the script"
+    );
+}
