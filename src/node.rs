@@ -268,16 +268,20 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         }
     }
 
-    let seed = {
+    // Two independent draws: the boot id goes on the wire in every hello, so the seed of the
+    // node's jitter and session-index sequence must not be derivable from it.
+    let os_random = || {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).map_err(|e| StartError::Identity(IdentityError::Random(e)))?;
-        u64::from_le_bytes(b) | 1
+        Ok::<u64, StartError>(u64::from_le_bytes(b))
     };
+    let seed = os_random()? | 1;
+    let boot_id = os_random()?;
     let local = Arc::new(LocalInfo {
         node_id: config.id.clone(),
         network: config.network.clone(),
         version: VERSION.to_string(),
-        boot_id: seed.rotate_left(17),
+        boot_id,
         listen_addrs,
     });
     let shared = Arc::new(NodeShared {

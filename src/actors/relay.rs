@@ -25,7 +25,7 @@ use crate::actors::messages::{
 };
 use crate::actors::script::{RunScript, ScriptError};
 use crate::node::NodeShared;
-use crate::proto::router::{Action, Now, Router, ScriptResult, Settings};
+use crate::proto::router::{Action, Now, Randomness, Router, ScriptResult, Settings};
 
 pub use crate::proto::router::{
     Delivery, ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport,
@@ -108,7 +108,7 @@ impl RelayActor {
             foreign_relay_bps_limit: config.foreign_relay_bps_limit,
             pinned_keys: config.pinned_keys.clone(),
             seq_base: unix_ms() * 1000,
-            seed: node.random_u64(),
+            random: Randomness::Os,
         };
         let now = now(&node);
         RelayActor {

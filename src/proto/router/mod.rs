@@ -203,8 +203,18 @@ pub struct Settings {
     /// First advert sequence number (unix ms at start * 1000, so a restarted node's adverts
     /// supersede its old ones everywhere).
     pub seq_base: u64,
-    /// Seed for message ids and punch tokens (not secret: e2e nonces come from the OS).
-    pub seed: u64,
+    /// Where message ids and punch tokens come from.
+    pub random: Randomness,
+}
+
+/// The router's source of message ids and punch tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Randomness {
+    /// The operating system's generator (`getrandom`): what a node uses, so neither ids nor
+    /// tokens can be predicted from others seen on the wire.
+    Os,
+    /// A seeded xorshift: deterministic, for simulations.
+    Seeded(u64),
 }
 
 /// The answer to a send request.
@@ -329,7 +339,7 @@ pub struct Router {
     refresh_at_ms: u64,
     /// When punch attempts are driven next.
     punch_at_ms: u64,
-    /// xorshift state for ids and tokens.
+    /// xorshift state for ids and tokens under [`Randomness::Seeded`].
     rng: u64,
 }
 
@@ -357,7 +367,10 @@ impl Router {
             actions: VecDeque::new(),
             refresh_at_ms: now.ms() + ADVERT_REFRESH_MS,
             punch_at_ms: now.ms() + PUNCH_TICK_MS,
-            rng: settings.seed | 1,
+            rng: match settings.random {
+                Randomness::Seeded(seed) => seed | 1,
+                Randomness::Os => 0,
+            },
             settings,
         }
     }
@@ -846,9 +859,17 @@ impl Router {
             .any(|(_, l)| l.info.kind == LinkKind::Upstream)
     }
 
-    /// A pseudo-random number (xorshift; ids and tokens, nothing secret).
+    /// A random number for message ids and punch tokens (see [`Randomness`]).
     fn random_u64(&mut self) -> u64 {
-        let mut x = self.rng;
+        if self.settings.random == Randomness::Os {
+            let mut b = [0u8; 8];
+            // The OS generator does not fail on a supported system once the node started
+            // (identity creation needed it); should it, fall back to the seeded sequence.
+            if getrandom::fill(&mut b).is_ok() {
+                return u64::from_le_bytes(b);
+            }
+        }
+        let mut x = self.rng | 1;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

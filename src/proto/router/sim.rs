@@ -22,8 +22,8 @@ use crate::proto::handshake::NetworkKey;
 use crate::wire::frame::Frame;
 
 use super::{
-    Action, Delivery, LinkInfo, LinkKind, Now, RelayReport, Router, ScriptResult, SendError,
-    Settings,
+    Action, Delivery, LinkInfo, LinkKind, Now, Randomness, RelayReport, Router, ScriptResult,
+    SendError, Settings,
 };
 
 /// How often [`Net::run_until`] checks its condition, in virtual microseconds.
@@ -171,7 +171,7 @@ impl Net {
             foreign_relay_bps_limit: 0,
             pinned_keys: BTreeMap::new(),
             seq_base: UNIX_BASE_MS * 1000,
-            seed: self.seed ^ ((index as u64 + 1) << 32),
+            random: Randomness::Seeded(self.seed ^ ((index as u64 + 1) << 32)),
         };
         tweak(&mut settings);
         let router = Router::new(settings, self.now());

@@ -155,3 +155,17 @@ fn link_kinds_follow_network_and_direction() {
         LinkKind::Foreign("a".to_string())
     );
 }
+
+#[test]
+fn message_ids_come_from_the_os_unless_seeded() {
+    // Seeded routers repeat their ids (simulations replay); a node's, drawn from the OS, do not.
+    let first_id = |random: super::Randomness| {
+        let mut net = Net::new(9);
+        let a = net.add_with("a", "sim", |s| s.random = random);
+        net.send(a, "a", "x", 1_000).expect("sent")
+    };
+    let seeded = super::Randomness::Seeded(42);
+    assert_eq!(first_id(seeded), first_id(seeded));
+    let os = super::Randomness::Os;
+    assert_ne!(first_id(os), first_id(os));
+}
