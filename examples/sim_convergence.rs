@@ -8,23 +8,13 @@ use std::time::Instant;
 
 use msgtier::proto::router::sim::Net;
 
-/// xorshift, for reproducible random graphs.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 /// Builds a network of `count` nodes in `shape`; answers it and its link count.
 fn build(shape: &str, count: usize, seed: u64) -> (Net, usize) {
+    if shape == "random" {
+        return Net::random_graph(count, seed);
+    }
     let mut net = Net::new(seed);
     let n: Vec<usize> = (0..count).map(|i| net.add(&format!("n{i}"))).collect();
-    let mut rng = Rng(seed * 7919 + 1);
     let mut links = 0;
     let mut link = |net: &mut Net, a: usize, b: usize, ms: u64| {
         net.connect(n[a], n[b], ms);
@@ -36,21 +26,7 @@ fn build(shape: &str, count: usize, seed: u64) -> (Net, usize) {
             (1..count).for_each(|i| link(&mut net, i - 1, i, 1));
             link(&mut net, count - 1, 0, 1);
         }
-        "star" => (1..count).for_each(|i| link(&mut net, i, 0, 1)),
-        _ => {
-            for i in 1..count {
-                let parent = rng.below(i);
-                let ms = 1 + rng.below(5) as u64;
-                link(&mut net, i, parent, ms);
-            }
-            for _ in 0..count {
-                let (a, b) = (rng.below(count), rng.below(count));
-                if a != b && net.links_between(n[a], n[b]).is_empty() {
-                    let ms = 1 + rng.below(5) as u64;
-                    link(&mut net, a, b, ms);
-                }
-            }
-        }
+        _ => (1..count).for_each(|i| link(&mut net, i, 0, 1)), // star
     }
     (net, links)
 }

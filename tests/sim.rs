@@ -12,21 +12,6 @@ use msgtier::proto::router::SendError;
 /// Virtual milliseconds allowed for a network to converge.
 const CONVERGE_MS: u64 = 60_000;
 
-/// A deterministic pseudo-random sequence for building graphs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Adds nodes `n0..n{count}`.
 fn nodes(net: &mut Net, count: usize) -> Vec<usize> {
     (0..count).map(|i| net.add(&format!("n{i}"))).collect()
@@ -94,26 +79,10 @@ fn lines_rings_and_stars_converge() {
 /// virtual time and delivers across itself. (Graphs of up to 500 nodes:
 /// `cargo run --release --example sim_convergence`, too slow for a debug test.)
 #[test]
-fn random_graphs_of_up_to_500_nodes_converge() {
-    for (count, seed) in [(100usize, 21u64)] {
-        let mut net = Net::new(seed);
-        let mut rng = Rng(seed * 7919);
-        let n = nodes(&mut net, count);
-        // A random spanning tree keeps it connected, then extra random edges.
-        for i in 1..count {
-            let parent = rng.below(i);
-            net.connect(n[i], n[parent], 1 + rng.below(5) as u64);
-        }
-        for _ in 0..count {
-            let (a, b) = (rng.below(count), rng.below(count));
-            if a != b && net.links_between(n[a], n[b]).is_empty() {
-                net.connect(n[a], n[b], 1 + rng.below(5) as u64);
-            }
-        }
-        converge(&mut net, &format!("random graph of {count}"));
-        let target = format!("n{}", count - 1);
-        deliver(&mut net, n[0], &target).expect("delivered across the graph");
-    }
+fn a_random_graph_of_100_nodes_converges() {
+    let (mut net, _) = Net::random_graph(100, 21);
+    converge(&mut net, "random graph of 100");
+    deliver(&mut net, 0, "n99").expect("delivered across the graph");
 }
 
 /// A link that flaps twenty times settles: routes come back and messages flow.

@@ -559,11 +559,15 @@ impl Router {
             debug!("frame {} from unknown link {link} dropped", frame.kind());
             return;
         };
-        let from = l.info.node_id.clone();
         let dom = l.info.kind.domain().map(String::from);
         let dom = dom.as_deref();
+        if let Frame::Data(envelope) = frame {
+            // The hot path: data needs only the link's domain, not who sent it.
+            return self.on_data(now, dom, envelope);
+        }
+        let from = l.info.node_id.clone();
         match frame {
-            Frame::Data(envelope) => self.on_data(now, dom, envelope),
+            Frame::Data(_) => {}
             Frame::LinkState(state) => self.on_advert(now, dom, &from, state),
             Frame::PunchRequest { target } => self.coordinate_punch(now, dom, &from, &target),
             Frame::Punch(p) if dom.is_none() => self.on_punch(now, &from, p),

@@ -123,6 +123,37 @@ impl Net {
         }
     }
 
+    /// A connected random graph of nodes `n0..n{count}` (node index = number): a random
+    /// spanning tree, then `count` random extra links where none is yet (mean degree about 4),
+    /// each with a one-way latency of 1-5 ms. Answers the network and its number of links.
+    pub fn random_graph(count: usize, seed: u64) -> (Net, usize) {
+        let mut net = Net::new(seed);
+        let mut state = seed.wrapping_mul(7919) | 1;
+        let mut below = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for i in 0..count {
+            net.add(&format!("n{i}"));
+        }
+        let mut links = 0;
+        for i in 1..count {
+            let parent = below(i);
+            net.connect(i, parent, 1 + below(5) as u64);
+            links += 1;
+        }
+        for _ in 0..count {
+            let (a, b) = (below(count), below(count));
+            if a != b && net.links_between(a, b).is_empty() {
+                net.connect(a, b, 1 + below(5) as u64);
+                links += 1;
+            }
+        }
+        (net, links)
+    }
+
     /// The current time as the routers see it.
     pub fn now(&self) -> Now {
         Now {
