@@ -268,6 +268,8 @@ struct Status {
     /// Identity key, hex.
     public_key: String,
     public_key_encoding: &'static str,
+    /// The Ed25519 key that signs our adverts (bound to `public_key`), hex.
+    signing_key: String,
     uptime_ms: u64,
     listeners: Vec<String>,
     #[serde(flatten)]
@@ -283,6 +285,11 @@ struct Status {
     public_relays: Vec<String>,
     /// Hole punching toward members reached through a relay.
     punch: std::collections::BTreeMap<String, crate::actors::relay::PunchReport>,
+    /// Identity keys offered for a node that contradict the key held for it (refused, never
+    /// taken): by a link's handshake or in an advert.
+    key_conflicts: Vec<crate::proto::key_book::Conflict>,
+    /// Adverts refused in our network, by reason.
+    adverts_refused: std::collections::BTreeMap<&'static str, u64>,
     /// Scripts running and queued now.
     scripts: ScriptStats,
     counters: crate::metrics::Snapshot,
@@ -311,6 +318,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
                 state: PeerState::Active,
                 public_key: r.public_key.clone().unwrap_or_default(),
                 key_verified: false,
+                key: r.key,
                 version: None,
                 addrs: Vec::new(),
                 learned_from: Some(r.next_hop.clone()),
@@ -322,6 +330,9 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         }
     }
     report.peers.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut key_conflicts = std::mem::take(&mut report.key_conflicts);
+    key_conflicts.extend(relay.key_conflicts);
+    key_conflicts.sort_by(|a, b| (&a.node_id, a.first_unix_ms).cmp(&(&b.node_id, b.first_unix_ms)));
     let node = &state.node;
     Ok(HttpResponse::Ok().json(Status {
         id: node.local.node_id.clone(),
@@ -329,6 +340,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         version: VERSION,
         public_key: hex::encode(node.keys.identity.public()),
         public_key_encoding: "hex",
+        signing_key: hex::encode(node.keys.identity.signing_public()),
         uptime_ms: node.now_ms(),
         listeners: node.local.listen_addrs.clone(),
         discovery: report,
@@ -337,6 +349,8 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         foreign: relay.foreign,
         public_relays: relay.public_relays,
         punch: relay.punch,
+        key_conflicts,
+        adverts_refused: relay.adverts_refused,
         scripts,
         counters: node.metrics.snapshot(),
     }))

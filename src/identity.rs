@@ -1,34 +1,49 @@
-//! The node's long-term identity: one X25519 key pair.
+//! The node's long-term identity: one Ed25519 key pair and the X25519 key pair derived from it.
 //!
-//! The public half is the node's name on the network (Noise proves it to every
-//! peer during the link handshake, see [`crate::proto::handshake`]); the private
-//! half is the static key snow's builder is given, and later the key for
-//! end-to-end agreements ([`Identity::diffie_hellman`]).
+//! The X25519 public key is the node's name on the network (Noise proves it to every
+//! peer during the link handshake, see [`crate::proto::handshake`]); its private half is
+//! the static key snow's builder is given, and the key for end-to-end agreements
+//! ([`Identity::diffie_hellman`]). The Ed25519 key signs what the node says about itself
+//! (link-state adverts): the X25519 key is the standard birational map of the Ed25519 one
+//! (`SigningKey::to_scalar_bytes`, `VerifyingKey::to_montgomery`, as libsodium and age do), so a
+//! verifier that knows a node's X25519 key checks that a signing key belongs to it
+//! ([`verify_bound`]) without any further certificate: only the holder of the X25519 secret
+//! can sign for it.
 //!
 //! Start-up code calls [`Identity::load_or_create`] once with the node's data
 //! directory: the key is generated on the first start and reused afterwards, so a
 //! node keeps its name across restarts. The key file is never silently replaced:
-//! if it exists but cannot be parsed, that is an error naming the file.
+//! if it exists but cannot be parsed, that is an error naming the file. The key file and the
+//! data directory must be private to the owner (0600 / 0700) and not symbolic links: a node
+//! refuses to start on anything else, with the `chmod` to run.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 /// Name of the key file inside the data directory.
 pub const IDENTITY_FILE_NAME: &str = "identity.key";
 
-/// Length of the key file's content: 32 private bytes as hex (2 chars per byte)
-/// plus the trailing `'\n'`.
-const IDENTITY_FILE_BYTES: usize = 32 * 2 + 1;
+/// What the key file's content starts with: the key type, so a file is never read as
+/// another kind of key.
+const IDENTITY_FILE_PREFIX: &str = "ed25519:";
+
+/// Length of the key file's content: the prefix, the 32-byte Ed25519 seed as hex (2 chars
+/// per byte) and the trailing `'\n'`.
+const IDENTITY_FILE_BYTES: usize = IDENTITY_FILE_PREFIX.len() + 32 * 2 + 1;
 
 /// Upper bound on what is read from an existing key file before declaring it
-/// malformed: the real content is 65 bytes, 1 KiB tolerates hand edits
+/// malformed: the real content is 73 bytes, 1 KiB tolerates hand edits
 /// (whitespace, CRLF) without reading an arbitrary file into memory.
 const IDENTITY_FILE_READ_LIMIT_BYTES: u64 = 1024;
+
+/// Length of a signature ([`Identity::sign`]).
+pub const SIGNATURE_BYTES: usize = 64;
 
 /// Unix permission bits of a freshly created data directory (owner only).
 #[cfg(unix)]
@@ -76,7 +91,7 @@ pub enum IdentityError {
     /// operator has to repair or remove it, since regenerating would silently
     /// change the node's identity.
     #[error(
-        "identity key file {} is malformed ({reason}); expected 64 hex characters; \
+        "identity key file {} is malformed ({reason}); expected \"ed25519:\" and 64 hex characters; \
          not replacing it, repair or remove it by hand",
         path.display()
     )]
@@ -87,23 +102,50 @@ pub enum IdentityError {
         reason: &'static str,
     },
 
+    /// The key file holds a bare X25519 key (the format before signed adverts): no signing
+    /// key can be derived from it, so it is refused rather than silently replaced.
+    #[error(
+        "identity key file {} holds an X25519-only key from an older msgtier, which cannot sign \
+         adverts; move it away (mv {} {}.old) so a new identity is created, then update \
+         pinned_keys on the peers that pin this node",
+        path.display(),
+        path.display(),
+        path.display()
+    )]
+    Legacy {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// The key file or the data directory is open to other users, or a symbolic link.
+    #[error("{} {problem}; fix it with: {fix}", path.display())]
+    Exposed {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong ("has mode 644, must be 600").
+        problem: String,
+        /// The command that fixes it.
+        fix: String,
+    },
+
     /// A peer's public key is a low-order point, so a Diffie-Hellman result with
     /// it would be predictable (all zeroes) rather than secret.
     #[error("public key is a low-order point")]
     LowOrderPublicKey,
 }
 
-/// The node's X25519 key pair.
+/// The node's key pairs (see the module docs).
 ///
-/// The secret is zeroed when the value is dropped; `Debug` shows only the
+/// The secrets are zeroed when the value is dropped; `Debug` shows only the
 /// public key.
 pub struct Identity {
+    signing: SigningKey,
     secret: StaticSecret,
     public: PublicKey,
 }
 
 impl Identity {
-    /// Generates a fresh key pair from the operating system's random number
+    /// Generates a fresh identity from the operating system's random number
     /// generator.
     pub fn generate() -> Result<Identity, IdentityError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
@@ -111,12 +153,33 @@ impl Identity {
         Ok(Identity::from_private(*bytes))
     }
 
-    /// Builds the key pair from 32 private bytes (X25519 clamping is applied
-    /// when the key is used, so any 32 bytes are a valid private key).
-    pub fn from_private(bytes: [u8; 32]) -> Identity {
-        let secret = StaticSecret::from(bytes);
+    /// Builds the identity from a 32-byte Ed25519 seed (any 32 bytes are one).
+    pub fn from_private(seed: [u8; 32]) -> Identity {
+        let signing = SigningKey::from_bytes(&seed);
+        let secret = StaticSecret::from(signing.to_scalar_bytes());
         let public = PublicKey::from(&secret);
-        Identity { secret, public }
+        Identity {
+            signing,
+            secret,
+            public,
+        }
+    }
+
+    /// The Ed25519 seed the identity is built from (what the key file holds). Zeroed when the
+    /// returned value is dropped.
+    pub fn seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// The Ed25519 public key that verifies [`Identity::sign`]; [`verify_bound`] ties it to
+    /// [`Identity::public`].
+    pub fn signing_public(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// An Ed25519 signature over `message` (deterministic, RFC 8032).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_BYTES] {
+        self.signing.sign(message).to_bytes()
     }
 
     /// Loads the identity from `data_dir/identity.key`, creating the directory
@@ -161,12 +224,12 @@ impl Identity {
         }
     }
 
-    /// The public key: the node's identity on the network.
+    /// The X25519 public key: the node's identity on the network.
     pub fn public(&self) -> [u8; 32] {
         self.public.to_bytes()
     }
 
-    /// The private key bytes, for snow's `Builder::local_private_key`. Zeroed
+    /// The X25519 private key bytes, for snow's `Builder::local_private_key`. Zeroed
     /// when the returned value is dropped.
     pub fn private_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.secret.to_bytes())
@@ -197,8 +260,30 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// Whether `signature` over `message` was made by the holder of the X25519 identity key
+/// `x25519_public`, with the Ed25519 key `signing_public` (which must map to it).
+///
+/// Strict verification (no small-order keys, canonical signatures only). An Ed25519 key and
+/// its negation map to the same X25519 key, and both need the X25519 secret to sign.
+pub fn verify_bound(
+    signing_public: &[u8; 32],
+    x25519_public: &[u8; 32],
+    message: &[u8],
+    signature: &[u8; SIGNATURE_BYTES],
+) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(signing_public) else {
+        return false;
+    };
+    if key.to_montgomery().to_bytes() != *x25519_public {
+        return false;
+    }
+    key.verify_strict(message, &Signature::from_bytes(signature))
+        .is_ok()
+}
+
 /// Creates `dir` and its parents; new directories get mode 0700 on unix. An
-/// existing directory's mode is left alone.
+/// existing directory must be a real directory (not a symbolic link) that only its owner can
+/// enter.
 fn create_data_dir(dir: &Path) -> Result<(), IdentityError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -212,7 +297,45 @@ fn create_data_dir(dir: &Path) -> Result<(), IdentityError> {
         .map_err(|source| IdentityError::CreateDir {
             path: dir.to_path_buf(),
             source,
-        })
+        })?;
+    check_private(dir, DATA_DIR_MODE)
+}
+
+/// Refuses a path that is a symbolic link or that group or others can use (unix).
+#[cfg(unix)]
+fn check_private(path: &Path, mode: u32) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| IdentityError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let exposed = |problem: String, fix: String| IdentityError::Exposed {
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(exposed(
+            "is a symbolic link; the key must live in a real file and directory".into(),
+            format!(
+                "point data_dir at the real directory (readlink -f {})",
+                path.display()
+            ),
+        ));
+    }
+    let actual = meta.permissions().mode() & 0o777;
+    if actual & 0o077 != 0 {
+        return Err(exposed(
+            format!("has mode {actual:o}, must be {mode:o} (owner only)"),
+            format!("chmod {mode:o} {}", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path, _mode: u32) -> Result<(), IdentityError> {
+    Ok(())
 }
 
 /// Creates the key file exclusively (fails with `AlreadyExists` if present).
@@ -232,7 +355,8 @@ fn create_key_file(path: &Path) -> io::Result<File> {
 /// malformed key.
 fn write_key_file(path: &Path, mut file: File, identity: &Identity) -> Result<(), IdentityError> {
     let mut content = Zeroizing::new(String::with_capacity(IDENTITY_FILE_BYTES));
-    content.push_str(&Zeroizing::new(hex::encode(identity.secret.as_bytes())));
+    content.push_str(IDENTITY_FILE_PREFIX);
+    content.push_str(&Zeroizing::new(hex::encode(*identity.seed())));
     content.push('\n');
     let written = file
         .write_all(content.as_bytes())
@@ -255,7 +379,7 @@ fn write_key_file(path: &Path, mut file: File, identity: &Identity) -> Result<()
 
 /// Reads and parses an existing key file.
 fn read_key_file(path: &Path, file: File) -> Result<Identity, IdentityError> {
-    warn_if_exposed(path, &file);
+    check_private(path, IDENTITY_FILE_MODE)?;
     let mut content = Zeroizing::new(Vec::with_capacity(IDENTITY_FILE_BYTES));
     file.take(IDENTITY_FILE_READ_LIMIT_BYTES + 1)
         .read_to_end(&mut content)
@@ -270,10 +394,18 @@ fn read_key_file(path: &Path, file: File) -> Result<Identity, IdentityError> {
     if content.len() as u64 > IDENTITY_FILE_READ_LIMIT_BYTES {
         return Err(malformed("file too large"));
     }
-    let hex_digits = content.trim_ascii();
-    if hex_digits.is_empty() {
+    let text = content.trim_ascii();
+    if text.is_empty() {
         return Err(malformed("file is empty"));
     }
+    let Some(hex_digits) = text.strip_prefix(IDENTITY_FILE_PREFIX.as_bytes()) else {
+        if text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit) {
+            return Err(IdentityError::Legacy {
+                path: path.to_path_buf(),
+            });
+        }
+        return Err(malformed("no \"ed25519:\" prefix"));
+    };
     if hex_digits.len() != 64 {
         return Err(malformed("wrong length"));
     }
@@ -283,42 +415,44 @@ fn read_key_file(path: &Path, file: File) -> Result<Identity, IdentityError> {
     Ok(Identity::from_private(*bytes))
 }
 
-/// Logs a warning if the key file is readable by group or others.
-#[cfg(unix)]
-fn warn_if_exposed(path: &Path, file: &File) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = file.metadata() {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            log::warn!(
-                "identity key file {} has mode {:o}; it should be {:o}",
-                path.display(),
-                mode & 0o777,
-                IDENTITY_FILE_MODE
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_exposed(_path: &Path, _file: &File) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A data directory (mode 0700) inside `dir`.
+    fn private_dir(dir: &tempfile::TempDir) -> PathBuf {
+        let data = dir.path().join("data");
+        create_data_dir(&data).expect("mkdir");
+        data
+    }
+
+    /// Writes a key file the way an operator would, with mode 0600.
+    fn write_private(path: &Path, content: &[u8]) {
+        fs::write(path, content).expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+
     #[test]
     fn create_then_reload_gives_same_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = Identity::load_or_create(dir.path()).expect("create");
-        let second = Identity::load_or_create(dir.path()).expect("reload");
+        let data = private_dir(&dir);
+        let first = Identity::load_or_create(&data).expect("create");
+        let second = Identity::load_or_create(&data).expect("reload");
         assert_eq!(first.public(), second.public());
+        assert_eq!(first.signing_public(), second.signing_public());
         assert_eq!(*first.private_bytes(), *second.private_bytes());
 
-        let content = fs::read_to_string(dir.path().join(IDENTITY_FILE_NAME)).expect("read");
+        let content = fs::read_to_string(data.join(IDENTITY_FILE_NAME)).expect("read");
         assert_eq!(content.len(), IDENTITY_FILE_BYTES);
         assert!(content.ends_with('\n'));
-        assert_eq!(content.trim_end(), hex::encode(*first.private_bytes()));
+        assert_eq!(
+            content.trim_end(),
+            format!("ed25519:{}", hex::encode(*first.seed()))
+        );
     }
 
     #[test]
@@ -350,20 +484,68 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700);
     }
 
+    /// An exposed key file or data directory, or a symlinked one, stops the start with the
+    /// path and the fix; nothing is changed.
+    #[cfg(unix)]
+    #[test]
+    fn exposed_or_symlinked_key_and_dir_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        Identity::load_or_create(&data_dir).expect("create");
+        let key = data_dir.join(IDENTITY_FILE_NAME);
+
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = Identity::load_or_create(&data_dir).expect_err("0644 key");
+        let text = err.to_string();
+        assert!(text.contains(&key.display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("chmod 600 {}", key.display())),
+            "{text}"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+
+        fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = Identity::load_or_create(&data_dir).expect_err("0755 dir");
+        assert!(
+            err.to_string()
+                .contains(&format!("chmod 700 {}", data_dir.display())),
+            "{err}"
+        );
+        fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).expect("chmod");
+        fs::rename(&key, elsewhere.join("real.key")).expect("move");
+        std::os::unix::fs::symlink(elsewhere.join("real.key"), &key).expect("symlink");
+        let err = Identity::load_or_create(&data_dir).expect_err("symlinked key");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        let linked_dir = dir.path().join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked_dir).expect("symlink");
+        let err = Identity::load_or_create(&linked_dir).expect_err("symlinked dir");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        Identity::load_or_create(&data_dir).expect_err("still refused");
+        Identity::load_or_create(&elsewhere).expect("the real directory works");
+    }
+
     #[test]
     fn malformed_file_is_an_error_naming_the_path_and_is_kept() {
-        let cases: [&[u8]; 5] = [
+        let cases: [&[u8]; 6] = [
             b"",
             b"not hex at all\n",
             b"abcd\n",
+            b"ed25519:abcd\n",
             &[b'z'; 64],
             &[b'a'; 2000],
         ];
         for content in cases {
             let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().join(IDENTITY_FILE_NAME);
-            fs::write(&path, content).expect("write");
-            let err = Identity::load_or_create(dir.path()).expect_err("malformed must fail");
+            let data = private_dir(&dir);
+            let path = data.join(IDENTITY_FILE_NAME);
+            write_private(&path, content);
+            let err = Identity::load_or_create(&data).expect_err("malformed must fail");
             assert!(
                 matches!(&err, IdentityError::Malformed { path: p, .. } if *p == path),
                 "{err:?}"
@@ -377,14 +559,30 @@ mod tests {
         }
     }
 
+    /// A key file from before signed adverts (64 bare hex digits) is kept and refused with
+    /// what to do, never read as a seed (that would change the node's key silently).
+    #[test]
+    fn legacy_x25519_key_file_is_refused_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = private_dir(&dir);
+        let path = data.join(IDENTITY_FILE_NAME);
+        let content = format!("{}\n", hex::encode([9u8; 32]));
+        write_private(&path, content.as_bytes());
+        let err = Identity::load_or_create(&data).expect_err("legacy");
+        assert!(matches!(err, IdentityError::Legacy { .. }), "{err:?}");
+        assert!(err.to_string().contains("mv "), "{err}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), content);
+    }
+
     #[test]
     fn tolerates_surrounding_whitespace_and_uppercase() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bytes = [0x5au8; 32];
-        let content = format!("  {}\r\n\n", hex::encode_upper(bytes));
-        fs::write(dir.path().join(IDENTITY_FILE_NAME), content).expect("write");
-        let identity = Identity::load_or_create(dir.path()).expect("load");
-        assert_eq!(*identity.private_bytes(), bytes);
+        let content = format!("  ed25519:{}\r\n\n", hex::encode_upper(bytes));
+        let data = private_dir(&dir);
+        write_private(&data.join(IDENTITY_FILE_NAME), content.as_bytes());
+        let identity = Identity::load_or_create(&data).expect("load");
+        assert_eq!(*identity.seed(), bytes);
     }
 
     #[test]
@@ -398,9 +596,57 @@ mod tests {
     #[test]
     fn from_private_round_trips() {
         let identity = Identity::from_private([7u8; 32]);
-        assert_eq!(*identity.private_bytes(), [7u8; 32]);
-        let again = Identity::from_private(*identity.private_bytes());
+        assert_eq!(*identity.seed(), [7u8; 32]);
+        let again = Identity::from_private(*identity.seed());
         assert_eq!(identity.public(), again.public());
+        assert_eq!(identity.signing_public(), again.signing_public());
+    }
+
+    /// The signing key is bound to the X25519 identity: a signature verifies only with the
+    /// identity it belongs to, another node's signing key cannot be passed off as ours, and
+    /// a changed message or signature fails.
+    #[test]
+    fn signatures_verify_only_under_the_bound_identity() {
+        let a = Identity::generate().expect("generate");
+        let m = Identity::generate().expect("generate");
+        let sig = a.sign(b"advert");
+        assert!(verify_bound(
+            &a.signing_public(),
+            &a.public(),
+            b"advert",
+            &sig
+        ));
+        assert!(!verify_bound(
+            &a.signing_public(),
+            &a.public(),
+            b"advert!",
+            &sig
+        ));
+        let mut flipped = sig;
+        flipped[5] ^= 1;
+        assert!(!verify_bound(
+            &a.signing_public(),
+            &a.public(),
+            b"advert",
+            &flipped
+        ));
+        // M signs with its own key but claims A's identity key: the binding fails.
+        let forged = m.sign(b"advert");
+        assert!(!verify_bound(
+            &m.signing_public(),
+            &a.public(),
+            b"advert",
+            &forged
+        ));
+        // A's signing key with M's identity key: fails too.
+        assert!(!verify_bound(
+            &a.signing_public(),
+            &m.public(),
+            b"advert",
+            &sig
+        ));
+        // Garbage keys never verify.
+        assert!(!verify_bound(&[0; 32], &a.public(), b"advert", &sig));
     }
 
     #[test]
@@ -409,6 +655,7 @@ mod tests {
         let debug = format!("{identity:?}");
         assert!(debug.contains(&hex::encode(identity.public())));
         assert!(!debug.contains(&hex::encode(*identity.private_bytes())));
+        assert!(!debug.contains(&hex::encode(*identity.seed())));
         assert!(!debug.contains("171, 171"));
     }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, info, warn};
+use log::{info, warn};
 
 /// A self-hosted peer-to-peer messaging node.
 #[derive(Parser)]
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
+            // One line on stderr (the log goes there too; once is enough).
             eprintln!("{e}");
             ExitCode::from(1)
         }

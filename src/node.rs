@@ -80,6 +80,13 @@ impl NodeShared {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The wall clock, unix milliseconds (0 if the clock is before 1970).
+    pub fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
     /// Microseconds since the node started: the clock links run on.
     pub fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64

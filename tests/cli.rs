@@ -77,3 +77,30 @@ fn identity_is_created_private_and_reused() {
     a.restart();
     assert_eq!(a.status()["public_key"], key1);
 }
+
+/// A key file others can read stops the start: exit code non-zero, one line naming the file
+/// and the `chmod` that fixes it; after the fix the node starts with the same key.
+#[test]
+fn an_exposed_identity_key_stops_the_start_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = common::Node::start(common::Spec::new("a", "tcp"));
+    let key1 = a.status()["public_key"].clone();
+    a.kill();
+    let file = a.dir.path().join("data").join("identity.key");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msgtier"))
+        .arg(a.config_path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("chmod 600 {}", file.display())),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    a.restart();
+    assert_eq!(a.status()["public_key"], key1);
+}

@@ -276,26 +276,33 @@ fn members_behind_a_relay_punch_and_the_lower_id_dials() {
     assert_eq!(net.report(a).punch["b"].state, "open");
 }
 
-/// A member that advertises itself as a relay with a huge sequence number cannot take over a
-/// node whose key and link the others have proven: the victim stays addressable.
+/// A member gone bad that claims another member's id (with its own key, since it cannot sign
+/// with the victim's), the relay flag and a huge sequence number cannot take that member over:
+/// the seq is refused as too far ahead, and with a sane seq the key contradicts the one proven
+/// on the link; the victim stays addressable and the conflict is on the report.
 #[test]
 fn a_forged_relay_advert_does_not_make_a_member_unaddressable() {
-    use msgtier::wire::frame::{Frame, LinkState};
     let mut net = Net::new(101);
     let n = nodes(&mut net, 3);
     let m_link = net.connect(n[0], n[1], 1);
     net.connect(n[0], n[2], 1);
     converge(&mut net, "triangle-less star");
-    // n1 (a member gone bad) claims n2's id with its own key and the relay flag.
-    let forged = Frame::LinkState(LinkState {
-        relay: true,
-        origin: "n2".into(),
-        seq: u64::MAX,
-        public_key: net.nodes[n[1]].public_key,
-        addrs: Vec::new(),
-        neighbors: Vec::new(),
-    });
+    let mut claim = net.advert_by(n[1], "sim", "n2", &[]);
+    claim.relay = true;
+    claim.seq = u64::MAX;
     let now = net.now();
+    let forged = net.forge(n[1], &claim, false);
+    net.nodes[n[0]].router.handle_frame(now, m_link, forged);
+    claim.seq = net.now().unix_ms * 1000 + 5;
+    let forged = net.forge(n[1], &claim, false);
+    net.nodes[n[0]].router.handle_frame(now, m_link, forged);
+    claim.relay = false;
+    let forged = net.forge(n[1], &claim, true);
     net.nodes[n[0]].router.handle_frame(now, m_link, forged);
     assert_eq!(deliver(&mut net, n[0], "n2"), Ok(1), "n2 still addressable");
+    let report = net.report(n[0]);
+    assert!(!report.public_relays.contains(&"n2".to_string()));
+    assert_eq!(report.adverts_refused.get("seq_ahead"), Some(&1));
+    assert_eq!(report.adverts_refused.get("key_conflict"), Some(&2));
+    assert_eq!(report.key_conflicts[0].node_id, "n2");
 }

@@ -71,6 +71,10 @@ pub struct InjectPeerFault {
 /// The discovery part of `/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiscoveryReport {
+    /// Keys links proved that contradict the key held for their id (links refused); `/status`
+    /// shows them with the router's under `key_conflicts`.
+    #[serde(skip)]
+    pub key_conflicts: Vec<crate::proto::key_book::Conflict>,
     pub observed_addrs: Vec<String>,
     pub peers: Vec<PeerReport>,
     pub dialers: Vec<DialerReport>,
@@ -85,6 +89,8 @@ pub struct PeerReport {
     pub public_key: String,
     /// Proven by the node on a direct link (false: only gossiped).
     pub key_verified: bool,
+    /// Where its key came from: `pinned`, `proven` or `unverified`.
+    pub key: Option<&'static str>,
     pub version: Option<String>,
     pub addrs: Vec<String>,
     pub learned_from: Option<String>,
@@ -166,6 +172,8 @@ pub struct DiscoveryActor {
     /// As a public node: the members of each foreign network linked to us, one table per
     /// network, never mixed with ours (ids may repeat across networks).
     foreign: ForeignTables,
+    /// Links refused because they proved another key than the one held for their id.
+    conflicts: crate::proto::key_book::Conflicts,
 }
 
 impl DiscoveryActor {
@@ -180,6 +188,7 @@ impl DiscoveryActor {
         DiscoveryActor {
             table: PeerTable::new(&node.local.node_id, config.pinned_keys.clone()),
             foreign,
+            conflicts: Default::default(),
             node,
             ports,
             udp,
@@ -350,6 +359,7 @@ impl DiscoveryActor {
                 state,
                 public_key: hex::encode(n.public_key),
                 key_verified: n.key_verified,
+                key: self.table.held_key(&n.id).map(|(_, s)| s.as_str()),
                 version: n.version.clone(),
                 addrs: n.addrs.iter().map(|a| a.to_string()).collect(),
                 learned_from: n.learned_from.clone(),
@@ -377,6 +387,7 @@ impl DiscoveryActor {
             })
             .collect();
         DiscoveryReport {
+            key_conflicts: self.conflicts.list(),
             observed_addrs: self.observed.iter().cloned().collect(),
             peers,
             dialers,
@@ -436,14 +447,24 @@ impl Handler<Admit> for DiscoveryActor {
         let replaces = match verdict {
             Admission::Refuse(reason) => {
                 if reason == CloseReason::KeyMismatch {
-                    warn!(
-                        "refusing {node_id}: its identity key changed (was {}, now {})",
-                        self.table
-                            .node(&node_id)
-                            .map(|n| hex::encode(n.public_key))
-                            .unwrap_or_default(),
-                        hex::encode(msg.hello.public_key)
-                    );
+                    if let Some(held) = self.table.held_key(&node_id) {
+                        let first = self.conflicts.record(
+                            &node_id,
+                            held,
+                            msg.hello.public_key,
+                            "link".into(),
+                            self.node.now_unix_ms(),
+                        );
+                        if first {
+                            warn!(
+                                "refusing {node_id}: it proved identity key {}, but we hold {} ({}); \
+                                 pin the new key to accept a regenerated identity",
+                                hex::encode(msg.hello.public_key),
+                                hex::encode(held.0),
+                                held.1.as_str()
+                            );
+                        }
+                    }
                 }
                 return MessageResult(Err(reason));
             }
@@ -457,9 +478,13 @@ impl Handler<Admit> for DiscoveryActor {
         let welcome = msg.welcome.clone();
         self.links.insert(msg.link_id, msg.peer);
         if let Some(welcome) = &welcome {
-            let added = self.table.learn(&node_id, &welcome.known);
-            if added > 0 {
-                info!("learned {added} node(s) from {node_id}");
+            // Only a member's word on who else is out there: a public node of another network
+            // (or anyone who is not a proven member) could make us dial whatever it likes.
+            if msg.hello.network == self.node.local.network {
+                let added = self.table.learn(&node_id, &welcome.known);
+                if added > 0 {
+                    info!("learned {added} node(s) from {node_id}");
+                }
             }
             if self.observed.len() < MAX_OBSERVED_ADDRS {
                 self.observed.insert(welcome.observed_addr.clone());

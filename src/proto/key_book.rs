@@ -14,6 +14,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Serialize;
+
+/// Conflicts kept for `/status` (each logged once); beyond it they are only counted.
+pub const MAX_CONFLICTS: usize = 64;
+
 /// Where a key came from, weakest first (the derived order is the precedence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
@@ -23,6 +28,17 @@ pub enum Source {
     Proven,
     /// Pinned in the config.
     Pinned,
+}
+
+impl Source {
+    /// The name `/status` shows: a gossiped key is "unverified".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Gossiped => "unverified",
+            Source::Proven => "proven",
+            Source::Pinned => "pinned",
+        }
+    }
 }
 
 /// What [`KeyBook::offer`] did with a key.
@@ -112,6 +128,11 @@ impl KeyBook {
         self.keys.get(id).map(|(k, _)| k)
     }
 
+    /// Where the key held for `id` came from.
+    pub fn source(&self, id: &str) -> Option<Source> {
+        self.keys.get(id).map(|(_, s)| *s)
+    }
+
     /// The key held for `id` and where it came from.
     #[cfg(test)]
     pub fn entry(&self, id: &str) -> Option<([u8; 32], Source)> {
@@ -132,9 +153,97 @@ impl KeyBook {
     }
 }
 
+/// One refused key: someone offered `offered` for a node whose key we hold as `held`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// The node the key was offered for.
+    pub node_id: String,
+    /// The key we hold for it, hex.
+    pub held: String,
+    /// Where the held key came from (`pinned`, `proven`, `unverified`).
+    pub held_source: &'static str,
+    /// The key refused, hex.
+    pub offered: String,
+    /// How it came: `link` (a node proved it in a handshake) or `advert from <id>`.
+    pub via: String,
+    /// Times this key was offered for this node.
+    pub count: u64,
+    /// When it was first seen, unix ms.
+    pub first_unix_ms: u64,
+}
+
+/// Refused keys, for `/status` `key_conflicts`: never silently resolved, logged once each.
+#[derive(Debug, Clone, Default)]
+pub struct Conflicts {
+    /// By (node id, offered key).
+    recent: BTreeMap<(String, [u8; 32]), Conflict>,
+    /// Every conflict seen, also those beyond [`MAX_CONFLICTS`].
+    total: u64,
+}
+
+impl Conflicts {
+    /// Records that `offered` was refused for `node_id` (held: `held` from `held_source`).
+    /// Returns true the first time this key is seen for this node: the caller logs it then.
+    pub fn record(
+        &mut self,
+        node_id: &str,
+        held: ([u8; 32], Source),
+        offered: [u8; 32],
+        via: String,
+        now_unix_ms: u64,
+    ) -> bool {
+        self.total += 1;
+        if let Some(c) = self.recent.get_mut(&(node_id.to_string(), offered)) {
+            c.count += 1;
+            return false;
+        }
+        if self.recent.len() < MAX_CONFLICTS {
+            self.recent.insert(
+                (node_id.to_string(), offered),
+                Conflict {
+                    node_id: node_id.to_string(),
+                    held: hex::encode(held.0),
+                    held_source: held.1.as_str(),
+                    offered: hex::encode(offered),
+                    via,
+                    count: 1,
+                    first_unix_ms: now_unix_ms,
+                },
+            );
+        }
+        true
+    }
+
+    /// The conflicts kept, by node id.
+    pub fn list(&self) -> Vec<Conflict> {
+        self.recent.values().cloned().collect()
+    }
+
+    /// Every conflict counted.
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflicts_are_logged_once_counted_always_and_bounded() {
+        let mut c = Conflicts::default();
+        assert!(c.record("b", (A, Source::Proven), B, "link".into(), 1));
+        assert!(!c.record("b", (A, Source::Proven), B, "link".into(), 2));
+        assert_eq!(c.list().len(), 1);
+        assert_eq!(c.list()[0].count, 2);
+        assert_eq!(c.list()[0].held_source, "proven");
+        for i in 0..100u8 {
+            c.record("b", (A, Source::Proven), [i + 3; 32], "link".into(), 3);
+        }
+        assert_eq!(c.list().len(), MAX_CONFLICTS);
+        assert_eq!(c.total(), 102);
+    }
 
     const A: [u8; 32] = [1; 32];
     const B: [u8; 32] = [2; 32];

@@ -7,6 +7,7 @@
 //! nonces itself, and so the router's seals), so it is tested directly, and whole networks of
 //! routers run in a simulation.
 
+pub mod advert;
 pub(crate) mod backoff;
 pub(crate) mod cache;
 pub mod e2e;

@@ -127,6 +127,11 @@ impl PeerTable {
         }
     }
 
+    /// The key held for `id` and where it came from.
+    pub fn held_key(&self, id: &str) -> Option<([u8; 32], Source)> {
+        Some((*self.keys.get(id)?, self.keys.source(id)?))
+    }
+
     /// Decides on an authenticated link and records it when accepted.
     pub fn admit(
         &mut self,
@@ -297,6 +302,7 @@ impl PeerTable {
     }
 
     /// One node.
+    #[cfg(test)]
     pub fn node(&self, id: &str) -> Option<&NodeRecord> {
         self.nodes.get(id)
     }

@@ -172,6 +172,15 @@ impl RoutingTable {
         self.local.advert.clone()
     }
 
+    /// The seq held for `origin` (ours for our own id), if any: an advert at or below it is
+    /// stale, so a caller can skip checking its signature.
+    pub fn seq_of(&self, origin: &str) -> Option<u64> {
+        if origin == self.local_id {
+            return Some(self.local.advert.seq);
+        }
+        self.remote.get(origin).map(|s| s.advert.seq)
+    }
+
     /// Our current advert (to send to a neighbour that just linked up).
     pub fn local_advert(&self) -> Advert {
         self.local.advert.clone()
@@ -239,7 +248,8 @@ impl RoutingTable {
     }
 
     /// Every advert we hold, ours included, sorted by origin (for a neighbour that just linked
-    /// up: send it everything).
+    /// up: send it everything; tests).
+    #[cfg(test)]
     pub fn adverts(&self) -> Vec<Advert> {
         let mut all: Vec<Advert> = self.remote.values().map(|s| s.advert.clone()).collect();
         all.push(self.local.advert.clone());

@@ -29,7 +29,7 @@ use super::{
 ///
 /// Bump it when a change is not backwards compatible; peers refuse a link whose version
 /// they do not speak (with [`CloseReason::Protocol`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// One message on a link, after the Noise handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,19 +194,61 @@ pub enum MessageKind {
     Response,
 }
 
-/// A node's link-state advertisement: who it is, where it listens and which nodes it has
-/// direct links to, at what cost. Flooded to the whole network; the highest `seq` from
-/// an origin replaces older ones.
+/// A node's link-state advertisement as it travels: the origin's signed [`Advert`] bytes,
+/// forwarded verbatim, so no relay can alter what the origin said.
+///
+/// `body` is the MessagePack of an [`Advert`] ([`LinkState::open`] decodes it under the same
+/// limits as a frame); `signature` is the origin's Ed25519 signature over
+/// [`ADVERT_SIGNING_CONTEXT`] `|| body`, with the signing key the body names (which must map
+/// to the body's identity key, see `crate::identity::verify_bound`); `mac` is an
+/// HMAC-SHA256 over `body || signature` keyed from the network key, so a node without the
+/// network secret (a public node carrying adverts between members, or a stranger) can
+/// neither forge nor alter a member's advert. A public node's own advert in a network it
+/// relays for has no `mac` (it does not know the secret) and says `relay`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkState {
-    /// Id of the node this advertisement describes; at most [`MAX_NAME_BYTES`].
+    /// The encoded [`Advert`]; at most [`MAX_ADVERT_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// Ed25519 signature by the origin.
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+    /// The network's MAC over `body || signature`; `None` on a public node's own advert.
+    pub mac: Option<Mac>,
+}
+
+/// A 32-byte MAC as MessagePack bin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mac(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+/// Prefix of the bytes an advert's signature covers (domain separation: an advert's
+/// signature can never be taken for a signature over anything else the key signs).
+pub const ADVERT_SIGNING_CONTEXT: &[u8] = b"msgtier advert v2\0";
+
+/// Largest [`LinkState::body`]: [`MAX_KNOWN_NODES`] neighbours of the longest id, the
+/// longest address list and the fixed fields fit in 96 KiB.
+pub const MAX_ADVERT_BYTES: usize = 96 * 1024;
+
+/// What a node says about itself in a [`LinkState`]: who it is, where it listens and which
+/// nodes it has direct links to, at what cost. The highest `seq` from an origin replaces
+/// older ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// The network the advert is for (a public node advertises itself in each network it
+    /// relays for); at most [`MAX_NAME_BYTES`].
+    pub network: String,
+    /// Id of the node this advertisement describes; a valid id ([`valid_id`]).
     pub origin: String,
     /// Sequence number, increased by the origin for every new advertisement, so that
-    /// receivers keep only the newest one.
+    /// receivers keep only the newest one. Starts at the origin's start time in unix
+    /// microseconds; receivers refuse one too far in the future.
     pub seq: u64,
-    /// The origin's identity key, so that any node can seal end-to-end messages to it.
+    /// The origin's identity (X25519) key, so that any node can seal end-to-end messages to it.
     #[serde(with = "serde_bytes")]
     pub public_key: [u8; 32],
+    /// The origin's Ed25519 key that made `signature`, bound to `public_key`.
+    #[serde(with = "serde_bytes")]
+    pub signing_key: [u8; 32],
     /// URLs where the origin accepts links; at most [`MAX_ADDRS_PER_NODE`] of at most
     /// [`MAX_ADDR_BYTES`] each (as for [`NodeInfo::addrs`]).
     #[serde(deserialize_with = "de_addrs")]
@@ -216,7 +258,6 @@ pub struct LinkState {
     pub neighbors: Vec<Neighbor>,
     /// The origin is a public node of another network relaying for this one: a path may go
     /// through it, but it is not a member (it cannot open this network's messages).
-    #[serde(default)]
     pub relay: bool,
 }
 
@@ -339,13 +380,13 @@ impl Frame {
             Frame::Welcome(welcome) => welcome.check_limits(),
             Frame::Data(envelope) => envelope.check_limits(),
             Frame::LinkState(link_state) => link_state.check_limits(),
-            Frame::PunchRequest { target } => check_len(target, MAX_NAME_BYTES, "punch.target"),
+            Frame::PunchRequest { target } => check_id(target, "punch.target"),
             Frame::Punch(p) => {
-                check_len(&p.peer, MAX_NAME_BYTES, "punch.peer")?;
+                check_id(&p.peer, "punch.peer")?;
                 check_len(&p.addr, MAX_ADDR_BYTES, "punch.addr")
             }
             Frame::PunchRefused { target, reason } => {
-                check_len(target, MAX_NAME_BYTES, "punch.target")?;
+                check_id(target, "punch.target")?;
                 check_len(reason, MAX_ADDR_BYTES, "punch.reason")
             }
             Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => Ok(()),
@@ -356,8 +397,8 @@ impl Frame {
 impl Hello {
     /// Checks the name lengths and the address list against the limits of [`super`].
     pub fn check_limits(&self) -> Result<(), WireError> {
-        check_len(&self.node_id, MAX_NAME_BYTES, "hello.node_id")?;
-        check_len(&self.network, MAX_NAME_BYTES, "hello.network")?;
+        check_id(&self.node_id, "hello.node_id")?;
+        check_id(&self.network, "hello.network")?;
         check_len(&self.version, MAX_NAME_BYTES, "hello.version")?;
         check_addrs(
             &self.listen_addrs,
@@ -384,7 +425,7 @@ impl Welcome {
 impl NodeInfo {
     /// Checks the id length and the address list against the limits of [`super`].
     pub fn check_limits(&self) -> Result<(), WireError> {
-        check_len(&self.id, MAX_NAME_BYTES, "node.id")?;
+        check_id(&self.id, "node.id")?;
         check_addrs(&self.addrs, "node.addrs", "node.addr")
     }
 }
@@ -392,8 +433,8 @@ impl NodeInfo {
 impl Envelope {
     /// Checks the ids and the sealed payload against the limits of [`super`].
     pub fn check_limits(&self) -> Result<(), WireError> {
-        check_len(&self.source, MAX_NAME_BYTES, "data.source")?;
-        check_len(&self.target, MAX_NAME_BYTES, "data.target")?;
+        check_id(&self.source, "data.source")?;
+        check_id(&self.target, "data.target")?;
         if self.sealed.len() > MAX_FRAME_BYTES {
             return Err(WireError::Limit {
                 what: "data.sealed",
@@ -404,10 +445,51 @@ impl Envelope {
 }
 
 impl LinkState {
-    /// Checks the origin, the address list and every neighbour against the limits of
-    /// [`super`].
+    /// Checks the body's size (its contents are checked by [`LinkState::open`]).
     pub fn check_limits(&self) -> Result<(), WireError> {
-        check_len(&self.origin, MAX_NAME_BYTES, "link_state.origin")?;
+        if self.body.len() > MAX_ADVERT_BYTES {
+            return Err(WireError::Limit {
+                what: "link_state.body",
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes the body into an [`Advert`] under the limits of a frame: bounded size, depth
+    /// and lists, no trailing bytes, valid ids. Does not check the signature or the MAC.
+    pub fn open(&self) -> Result<Advert, WireError> {
+        self.check_limits()?;
+        let mut de = rmp_serde::Deserializer::new(Cursor::new(self.body.as_slice()));
+        de.set_max_depth(MAX_DECODE_DEPTH);
+        let advert = Advert::deserialize(&mut de)?;
+        let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
+        let trailing = self.body.len().saturating_sub(used);
+        if trailing != 0 {
+            return Err(WireError::TrailingBytes { trailing });
+        }
+        advert.check_limits()?;
+        Ok(advert)
+    }
+
+    /// The bytes the origin's signature covers.
+    pub fn signed_bytes(body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(ADVERT_SIGNING_CONTEXT.len() + body.len());
+        m.extend_from_slice(ADVERT_SIGNING_CONTEXT);
+        m.extend_from_slice(body);
+        m
+    }
+}
+
+impl Advert {
+    /// Encodes the advert (the bytes an origin signs and puts in [`LinkState::body`]).
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encoding an Advert into a Vec cannot fail")
+    }
+
+    /// Checks the network, the ids, the address list and the neighbours.
+    pub fn check_limits(&self) -> Result<(), WireError> {
+        check_len(&self.network, MAX_NAME_BYTES, "link_state.network")?;
+        check_id(&self.origin, "link_state.origin")?;
         check_addrs(&self.addrs, "link_state.addrs", "link_state.addr")?;
         if self.neighbors.len() > MAX_KNOWN_NODES {
             return Err(WireError::Limit {
@@ -416,8 +498,26 @@ impl LinkState {
         }
         self.neighbors
             .iter()
-            .try_for_each(|n| check_len(&n.id, MAX_NAME_BYTES, "link_state.neighbor.id"))
+            .try_for_each(|n| check_id(&n.id, "link_state.neighbor.id"))
     }
+}
+
+/// Whether `s` is a valid node id: 1 to [`MAX_NAME_BYTES`] letters, digits, `.`, `_` or
+/// `-`, not starting with `-` (the same rule as the config's `id`). Ids reach scripts as
+/// `MSGTIER_SOURCE` and logs, so nothing else is accepted from the wire.
+pub fn valid_id(s: &str) -> bool {
+    (1..=MAX_NAME_BYTES).contains(&s.len())
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `Limit { what }` unless `s` is a valid node id ([`valid_id`]).
+fn check_id(s: &str, what: &'static str) -> Result<(), WireError> {
+    if !valid_id(s) {
+        return Err(WireError::Limit { what });
+    }
+    Ok(())
 }
 
 /// `Limit { what }` if `s` is longer than `max` bytes.
@@ -534,8 +634,9 @@ pub(crate) mod tests {
     ];
 
     /// Names within `MAX_NAME_BYTES`: 16 chars of at most 4 UTF-8 bytes each.
+    /// Valid node ids (the wire refuses any other).
     fn name() -> impl Strategy<Value = String> {
-        "\\PC{0,16}"
+        "[A-Za-z0-9._][A-Za-z0-9._-]{0,15}"
     }
 
     /// Addresses within `MAX_ADDR_BYTES`: 32 chars of at most 4 bytes each.
@@ -618,11 +719,10 @@ pub(crate) mod tests {
             )
     }
 
-    fn link_state() -> impl Strategy<Value = LinkState> {
+    fn advert() -> impl Strategy<Value = Advert> {
         (
-            name(),
-            any::<u64>(),
-            any::<[u8; 32]>(),
+            (name(), name(), any::<u64>()),
+            (any::<[u8; 32]>(), any::<[u8; 32]>()),
             vec(addr(), 0..=MAX_ADDRS_PER_NODE),
             vec(
                 (name(), any::<u32>()).prop_map(|(id, cost_us)| Neighbor { id, cost_us }),
@@ -631,15 +731,32 @@ pub(crate) mod tests {
             any::<bool>(),
         )
             .prop_map(
-                |(origin, seq, public_key, addrs, neighbors, relay)| LinkState {
-                    origin,
-                    seq,
-                    public_key,
-                    addrs,
-                    neighbors,
-                    relay,
+                |((network, origin, seq), (public_key, signing_key), addrs, neighbors, relay)| {
+                    Advert {
+                        network,
+                        origin,
+                        seq,
+                        public_key,
+                        signing_key,
+                        addrs,
+                        neighbors,
+                        relay,
+                    }
                 },
             )
+    }
+
+    fn link_state() -> impl Strategy<Value = LinkState> {
+        (
+            advert(),
+            vec(any::<u8>(), 64),
+            prop::option::of(any::<[u8; 32]>()),
+        )
+            .prop_map(|(advert, sig, mac)| LinkState {
+                body: advert.encode(),
+                signature: sig.try_into().expect("64 bytes"),
+                mac: mac.map(Mac),
+            })
     }
 
     /// Any frame within the limits (short `known` and `neighbors` lists to keep cases
@@ -708,11 +825,13 @@ pub(crate) mod tests {
         }
     }
 
-    fn sample_link_state() -> LinkState {
-        LinkState {
+    fn sample_advert() -> Advert {
+        Advert {
+            network: "home".into(),
             origin: "o".into(),
             seq: 7,
             public_key: [0x11; 32],
+            signing_key: [0x12; 32],
             addrs: vec!["x".into()],
             neighbors: vec![Neighbor {
                 id: "n".into(),
@@ -722,28 +841,72 @@ pub(crate) mod tests {
         }
     }
 
+    fn sample_link_state() -> LinkState {
+        LinkState {
+            body: sample_advert().encode(),
+            signature: [0x13; 64],
+            mac: Some(Mac([0x14; 32])),
+        }
+    }
+
     #[test]
-    fn a_link_state_without_the_relay_flag_decodes_as_a_member() {
-        // The flag came after protocol version 1's first release: an advert from a node
-        // that does not send it is a member's.
-        let mut ls = sample_link_state();
-        ls.relay = true;
-        let mut value = rmp_serde::to_vec(&(
-            &ls.origin,
-            ls.seq,
-            serde_bytes::Bytes::new(&ls.public_key),
-            &ls.addrs,
-            &ls.neighbors,
-        ))
-        .unwrap();
-        let mut framed = vec![0x81, 0xaa];
-        framed.extend_from_slice(b"link_state");
-        framed.append(&mut value);
-        let Frame::LinkState(back) = Frame::decode(&framed).unwrap() else {
-            panic!("not a link state");
+    fn a_link_state_opens_to_its_advert_and_refuses_bad_bodies() {
+        let ls = sample_link_state();
+        assert_eq!(ls.open().unwrap(), sample_advert());
+        let mut trailing = ls.clone();
+        trailing.body.push(0);
+        assert!(matches!(
+            trailing.open(),
+            Err(WireError::TrailingBytes { .. })
+        ));
+        let mut bad_id = sample_advert();
+        bad_id.origin = "-rf".into();
+        let ls = LinkState {
+            body: bad_id.encode(),
+            ..sample_link_state()
         };
-        assert!(!back.relay);
-        assert_eq!(back.neighbors, ls.neighbors);
+        assert!(matches!(ls.open(), Err(WireError::Limit { .. })));
+        let huge = LinkState {
+            body: vec![0; MAX_ADVERT_BYTES + 1],
+            ..sample_link_state()
+        };
+        assert!(matches!(
+            Frame::decode(&Frame::LinkState(huge).encode()),
+            Err(WireError::Limit { .. })
+        ));
+    }
+
+    /// Ids reach scripts (`MSGTIER_SOURCE`) and logs: only the config's character set
+    /// passes the wire.
+    #[test]
+    fn ids_outside_the_id_charset_are_refused_on_the_wire() {
+        for bad in [
+            "",
+            "a b",
+            "a;rm -rf",
+            "-x",
+            "a\nb",
+            "\u{e9}",
+            &"a".repeat(65),
+        ] {
+            let mut e = sample_envelope();
+            e.source = bad.to_string();
+            assert!(
+                matches!(
+                    Frame::decode(&Frame::Data(e).encode()),
+                    Err(WireError::Limit { .. })
+                ),
+                "{bad:?}"
+            );
+            let mut h = sample_hello();
+            h.node_id = bad.to_string();
+            assert!(Frame::decode(&Frame::Hello(h).encode()).is_err(), "{bad:?}");
+        }
+        for good in ["a", "node-1", "n.x_y", &"a".repeat(64)] {
+            let mut e = sample_envelope();
+            e.target = good.to_string();
+            assert!(Frame::decode(&Frame::Data(e).encode()).is_ok(), "{good:?}");
+        }
     }
 
     fn limit_of(frame: &Frame) -> Option<&'static str> {
@@ -831,14 +994,25 @@ pub(crate) mod tests {
         let response = Frame::Data(response).encode();
         assert!(response.windows(9).any(|w| w == b"\xa8response"));
 
-        // {"link_state": ["o", 7, bin8(32 x 0x11), ["x"], [["n", uint16(300)]], false]}
+        // {"link_state": [bin(body), bin8(64 x 0x13), bin8(32 x 0x14)]}, the body being
+        // ["home", "o", 7, bin8(32 x 0x11), bin8(32 x 0x12), ["x"], [["n", uint16(300)]], false]
         let link_state = Frame::LinkState(sample_link_state()).encode();
+        let mut body = vec![0x98, 0xa4];
+        body.extend_from_slice(b"home");
+        body.extend_from_slice(&[0xa1, b'o', 0x07, 0xc4, 0x20]);
+        body.extend_from_slice(&[0x11; 32]);
+        body.extend_from_slice(&[0xc4, 0x20]);
+        body.extend_from_slice(&[0x12; 32]);
+        body.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
+        body.push(0xc2);
         let mut want = vec![0x81, 0xaa];
         want.extend_from_slice(b"link_state");
-        want.extend_from_slice(&[0x96, 0xa1, b'o', 0x07, 0xc4, 0x20]);
-        want.extend_from_slice(&[0x11; 32]);
-        want.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
-        want.push(0xc2);
+        want.extend_from_slice(&[0x93, 0xc4, body.len() as u8]);
+        want.extend_from_slice(&body);
+        want.extend_from_slice(&[0xc4, 0x40]);
+        want.extend_from_slice(&[0x13; 64]);
+        want.extend_from_slice(&[0xc4, 0x20]);
+        want.extend_from_slice(&[0x14; 32]);
         assert_eq!(link_state, want);
 
         // {"punch": ["b", "198.51.100.7:4000", bin8(16 x 0x05)]}
@@ -922,11 +1096,13 @@ pub(crate) mod tests {
 
     #[test]
     fn multibyte_names_are_limited_in_bytes() {
+        // Ids are ASCII only (see `ids_outside_the_id_charset_are_refused_on_the_wire`); the
+        // version string is free text, limited in bytes.
         let mut hello = sample_hello();
-        hello.node_id = "é".repeat(MAX_NAME_BYTES / 2); // 2 bytes each: exactly 64
+        hello.version = "é".repeat(MAX_NAME_BYTES / 2); // 2 bytes each: exactly 64
         assert!(Frame::decode(&Frame::Hello(hello.clone()).encode()).is_ok());
-        hello.node_id.push('a');
-        assert_eq!(limit_of(&Frame::Hello(hello)), Some("hello.node_id"));
+        hello.version.push('a');
+        assert_eq!(limit_of(&Frame::Hello(hello)), Some("hello.version"));
     }
 
     #[test]
@@ -1032,62 +1208,75 @@ pub(crate) mod tests {
         assert_eq!(Frame::decode(&bytes).ok(), Some(Frame::Data(envelope)));
     }
 
+    /// An advert's limit, as `LinkState::open` reports it.
+    fn advert_limit(advert: &Advert) -> Option<&'static str> {
+        let ls = LinkState {
+            body: advert.encode(),
+            ..sample_link_state()
+        };
+        match ls.open() {
+            Err(WireError::Limit { what }) => Some(what),
+            _ => None,
+        }
+    }
+
     #[test]
     fn link_state_limits() {
-        let mut ls = sample_link_state();
-        ls.origin = "o".repeat(MAX_NAME_BYTES);
-        ls.addrs = vec!["a".repeat(MAX_ADDR_BYTES); MAX_ADDRS_PER_NODE];
-        ls.neighbors = (0..MAX_KNOWN_NODES)
+        let mut ad = sample_advert();
+        ad.origin = "o".repeat(MAX_NAME_BYTES);
+        ad.addrs = vec!["a".repeat(MAX_ADDR_BYTES); MAX_ADDRS_PER_NODE];
+        ad.neighbors = (0..MAX_KNOWN_NODES)
             .map(|i| Neighbor {
                 id: format!("{i:0>64}"),
                 cost_us: u32::MAX,
             })
             .collect();
+        let ls = LinkState {
+            body: ad.encode(),
+            ..sample_link_state()
+        };
+        assert!(ls.body.len() <= MAX_ADVERT_BYTES, "{}", ls.body.len());
         let frame = Frame::LinkState(ls.clone());
         assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
+        assert_eq!(ls.open().ok(), Some(ad.clone()));
 
-        let mut l = ls.clone();
+        let mut l = ad.clone();
         l.origin.push('o');
-        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.origin"));
+        assert_eq!(advert_limit(&l), Some("link_state.origin"));
 
-        let mut l = ls.clone();
+        let mut l = ad.clone();
         l.addrs.push("b".into());
-        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.addrs"));
+        assert_eq!(advert_limit(&l), Some("link_state.addrs"));
 
-        let mut l = ls.clone();
+        let mut l = ad.clone();
         l.addrs[5].push('a');
-        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.addr"));
+        assert_eq!(advert_limit(&l), Some("link_state.addr"));
 
-        let mut l = ls.clone();
+        let mut l = ad.clone();
         l.neighbors.push(Neighbor {
             id: "extra".into(),
             cost_us: 1,
         });
-        assert_eq!(limit_of(&Frame::LinkState(l)), Some("link_state.neighbors"));
+        assert_eq!(advert_limit(&l), Some("link_state.neighbors"));
 
-        let mut l = ls;
+        let mut l = ad;
         l.neighbors[100].id.push('i');
-        assert_eq!(
-            limit_of(&Frame::LinkState(l)),
-            Some("link_state.neighbor.id")
-        );
+        assert_eq!(advert_limit(&l), Some("link_state.neighbor.id"));
     }
 
     #[test]
     fn huge_neighbor_lists_are_cut_off_not_stored() {
-        // 100 000 neighbours of 3 bytes each on the wire (fixarray, empty id, cost 0).
-        let mut ls = sample_link_state();
-        ls.neighbors = vec![
+        // 20 000 neighbours of 4 bytes each on the wire (fixarray, 1-byte id, cost 0): within
+        // the body's byte limit, far over the list limit.
+        let mut ad = sample_advert();
+        ad.neighbors = vec![
             Neighbor {
-                id: String::new(),
+                id: "n".into(),
                 cost_us: 0,
             };
-            100_000
+            20_000
         ];
-        assert_eq!(
-            limit_of(&Frame::LinkState(ls)),
-            Some("link_state.neighbors")
-        );
+        assert_eq!(advert_limit(&ad), Some("link_state.neighbors"));
     }
 
     #[test]

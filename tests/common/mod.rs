@@ -296,7 +296,7 @@ impl Node {
         node
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("node.json")
     }
 

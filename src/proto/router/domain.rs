@@ -4,13 +4,15 @@
 //! flags, loop guard, counters, advert timers) is the same structure driven by the same code in
 //! the router, so a public node's foreign path is the home path with a policy check.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::proto::advert::Refusal;
 use crate::proto::cache::BoundedCache;
 use crate::proto::key_book::KeyBook;
 use crate::proto::peer_table::MAX_KNOWN_NODES;
 use crate::proto::routing::RoutingTable;
 use crate::proto::token_bucket::TokenBucket;
+use crate::wire::frame::LinkState;
 
 use super::report::RelayedCount;
 use super::FORWARD_SEEN;
@@ -48,6 +50,13 @@ pub struct Domain {
     pub routing: RoutingTable,
     /// Identity keys by node id (pinned > proven on a link > gossiped).
     pub keys: KeyBook,
+    /// Each origin's newest advert as it signed it, forwarded verbatim (same origins as
+    /// `routing`).
+    pub signed: HashMap<String, LinkState>,
+    /// Our own advert for this domain, signed, with the seq it was signed for.
+    pub own: Option<(u64, LinkState)>,
+    /// Adverts refused, by reason.
+    pub refused: BTreeMap<Refusal, u64>,
     /// Origins flagged as relays, not members (home: public nodes of other networks that relay
     /// for us, from our links and their adverts).
     pub relay_nodes: HashSet<String>,
@@ -78,6 +87,9 @@ impl Domain {
             links: BTreeMap::new(),
             routing: RoutingTable::new(me, seq_base),
             keys: KeyBook::new(pinned, MAX_KNOWN_NODES),
+            signed: HashMap::new(),
+            own: None,
+            refused: BTreeMap::new(),
             relay_nodes: HashSet::new(),
             seen: BoundedCache::with_entries(FORWARD_SEEN),
             relayed: RelayedCount::default(),

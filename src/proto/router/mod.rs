@@ -37,11 +37,12 @@ use log::{debug, info};
 
 use crate::addr::{Endpoint, Transport};
 use crate::keys::KeyRing;
+use crate::proto::advert::{self as signed, AdvertKey, Refusal};
 use crate::proto::e2e::Outcome;
-use crate::proto::key_book::{Offer, Source};
+use crate::proto::key_book::{Conflicts, Offer, Source};
 use crate::proto::routing::{Advert, Applied};
 use crate::proto::token_bucket::TokenBucket;
-use crate::wire::frame::{Envelope, Frame, LinkState};
+use crate::wire::frame::{self, Envelope, Frame, LinkState};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 use domain::{Domain, Policy};
@@ -101,6 +102,10 @@ pub const MAX_PUNCH_COORDINATIONS: usize = 4096;
 pub const PUNCH_TICK_MS: u64 = 100;
 /// Most foreign networks a public node keeps a domain for (discovery refuses more).
 pub const MAX_FOREIGN_DOMAINS: usize = 64;
+/// An advert's seq starts at its origin's start time in unix microseconds; one dated more than
+/// this far ahead of our clock is refused, so no origin can put its adverts out of reach of its
+/// own later ones (generous: clocks of a day apart still route).
+pub const MAX_SEQ_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// The time, as the driver gives it with every event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +346,10 @@ pub struct Router {
     punch_at_ms: u64,
     /// xorshift state for ids and tokens under [`Randomness::Seeded`].
     rng: u64,
+    /// Our network's advert MAC key.
+    advert_key: AdvertKey,
+    /// Keys offered in adverts that contradict the one held (never taken), for `/status`.
+    conflicts: Conflicts,
 }
 
 impl Router {
@@ -371,6 +380,8 @@ impl Router {
                 Randomness::Seeded(seed) => seed | 1,
                 Randomness::Os => 0,
             },
+            advert_key: AdvertKey::new(&settings.keys.network_key),
+            conflicts: Conflicts::default(),
             settings,
         }
     }
@@ -566,9 +577,10 @@ impl Router {
             return self.on_data(now, dom, envelope);
         }
         let from = l.info.node_id.clone();
+        let kind = l.info.kind.clone();
         match frame {
             Frame::Data(_) => {}
-            Frame::LinkState(state) => self.on_advert(now, dom, &from, state),
+            Frame::LinkState(state) => self.on_advert(now, dom, &kind, &from, state),
             Frame::PunchRequest { target } => self.coordinate_punch(now, dom, &from, &target),
             Frame::Punch(p) if dom.is_none() => self.on_punch(now, &from, p),
             Frame::PunchRefused { target, reason } if dom.is_none() => {
@@ -614,61 +626,77 @@ impl Router {
 
     // ---- adverts ----
 
-    /// A `link_state` frame from `from`, in a domain.
-    fn on_advert(&mut self, now: Now, dom: Option<&str>, from: &str, state: LinkState) {
+    /// A `link_state` frame from `from` (a link of `kind`), in a domain.
+    fn on_advert(
+        &mut self,
+        now: Now,
+        dom: Option<&str>,
+        kind: &LinkKind,
+        from: &str,
+        state: LinkState,
+    ) {
+        let (advert, member) = match self.check_advert(now, dom, kind, from, &state) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return, // stale: nothing new, nothing to check
+            Err(refusal) => {
+                debug!(
+                    "advert from {from}{} refused: {}",
+                    in_network(dom),
+                    refusal.as_str()
+                );
+                if let Some(d) = self.domain_mut(dom) {
+                    *d.refused.entry(refusal).or_default() += 1;
+                }
+                return;
+            }
+        };
         let me = self.settings.node_id.clone();
+        let origin = advert.origin.clone();
         let Some(d) = self.domain_mut(dom) else {
             return;
         };
-        if state.origin != me {
-            match d
-                .keys
-                .offer(&state.origin, state.public_key, Source::Gossiped)
-            {
-                Offer::Refused if d.keys.contains(&state.origin) => {
-                    log::warn!(
-                        "ignoring an advert for {} with another identity key: {} (held: {})",
-                        state.origin,
-                        hex::encode(state.public_key),
-                        d.keys
-                            .get(&state.origin)
-                            .map(hex::encode)
-                            .unwrap_or_default()
-                    );
-                    return;
-                }
+        if origin != me {
+            match d.keys.offer(&origin, advert.public_key, Source::Gossiped) {
                 // A key for an id that had none (or whose gossiped key expired): a pair key
                 // derived from an older one must go.
-                Offer::Changed if dom.is_none() => self.msgs.forget_pair_key(&state.origin),
+                Offer::Changed if dom.is_none() => self.msgs.forget_pair_key(&origin),
                 // The book is full of gossip: the advert still counts (its origin stays
                 // unsealable until a key is known), as the routing table bounds origins.
                 Offer::Refused | Offer::Same | Offer::Changed => {}
             }
-        } else if state.public_key != self.settings.keys.identity.public() {
-            return;
         }
-        let relay = state.relay && state.origin != me;
-        let advert = advert_of(state);
+        // Only a relay's own advert comes without the network's MAC.
+        let relay = !member && origin != me;
+        let routed = Advert {
+            origin: origin.clone(),
+            seq: advert.seq,
+            neighbors: advert
+                .neighbors
+                .into_iter()
+                .map(|n| (n.id, n.cost_us))
+                .collect(),
+        };
         let Some(d) = self.domain_mut(dom) else {
             return;
         };
-        match d.routing.apply(advert.clone(), now.ms()) {
+        match d.routing.apply(routed, now.ms()) {
             Applied::Newer => {
+                d.signed.insert(origin.clone(), state.clone());
                 if d.policy.is_home() {
                     // The flag follows the origin's newest advert, except for a public node we
                     // dialled ourselves: we know what it is.
-                    let upstream = self.is_upstream(&advert.origin);
+                    let upstream = self.is_upstream(&origin);
                     let d = &mut self.home;
                     if relay {
                         // Bounded like the adverts themselves (expired ones leave).
                         if d.relay_nodes.len() < crate::proto::routing::MAX_ORIGINS {
-                            d.relay_nodes.insert(advert.origin.clone());
+                            d.relay_nodes.insert(origin.clone());
                         }
                     } else if !upstream {
-                        d.relay_nodes.remove(&advert.origin);
+                        d.relay_nodes.remove(&origin);
                     }
                 }
-                self.flood(dom, &advert, Some(from));
+                self.flood_signed(dom, &state, Some(from));
                 if dom.is_none() {
                     // A new path may have appeared for requests stranded by a lost link.
                     self.resend_stranded(now);
@@ -682,11 +710,99 @@ impl Router {
         }
     }
 
+    /// Decides whether an advert may enter a domain: `Ok(Some((advert, member)))` to apply it
+    /// (`member`: it carries our network's MAC, or, in a foreign domain, a MAC we cannot
+    /// check), `Ok(None)` when it is no newer than what we hold, or why it is refused.
+    ///
+    /// The rules: the body decodes and names the domain's network; in our own network a
+    /// member's advert carries a valid MAC (nobody without the secret can make one), and one
+    /// without a MAC is accepted only as a public node's own relay advert, from that public
+    /// node's link or from a member; in a foreign domain every member advert has a MAC (its
+    /// members check it); the seq is not too far ahead of our clock; the identity key is the
+    /// one we hold for the origin, if any (else a conflict, recorded and never taken); and the
+    /// signature is the origin's, by the signing key bound to that identity key.
+    fn check_advert(
+        &mut self,
+        now: Now,
+        dom: Option<&str>,
+        kind: &LinkKind,
+        from: &str,
+        state: &LinkState,
+    ) -> Result<Option<(frame::Advert, bool)>, Refusal> {
+        let advert = state.open().map_err(|_| Refusal::Malformed)?;
+        if advert.network != dom.unwrap_or(&self.settings.network) {
+            return Err(Refusal::WrongNetwork);
+        }
+        let member = match (dom, &state.mac) {
+            (None, Some(_)) if self.advert_key.verify(state) => true,
+            (None, Some(_)) => return Err(Refusal::BadMac),
+            (Some(_), Some(_)) => true,
+            (None, None) => {
+                // A public node's own advert: from its own link, or passed on by a member.
+                let from_itself = *kind == LinkKind::Upstream && from == advert.origin;
+                if !advert.relay || !(from_itself || *kind == LinkKind::Member) {
+                    return Err(Refusal::NoMac);
+                }
+                false
+            }
+            (Some(_), None) => return Err(Refusal::NoMac),
+        };
+        if member && advert.relay {
+            return Err(Refusal::Malformed); // a member is never a relay
+        }
+        if advert.seq / 1000 > now.unix_ms.saturating_add(MAX_SEQ_AHEAD_MS) {
+            return Err(Refusal::SeqAhead);
+        }
+        let d = self.domain(dom).ok_or(Refusal::WrongNetwork)?;
+        if d.routing.seq_of(&advert.origin) >= Some(advert.seq)
+            && advert.origin != self.settings.node_id
+        {
+            return Ok(None);
+        }
+        let held = if advert.origin == self.settings.node_id {
+            Some((self.settings.keys.identity.public(), Source::Proven))
+        } else {
+            d.keys.get(&advert.origin).map(|k| {
+                (
+                    *k,
+                    d.keys.source(&advert.origin).unwrap_or(Source::Gossiped),
+                )
+            })
+        };
+        if let Some((key, source)) = held {
+            if key != advert.public_key {
+                let first = self.conflicts.record(
+                    &advert.origin,
+                    (key, source),
+                    advert.public_key,
+                    format!("advert from {from}"),
+                    now.unix_ms,
+                );
+                if first {
+                    log::warn!(
+                        "refusing adverts for {}{} with identity key {} from {from}: we hold {} ({})",
+                        advert.origin,
+                        in_network(dom),
+                        hex::encode(advert.public_key),
+                        hex::encode(key),
+                        source.as_str()
+                    );
+                }
+                return Err(Refusal::KeyConflict);
+            }
+        }
+        if !signed::signed_by_origin(state, &advert) {
+            return Err(Refusal::BadSignature);
+        }
+        Ok(Some((advert, member)))
+    }
+
     /// An origin's advert expired in a domain.
     fn advert_expired(&mut self, dom: Option<&str>, origin: &str) {
         let upstream = self.is_upstream(origin);
         let linked = self.node_links(dom, origin).next().is_some();
         if let Some(d) = self.domain_mut(dom) {
+            d.signed.remove(origin);
             if !upstream {
                 d.relay_nodes.remove(origin);
             }
@@ -706,11 +822,16 @@ impl Router {
         self.flood(dom, &advert, None);
     }
 
-    /// Sends an advert to every neighbour of a domain but `except`.
+    /// Sends our advert to every neighbour of a domain but `except`.
     fn flood(&mut self, dom: Option<&str>, advert: &Advert, except: Option<&str>) {
-        let Some(state) = self.to_wire(dom, advert) else {
+        let Some(state) = self.signed_own(dom, advert) else {
             return;
         };
+        self.flood_signed(dom, &state, except);
+    }
+
+    /// Sends a signed advert to every neighbour of a domain but `except`.
+    fn flood_signed(&mut self, dom: Option<&str>, state: &LinkState, except: Option<&str>) {
         let links: Vec<u64> = self
             .neighbours(dom)
             .into_iter()
@@ -730,53 +851,63 @@ impl Router {
         let Some(link) = self.best_link(dom, node_id) else {
             return;
         };
+        let own = self
+            .domain(dom)
+            .map(|d| d.routing.local_advert())
+            .and_then(|a| self.signed_own(dom, &a));
         let Some(d) = self.domain(dom) else {
             return;
         };
-        let frames: Vec<Frame> = d
-            .routing
-            .adverts()
-            .iter()
-            .filter_map(|a| self.to_wire(dom, a))
-            .map(Frame::LinkState)
+        let mut origins: Vec<&String> = d.signed.keys().collect();
+        origins.sort();
+        let frames: Vec<Frame> = origins
+            .into_iter()
+            .map(|o| Frame::LinkState(d.signed[o].clone()))
+            .chain(own.map(Frame::LinkState))
             .collect();
         for frame in frames {
             self.actions.push_back(Action::Send { link, frame });
         }
     }
 
-    /// An advert of a domain as a frame: in a foreign domain, ours is flagged as a relay's.
-    fn to_wire(&self, dom: Option<&str>, advert: &Advert) -> Option<LinkState> {
-        let d = self.domain(dom)?;
-        let mine = advert.origin == self.settings.node_id;
-        let public_key = if mine {
-            self.settings.keys.identity.public()
-        } else {
-            *d.keys.get(&advert.origin)?
+    /// Our advert of a domain, signed (and in our own network, MAC'd); cached per seq. In a
+    /// foreign domain ours is a relay's: no MAC (we do not know that network's secret).
+    fn signed_own(&mut self, dom: Option<&str>, advert: &Advert) -> Option<LinkState> {
+        debug_assert_eq!(advert.origin, self.settings.node_id);
+        let keys = self.settings.keys.clone();
+        let listen_addrs = self.settings.listen_addrs.clone();
+        let network = dom.unwrap_or(&self.settings.network).to_string();
+        let advert_key = &self.advert_key;
+        let d = match dom {
+            None => &mut self.home,
+            Some(n) => self.foreign.get_mut(n)?,
         };
-        Some(LinkState {
-            relay: if d.policy.is_home() {
-                d.relay_nodes.contains(&advert.origin)
-            } else {
-                mine
-            },
+        if let Some((seq, state)) = &d.own {
+            if *seq == advert.seq {
+                return Some(state.clone());
+            }
+        }
+        let home = d.policy.is_home();
+        let body = frame::Advert {
+            network,
             origin: advert.origin.clone(),
             seq: advert.seq,
-            public_key,
-            addrs: if mine {
-                self.settings.listen_addrs.clone()
-            } else {
-                Vec::new()
-            },
+            public_key: keys.identity.public(),
+            signing_key: keys.identity.signing_public(),
+            addrs: listen_addrs,
             neighbors: advert
                 .neighbors
                 .iter()
-                .map(|(id, cost_us)| crate::wire::frame::Neighbor {
+                .map(|(id, cost_us)| frame::Neighbor {
                     id: id.clone(),
                     cost_us: *cost_us,
                 })
                 .collect(),
-        })
+            relay: !home,
+        };
+        let state = signed::seal(&keys.identity, home.then_some(advert_key), &body);
+        d.own = Some((advert.seq, state.clone()));
+        Some(state)
     }
 
     // ---- links and domains, read side ----
@@ -879,19 +1010,6 @@ impl Router {
         x ^= x << 17;
         self.rng = x;
         x
-    }
-}
-
-/// The routing table's view of a `link_state` frame.
-fn advert_of(state: LinkState) -> Advert {
-    Advert {
-        origin: state.origin,
-        seq: state.seq,
-        neighbors: state
-            .neighbors
-            .into_iter()
-            .map(|n| (n.id, n.cost_us))
-            .collect(),
     }
 }
 

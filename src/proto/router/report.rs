@@ -5,7 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{Router, DEFAULT_LINK_COST_US};
+use crate::proto::advert::Refusal;
+use crate::proto::key_book::{Conflict, KeyBook};
 use crate::proto::punch;
+
+/// A refusal table with names for keys.
+fn by_name(refused: &BTreeMap<Refusal, u64>) -> BTreeMap<&'static str, u64> {
+    refused.iter().map(|(r, n)| (r.as_str(), *n)).collect()
+}
+
+/// The key and its source, as `/status` shows them.
+fn key_of(keys: &KeyBook, id: &str) -> (Option<String>, Option<&'static str>) {
+    (
+        keys.get(id).map(hex::encode),
+        keys.source(id).map(|s| s.as_str()),
+    )
+}
 
 /// How a node is reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,6 +33,9 @@ pub struct RouteReport {
     pub cost_us: u64,
     /// The node's identity key as held here, hex.
     pub public_key: Option<String>,
+    /// Where that key came from: `pinned`, `proven` (on a direct link) or `unverified`
+    /// (heard in its signed advert only).
+    pub key: Option<&'static str>,
 }
 
 /// Relay counters for one origin network.
@@ -64,6 +82,10 @@ pub struct RelayReport {
     pub public_relays: Vec<String>,
     /// Hole punching toward members reached through a relay, by peer id.
     pub punch: BTreeMap<String, PunchReport>,
+    /// Identity keys offered in adverts that contradict the key held (refused).
+    pub key_conflicts: Vec<Conflict>,
+    /// Adverts refused in our network, by reason (`bad_mac`, `bad_signature`, ...).
+    pub adverts_refused: BTreeMap<&'static str, u64>,
 }
 
 /// One foreign network on a public node's `/status`.
@@ -86,6 +108,8 @@ pub struct ForeignReport {
     pub bytes_dropped: u64,
     /// Punches coordinated between its members.
     pub punches_coordinated: u64,
+    /// Adverts refused in its domain, by reason.
+    pub adverts_refused: BTreeMap<&'static str, u64>,
 }
 
 /// One peer's hole punching on `/status`.
@@ -132,11 +156,13 @@ impl Router {
             .routes()
             .iter()
             .map(|(id, r)| {
+                let (public_key, key) = key_of(keys, id);
                 let report = RouteReport {
                     next_hop: r.next_hop.clone(),
                     hops: r.hops,
                     cost_us: r.cost_us,
-                    public_key: keys.get(id).map(hex::encode),
+                    public_key,
+                    key,
                 };
                 (id.clone(), report)
             })
@@ -154,11 +180,13 @@ impl Router {
             let cost_us = self.links[&link]
                 .rtt_us
                 .unwrap_or(DEFAULT_LINK_COST_US as u64);
+            let (public_key, key) = key_of(&self.home.keys, &id);
             let route = RouteReport {
                 next_hop: id.clone(),
                 hops: 1,
                 cost_us,
-                public_key: self.home.keys.get(&id).map(hex::encode),
+                public_key,
+                key,
             };
             routes.insert(id, route);
         }
@@ -186,6 +214,7 @@ impl Router {
                     messages_dropped: d.dropped.messages,
                     bytes_dropped: d.dropped.bytes,
                     punches_coordinated: d.punches,
+                    adverts_refused: by_name(&d.refused),
                 };
                 (network.clone(), report)
             })
@@ -205,6 +234,8 @@ impl Router {
             foreign,
             public_relays,
             punch,
+            key_conflicts: self.conflicts.list(),
+            adverts_refused: by_name(&self.home.refused),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct SimNode {
     pub udp: SocketAddr,
     /// Its identity key.
     pub public_key: [u8; 32],
+    /// Its keys (identity and network key), so a test can play it gone bad.
+    pub keys: Arc<KeyRing>,
 }
 
 /// A link between two nodes.
@@ -190,6 +192,7 @@ impl Net {
             identity,
             network_key: NetworkKey::derive(network, "sim secret"),
         });
+        let node_keys = keys.clone();
         let mut settings = Settings {
             node_id: id.to_string(),
             network: network.to_string(),
@@ -216,10 +219,62 @@ impl Net {
             dials: Vec::new(),
             udp,
             public_key,
+            keys: node_keys,
         });
         self.by_id.entry(id.to_string()).or_insert(index);
         self.schedule_deadline(index);
         index
+    }
+
+    /// A `link_state` frame carrying `advert`, signed by node `signer`'s identity and, with
+    /// `mac`, MAC'd with `signer`'s network key: what that node could send if it turned
+    /// hostile (a member knows its network's secret; a stranger does not know ours).
+    pub fn forge(&self, signer: usize, advert: &crate::wire::frame::Advert, mac: bool) -> Frame {
+        let keys = &self.nodes[signer].keys;
+        let key = crate::proto::advert::AdvertKey::new(&keys.network_key);
+        let body = advert.encode();
+        let signature = keys
+            .identity
+            .sign(&crate::wire::frame::LinkState::signed_bytes(&body));
+        Frame::LinkState(crate::wire::frame::LinkState {
+            mac: mac.then(|| crate::wire::frame::Mac(key.mac(&body, &signature))),
+            body,
+            signature,
+        })
+    }
+
+    /// Hands `frame` to node `at` as if it came in on `link` (an attacker's frame).
+    pub fn inject(&mut self, at: usize, link: u64, frame: Frame) {
+        let now = self.now();
+        self.nodes[at].router.handle_frame(now, link, frame);
+    }
+
+    /// An advert for `origin` in `network` with `signer`'s keys and the given neighbours, at a
+    /// seq just above anything the simulation has used so far.
+    pub fn advert_by(
+        &self,
+        signer: usize,
+        network: &str,
+        origin: &str,
+        neighbors: &[(&str, u32)],
+    ) -> crate::wire::frame::Advert {
+        let identity = &self.nodes[signer].keys.identity;
+        crate::wire::frame::Advert {
+            network: network.to_string(),
+            origin: origin.to_string(),
+            seq: self.now().unix_ms * 1000 + 999,
+            public_key: identity.public(),
+            signing_key: identity.signing_public(),
+            addrs: Vec::new(),
+            neighbors: neighbors
+                .iter()
+                .map(|(id, cost_us)| crate::wire::frame::Neighbor {
+                    id: id.to_string(),
+                    cost_us: *cost_us,
+                })
+                .collect(),
+            relay: false,
+        }
     }
 
     /// The index of node `id`.

@@ -1,25 +1,35 @@
 //! Unit tests of the router, on the simulated network of [`super::sim`].
 
 use crate::proto::e2e::Outcome;
-use crate::wire::frame::{Frame, LinkState, Neighbor};
+use crate::wire::frame::{Frame, LinkState};
+
+/// Refusals counted in node `at`'s own network.
+fn refused(net: &mut Net, at: usize, reason: &str) -> u64 {
+    net.report(at)
+        .adverts_refused
+        .get(reason)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Node `at`'s held route to `id`: (next hop, hops).
+fn route(net: &mut Net, at: usize, id: &str) -> Option<(String, u32)> {
+    net.report(at)
+        .routes
+        .get(id)
+        .map(|r| (r.next_hop.clone(), r.hops))
+}
 
 use super::sim::Net;
 use super::{LinkKind, SendError};
 
-/// A forged advert from the node at `via` (on `link`) claiming `origin` has key `key`.
-fn forged_advert(net: &mut Net, at: usize, link: u64, origin: &str, key: [u8; 32], via: &str) {
+/// A forged advert from the node `via` (a member gone bad, on `link` to `at`) claiming
+/// `origin` with `via`'s own keys (it cannot sign with anyone else's) and the network's MAC.
+fn forged_advert(net: &mut Net, at: usize, link: u64, origin: &str, via: &str) {
+    let signer = net.index(via);
+    let advert = net.advert_by(signer, "sim", origin, &[(via, 1)]);
+    let frame = net.forge(signer, &advert, true);
     let now = net.now();
-    let frame = Frame::LinkState(LinkState {
-        relay: false,
-        origin: origin.to_string(),
-        seq: u64::MAX / 2,
-        public_key: key,
-        addrs: Vec::new(),
-        neighbors: vec![Neighbor {
-            id: via.to_string(),
-            cost_us: 1,
-        }],
-    });
     net.nodes[at].router.handle_frame(now, link, frame);
 }
 
@@ -37,8 +47,7 @@ fn a_direct_link_proves_a_key_an_advert_forged_before_it() {
     let mut net = Net::new(1);
     let (x, m, b) = (net.add("x"), net.add("m"), net.add("b"));
     let xm = net.connect(x, m, 1);
-    let m_key = net.nodes[m].public_key;
-    forged_advert(&mut net, x, xm, "b", m_key, "m");
+    forged_advert(&mut net, x, xm, "b", "m");
     let held = net
         .report(x)
         .routes
@@ -65,10 +74,23 @@ fn gossip_cannot_replace_a_key_proven_on_a_link() {
     let xm = net.connect(x, m, 1);
     net.connect(x, b, 1);
     net.run_for(200);
-    let m_key = net.nodes[m].public_key;
-    forged_advert(&mut net, x, xm, "b", m_key, "m");
+    forged_advert(&mut net, x, xm, "b", "m");
+    forged_advert(&mut net, x, xm, "b", "m");
     let b_key = hex::encode(net.nodes[b].public_key);
-    assert_eq!(net.report(x).routes["b"].public_key, Some(b_key));
+    let report = net.report(x);
+    assert_eq!(report.routes["b"].public_key, Some(b_key.clone()));
+    assert_eq!(report.routes["b"].key, Some("proven"));
+    // The conflict is refused, counted and shown, never resolved for the forger.
+    assert_eq!(report.adverts_refused.get("key_conflict"), Some(&2));
+    assert_eq!(report.key_conflicts.len(), 1);
+    let c = &report.key_conflicts[0];
+    assert_eq!(c.node_id, "b");
+    assert_eq!(c.held, b_key);
+    assert_eq!(c.offered, hex::encode(net.nodes[m].public_key));
+    assert_eq!(
+        (c.count, c.held_source, c.via.as_str()),
+        (2, "proven", "advert from m")
+    );
     let id = net.send(x, "b", "still b", 5_000).expect("sent");
     assert!(net.run_until(1_000, |n| delivered(n, x, id)));
 }
@@ -168,4 +190,122 @@ fn message_ids_come_from_the_os_unless_seeded() {
     assert_eq!(first_id(seeded), first_id(seeded));
     let os = super::Randomness::Os;
     assert_ne!(first_id(os), first_id(os));
+}
+
+/// In X - M - B, M (a member: it knows the secret, so it can MAC) re-encodes B's advert with
+/// another neighbour list, or replays it with B's signature over other bytes: X refuses both,
+/// keeps B's real advert and still reaches B through M.
+#[test]
+fn a_relaying_member_cannot_alter_anothers_advert() {
+    let mut net = Net::new(20);
+    let (x, m, b) = (net.add("x"), net.add("m"), net.add("b"));
+    let xm = net.connect(x, m, 1);
+    net.connect(m, b, 1);
+    net.run_for(2_000);
+    assert_eq!(route(&mut net, x, "b"), Some(("m".into(), 2)));
+    // M takes B's advert and adds a fake edge B-x... signed by B's signature over the old body.
+    let mut fake = net.advert_by(b, "sim", "b", &[("m", 1), ("z", 1)]);
+    fake.signing_key = net.nodes[b].keys.identity.signing_public();
+    let genuine = net.forge(b, &net.advert_by(b, "sim", "b", &[("m", 1)]), true);
+    let Frame::LinkState(genuine) = genuine else {
+        unreachable!()
+    };
+    let key = crate::proto::advert::AdvertKey::new(&net.nodes[m].keys.network_key);
+    let body = fake.encode();
+    let altered = Frame::LinkState(LinkState {
+        mac: Some(crate::wire::frame::Mac(key.mac(&body, &genuine.signature))),
+        body,
+        signature: genuine.signature,
+    });
+    let now = net.now();
+    net.nodes[x].router.handle_frame(now, xm, altered);
+    assert_eq!(refused(&mut net, x, "bad_signature"), 1);
+    assert!(!net.report(x).routes.contains_key("z"));
+    let id = net.send(x, "b", "through m", 5_000).expect("sent");
+    assert!(net.run_until(1_000, |n| delivered(n, x, id)));
+}
+
+/// A node of another network that X dialled (a public node, or a stranger listening where X
+/// was told to dial) cannot write X's routing plane: no advert for a member (with its own
+/// network's MAC, without one, or flagged as a relay's) gets in; only its own relay advert does,
+/// and that makes it a relay, never a member.
+#[test]
+fn a_stranger_cannot_advertise_members_or_take_their_ids() {
+    let mut net = Net::new(21);
+    let x = net.add("x");
+    let b = net.add("b");
+    let s = net.add_with("s", "evil", |_| {});
+    net.connect(x, b, 1);
+    let xs = net.connect(x, s, 1); // x dialled s: an upstream link
+    net.run_for(2_000);
+    let before = route(&mut net, x, "b");
+    assert_eq!(before, Some(("b".into(), 1)));
+    // Claims "b" with the stranger's own keys, MAC'd with its own network's key: bad MAC.
+    let mut claim = net.advert_by(s, "sim", "b", &[("x", 1)]);
+    let frame = net.forge(s, &claim, true);
+    net.inject(x, xs, frame);
+    assert_eq!(refused(&mut net, x, "bad_mac"), 1);
+    // Without a MAC: only a relay's own advert may come so.
+    let frame = net.forge(s, &claim, false);
+    net.inject(x, xs, frame);
+    claim.relay = true;
+    let frame = net.forge(s, &claim, false);
+    net.inject(x, xs, frame);
+    assert_eq!(refused(&mut net, x, "no_mac"), 2);
+    // An advert naming another network is not for this domain.
+    let other = net.advert_by(s, "evil", "s", &[("x", 1)]);
+    let frame = net.forge(s, &other, false);
+    net.inject(x, xs, frame);
+    assert_eq!(refused(&mut net, x, "wrong_network"), 1);
+    // Its own relay advert is taken: it becomes a relay, not a member.
+    let mut own = net.advert_by(s, "sim", "s", &[("x", 1)]);
+    own.relay = true;
+    let frame = net.forge(s, &own, false);
+    net.inject(x, xs, frame);
+    net.run_for(200);
+    let report = net.report(x);
+    assert!(report.public_relays.contains(&"s".to_string()));
+    assert_eq!(route(&mut net, x, "b"), before, "b untouched");
+    assert_eq!(net.report(x).routes["b"].key, Some("proven"));
+}
+
+/// An advert with a seq far ahead of the clock (the `u64::MAX` that once froze a node's
+/// adverts everywhere) is refused even when signed by its origin.
+#[test]
+fn a_sequence_number_far_in_the_future_is_refused() {
+    let mut net = Net::new(22);
+    let (x, m) = (net.add("x"), net.add("m"));
+    let xm = net.connect(x, m, 1);
+    net.run_for(500);
+    let mut ahead = net.advert_by(m, "sim", "m", &[("x", 1)]);
+    ahead.seq = u64::MAX;
+    let frame = net.forge(m, &ahead, true);
+    let now = net.now();
+    net.nodes[x].router.handle_frame(now, xm, frame);
+    assert_eq!(refused(&mut net, x, "seq_ahead"), 1);
+    // m's own later adverts still get through: x keeps routing to it.
+    net.run_for(31_000);
+    assert_eq!(route(&mut net, x, "m"), Some(("m".into(), 1)));
+}
+
+/// On a public node, a foreign network's domain takes only MAC'd member adverts (it cannot
+/// check the MAC, the members do) and its own relay advert; a member of that network without a
+/// MAC is refused there too.
+#[test]
+fn a_public_node_refuses_unmacd_adverts_in_a_foreign_domain() {
+    let mut net = Net::new(23);
+    let p = net.add_with("p", "public", |_| {});
+    let a = net.add_with("a", "sim", |_| {});
+    let c = net.add_with("c", "sim", |_| {});
+    let ap = net.connect(a, p, 1);
+    net.connect(c, p, 1);
+    net.run_for(2_000);
+    let mut claim = net.advert_by(a, "sim", "c", &[("p", 1)]);
+    claim.relay = true;
+    let frame = net.forge(a, &claim, false);
+    net.inject(p, ap, frame);
+    assert_eq!(
+        net.report(p).foreign["sim"].adverts_refused.get("no_mac"),
+        Some(&1)
+    );
 }
