@@ -85,12 +85,17 @@ const AD_KIND_REQUEST: u8 = 1;
 /// Byte encoding [`MessageKind::Response`] in the associated data.
 const AD_KIND_RESPONSE: u8 = 2;
 
-/// How far, in milliseconds, an origin's clock may be off from the target's: a message is
-/// refused as [`E2eError::FromFuture`] if dated more than this ahead of the target's
-/// clock, and kept alive this much past `timestamp_ms + ttl_ms`. One minute covers hosts
-/// without NTP for days (typical quartz drift is a few seconds a day) while keeping the
-/// replay cache's memory short.
+/// How far, in milliseconds, an origin's clock may be ahead of the target's: a message is
+/// refused as [`E2eError::FromFuture`] if dated more than this (or more than its own lifetime,
+/// if shorter) ahead of the target's clock. One minute covers hosts without NTP for days
+/// (typical quartz drift is a few seconds a day). No allowance is added at the other end: a
+/// message expires at `timestamp_ms + ttl_ms` on the target's clock, the moment its sender
+/// stops waiting, so a request withheld by a relay past the sender's timeout is refused (with
+/// clocks that agree; a target whose clock is behind by d accepts it for d longer).
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Most replay-cache entries one source may hold: no member can fill the cache for others.
+pub const REPLAY_QUOTA_PER_SOURCE: usize = 16_384;
 
 /// Longest lifetime, in milliseconds, the target honours: a larger `ttl_ms` is treated as
 /// this. Five minutes outlasts any store-and-forward path of a few relays, and bounds how
@@ -150,14 +155,23 @@ pub enum E2eError {
     #[error("message replayed")]
     Replayed,
 
-    /// The message's lifetime (`timestamp_ms + ttl_ms`, ttl capped at [`MAX_TTL_MS`], plus
-    /// [`MAX_CLOCK_SKEW_MS`]) is over.
+    /// The message's lifetime (`timestamp_ms + ttl_ms`, ttl capped at [`MAX_TTL_MS`]) is over.
     #[error("message expired")]
     Expired,
 
-    /// The message is dated more than [`MAX_CLOCK_SKEW_MS`] after our clock.
+    /// The message is dated more than [`MAX_CLOCK_SKEW_MS`] (or its lifetime) after our clock.
     #[error("message dated in the future")]
     FromFuture,
+
+    /// The message is dated before this node started: what it accepted before is forgotten,
+    /// so it could be a replay.
+    #[error("message dated before this node started")]
+    BeforeStart,
+
+    /// The replay cache holds as many unexpired entries as it may (for this source or in all):
+    /// unexpired entries are never evicted, so new messages wait until some expire.
+    #[error("too many messages in their lifetime")]
+    ReplayFull,
 
     /// The plaintext is not a MessagePack encoding of a [`Payload`].
     #[error("malformed payload: {0}")]
@@ -345,30 +359,43 @@ pub fn open(key: &PairKey, envelope: &Envelope) -> Result<Vec<u8>, E2eError> {
 }
 
 /// What a target remembers to drop replayed messages: the `(source, id)` of every
-/// accepted envelope until it would be refused as expired anyway.
+/// accepted envelope until it would be refused as expired anyway, and the time it started
+/// remembering (an envelope dated before that is refused: it may have been accepted by the
+/// process before, whose memory is gone).
 ///
-/// Bounded: at most `capacity` entries. Expired entries are forgotten first; if the cache
-/// is still full, the entry expiring soonest is evicted, which reopens a replay window for
-/// that one message until it expires. Size the capacity above the expected message rate
-/// times the longest lifetime (`MAX_TTL_MS + 2 * MAX_CLOCK_SKEW_MS`).
+/// Bounded without ever reopening a replay window: at most `capacity` entries, at most
+/// `per_source` of them from one source. Expired entries are forgotten first; if the cache
+/// (or the source's share) is still full, the new envelope is refused
+/// ([`E2eError::ReplayFull`]), never an unexpired entry evicted. Size the capacity above the
+/// expected message rate times the longest lifetime ([`MAX_TTL_MS`]).
 #[derive(Debug, Clone)]
 pub struct ReplayCache {
     /// Most entries kept (at least 1).
     capacity: usize,
+    /// Most entries kept per source (at least 1).
+    per_source: usize,
+    /// Envelopes dated before this (unix ms) are refused.
+    floor_ms: u64,
     /// Expiry (ms) of every remembered `(source, id)`.
     expiry_ms: HashMap<(String, u64), u64>,
-    /// The same entries ordered by expiry, to forget expired ones and evict the soonest.
+    /// The same entries ordered by expiry, to forget expired ones.
     by_expiry: BTreeSet<(u64, String, u64)>,
+    /// Entries per source.
+    by_source: HashMap<String, usize>,
 }
 
 impl ReplayCache {
-    /// An empty cache holding at most `capacity` entries (a capacity of 0 is taken as 1:
-    /// a cache that remembers nothing would accept every replay).
-    pub fn new(capacity: usize) -> Self {
+    /// An empty cache holding at most `capacity` entries, `per_source` per source (0 is taken
+    /// as 1: a cache that remembers nothing would accept every replay), refusing envelopes
+    /// dated before `floor_ms` (the node's start, unix ms).
+    pub fn new(capacity: usize, per_source: usize, floor_ms: u64) -> Self {
         ReplayCache {
             capacity: capacity.max(1),
+            per_source: per_source.max(1),
+            floor_ms,
             expiry_ms: HashMap::new(),
             by_expiry: BTreeSet::new(),
+            by_source: HashMap::new(),
         }
     }
 
@@ -385,12 +412,17 @@ impl ReplayCache {
     /// Checks `envelope` without remembering it: cheap, so it may run before [`open`] to
     /// drop stale messages without decrypting them.
     ///
-    /// Errors: [`E2eError::FromFuture`] if `timestamp_ms > now_ms + MAX_CLOCK_SKEW_MS`,
-    /// [`E2eError::Expired`] if `now_ms > timestamp_ms + min(ttl_ms, MAX_TTL_MS) +
-    /// MAX_CLOCK_SKEW_MS`, [`E2eError::Replayed`] if its `(source, id)` is remembered.
+    /// Errors: [`E2eError::FromFuture`] if `timestamp_ms > now_ms + min(MAX_CLOCK_SKEW_MS,
+    /// lifetime)`, [`E2eError::BeforeStart`] if `timestamp_ms` is before the floor,
+    /// [`E2eError::Expired`] if `now_ms > timestamp_ms + min(ttl_ms, MAX_TTL_MS)`,
+    /// [`E2eError::Replayed`] if its `(source, id)` is remembered.
     pub fn check(&self, now_ms: u64, envelope: &Envelope) -> Result<(), E2eError> {
-        if envelope.timestamp_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+        let lifetime = u64::from(envelope.ttl_ms.min(MAX_TTL_MS));
+        if envelope.timestamp_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS.min(lifetime)) {
             return Err(E2eError::FromFuture);
+        }
+        if envelope.timestamp_ms < self.floor_ms {
+            return Err(E2eError::BeforeStart);
         }
         if now_ms > expiry_ms(envelope) {
             return Err(E2eError::Expired);
@@ -404,22 +436,21 @@ impl ReplayCache {
         Ok(())
     }
 
-    /// [`ReplayCache::check`], then remembers the envelope if it passed. Call it only for
-    /// envelopes [`open`] authenticated.
+    /// [`ReplayCache::check`], then remembers the envelope if it passed and there is room.
+    /// Call it only for envelopes [`open`] authenticated.
     pub fn check_and_insert(&mut self, now_ms: u64, envelope: &Envelope) -> Result<(), E2eError> {
         self.check(now_ms, envelope)?;
         self.forget_expired(now_ms);
-        while self.expiry_ms.len() >= self.capacity {
-            let Some((_, source, id)) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.expiry_ms.remove(&(source, id));
+        let from_source = self.by_source.get(&envelope.source).copied().unwrap_or(0);
+        if self.expiry_ms.len() >= self.capacity || from_source >= self.per_source {
+            return Err(E2eError::ReplayFull);
         }
         let expiry = expiry_ms(envelope);
         self.expiry_ms
             .insert((envelope.source.clone(), envelope.id), expiry);
         self.by_expiry
             .insert((expiry, envelope.source.clone(), envelope.id));
+        *self.by_source.entry(envelope.source.clone()).or_default() += 1;
         Ok(())
     }
 
@@ -431,19 +462,24 @@ impl ReplayCache {
                 break;
             }
             if let Some((_, source, id)) = self.by_expiry.pop_first() {
-                self.expiry_ms.remove(&(source, id));
+                self.expiry_ms.remove(&(source.clone(), id));
+                if let Some(n) = self.by_source.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.by_source.remove(&source);
+                    }
+                }
             }
         }
     }
 }
 
 /// The last millisecond at which `envelope` is still accepted:
-/// `timestamp_ms + min(ttl_ms, MAX_TTL_MS) + MAX_CLOCK_SKEW_MS`, saturating.
+/// `timestamp_ms + min(ttl_ms, MAX_TTL_MS)`, saturating.
 fn expiry_ms(envelope: &Envelope) -> u64 {
     envelope
         .timestamp_ms
         .saturating_add(u64::from(envelope.ttl_ms.min(MAX_TTL_MS)))
-        .saturating_add(MAX_CLOCK_SKEW_MS)
 }
 
 /// The plaintext inside a sealed envelope, encoded with rmp-serde's compact form (as
@@ -912,7 +948,7 @@ mod tests {
             panic!("not a data frame");
         };
         received.hops += 1;
-        let mut cache = ReplayCache::new(16);
+        let mut cache = ReplayCache::new(16, 16, 0);
         cache.check(NOW_MS, &received).expect("fresh");
         let plaintext = open(&ba, &received).expect("open");
         cache
@@ -942,7 +978,7 @@ mod tests {
 
     #[test]
     fn duplicate_is_dropped() {
-        let mut cache = ReplayCache::new(8);
+        let mut cache = ReplayCache::new(8, 8, 0);
         let m = msg("a", 1, NOW_MS, 10_000);
         cache.check_and_insert(NOW_MS, &m).expect("fresh");
         assert!(matches!(
@@ -962,7 +998,7 @@ mod tests {
 
     #[test]
     fn same_id_from_different_sources_is_accepted() {
-        let mut cache = ReplayCache::new(8);
+        let mut cache = ReplayCache::new(8, 8, 0);
         cache
             .check_and_insert(NOW_MS, &msg("a", 1, NOW_MS, 10_000))
             .expect("from a");
@@ -977,9 +1013,9 @@ mod tests {
 
     #[test]
     fn expired_is_dropped_at_the_exact_boundary() {
-        let mut cache = ReplayCache::new(8);
+        let mut cache = ReplayCache::new(8, 8, 0);
         let m = msg("a", 1, NOW_MS, 10_000);
-        let last_ms = NOW_MS + 10_000 + MAX_CLOCK_SKEW_MS;
+        let last_ms = NOW_MS + 10_000;
         assert!(matches!(
             cache.check_and_insert(last_ms + 1, &m),
             Err(E2eError::Expired)
@@ -990,16 +1026,25 @@ mod tests {
 
     #[test]
     fn future_is_dropped_at_the_exact_boundary() {
-        let mut cache = ReplayCache::new(8);
-        let ahead = msg("a", 1, NOW_MS + MAX_CLOCK_SKEW_MS + 1, 10_000);
+        let mut cache = ReplayCache::new(8, 8, 0);
+        let ahead = msg("a", 1, NOW_MS + MAX_CLOCK_SKEW_MS + 1, 100_000);
         assert!(matches!(
             cache.check_and_insert(NOW_MS, &ahead),
             Err(E2eError::FromFuture)
         ));
-        let skewed = msg("a", 2, NOW_MS + MAX_CLOCK_SKEW_MS, 10_000);
+        let skewed = msg("a", 2, NOW_MS + MAX_CLOCK_SKEW_MS, 100_000);
         cache
             .check_and_insert(NOW_MS, &skewed)
             .expect("within skew");
+        // The allowance is capped by the message's own lifetime.
+        let short = msg("a", 5, NOW_MS + 1_001, 1_000);
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS, &short),
+            Err(E2eError::FromFuture)
+        ));
+        cache
+            .check_and_insert(NOW_MS, &msg("a", 6, NOW_MS + 1_000, 1_000))
+            .expect("within its lifetime");
         // A clock near zero or a timestamp near the end of time does not overflow.
         assert!(matches!(
             cache.check_and_insert(0, &msg("a", 3, u64::MAX, u32::MAX)),
@@ -1012,9 +1057,9 @@ mod tests {
 
     #[test]
     fn ttl_is_clamped() {
-        let mut cache = ReplayCache::new(8);
+        let mut cache = ReplayCache::new(8, 8, 0);
         let m = msg("a", 1, NOW_MS, u32::MAX);
-        let last_ms = NOW_MS + u64::from(MAX_TTL_MS) + MAX_CLOCK_SKEW_MS;
+        let last_ms = NOW_MS + u64::from(MAX_TTL_MS);
         assert!(matches!(
             cache.check(last_ms + 1, &m),
             Err(E2eError::Expired)
@@ -1022,59 +1067,72 @@ mod tests {
         cache.check_and_insert(last_ms, &m).expect("fresh");
     }
 
+    /// A full cache (or a source over its quota) refuses new messages instead of evicting an
+    /// unexpired entry (which would reopen a replay window for it); expired ones make room.
     #[test]
-    fn full_cache_evicts_the_entry_expiring_soonest() {
-        let mut cache = ReplayCache::new(3);
-        let long = msg("a", 1, NOW_MS, 50_000);
-        let soon = msg("b", 1, NOW_MS, 10_000);
-        let mid = msg("c", 1, NOW_MS, 30_000);
-        for m in [&long, &soon, &mid] {
-            cache.check_and_insert(NOW_MS, m).expect("fresh");
-        }
-        assert_eq!(cache.len(), 3);
-        let newer = msg("d", 1, NOW_MS, 20_000);
-        cache.check_and_insert(NOW_MS, &newer).expect("fresh");
-        assert_eq!(cache.len(), 3);
-        // `soon` was forgotten; the others are still remembered.
-        cache.check(NOW_MS, &soon).expect("evicted");
-        for m in [&long, &mid, &newer] {
+    fn a_full_cache_refuses_rather_than_evicts() {
+        let mut cache = ReplayCache::new(3, 2, 0);
+        let a1 = msg("a", 1, NOW_MS, 50_000);
+        let a2 = msg("a", 2, NOW_MS, 10_000);
+        cache.check_and_insert(NOW_MS, &a1).expect("fresh");
+        cache.check_and_insert(NOW_MS, &a2).expect("fresh");
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS, &msg("a", 3, NOW_MS, 10_000)),
+            Err(E2eError::ReplayFull)
+        ));
+        let b1 = msg("b", 1, NOW_MS, 30_000);
+        cache
+            .check_and_insert(NOW_MS, &b1)
+            .expect("b has its own share");
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS, &msg("c", 1, NOW_MS, 10_000)),
+            Err(E2eError::ReplayFull)
+        ));
+        for m in [&a1, &a2, &b1] {
             assert!(matches!(cache.check(NOW_MS, m), Err(E2eError::Replayed)));
         }
+        // Once a2 expired, its slot (and a's share) is free again.
+        let later = NOW_MS + 10_001;
+        cache
+            .check_and_insert(later, &msg("a", 4, later, 10_000))
+            .expect("room after expiry");
+        assert!(matches!(cache.check(later, &a1), Err(E2eError::Replayed)));
     }
 
+    /// After a restart the cache is empty: anything dated before the start is refused, so a
+    /// request captured before it cannot run again.
     #[test]
-    fn expired_entries_are_forgotten_before_evicting() {
-        let mut cache = ReplayCache::new(2);
-        let short = msg("a", 1, NOW_MS, 0);
-        let long = msg("b", 1, NOW_MS, 100_000);
-        cache.check_and_insert(NOW_MS, &short).expect("fresh");
-        cache.check_and_insert(NOW_MS, &long).expect("fresh");
-        let later = NOW_MS + MAX_CLOCK_SKEW_MS + 1;
+    fn envelopes_dated_before_the_start_are_refused() {
+        let mut cache = ReplayCache::new(8, 8, NOW_MS);
+        let before = msg("a", 1, NOW_MS - 1, 60_000);
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS + 10, &before),
+            Err(E2eError::BeforeStart)
+        ));
         cache
-            .check_and_insert(later, &msg("c", 1, later, 100_000))
-            .expect("fresh");
-        assert_eq!(cache.len(), 2);
-        assert!(matches!(cache.check(later, &long), Err(E2eError::Replayed)));
+            .check_and_insert(NOW_MS + 10, &msg("a", 2, NOW_MS, 60_000))
+            .expect("sealed after the start");
     }
 
     #[test]
     fn capacity_zero_still_remembers_one() {
-        let mut cache = ReplayCache::new(0);
+        let mut cache = ReplayCache::new(0, 0, 0);
         let m = msg("a", 1, NOW_MS, 10_000);
         cache.check_and_insert(NOW_MS, &m).expect("fresh");
         assert!(matches!(
             cache.check_and_insert(NOW_MS, &m),
             Err(E2eError::Replayed)
         ));
-        cache
-            .check_and_insert(NOW_MS, &msg("a", 2, NOW_MS, 10_000))
-            .expect("fresh");
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS, &msg("a", 2, NOW_MS, 10_000)),
+            Err(E2eError::ReplayFull)
+        ));
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
     fn failed_checks_do_not_insert() {
-        let mut cache = ReplayCache::new(8);
+        let mut cache = ReplayCache::new(8, 8, 0);
         let _ = cache.check_and_insert(NOW_MS, &msg("a", 1, NOW_MS + 10 * MAX_CLOCK_SKEW_MS, 0));
         let _ = cache.check_and_insert(NOW_MS, &msg("a", 2, 0, 0));
         assert!(cache.is_empty());

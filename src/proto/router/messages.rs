@@ -25,8 +25,8 @@ use crate::wire::frame::{Envelope, Frame, MessageKind};
 use super::report::{MessageCounters, ReceivedMessage};
 use super::{
     describe, Action, Delivery, Now, Policy, Router, ScriptResult, SendError, MAX_HOPS,
-    MAX_PENDING, RECENT_BODY_BYTES, RECENT_MESSAGES, REPLAY_CACHE, REPLY_CACHE_BYTES,
-    REPLY_CACHE_ENTRIES, REPLY_OVERHEAD_BYTES, RESEND_BUDGET_BYTES,
+    MAX_PENDING, REANSWER_INTERVAL_MS, RECENT_BODY_BYTES, RECENT_MESSAGES, REPLAY_CACHE,
+    REPLY_CACHE_BYTES, REPLY_CACHE_ENTRIES, REPLY_OVERHEAD_BYTES, RESEND_BUDGET_BYTES,
 };
 
 /// A request awaiting its answer.
@@ -62,6 +62,9 @@ pub(super) struct Messages {
     replay: ReplayCache,
     /// Sealed replies by (requester, request id), for re-sent duplicates.
     answered: BoundedCache<(String, u64), Envelope>,
+    /// When a duplicate was last answered from `answered` (monotonic ms), so replaying a
+    /// request cannot make us send its reply more than a few times per second.
+    reanswered: BoundedCache<(String, u64), u64>,
     /// Requests whose script is running, by job.
     running: HashMap<u64, Envelope>,
     /// Next script job id.
@@ -73,14 +76,17 @@ pub(super) struct Messages {
 }
 
 impl Messages {
-    pub(super) fn new() -> Messages {
+    /// The message path of a node started at `start_unix_ms` (envelopes dated before it are
+    /// refused: the replay cache of an earlier run is gone).
+    pub(super) fn new(start_unix_ms: u64) -> Messages {
         Messages {
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
             resend_bytes: 0,
             pair_keys: HashMap::new(),
-            replay: ReplayCache::new(REPLAY_CACHE),
+            replay: ReplayCache::new(REPLAY_CACHE, e2e::REPLAY_QUOTA_PER_SOURCE, start_unix_ms),
             answered: BoundedCache::new(REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES),
+            reanswered: BoundedCache::with_entries(REPLY_CACHE_ENTRIES),
             running: HashMap::new(),
             next_job: 0,
             counters: MessageCounters::default(),
@@ -457,12 +463,25 @@ impl Router {
         if let Err(e) = self.msgs.replay.check_and_insert(now.unix_ms, &envelope) {
             let key = (source.clone(), envelope.id);
             if let (E2eError::Replayed, Some(reply)) = (&e, self.msgs.answered.get(&key)) {
-                // The requester lost its path and re-sent: answer again, do not run again.
+                // The requester lost its path and re-sent: answer again, do not run again;
+                // at most once per REANSWER_INTERVAL_MS, so replays cannot amplify.
+                let ms = now.ms();
+                if self
+                    .msgs
+                    .reanswered
+                    .get(&key)
+                    .is_some_and(|t| ms < t + REANSWER_INTERVAL_MS)
+                {
+                    debug!("duplicate {} from {source} answered just now", envelope.id);
+                    self.msgs.counters.dropped += 1;
+                    return;
+                }
+                let reply = reply.clone();
+                self.msgs.reanswered.insert(key, ms, 0);
                 debug!(
                     "answering re-sent request {} from {source} again",
                     envelope.id
                 );
-                let reply = reply.clone();
                 if let Err(e) = self.route(now, reply) {
                     debug!("cannot answer {} at {source} again: {e}", envelope.id);
                 }

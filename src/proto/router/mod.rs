@@ -82,6 +82,8 @@ pub const RESEND_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// Sealed replies a target keeps, so a request re-sent after a link loss is answered again
 /// instead of running its script twice; bounded by count and bytes, oldest evicted first.
 pub const REPLY_CACHE_ENTRIES: usize = 4096;
+/// A duplicate request is answered from the reply cache at most once per this interval.
+pub const REANSWER_INTERVAL_MS: u64 = 250;
 /// Byte bound of the reply cache.
 pub const REPLY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Plain messages kept for `GET /messages` (newest last), and the most of each body kept.
@@ -367,7 +369,7 @@ impl Router {
             Source::Proven,
         );
         Router {
-            msgs: messages::Messages::new(),
+            msgs: messages::Messages::new(now.unix_ms),
             punch: punching::Punching::default(),
             home,
             foreign: HashMap::new(),

@@ -9,6 +9,12 @@
 //!   [`Puncher`], whose datagrams go out through the UDP listener socket
 //!   ([`super::Action::Punch`]); once one comes back, the lower id dials the opened path
 //!   ([`super::Action::Dial`]).
+//! - A `punch` frame is obeyed only when we expect it: as the requester, from the relay we
+//!   asked while our request is outstanding; as the target, from the relay that is our route's
+//!   next hop to a lower-id member two hops away (the side that requests), at most once per
+//!   [`PUNCH_COORDINATE_INTERVAL_MS`] per peer. Anything else is dropped and counted, so no
+//!   member or upstream can make us send datagrams to an address of its choice, and attempts
+//!   toward peers we have no route to any more are forgotten.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +45,8 @@ pub(super) struct PunchEntry {
     pub socket: Option<SocketAddr>,
     /// When the path opened, to retry if no link comes up over it.
     pub opened_ms: Option<u64>,
+    /// When a relay last told us to punch toward this peer.
+    pub told_ms: Option<u64>,
 }
 
 impl PunchEntry {
@@ -49,6 +57,7 @@ impl PunchEntry {
             token: None,
             socket: None,
             opened_ms: None,
+            told_ms: None,
         }
     }
 }
@@ -60,6 +69,8 @@ pub(super) struct Punching {
     pub entries: HashMap<String, PunchEntry>,
     /// As a relay: when we last coordinated a punch per (domain, requester, target).
     coordinated: BoundedCache<(Option<String>, String, String), u64>,
+    /// `punch` frames dropped because we did not expect them.
+    pub refused: u64,
 }
 
 impl Default for Punching {
@@ -67,6 +78,7 @@ impl Default for Punching {
         Punching {
             entries: HashMap::new(),
             coordinated: BoundedCache::with_entries(MAX_PUNCH_COORDINATIONS),
+            refused: 0,
         }
     }
 }
@@ -212,6 +224,21 @@ impl Router {
                 .entry(peer)
                 .or_insert_with(|| PunchEntry::new(ms, &relay));
         }
+        // Attempts toward peers we cannot reach at all any more are forgotten (they come back
+        // when the peer is two hops away again).
+        let routes = self.home.routing.routes();
+        let gone: Vec<String> = self
+            .punch
+            .entries
+            .keys()
+            .filter(|p| !routes.contains_key(*p))
+            .cloned()
+            .collect();
+        for peer in gone {
+            if self.best_link(None, &peer).is_none() {
+                self.punch.entries.remove(&peer);
+            }
+        }
         let peers: Vec<String> = self.punch.entries.keys().cloned().collect();
         for peer in peers {
             let direct = self.best_link(None, &peer).is_some();
@@ -281,13 +308,39 @@ impl Router {
         {
             return;
         }
+        let ms = now.ms();
+        let expected = match self.punch.entries.get(&p.peer) {
+            // Our request is outstanding: only the relay we asked answers it.
+            Some(e) if matches!(e.puncher.state(), punch::State::Requested { .. }) => {
+                e.relay == relay
+            }
+            // Unrequested: we are the target of the lower id's request through this relay.
+            other => {
+                let via_relay = self
+                    .home
+                    .routing
+                    .route(&p.peer)
+                    .is_some_and(|r| r.hops == 2 && r.next_hop == relay);
+                let too_soon = other
+                    .and_then(|e| e.told_ms)
+                    .is_some_and(|t| ms < t + PUNCH_COORDINATE_INTERVAL_MS);
+                p.peer.as_str() < self.settings.node_id.as_str() && via_relay && !too_soon
+            }
+        };
+        if !expected {
+            debug!(
+                "ignoring an unexpected punch toward {} from {relay}",
+                p.peer
+            );
+            self.punch.refused += 1;
+            return;
+        }
         // Punch from the socket our UDP link to the relay uses: its mapping is the address the
         // relay gave the peer.
         let socket = self
             .node_links(None, relay)
             .filter(|(_, l)| l.info.transport == Transport::Udp)
             .find_map(|(_, l)| l.info.local);
-        let ms = now.ms();
         if !self.punch.entries.contains_key(&p.peer) && self.punch.entries.len() >= MAX_PUNCHERS {
             return;
         }
@@ -299,6 +352,7 @@ impl Router {
         e.relay = relay.to_string();
         e.token = Some(p.token);
         e.socket = socket;
+        e.told_ms = Some(ms);
         if let Some(punch::Action::Send(to)) = e.puncher.on_punch(addr, ms) {
             info!(
                 "punching toward {} at {to} (coordinated by {relay})",

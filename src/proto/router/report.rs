@@ -82,6 +82,8 @@ pub struct RelayReport {
     pub public_relays: Vec<String>,
     /// Hole punching toward members reached through a relay, by peer id.
     pub punch: BTreeMap<String, PunchReport>,
+    /// `punch` frames dropped because we had not asked for them (see `punching`).
+    pub punches_refused: u64,
     /// Identity keys offered in adverts that contradict the key held (refused).
     pub key_conflicts: Vec<Conflict>,
     /// Adverts refused in our network, by reason (`bad_mac`, `bad_signature`, ...).
@@ -234,6 +236,7 @@ impl Router {
             foreign,
             public_relays,
             punch,
+            punches_refused: self.punch.refused,
             key_conflicts: self.conflicts.list(),
             adverts_refused: by_name(&self.home.refused),
         }

@@ -104,6 +104,11 @@ pub struct Net {
     pub adverts_delivered: u64,
     /// Data frames delivered so far.
     pub data_delivered: u64,
+    /// With `tap` on, every data frame a node sends: (sender, link, envelope), for tests that
+    /// capture and replay them.
+    pub tapped: Vec<(usize, u64, crate::wire::frame::Envelope)>,
+    /// Record data frames in `tapped`.
+    pub tap: bool,
 }
 
 impl Net {
@@ -122,6 +127,8 @@ impl Net {
             seed,
             adverts_delivered: 0,
             data_delivered: 0,
+            tapped: Vec::new(),
+            tap: false,
         }
     }
 
@@ -247,6 +254,7 @@ impl Net {
     pub fn inject(&mut self, at: usize, link: u64, frame: Frame) {
         let now = self.now();
         self.nodes[at].router.handle_frame(now, link, frame);
+        self.drain(at);
     }
 
     /// An advert for `origin` in `network` with `signer`'s keys and the given neighbours, at a
@@ -531,6 +539,9 @@ impl Net {
                         l.ends[0]
                     };
                     let at = self.now_us + l.latency_us;
+                    if let (true, Frame::Data(e)) = (self.tap, &frame) {
+                        self.tapped.push((node, link, e.clone()));
+                    }
                     self.push(at, Event::Frame { to, link, frame });
                 }
                 Action::RunScript {

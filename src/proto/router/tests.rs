@@ -309,3 +309,78 @@ fn a_public_node_refuses_unmacd_adverts_in_a_foreign_domain() {
         Some(&1)
     );
 }
+
+/// A `punch` frame is obeyed only from the relay on our route to the lower-id peer that would
+/// request it, once per interval: another member, or a punch toward a node we do not reach
+/// through that relay, sends nothing and is counted.
+#[test]
+fn punch_frames_are_obeyed_only_when_expected() {
+    use crate::addr::Transport;
+    use crate::wire::frame::Punch;
+    let mut net = Net::new(24);
+    let a = net.add("a");
+    let r = net.add("r");
+    let b = net.add_with("b", "sim", |s| s.hole_punching = true);
+    let m = net.add("m");
+    net.connect_over(a, r, 1, Transport::Udp);
+    let rb = net.connect_over(r, b, 1, Transport::Udp);
+    let mb = net.connect(m, b, 1);
+    net.run_for(2_000);
+    let punch = |peer: &str| {
+        Frame::Punch(Punch {
+            peer: peer.into(),
+            addr: "192.0.2.7:4000".into(),
+            token: [7; 16],
+        })
+    };
+    net.inject(b, mb, punch("a"));
+    assert_eq!(net.report(b).punches_refused, 1, "m is not b's route to a");
+    assert!(!net.report(b).punch.contains_key("a"));
+    net.inject(b, rb, punch("zz"));
+    assert_eq!(net.report(b).punches_refused, 2, "nobody b reaches");
+    net.inject(b, rb, punch("a"));
+    assert_eq!(net.report(b).punch["a"].state, "punching");
+    net.inject(b, rb, punch("a"));
+    assert_eq!(
+        net.report(b).punches_refused,
+        3,
+        "at most once per interval"
+    );
+}
+
+/// A captured script request replayed at its target runs nothing again, and its cached reply
+/// goes out at most once per `REANSWER_INTERVAL_MS` however often it is replayed (no
+/// amplification).
+#[test]
+fn a_replayed_request_runs_once_and_is_reanswered_at_most_a_few_times_per_second() {
+    let mut net = Net::new(25);
+    let (x, b) = (net.add("x"), net.add("b"));
+    let xb = net.connect(x, b, 1);
+    net.run_for(500);
+    net.tap = true;
+    let id = net.send(x, "b", "echo", 5_000).expect("sent");
+    assert!(net.run_until(1_000, |n| n.outcome(x, id).is_some()));
+    let request = net
+        .tapped
+        .iter()
+        .find(|(from, _, e)| *from == x && e.id == id)
+        .map(|(_, _, e)| e.clone())
+        .expect("request captured");
+    let replies_from_b = |net: &Net| net.tapped.iter().filter(|(from, _, _)| *from == b).count();
+    let before = replies_from_b(&net);
+    for _ in 0..20 {
+        net.inject(b, xb, Frame::Data(request.clone()));
+    }
+    net.run_for(10);
+    assert_eq!(net.nodes[b].scripts_run.len(), 1, "the script ran once");
+    assert_eq!(
+        replies_from_b(&net),
+        before + 1,
+        "one re-answer for 20 replays"
+    );
+    net.run_for(super::REANSWER_INTERVAL_MS);
+    net.inject(b, xb, Frame::Data(request.clone()));
+    net.run_for(10);
+    assert_eq!(replies_from_b(&net), before + 2);
+    assert_eq!(net.nodes[b].scripts_run.len(), 1);
+}
