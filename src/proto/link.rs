@@ -26,8 +26,9 @@ use crate::keys::KeyRing;
 use crate::proto::handshake::{Handshake, Role};
 use crate::wire::fragment::{self, Reassembler};
 use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
-use crate::wire::record::{Opener, Sealer};
+use crate::wire::record::{Opener, Sealer, RECORD_OVERHEAD};
 use crate::wire::udp::MAX_DATAGRAM_BYTES;
+use crate::wire::{MAX_HANDSHAKE_MESSAGE_BYTES, MAX_HELLO_BYTES};
 
 /// First retransmission of a handshake datagram. 200 ms is above a LAN or loopback RTT and
 /// below what a user notices; it doubles per try.
@@ -324,9 +325,12 @@ impl Link {
         now_us: u64,
         hs: Handshake,
     ) -> Link {
-        let reassembler = params
-            .datagram
-            .then(|| Reassembler::new(params.max_frame_bytes));
+        // A listener reassembles no more than a hello until it admitted the dialer.
+        let first_limit = match role {
+            Role::Responder => params.max_frame_bytes.min(MAX_HELLO_BYTES),
+            Role::Initiator => params.max_frame_bytes,
+        };
+        let reassembler = params.datagram.then(|| Reassembler::new(first_limit));
         Link {
             params,
             local,
@@ -484,8 +488,26 @@ impl Link {
         }
     }
 
+    /// The largest message the link accepts now, in bytes: a handshake message while
+    /// handshaking; on the listener's side a hello record until the dialer is admitted (nothing
+    /// larger goes to a peer that has not proven membership); a full record after. The owner
+    /// gives it to its stream codec as the length-prefix limit.
+    pub fn read_limit(&self) -> usize {
+        match (&self.state, self.role) {
+            (State::Handshaking { .. }, _) => MAX_HANDSHAKE_MESSAGE_BYTES,
+            (State::Proving { .. }, Role::Responder) => {
+                self.params.max_frame_bytes.min(MAX_HELLO_BYTES) + RECORD_OVERHEAD
+            }
+            _ => self.params.max_frame_bytes + RECORD_OVERHEAD,
+        }
+    }
+
     /// A message from a stream transport (TCP, WebSocket): handshake messages first, records after.
     pub fn handle_stream_message(&mut self, now_us: u64, bytes: &[u8]) {
+        if bytes.len() > self.read_limit() {
+            self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
+            return;
+        }
         let packet = match &self.state {
             State::Handshaking { last_sent, .. } => {
                 // On a stream each message arrives once and in order.
@@ -541,6 +563,9 @@ impl Link {
         }
         if let State::Active { welcome: w, .. } = &mut self.state {
             *w = Some(Box::new(welcome));
+        }
+        if let Some(r) = &mut self.reassembler {
+            *r = Reassembler::new(self.params.max_frame_bytes);
         }
         self.events.push_back(Event::Up {
             hello,
@@ -899,7 +924,11 @@ impl Link {
     /// Encodes, fragments (UDP) and seals a frame into the outbox. False if it could not be sent
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
-        let bytes = frame.encode();
+        self.send_bytes(&frame.encode())
+    }
+
+    /// Seals encoded frame bytes into records (fragments on UDP) in the outbox.
+    fn send_bytes(&mut self, bytes: &[u8]) -> bool {
         if bytes.len() > self.params.max_frame_bytes {
             return false;
         }
@@ -910,12 +939,12 @@ impl Link {
         let pieces = if self.params.datagram {
             let id = self.next_msg_id;
             self.next_msg_id = self.next_msg_id.wrapping_add(1);
-            match fragment::split(id, &bytes, fragment::max_chunk(MAX_DATAGRAM_BYTES)) {
+            match fragment::split(id, bytes, fragment::max_chunk(MAX_DATAGRAM_BYTES)) {
                 Ok(p) => p,
                 Err(_) => return false,
             }
         } else {
-            vec![bytes]
+            vec![bytes.to_vec()]
         };
         self.frames_out += 1;
         for piece in pieces {
@@ -1060,6 +1089,58 @@ mod tests {
             // The first ping/pong already gave an RTT sample on both sides.
             assert!(p.a.rtt().is_some() && p.b.rtt().is_some());
         }
+    }
+
+    /// Before it admitted the dialer, a listener takes a handshake message and then a hello,
+    /// nothing larger: on a stream the length limit says so, on UDP the reassembler refuses a
+    /// bigger frame; the dialer (which chose its peer) takes a full welcome.
+    #[test]
+    fn a_listener_takes_no_more_than_a_hello_before_admitting() {
+        let full = (1 << 20) + RECORD_OVERHEAD;
+        let hello_limit = MAX_HELLO_BYTES + RECORD_OVERHEAD;
+        let closed = |l: &mut Link| {
+            std::iter::from_fn(|| l.poll_event()).any(|e| e == Event::Closed(Cause::Oversize))
+        };
+
+        // Stream: the limits by phase, and an oversized message in the hello phase.
+        let mut p = pair(false, "net", "s3cret");
+        assert_eq!(p.b.read_limit(), MAX_HANDSHAKE_MESSAGE_BYTES);
+        assert_eq!(p.a.read_limit(), MAX_HANDSHAKE_MESSAGE_BYTES);
+        deliver(&mut p.a, &mut p.b, 0); // msg1
+        deliver(&mut p.b, &mut p.a, 0); // msg2; a queues msg3 and its hello
+        assert_eq!(p.a.read_limit(), full, "the dialer awaits a welcome");
+        let Some(Transmit::Handshake { step: 3, bytes }) = p.a.poll_transmit() else {
+            panic!("msg3 expected");
+        };
+        p.b.handle_stream_message(0, &bytes);
+        assert_eq!(p.b.read_limit(), hello_limit);
+        p.b.handle_stream_message(0, &vec![0u8; hello_limit + 1]);
+        assert!(closed(&mut p.b), "oversized before admission");
+
+        // Admitted: the full limit.
+        let mut p = pair(false, "net", "s3cret");
+        run(&mut p);
+        assert_eq!(p.b.read_limit(), full);
+
+        // UDP: a 10 KB frame fragmented before admission is refused by the reassembler.
+        let mut p = pair(true, "net", "s3cret");
+        deliver(&mut p.a, &mut p.b, 0);
+        deliver(&mut p.b, &mut p.a, 0);
+        let big = Frame::PunchRefused {
+            target: "b".into(),
+            reason: "x".repeat(100),
+        };
+        assert!(matches!(p.a.state, State::Proving { .. }));
+        let mut huge = Frame::encode(&big);
+        huge.resize(10_000, 0);
+        // Seal it as the dialer would any frame, then deliver msg3, the hello and the fragments.
+        let sealed = p.a.send_bytes(&huge);
+        assert!(sealed);
+        deliver(&mut p.a, &mut p.b, 0);
+        assert!(
+            closed(&mut p.b),
+            "reassembly beyond a hello before admission"
+        );
     }
 
     #[test]

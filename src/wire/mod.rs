@@ -50,6 +50,14 @@ pub const MAX_KNOWN_NODES: usize = 1024;
 /// test in `frame.rs`); 4 MiB covers it with room for future variants.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
+/// Largest `hello` frame (every field at its limit encodes to under 2.4 KB; checked by a test
+/// in `frame.rs`): what a listener accepts from a dialer before it proved membership, so a
+/// stranger cannot make it buffer megabytes per connection.
+pub const MAX_HELLO_BYTES: usize = 4096;
+
+/// Largest Noise handshake message accepted (XX messages are 32, 96 and 64 bytes here).
+pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
+
 /// Deepest MessagePack nesting [`frame::Frame::decode`] follows.
 ///
 /// The deepest valid frame (`Welcome` -> `known` -> `NodeInfo` -> `addrs`) nests 5

@@ -459,6 +459,48 @@ impl Node {
     }
 
     /// Kills the process and waits for it.
+    /// The node process's established TCP connections, as (local port, remote port), read
+    /// from `/proc` (its socket inodes, then `/proc/net/tcp{,6}`): what is really on the wire,
+    /// not what `/status` chooses to show.
+    pub fn tcp_connections(&self) -> Vec<(u16, u16)> {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return Vec::new();
+        };
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|dir| {
+                    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                        .filter_map(|l| {
+                            let l = l.to_string_lossy().to_string();
+                            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        let port = |field: &str| {
+            field
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        let mut out = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl local rem st ... inode (field 9); state 01 = ESTABLISHED.
+                if f.len() > 9 && f[3] == "01" && inodes.contains(f[9]) {
+                    if let (Some(l), Some(r)) = (port(f[1]), port(f[2])) {
+                        out.push((l, r));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

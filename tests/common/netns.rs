@@ -31,6 +31,12 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 pub fn lab_available(test: &str) -> bool {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
+        // Under CI a skipped lab would be a silent hole in the suite: CI runs as root.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI is set but this is not root; the NAT lab must run under CI \
+             (run .ci/run as root)"
+        );
         eprintln!("SKIPPED {test}: the NAT lab needs root (network namespaces, iptables)");
         return false;
     }

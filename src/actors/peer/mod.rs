@@ -26,6 +26,7 @@ mod writer;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,8 +124,13 @@ pub struct UdpConn {
 
 /// How frames leave this link.
 enum Conn {
-    /// TCP or WebSocket: a writer future in our context drains this bounded channel.
-    Stream { tx: mpsc::Sender<Vec<u8>> },
+    /// TCP or WebSocket: a writer future in our context drains this bounded channel; on TCP,
+    /// `read_limit` is the length-prefix limit of the reader's codec, kept at the link's
+    /// [`Link::read_limit`] (never below a hello) after every step.
+    Stream {
+        tx: mpsc::Sender<Vec<u8>>,
+        read_limit: Option<Arc<AtomicUsize>>,
+    },
     /// UDP through the listener's socket.
     Udp(UdpConn),
 }
@@ -490,6 +496,28 @@ impl StreamHandler<Result<Message, tungstenite::Error>> for PeerActor {
     }
 }
 
+/// The TCP reader's length-prefix limit before the link raises it: a hello record.
+const PRE_AUTH_READ_LIMIT: usize =
+    crate::wire::MAX_HELLO_BYTES + crate::wire::record::RECORD_OVERHEAD;
+
+/// A length-delimited decoder whose frame limit follows a shared value, so the PeerActor can
+/// raise it once the peer is admitted while the reader runs in its stream.
+struct LimitedCodec {
+    inner: LengthDelimitedCodec,
+    limit: Arc<AtomicUsize>,
+}
+
+impl tokio_util::codec::Decoder for LimitedCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        self.inner
+            .set_max_frame_length(self.limit.load(Ordering::Relaxed));
+        self.inner.decode(src)
+    }
+}
+
 fn tcp_error_cause(e: &std::io::Error) -> Cause {
     let oversize = e
         .get_ref()
@@ -616,10 +644,20 @@ impl PeerActor {
                 .max_frame_length(self.node.max_record_bytes())
                 .new_codec()
         };
-        ctx.add_stream(FramedRead::with_capacity(read, codec(), READ_BUFFER_BYTES));
+        // Before the peer proved membership, no length prefix beyond a hello is buffered.
+        let limit = Arc::new(AtomicUsize::new(PRE_AUTH_READ_LIMIT));
+        let reader = LimitedCodec {
+            inner: codec(),
+            limit: limit.clone(),
+        };
+        ctx.add_stream(FramedRead::with_capacity(read, reader, READ_BUFFER_BYTES));
         let tx = spawn_writer(FramedWrite::new(write, codec()), Bytes::from, ctx);
         self.set_local(local);
-        self.attach(Conn::Stream { tx }, remote, dialed, ctx);
+        let conn = Conn::Stream {
+            tx,
+            read_limit: Some(limit),
+        };
+        self.attach(conn, remote, dialed, ctx);
     }
 
     fn attach_ws(
@@ -634,7 +672,11 @@ impl PeerActor {
         ctx.add_stream(stream);
         let tx = spawn_writer(sink, |v: Vec<u8>| Message::Binary(v.into()), ctx);
         self.set_local(local);
-        self.attach(Conn::Stream { tx }, remote, dialed, ctx);
+        let conn = Conn::Stream {
+            tx,
+            read_limit: None,
+        };
+        self.attach(conn, remote, dialed, ctx);
     }
 
     fn set_local(&mut self, local: Option<SocketAddr>) {
@@ -725,6 +767,16 @@ impl PeerActor {
             }
             if let Some(cause) = failed {
                 attempt.link.transport_error(cause);
+            }
+            if let Conn::Stream {
+                read_limit: Some(limit),
+                ..
+            } = &attempt.conn
+            {
+                limit.store(
+                    attempt.link.read_limit().max(PRE_AUTH_READ_LIMIT),
+                    Ordering::Relaxed,
+                );
             }
             let Some(event) = attempt.link.poll_event() else {
                 break;

@@ -54,7 +54,7 @@ where
 /// Sends one transmit on the connection.
 pub(super) fn transmit(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Result<(), Cause> {
     match conn {
-        Conn::Stream { tx } => {
+        Conn::Stream { tx, .. } => {
             let bytes = match t {
                 Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) => bytes,
             };
