@@ -70,6 +70,8 @@ pub struct Metrics {
     pub datagrams_dropped: Counter,
     /// Data or link-state frames dropped because the relay's queue was full.
     pub frames_dropped: Counter,
+    /// Cookie replies sent to UDP handshake inits while under load.
+    pub cookies_sent: Counter,
     /// Links refused or closed by this node, by reason.
     pub refused: Refused,
     /// Links the remote side refused, by the reason it gave (we learn it from its `close`).
@@ -87,6 +89,7 @@ pub struct Snapshot {
     pub links_closed: u64,
     pub datagrams_dropped: u64,
     pub frames_dropped: u64,
+    pub cookies_sent: u64,
     pub links_refused: RefusedSnapshot,
     pub links_refused_by_peer: RefusedSnapshot,
 }
@@ -133,6 +136,7 @@ impl Metrics {
             links_closed: self.links_closed.get(),
             datagrams_dropped: self.datagrams_dropped.get(),
             frames_dropped: self.frames_dropped.get(),
+            cookies_sent: self.cookies_sent.get(),
             links_refused: self.refused.snapshot(),
             links_refused_by_peer: self.refused_by_peer.snapshot(),
         }

@@ -7,7 +7,7 @@
 //! own worker threads and reaches the actors by address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,15 +29,14 @@ use crate::identity::IdentityError;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::proto::backoff::{DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS};
+use crate::proto::handshake_budget::HandshakeBudget;
+pub use crate::proto::handshake_budget::Slot as HandshakeSlot;
 use crate::proto::link::{LocalInfo, Params};
 use crate::wire::record::RECORD_OVERHEAD;
 
 /// Upper bound on the Noise handshake plus hello/welcome. Ten seconds covers a slow link with
 /// several UDP retransmissions; it is further capped by `peer_timeout_ms`.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
-/// Inbound connections allowed to be handshaking at once. Each costs a few X25519 operations;
-/// beyond this, new ones are dropped (and counted) instead of queueing CPU work for a flood.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Software version reported in `hello` and `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -60,18 +59,10 @@ pub struct NodeShared {
     /// Dialer backoff ceiling.
     pub backoff_max_ms: u64,
     next_link: AtomicU64,
-    handshaking: Arc<AtomicUsize>,
+    /// Inbound handshakes in progress and their rate, node-wide and per source.
+    handshakes: Arc<HandshakeBudget>,
     /// splitmix64 state: every call takes the next value of a Weyl sequence (lock-free).
     rng: AtomicU64,
-}
-
-/// A slot among [`MAX_PENDING_HANDSHAKES`]; released when dropped (also when its actor dies).
-pub struct HandshakeSlot(Arc<AtomicUsize>);
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl NodeShared {
@@ -110,11 +101,22 @@ impl NodeShared {
         z ^ (z >> 31)
     }
 
-    /// Takes a handshake slot for an inbound connection, if one is free.
-    pub fn try_handshake_slot(&self) -> Option<HandshakeSlot> {
-        let prev = self.handshaking.fetch_add(1, Ordering::Relaxed);
-        let slot = HandshakeSlot(self.handshaking.clone());
-        (prev < MAX_PENDING_HANDSHAKES).then_some(slot)
+    /// Inbound handshakes in progress now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshakes.in_progress()
+    }
+
+    /// Takes a handshake slot for an inbound connection from `source`, if the budget allows
+    /// (`proto::handshake_budget`); counts a refusal as `overload`.
+    pub fn try_handshake_slot(&self, source: std::net::IpAddr) -> Option<HandshakeSlot> {
+        match self.handshakes.try_start(source, self.now_us()) {
+            Ok(slot) => Some(slot),
+            Err(why) => {
+                log::debug!("not taking a handshake from {source}: {why:?}");
+                self.metrics.refused.overload.inc();
+                None
+            }
+        }
     }
 
     /// Link parameters for a stream (`datagram == false`) or UDP link, dialled by us or not.
@@ -300,7 +302,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
         backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
         next_link: AtomicU64::new(0),
-        handshaking: Arc::new(AtomicUsize::new(0)),
+        handshakes: Arc::new(HandshakeBudget::default()),
         rng: AtomicU64::new(seed),
     });
 

@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
         | Datagram::HandshakeResp { noise, .. }
         | Datagram::HandshakeFinal { noise, .. } => noise,
         Datagram::Transport { record, .. } => record,
-        // Punch probes carry only their token: parse -> write above covered them.
-        Datagram::Punch { .. } | Datagram::PunchAck { .. } => return,
+        // Punch probes and cookie replies carry only a token: parse -> write covered them.
+        Datagram::Punch { .. } | Datagram::PunchAck { .. } | Datagram::CookieReply { .. } => return,
     };
 
     // The whole remainder as one fragment.

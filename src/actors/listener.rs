@@ -29,6 +29,7 @@ use crate::actors::messages::{PeerPorts, PunchIn, RegisterDial, SendPunch, UdpIn
 use crate::actors::peer::{Incoming, PeerActor, UdpConn};
 use crate::addr::Transport;
 use crate::node::NodeShared;
+use crate::proto::cookie::CookieJar;
 use crate::proto::udp_session::UdpSession;
 use crate::wire::udp::Datagram;
 
@@ -61,7 +62,25 @@ enum Socket {
         sessions: HashMap<u32, Session>,
         /// (remote address, remote sender index) -> our index: recognises a retransmitted init.
         by_remote: HashMap<(SocketAddr, u32), u32>,
+        /// Cookies asked of new handshakes while the node is under load.
+        cookies: CookieJar,
     },
+}
+
+/// Handshakes in progress node-wide from which a new UDP init must carry a cookie (a quarter
+/// of the budget: a spoofed flood fills it, honest dialers answer the cookie and get in).
+pub const COOKIE_LOAD_THRESHOLD: usize = crate::proto::handshake_budget::MAX_IN_PROGRESS / 4;
+
+/// 32 bytes from the OS generator for a cookie secret (or from the node's generator, should
+/// the OS one fail: cookies need unpredictability only against off-path senders).
+fn cookie_secret(node: &NodeShared) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    if getrandom::fill(&mut b).is_err() {
+        for chunk in b.chunks_mut(8) {
+            chunk.copy_from_slice(&node.random_u64().to_le_bytes());
+        }
+    }
+    b
 }
 
 /// See the module docs.
@@ -99,6 +118,7 @@ impl ListenerActor {
         ports: PeerPorts,
         socket: UdpSocket,
     ) -> std::io::Result<ListenerActor> {
+        let cookies = CookieJar::new(cookie_secret(&node), node.now_us());
         Ok(ListenerActor {
             node,
             ports,
@@ -107,6 +127,7 @@ impl ListenerActor {
                 socket: Arc::new(socket),
                 sessions: HashMap::new(),
                 by_remote: HashMap::new(),
+                cookies,
             },
         })
     }
@@ -167,9 +188,8 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ListenerActor {
         let Socket::Stream { transport, .. } = &self.socket else {
             return;
         };
-        let Some(slot) = self.node.try_handshake_slot() else {
-            debug!("dropping connection from {remote}: too many handshakes in progress");
-            self.node.metrics.refused.overload.inc();
+        let Some(slot) = self.node.try_handshake_slot(remote.ip()) else {
+            debug!("dropping connection from {remote}: over the handshake budget");
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -201,6 +221,7 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
             socket,
             sessions,
             by_remote,
+            cookies,
         } = &mut self.socket
         else {
             return;
@@ -231,17 +252,37 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                 }
                 return;
             }
-            Datagram::HandshakeInit { sender, .. } => {
+            Datagram::HandshakeInit { sender, cookie, .. } => {
                 if let Some(idx) = by_remote.get(&(from, sender)) {
                     *idx
                 } else {
-                    let slot = match node.try_handshake_slot() {
-                        Some(slot) if sessions.len() < MAX_UDP_SESSIONS => slot,
-                        _ => {
-                            node.metrics.refused.overload.inc();
-                            drop_it("too many sessions");
+                    if node.handshakes_in_progress() >= COOKIE_LOAD_THRESHOLD {
+                        // Under load: only a source that proved it receives here gets a
+                        // handshake (and its X25519 work); others get a cookie, smaller than
+                        // their init, and nothing else.
+                        cookies.rotate_if_due(node.now_us(), || cookie_secret(&node));
+                        if !cookie.is_some_and(|c| cookies.check(from, sender, &c)) {
+                            let reply = Datagram::CookieReply {
+                                receiver: sender,
+                                cookie: cookies.make(from, sender),
+                            };
+                            let mut buf = Vec::with_capacity(reply.encoded_len());
+                            reply.write(&mut buf);
+                            node.metrics.cookies_sent.inc();
+                            if let Err(e) = socket.try_send_to(&buf, from) {
+                                debug!("udp {}: cookie to {from}: {e}", self.local);
+                            }
                             return;
                         }
+                    }
+                    if sessions.len() >= MAX_UDP_SESSIONS {
+                        node.metrics.refused.overload.inc();
+                        drop_it("too many sessions");
+                        return;
+                    }
+                    let Some(slot) = node.try_handshake_slot(from.ip()) else {
+                        drop_it("over the handshake budget");
+                        return;
                     };
                     let idx = ListenerActor::next_index(sessions, node.random_u64());
                     let conn = UdpConn {
@@ -268,7 +309,8 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
             }
             Datagram::HandshakeResp { receiver, .. }
             | Datagram::HandshakeFinal { receiver, .. }
-            | Datagram::Transport { receiver, .. } => receiver,
+            | Datagram::Transport { receiver, .. }
+            | Datagram::CookieReply { receiver, .. } => receiver,
         };
         let Some(session) = sessions.get(&target) else {
             drop_it("unknown session");

@@ -15,8 +15,9 @@
 //! the role byte differs per direction, so a proof cannot be reflected back to
 //! its sender.
 //!
-//! This module is pure: no I/O, no clocks. Handshake payloads are empty; the
-//! hello frame is sent after the handshake, encrypted with the transport keys.
+//! This module is pure: no I/O, no clocks. Message 1 carries zero padding (so no answer is
+//! larger than the request that caused it), the other payloads are empty; the hello frame is
+//! sent after the handshake, encrypted with the transport keys.
 
 use std::fmt;
 
@@ -33,7 +34,7 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Noise prologue: mixed into the handshake hash, so a peer speaking another
 /// protocol (or another version of this one) fails the handshake instead of
 /// being misread. Bump the version when the link protocol changes incompatibly.
-pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v1";
+pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v2";
 
 /// X25519 public key length (RFC 7748).
 const DH_PUBLIC_BYTES: usize = 32;
@@ -41,8 +42,13 @@ const DH_PUBLIC_BYTES: usize = 32;
 /// ChaCha20-Poly1305 authentication tag length (RFC 8439).
 const AEAD_TAG_BYTES: usize = 16;
 
-/// XX message 1, `-> e`: the ephemeral key and an empty unencrypted payload.
-const XX_MSG1_BYTES: usize = DH_PUBLIC_BYTES;
+/// Zero bytes the initiator puts in message 1's (clear, hash-bound) payload, so message 1 is
+/// larger than the message 2 it asks for: an answer to a spoofed source is never larger than
+/// the request (no reflection amplification, the rule QUIC's padded Initial follows).
+pub const MSG1_PADDING_BYTES: usize = 80;
+
+/// XX message 1, `-> e`: the ephemeral key and the padding payload.
+const XX_MSG1_BYTES: usize = DH_PUBLIC_BYTES + MSG1_PADDING_BYTES;
 
 /// XX message 2, `<- e, ee, s, es`: ephemeral key, encrypted static key, and the
 /// tag of the empty encrypted payload.
@@ -301,9 +307,12 @@ impl Handshake {
                 len: msg.len(),
             });
         }
-        // Payloads are empty, so the payload buffer is too: with the exact length
-        // checked above, snow has nothing to write there.
-        self.state.read_message(msg, &mut []).map_err(read_error)?;
+        // Message 1 carries the padding, the others an empty payload: with the exact length
+        // checked above, the buffer fits what snow writes there.
+        let mut payload = [0u8; MSG1_PADDING_BYTES];
+        self.state
+            .read_message(msg, &mut payload)
+            .map_err(read_error)?;
         self.next_message += 1;
         if let Some(remote) = self.remote_static()? {
             if is_low_order(&remote) {
@@ -316,12 +325,18 @@ impl Handshake {
         self.write_next().map(Some)
     }
 
-    /// Writes our next message with an empty payload.
+    /// Writes our next message: message 1 with the padding, the others with an empty payload.
     fn write_next(&mut self) -> Result<Vec<u8>, HandshakeError> {
         let mut buf = vec![0u8; MAX_HANDSHAKE_MSG_BYTES];
+        let padding = [0u8; MSG1_PADDING_BYTES];
+        let payload: &[u8] = if self.next_message == 1 {
+            &padding
+        } else {
+            &[]
+        };
         let len = self
             .state
-            .write_message(&[], &mut buf)
+            .write_message(payload, &mut buf)
             .map_err(HandshakeError::Noise)?;
         buf.truncate(len);
         self.next_message += 1;
@@ -544,7 +559,32 @@ mod tests {
         let msg3 = init.read_message(&msg2).expect("msg2").expect("msg3");
         assert_eq!(msg3.len(), XX_MSG3_BYTES);
         assert!(msg2.len() <= MAX_HANDSHAKE_MSG_BYTES);
+        assert!(msg1.len() <= MAX_HANDSHAKE_MSG_BYTES);
         assert!(resp.read_message(&msg3).expect("msg3").is_none());
+    }
+
+    /// A responder's answer is never larger than the request that caused it (so a spoofed
+    /// source gets no amplification), and an unpadded message 1 (32 bytes, what an attacker
+    /// would send to get 96 back) gets no answer at all.
+    #[test]
+    fn no_answer_is_larger_than_its_request() {
+        let (a, b) = (identity(), identity());
+        let (_, msg1) = Handshake::initiator(&a).expect("initiator");
+        let mut resp = Handshake::responder(&b).expect("responder");
+        let msg2 = resp.read_message(&msg1).expect("msg1").expect("msg2");
+        assert!(msg2.len() <= msg1.len(), "{} > {}", msg2.len(), msg1.len());
+        let mut resp = Handshake::responder(&b).expect("responder");
+        assert!(matches!(
+            resp.read_message(&msg1[..DH_PUBLIC_BYTES]),
+            Err(HandshakeError::WrongLength { message: 1, .. })
+        ));
+        // The padding is bound to the handshake: a changed byte fails at message 2.
+        let (mut init, msg1) = Handshake::initiator(&a).expect("initiator");
+        let mut tampered = msg1.clone();
+        tampered[40] ^= 1;
+        let mut resp = Handshake::responder(&b).expect("responder");
+        let msg2 = resp.read_message(&tampered).expect("msg1").expect("msg2");
+        assert!(init.read_message(&msg2).is_err());
     }
 
     #[test]

@@ -23,12 +23,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::keys::KeyRing;
-use crate::proto::handshake::{Handshake, Role};
+use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_MSG_BYTES};
 use crate::wire::fragment::{self, Reassembler};
 use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
 use crate::wire::record::{Opener, Sealer, RECORD_OVERHEAD};
 use crate::wire::udp::MAX_DATAGRAM_BYTES;
-use crate::wire::{MAX_HANDSHAKE_MESSAGE_BYTES, MAX_HELLO_BYTES};
+use crate::wire::MAX_HELLO_BYTES;
+
+/// A listener waits this long for a dialer's first handshake message (then closes): an idle
+/// connection from a stranger holds a handshake slot for seconds, not the whole handshake
+/// timeout. A real dialer sends it as soon as its connection is up.
+pub const FIRST_MESSAGE_TIMEOUT_MS: u64 = 3_000;
 
 /// First retransmission of a handshake datagram. 200 ms is above a LAN or loopback RTT and
 /// below what a user notices; it doubles per try.
@@ -408,9 +413,25 @@ impl Link {
         self.events.pop_front()
     }
 
+    /// When the handshake must be done: [`FIRST_MESSAGE_TIMEOUT_MS`] after the start while a
+    /// listener has heard nothing, else the handshake timeout.
+    fn handshake_deadline_us(&self) -> u64 {
+        let mut ms = self.params.handshake_timeout_ms;
+        if let (
+            Role::Responder,
+            State::Handshaking {
+                last_sent: None, ..
+            },
+        ) = (self.role, &self.state)
+        {
+            ms = ms.min(FIRST_MESSAGE_TIMEOUT_MS);
+        }
+        self.created_us + ms * 1000
+    }
+
     /// The earliest time [`Link::handle_timeout`] must be called.
     pub fn next_timeout(&self) -> Option<u64> {
-        let handshake_deadline = self.created_us + self.params.handshake_timeout_ms * 1000;
+        let handshake_deadline = self.handshake_deadline_us();
         match &self.state {
             State::Handshaking { retransmit, .. } => Some(
                 retransmit
@@ -435,7 +456,7 @@ impl Link {
 
     /// Drives timers: retransmissions, handshake deadline, pings, peer timeout.
     pub fn handle_timeout(&mut self, now_us: u64) {
-        let handshake_expired = now_us >= self.created_us + self.params.handshake_timeout_ms * 1000;
+        let handshake_expired = now_us >= self.handshake_deadline_us();
         match &mut self.state {
             State::Handshaking { .. } | State::Proving { .. } if handshake_expired => {
                 self.close_silently(Cause::Timeout);
@@ -494,7 +515,7 @@ impl Link {
     /// gives it to its stream codec as the length-prefix limit.
     pub fn read_limit(&self) -> usize {
         match (&self.state, self.role) {
-            (State::Handshaking { .. }, _) => MAX_HANDSHAKE_MESSAGE_BYTES,
+            (State::Handshaking { .. }, _) => MAX_HANDSHAKE_MSG_BYTES,
             (State::Proving { .. }, Role::Responder) => {
                 self.params.max_frame_bytes.min(MAX_HELLO_BYTES) + RECORD_OVERHEAD
             }
@@ -1104,8 +1125,8 @@ mod tests {
 
         // Stream: the limits by phase, and an oversized message in the hello phase.
         let mut p = pair(false, "net", "s3cret");
-        assert_eq!(p.b.read_limit(), MAX_HANDSHAKE_MESSAGE_BYTES);
-        assert_eq!(p.a.read_limit(), MAX_HANDSHAKE_MESSAGE_BYTES);
+        assert_eq!(p.b.read_limit(), MAX_HANDSHAKE_MSG_BYTES);
+        assert_eq!(p.a.read_limit(), MAX_HANDSHAKE_MSG_BYTES);
         deliver(&mut p.a, &mut p.b, 0); // msg1
         deliver(&mut p.b, &mut p.a, 0); // msg2; a queues msg3 and its hello
         assert_eq!(p.a.read_limit(), full, "the dialer awaits a welcome");
@@ -1141,6 +1162,25 @@ mod tests {
             closed(&mut p.b),
             "reassembly beyond a hello before admission"
         );
+    }
+
+    /// A connection that never sends its first handshake message is closed after
+    /// FIRST_MESSAGE_TIMEOUT_MS, long before the handshake timeout; one that did gets the rest.
+    #[test]
+    fn a_silent_dialer_is_dropped_after_the_first_message_timeout() {
+        let mut p = pair(false, "net", "s3cret");
+        p.a.params.handshake_timeout_ms = 10_000;
+        p.b.params.handshake_timeout_ms = 10_000;
+        assert_eq!(p.b.next_timeout(), Some(FIRST_MESSAGE_TIMEOUT_MS * MS));
+        p.b.handle_timeout(FIRST_MESSAGE_TIMEOUT_MS * MS);
+        assert_eq!(p.b.poll_event(), Some(Event::Closed(Cause::Timeout)));
+
+        let mut p = pair(false, "net", "s3cret");
+        p.b.params.handshake_timeout_ms = 10_000;
+        deliver(&mut p.a, &mut p.b, 0); // msg1 arrives
+        p.b.handle_timeout(FIRST_MESSAGE_TIMEOUT_MS * MS);
+        assert_eq!(p.b.poll_event(), None, "still handshaking");
+        assert_eq!(p.b.next_timeout(), Some(10_000 * MS));
     }
 
     #[test]

@@ -10,9 +10,11 @@
 pub mod advert;
 pub(crate) mod backoff;
 pub(crate) mod cache;
+pub mod cookie;
 pub mod e2e;
 pub(crate) mod foreign_tables;
 pub mod handshake;
+pub mod handshake_budget;
 pub(crate) mod key_book;
 pub mod link;
 pub mod peer_state;

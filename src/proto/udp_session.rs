@@ -7,7 +7,7 @@
 //! checked a datagram's index and source before it gets here.
 
 use crate::proto::link::{Packet, Transmit};
-use crate::wire::udp::{Datagram, MAX_DATAGRAM_BYTES};
+use crate::wire::udp::{Datagram, COOKIE_BYTES, MAX_DATAGRAM_BYTES};
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct UdpSession {
     pub local_idx: u32,
     /// The peer's index, once its first handshake datagram told it.
     pub remote_idx: Option<u32>,
+    /// A listener under load asked us to repeat our init with this cookie.
+    pub cookie: Option<[u8; COOKIE_BYTES]>,
 }
 
 impl UdpSession {
@@ -24,6 +26,7 @@ impl UdpSession {
         UdpSession {
             local_idx,
             remote_idx,
+            cookie: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl UdpSession {
         let datagram = match t {
             Transmit::Handshake { step: 1, bytes } => Datagram::HandshakeInit {
                 sender: self.local_idx,
+                cookie: self.cookie,
                 noise: bytes,
             },
             Transmit::Handshake { step: 2, bytes } => Datagram::HandshakeResp {
@@ -61,10 +65,17 @@ impl UdpSession {
 
     /// What a datagram of this session carries for the link, learning the peer's index from
     /// its first handshake datagram; `None` for what is not the link's (garbage, punch
-    /// datagrams, which the listener hands to the relay).
+    /// datagrams, which the listener hands to the relay, and a cookie reply, which only
+    /// changes how our next init goes out: the link's retransmission sends it).
     pub fn decode<'a>(&mut self, data: &'a [u8]) -> Option<Packet<'a>> {
         let packet = match Datagram::parse(data).ok()? {
-            Datagram::HandshakeInit { sender, noise } => {
+            Datagram::CookieReply { cookie, .. } => {
+                if self.remote_idx.is_none() {
+                    self.cookie = Some(cookie);
+                }
+                return None;
+            }
+            Datagram::HandshakeInit { sender, noise, .. } => {
                 self.remote_idx.get_or_insert(sender);
                 Packet::Handshake {
                     step: 1,
@@ -136,6 +147,42 @@ mod tests {
             Some(Packet::Record(r)) => assert_eq!(r, &[4; 40][..]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A listener under load answers our init with a cookie: the next init carries it, and
+    /// once the session is up a cookie reply changes nothing.
+    #[test]
+    fn a_cookie_reply_makes_the_next_init_carry_the_cookie() {
+        let mut dialer = UdpSession::new(7, None);
+        let init = Transmit::Handshake {
+            step: 1,
+            bytes: vec![1; 112],
+        };
+        let first = dialer.encode(&init).unwrap();
+        assert!(matches!(
+            Datagram::parse(&first),
+            Ok(Datagram::HandshakeInit { cookie: None, .. })
+        ));
+        let mut reply = Vec::new();
+        Datagram::CookieReply {
+            receiver: 7,
+            cookie: [9; 16],
+        }
+        .write(&mut reply);
+        assert!(
+            reply.len() < first.len(),
+            "the reply is smaller than the init"
+        );
+        assert!(dialer.decode(&reply).is_none());
+        let again = dialer.encode(&init).unwrap();
+        assert!(matches!(
+            Datagram::parse(&again),
+            Ok(Datagram::HandshakeInit {
+                sender: 7,
+                cookie: Some(c),
+                ..
+            }) if c == [9; 16]
+        ));
     }
 
     #[test]

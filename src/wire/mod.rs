@@ -55,9 +55,6 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// stranger cannot make it buffer megabytes per connection.
 pub const MAX_HELLO_BYTES: usize = 4096;
 
-/// Largest Noise handshake message accepted (XX messages are 32, 96 and 64 bytes here).
-pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
-
 /// Deepest MessagePack nesting [`frame::Frame::decode`] follows.
 ///
 /// The deepest valid frame (`Welcome` -> `known` -> `NodeInfo` -> `addrs`) nests 5

@@ -18,7 +18,15 @@
 //! 4 Transport:      type || receiver || record (counter || ciphertext || tag)
 //! 5 Punch:          type || token (16 bytes, from the relay's `punch` frame)
 //! 6 PunchAck:       type || token
+//! 7 CookieReply:    type || receiver || cookie (16 bytes)
+//! 8 HandshakeInit with a cookie: type || sender || cookie || Noise XX message 1
 //! ```
+//!
+//! Under load a listener answers an init without a valid cookie with a `CookieReply` (21
+//! bytes, smaller than any init) instead of starting a handshake: a MAC over the source address
+//! and the sender index under a secret it rotates, so checking it needs no state. The dialer
+//! repeats its init with the cookie, which proves it receives at that address (WireGuard's
+//! cookie, without its encryption: the cookie says nothing secret).
 //!
 //! Punch datagrams carry no secret: the token only ties a datagram to one coordination, so a
 //! stray packet does not start a handshake. What they open is then authenticated by the
@@ -51,6 +59,12 @@ pub const TYPE_PUNCH: u8 = 5;
 pub const TYPE_PUNCH_ACK: u8 = 6;
 /// Bytes of a punch token.
 pub const PUNCH_TOKEN_BYTES: usize = 16;
+/// Type byte of [`Datagram::CookieReply`].
+pub const TYPE_COOKIE_REPLY: u8 = 7;
+/// Type byte of a [`Datagram::HandshakeInit`] that carries a cookie.
+pub const TYPE_HANDSHAKE_INIT_COOKIE: u8 = 8;
+/// Bytes of a cookie.
+pub const COOKIE_BYTES: usize = 16;
 
 /// Bytes before the record in a transport datagram: the type byte and the receiver
 /// index. [`super::fragment::max_chunk`] subtracts it.
@@ -63,10 +77,12 @@ const HANDSHAKE_REPLY_HEADER_BYTES: usize = 1 + 2 * INDEX_BYTES;
 /// One parsed UDP datagram, borrowing its payload from the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datagram<'a> {
-    /// First handshake message, from the initiator (type 1).
+    /// First handshake message, from the initiator (type 1, or 8 with a cookie).
     HandshakeInit {
         /// The initiator's index for this session; the responder echoes it as `receiver`.
         sender: u32,
+        /// The cookie a listener under load asked for, if any.
+        cookie: Option<[u8; COOKIE_BYTES]>,
         /// Noise XX message 1 (`-> e`).
         noise: &'a [u8],
     },
@@ -105,6 +121,13 @@ pub enum Datagram<'a> {
         /// The token of the punch answered.
         token: [u8; PUNCH_TOKEN_BYTES],
     },
+    /// A listener under load asks the initiator to repeat its init with `cookie` (type 7).
+    CookieReply {
+        /// The initiator's index, from its init.
+        receiver: u32,
+        /// What to put in the repeated init.
+        cookie: [u8; COOKIE_BYTES],
+    },
 }
 
 impl<'a> Datagram<'a> {
@@ -113,7 +136,7 @@ impl<'a> Datagram<'a> {
     /// Errors: [`WireError::Oversize`] beyond [`MAX_DATAGRAM_BYTES`],
     /// [`WireError::Truncated`] if empty or shorter than its type's header (for
     /// `Transport`: header plus [`RECORD_OVERHEAD`]), [`WireError::UnknownDatagramType`]
-    /// for a type byte other than 1 to 6. Handshake payloads are not checked here; the
+    /// for a type byte other than 1 to 8. Handshake payloads are not checked here; the
     /// Noise layer rejects malformed ones.
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         if buf.len() > MAX_DATAGRAM_BYTES {
@@ -129,7 +152,27 @@ impl<'a> Datagram<'a> {
             TYPE_HANDSHAKE_INIT => {
                 let (sender, noise) =
                     read_index(rest).ok_or_else(|| truncated(buf, 1 + INDEX_BYTES))?;
-                Ok(Datagram::HandshakeInit { sender, noise })
+                Ok(Datagram::HandshakeInit {
+                    sender,
+                    cookie: None,
+                    noise,
+                })
+            }
+            TYPE_HANDSHAKE_INIT_COOKIE => {
+                let short = || truncated(buf, 1 + INDEX_BYTES + COOKIE_BYTES);
+                let (sender, rest) = read_index(rest).ok_or_else(short)?;
+                let (cookie, noise) = rest.split_first_chunk::<COOKIE_BYTES>().ok_or_else(short)?;
+                Ok(Datagram::HandshakeInit {
+                    sender,
+                    cookie: Some(*cookie),
+                    noise,
+                })
+            }
+            TYPE_COOKIE_REPLY => {
+                let short = || truncated(buf, 1 + INDEX_BYTES + COOKIE_BYTES);
+                let (receiver, rest) = read_index(rest).ok_or_else(short)?;
+                let cookie: [u8; COOKIE_BYTES] = rest.try_into().map_err(|_| short())?;
+                Ok(Datagram::CookieReply { receiver, cookie })
             }
             TYPE_HANDSHAKE_RESP | TYPE_HANDSHAKE_FINAL => {
                 let short = || truncated(buf, HANDSHAKE_REPLY_HEADER_BYTES);
@@ -179,10 +222,28 @@ impl<'a> Datagram<'a> {
     pub fn write(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
         match *self {
-            Datagram::HandshakeInit { sender, noise } => {
-                out.push(TYPE_HANDSHAKE_INIT);
-                out.extend_from_slice(&sender.to_be_bytes());
+            Datagram::HandshakeInit {
+                sender,
+                cookie,
+                noise,
+            } => {
+                match cookie {
+                    None => {
+                        out.push(TYPE_HANDSHAKE_INIT);
+                        out.extend_from_slice(&sender.to_be_bytes());
+                    }
+                    Some(c) => {
+                        out.push(TYPE_HANDSHAKE_INIT_COOKIE);
+                        out.extend_from_slice(&sender.to_be_bytes());
+                        out.extend_from_slice(&c);
+                    }
+                }
                 out.extend_from_slice(noise);
+            }
+            Datagram::CookieReply { receiver, cookie } => {
+                out.push(TYPE_COOKIE_REPLY);
+                out.extend_from_slice(&receiver.to_be_bytes());
+                out.extend_from_slice(&cookie);
             }
             Datagram::HandshakeResp {
                 sender,
@@ -223,7 +284,10 @@ impl<'a> Datagram<'a> {
     /// Length in bytes of what [`Datagram::write`] appends.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Datagram::HandshakeInit { noise, .. } => 1 + INDEX_BYTES + noise.len(),
+            Datagram::HandshakeInit { noise, cookie, .. } => {
+                1 + INDEX_BYTES + cookie.map_or(0, |_| COOKIE_BYTES) + noise.len()
+            }
+            Datagram::CookieReply { .. } => 1 + INDEX_BYTES + COOKIE_BYTES,
             Datagram::HandshakeResp { noise, .. } | Datagram::HandshakeFinal { noise, .. } => {
                 HANDSHAKE_REPLY_HEADER_BYTES + noise.len()
             }
@@ -283,10 +347,19 @@ mod tests {
         fn every_type_round_trips(
             sender in any::<u32>(),
             receiver in any::<u32>(),
-            payload in vec(any::<u8>(), RECORD_OVERHEAD..MAX_DATAGRAM_BYTES - 9),
+            payload in vec(any::<u8>(), RECORD_OVERHEAD..MAX_DATAGRAM_BYTES - 25),
+            cookie in any::<[u8; 16]>(),
         ) {
-            let init = round_trip(Datagram::HandshakeInit { sender, noise: &payload });
+            let init = round_trip(Datagram::HandshakeInit { sender, cookie: None, noise: &payload });
             prop_assert_eq!(init[0], 1);
+            let with_cookie = round_trip(Datagram::HandshakeInit {
+                sender,
+                cookie: Some(cookie),
+                noise: &payload,
+            });
+            prop_assert_eq!(with_cookie[0], 8);
+            let reply = round_trip(Datagram::CookieReply { receiver, cookie });
+            prop_assert_eq!(reply.len(), 21);
             let resp = round_trip(Datagram::HandshakeResp { sender, receiver, noise: &payload });
             prop_assert_eq!(resp[0], 2);
             let fin = round_trip(Datagram::HandshakeFinal { sender, receiver, noise: &payload });
@@ -317,9 +390,26 @@ mod tests {
         assert_eq!(resp, [2, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, b'x', b'y']);
         let init = round_trip(Datagram::HandshakeInit {
             sender: 7,
+            cookie: None,
             noise: b"",
         });
         assert_eq!(init, [1, 0, 0, 0, 7]);
+        let init = round_trip(Datagram::HandshakeInit {
+            sender: 7,
+            cookie: Some([0xcc; 16]),
+            noise: b"n",
+        });
+        let mut want = vec![8, 0, 0, 0, 7];
+        want.extend_from_slice(&[0xcc; 16]);
+        want.push(b'n');
+        assert_eq!(init, want);
+        let reply = round_trip(Datagram::CookieReply {
+            receiver: 9,
+            cookie: [0xdd; 16],
+        });
+        let mut want = vec![7, 0, 0, 0, 9];
+        want.extend_from_slice(&[0xdd; 16]);
+        assert_eq!(reply, want);
     }
 
     #[test]
@@ -332,7 +422,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_rejected() {
-        for kind in [0u8, 7, 0x7f, 0xff] {
+        for kind in [0u8, 9, 0x7f, 0xff] {
             let mut bytes = vec![kind];
             bytes.extend_from_slice(&[0; 40]);
             assert!(matches!(
@@ -346,6 +436,8 @@ mod tests {
     fn short_headers_are_truncated() {
         let cases = [
             (TYPE_HANDSHAKE_INIT, 5),
+            (TYPE_HANDSHAKE_INIT_COOKIE, 21),
+            (TYPE_COOKIE_REPLY, 21),
             (TYPE_HANDSHAKE_RESP, 9),
             (TYPE_HANDSHAKE_FINAL, 9),
             (TYPE_TRANSPORT, 5 + RECORD_OVERHEAD),
