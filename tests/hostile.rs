@@ -11,7 +11,311 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::peer::{seq_now, Peer, Who};
 use common::{Node, Spec};
+use msgtier::wire::frame::{Envelope, Frame, MessageKind};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The TCP listener address of a node.
+fn tcp_addr(n: &Node) -> SocketAddr {
+    n.spec.url_of("tcp")["tcp://".len()..].parse().unwrap()
+}
+
+/// A member gone bad in the middle of the line X - M - B: it relays adverts and data between
+/// its two links like an honest node (so X reaches B only through it), and a test can make it
+/// capture or withhold X's requests, or replay one.
+struct Middle {
+    to_x: Arc<Peer>,
+    to_b: Arc<Mutex<Arc<Peer>>>,
+    /// Requests from X kept back instead of forwarded (while `withhold` is set), and every
+    /// request from X seen.
+    held: Arc<Mutex<Vec<Envelope>>>,
+    seen: Arc<Mutex<Vec<Envelope>>>,
+    withhold: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Newest advert per origin from either side, to give a re-dialled B everything.
+    adverts: Arc<Mutex<HashMap<String, Frame>>>,
+}
+
+const M_SEED: u8 = 77;
+
+fn member(id: &str) -> Who {
+    Who::new(id, "test", "test-secret")
+}
+
+impl Middle {
+    fn start(x: &Node, b: &Node) -> Middle {
+        let to_x = Arc::new(Peer::dial(tcp_addr(x), member("m"), M_SEED));
+        let to_b = Arc::new(Peer::dial(tcp_addr(b), member("m"), M_SEED));
+        to_x.wait_active();
+        to_b.wait_active();
+        let m = Middle {
+            to_x,
+            to_b: Arc::new(Mutex::new(to_b)),
+            held: Arc::default(),
+            seen: Arc::default(),
+            withhold: Arc::default(),
+            stop: Arc::default(),
+            adverts: Arc::default(),
+        };
+        m.advertise();
+        let (to_x, to_b) = (m.to_x.clone(), m.to_b.clone());
+        let (held, seen, withhold, stop, adverts) = (
+            m.held.clone(),
+            m.seen.clone(),
+            m.withhold.clone(),
+            m.stop.clone(),
+            m.adverts.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let b_side = to_b.lock().unwrap().clone();
+                for f in to_x.take() {
+                    match f {
+                        Frame::Data(e) if e.kind == MessageKind::Request => {
+                            seen.lock().unwrap().push(e.clone());
+                            if withhold.load(Ordering::Relaxed) {
+                                held.lock().unwrap().push(e);
+                            } else {
+                                b_side.send(Frame::Data(e));
+                            }
+                        }
+                        Frame::LinkState(ref s) => {
+                            if let Ok(a) = s.open() {
+                                adverts.lock().unwrap().insert(a.origin, f.clone());
+                            }
+                            b_side.send(f);
+                        }
+                        Frame::Data(_) => b_side.send(f),
+                        _ => {}
+                    }
+                }
+                for f in b_side.take() {
+                    if let Frame::LinkState(ref s) = f {
+                        if let Ok(a) = s.open() {
+                            adverts.lock().unwrap().insert(a.origin, f.clone());
+                        }
+                    }
+                    if matches!(f, Frame::Data(_) | Frame::LinkState(_)) {
+                        to_x.send(f);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        m
+    }
+
+    /// M's own advert, listing both neighbours, on both links.
+    fn advertise(&self) {
+        let ad = self
+            .to_x
+            .advert("test", "m", seq_now(), &["b", "x"], false, true);
+        self.to_x.send(ad.clone());
+        self.to_b.lock().unwrap().send(ad);
+    }
+
+    /// After B restarted: dial it again and give it every advert held, and ours.
+    fn redial_b(&self, b: &Node) {
+        let p = Arc::new(Peer::dial(tcp_addr(b), member("m"), M_SEED));
+        p.wait_active();
+        for f in self.adverts.lock().unwrap().values() {
+            p.send(f.clone());
+        }
+        *self.to_b.lock().unwrap() = p;
+        self.advertise();
+    }
+
+    fn to_b(&self) -> Arc<Peer> {
+        self.to_b.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Middle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// B with a script that appends a line to `marker` in its directory: the file says how often
+/// it ran.
+fn b_with_marker() -> Node {
+    let mut sb = Spec::new("b", "tcp");
+    sb.auto_connect = false;
+    sb.scripts = vec![("mark".into(), "echo ran >> marker".into())];
+    Node::start(sb)
+}
+
+fn runs(b: &Node) -> usize {
+    std::fs::read_to_string(b.dir.path().join("marker"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn x_node() -> Node {
+    let mut sx = Spec::new("x", "tcp");
+    sx.auto_connect = false;
+    Node::start(sx)
+}
+
+/// X reaches B through M (two hops).
+fn line() -> (Node, Node, Middle) {
+    let x = x_node();
+    let b = b_with_marker();
+    let m = Middle::start(&x, &b);
+    x.wait("x routes to b through m", || {
+        x.peer("b")
+            .is_some_and(|p| p["hops"] == 2 && p["next_hop"] == "m")
+    });
+    b.wait("b routes to x through m", || {
+        b.peer("x").is_some_and(|p| p["hops"] == 2)
+    });
+    (x, b, m)
+}
+
+/// A request M captured before B restarted, replayed to the restarted B, runs nothing: B
+/// refuses what is dated before its start (its replay memory is gone). Honest traffic goes on.
+#[test]
+fn a_request_replayed_after_the_target_restarted_does_not_run_again() {
+    let (x, mut b, m) = line();
+    let r = x.send("b", b"mark", &[("timeout", "30000")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(runs(&b), 1);
+    let captured = m.seen.lock().unwrap()[0].clone();
+    b.restart();
+    m.redial_b(&b);
+    let dropped = |b: &Node| b.status()["messages"]["dropped"].as_u64().unwrap();
+    let before = dropped(&b);
+    m.to_b().send(Frame::Data(captured));
+    b.wait("the replay dropped", || dropped(&b) > before);
+    assert_eq!(runs(&b), 1, "the script did not run again");
+    // Honest traffic still flows both ways through M.
+    x.wait("x routes to the restarted b", || {
+        x.peer("b").is_some_and(|p| p["hops"] == 2)
+    });
+    let r = x.send("b", b"mark", &[("timeout", "10000")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(runs(&b), 2);
+}
+
+/// A request M withholds until after X's `/send` gave up (504) is refused by B when M finally
+/// delivers it: a retry the user made meanwhile is the only run.
+#[test]
+fn a_request_withheld_past_the_senders_timeout_does_not_run() {
+    let (x, b, m) = line();
+    m.withhold.store(true, Ordering::Relaxed);
+    let r = x.send("b", b"mark", &[("timeout", "1000")]);
+    assert_eq!(r.status, 504, "{}", r.text());
+    m.withhold.store(false, Ordering::Relaxed);
+    let r = x.send("b", b"mark", &[("timeout", "10000")]);
+    assert_eq!(r.status, 200, "the retry: {}", r.text());
+    assert_eq!(runs(&b), 1);
+    let withheld = m.held.lock().unwrap().clone();
+    assert_eq!(withheld.len(), 1);
+    let dropped = |b: &Node| b.status()["messages"]["dropped"].as_u64().unwrap();
+    let before = dropped(&b);
+    m.to_b().send(Frame::Data(withheld[0].clone()));
+    b.wait("the late request dropped", || dropped(&b) > before);
+    assert_eq!(runs(&b), 1, "the withheld request did not run");
+}
+
+/// M, a member, cannot take B over in X's eyes: adverts claiming B's id with M's key (with
+/// the relay flag, with seq u64::MAX, without a MAC), or with B's key but M's signature, are
+/// all refused and counted; X keeps B's key and still reaches B.
+#[test]
+fn a_member_cannot_forge_another_members_adverts() {
+    let (x, b, m) = line();
+    let b_key = b.status()["public_key"].clone();
+    assert_eq!(x.peer("b").unwrap()["public_key"], b_key);
+    let now = seq_now();
+    // M's own key for b: a key conflict (x holds b's key from b's signed advert).
+    m.to_x
+        .send(m.to_x.advert("test", "b", now + 10, &["m"], false, true));
+    // The relay flag and no MAC (what a public node's own advert looks like).
+    m.to_x
+        .send(m.to_x.advert("test", "b", now + 11, &["m"], true, false));
+    // A sequence number that would freeze b's adverts.
+    m.to_x
+        .send(m.to_x.advert("test", "b", u64::MAX, &["m"], false, true));
+    // B's real key with M's signature.
+    let mut sub = m.to_x.advert("test", "b", now + 12, &["m"], false, true);
+    if let Frame::LinkState(ls) = &mut sub {
+        let mut a = ls.open().unwrap();
+        a.public_key = hex_key(&b_key);
+        let key = msgtier::proto::advert::AdvertKey::new(&m.to_x.keys.network_key);
+        let body = a.encode();
+        let signature = m
+            .to_x
+            .keys
+            .identity
+            .sign(&msgtier::wire::frame::LinkState::signed_bytes(&body));
+        *ls = msgtier::wire::frame::LinkState {
+            mac: Some(msgtier::wire::frame::Mac(key.mac(&body, &signature))),
+            body,
+            signature,
+        };
+    }
+    m.to_x.send(sub);
+    x.wait("every forgery refused", || {
+        let r = &x.status()["adverts_refused"];
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        n("key_conflict") >= 2 && n("seq_ahead") >= 1 && n("bad_signature") >= 1
+    });
+    let s = x.status();
+    assert!(
+        s["key_conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["node_id"] == "b" && c["via"] == "advert from m"),
+        "{:#}",
+        s["key_conflicts"]
+    );
+    assert_eq!(x.peer("b").unwrap()["public_key"], b_key);
+    assert!(!s["public_relays"].as_array().unwrap().contains(&"b".into()));
+    let r = x.send("b", b"mark", &[("timeout", "10000")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(runs(&b), 1);
+}
+
+fn hex_key(v: &serde_json::Value) -> [u8; 32] {
+    let s = v.as_str().unwrap();
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    k
+}
+
+/// A member sending a frame with an id outside the id alphabet (shell metacharacters, as
+/// `MSGTIER_SOURCE` would carry them) loses its link (counted as a bad frame); the node and its
+/// other links are fine, and no script ran.
+#[test]
+fn a_bad_id_on_the_wire_closes_that_link_only() {
+    let (x, b, m) = line();
+    let before = b.counter("links_refused", "bad_frame");
+    let bad = Envelope {
+        id: 1,
+        source: "x;touch pwned".into(),
+        target: "b".into(),
+        kind: MessageKind::Request,
+        timestamp_ms: seq_now() / 1000,
+        ttl_ms: 10_000,
+        hops: 0,
+        sealed: vec![0; 64],
+    };
+    m.to_b().send(Frame::Data(bad));
+    b.wait("bad frame counted", || {
+        b.counter("links_refused", "bad_frame") > before
+    });
+    b.wait("m's link to b closed", || {
+        m.to_b().state().0 == msgtier::proto::link::Phase::Closed
+    });
+    assert!(!b.dir.path().join("pwned").exists());
+    assert_eq!(runs(&b), 0);
+    assert_eq!(x.peer_state("m"), "Active");
+}
 
 /// A TCP connection from `source` to `to`.
 fn tcp_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -140,4 +444,149 @@ fn a_handshake_flood_does_not_keep_honest_peers_out() {
         largest_reply.load(Ordering::Relaxed) <= init_len,
         "no reply larger than the {init_len}-byte init"
     );
+}
+
+/// X was told to dial an address where a stranger (another network, no secret) listens. The
+/// link comes up (as to a public node: Noise alone), but the stranger cannot steer X: the 300
+/// junk nodes in its welcome are not dialled, its adverts for X's members are refused (its own
+/// network's MAC, none, or relay-flagged), its punch frames are ignored, and its own advert makes
+/// it a relay, never a member. X still reaches B with B's own key.
+#[test]
+fn a_stranger_x_dials_cannot_steer_its_dialers_routes_or_punches() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s_addr = listener.local_addr().unwrap();
+    let b = b_with_marker();
+    let mut sx = Spec::new("x", "tcp");
+    sx.peers = vec![b.spec.url(), format!("tcp://{s_addr}")];
+    sx.extra = serde_json::json!({"hole_punching": true});
+    let x = Node::start(sx);
+    let junk: Vec<msgtier::wire::frame::NodeInfo> = (0..300)
+        .map(|i| msgtier::wire::frame::NodeInfo {
+            id: format!("j{i}"),
+            public_key: [i as u8; 32],
+            addrs: vec![format!("tcp://127.0.0.1:{}", 20_000 + i)],
+        })
+        .collect();
+    let s = Peer::accept(&listener, Who::new("s", "evil", "other"), 9, junk);
+    s.wait_active();
+    x.wait_peer_state("b", "Active");
+    let b_key = b.status()["public_key"].clone();
+
+    let now = seq_now();
+    // Adverts for b: with the stranger's own network's MAC, without one, relay-flagged.
+    s.send(s.advert("test", "b", now + 1, &["s", "x"], false, true));
+    s.send(s.advert("test", "b", now + 2, &["s", "x"], false, false));
+    s.send(s.advert("test", "b", now + 3, &["s", "x"], true, false));
+    // Punch frames nobody asked for, toward b at an address the stranger chose.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for token in 0..5u8 {
+        s.send(Frame::Punch(msgtier::wire::frame::Punch {
+            peer: "b".into(),
+            addr: sink.local_addr().unwrap().to_string(),
+            token: [token; 16],
+        }));
+    }
+    // Its own advert, as a relay.
+    s.send(s.advert("test", "s", now + 4, &["x"], true, false));
+    x.wait("the stranger's frames handled", || {
+        let st = x.status();
+        let r = &st["adverts_refused"];
+        r["bad_mac"].as_u64() >= Some(1)
+            && r["no_mac"].as_u64() >= Some(2)
+            && st["punch"].get("b").is_none()
+            && st["public_relays"]
+                .as_array()
+                .is_some_and(|p| p.contains(&"s".into()))
+    });
+    let mut buf = [0u8; 64];
+    assert!(
+        sink.recv_from(&mut buf).is_err(),
+        "no datagram went to the stranger's address"
+    );
+    let st = x.status();
+    let dialers: Vec<String> = st["dialers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["target"].as_str().unwrap().to_string())
+        .collect();
+    let configured = [b.spec.url(), format!("tcp://{s_addr}")];
+    assert!(
+        dialers.iter().all(|d| configured.contains(d)),
+        "only configured addresses dialled: {dialers:?}"
+    );
+    assert!(!st["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"].as_str().unwrap().starts_with('j')));
+    assert_eq!(x.peer("b").unwrap()["public_key"], b_key);
+    assert_eq!(x.peer("b").unwrap()["key"], "proven");
+    let r = x.send("b", b"mark", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // And b is still a member: a relay flag would have made it a 403.
+    assert_eq!(runs(&b), 1);
+}
+
+/// A public node checks foreign members itself: a foreign member's data addressed to the
+/// public node, and data from a foreign member that took the id of one of the public node's own
+/// members, are dropped and counted in that foreign network's domain; the home member they
+/// name receives nothing.
+#[test]
+fn a_public_node_drops_foreign_data_for_itself_and_for_its_own_members() {
+    let mut sp = Spec::new("p", "tcp");
+    sp.network = "public".into();
+    sp.secret = "public-secret".into();
+    sp.extra = serde_json::json!({"relay_network_whitelist": "fnet"});
+    let p = Node::start(sp);
+    let mut sh = Spec::new("h", "tcp");
+    sh.network = "public".into();
+    sh.secret = "public-secret".into();
+    sh.peers = vec![p.spec.url()];
+    let h = Node::start(sh);
+    p.wait_peer_state("h", "Active");
+
+    let f1 = Peer::dial(tcp_addr(&p), Who::new("f1", "fnet", "f-secret"), 21);
+    let f_as_h = Peer::dial(tcp_addr(&p), Who::new("h", "fnet", "f-secret"), 22);
+    f1.wait_active();
+    f_as_h.wait_active();
+    p.wait("both foreign members admitted", || {
+        p.status()["foreign"]["fnet"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2)
+    });
+    let dropped = |p: &Node| {
+        p.status()["foreign"]["fnet"]["messages_dropped"]
+            .as_u64()
+            .unwrap()
+    };
+    let h_before = h.status()["messages"].clone();
+    let envelope = |source: &str, target: &str| Envelope {
+        id: 42,
+        source: source.into(),
+        target: target.into(),
+        kind: MessageKind::Request,
+        timestamp_ms: seq_now() / 1000,
+        ttl_ms: 10_000,
+        hops: 0,
+        sealed: vec![0; 64],
+    };
+    let before = dropped(&p);
+    f1.send(Frame::Data(envelope("f1", "p")));
+    p.wait("data for the public node dropped", || dropped(&p) > before);
+    let before = dropped(&p);
+    f_as_h.send(Frame::Data(envelope("h", "q")));
+    f1.send(Frame::Data(envelope("f1", "h-home")));
+    p.wait("data toward p's own network dropped", || {
+        dropped(&p) >= before + 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.status()["messages"],
+        h_before,
+        "nothing reached the home member"
+    );
+    assert_eq!(h.peer_state("p"), "Active");
 }
