@@ -303,6 +303,18 @@ pub const FIELDS: &[Field] = &[
         "node id -> the only public key accepted for it",
     ),
     Field::new(
+        "network_ca",
+        Rule::Custom {
+            default: "none (no CA: keys are trusted on first sight)",
+        },
+        "the network CA's public key; members then need a certificate it signed",
+    ),
+    Field::new(
+        "certificate",
+        Rule::Custom { default: "none" },
+        "this node's certificate from the network CA (msgtier ca sign)",
+    ),
+    Field::new(
         "script_timeout_ms",
         Rule::Int {
             default: DEFAULT_SCRIPT_TIMEOUT_MS,
@@ -620,6 +632,15 @@ pub struct Config {
     /// node learned before, e.g. after a peer's identity was regenerated.
     #[serde(serialize_with = "hex_keys")]
     pub pinned_keys: BTreeMap<String, [u8; 32]>,
+    /// The network CA's Ed25519 public key: when set, a member's key is taken only with a
+    /// certificate the CA signed for it (on links and in adverts), and this node needs its own
+    /// `certificate`.
+    #[serde(serialize_with = "opt_hex_key")]
+    pub network_ca: Option<[u8; 32]>,
+    /// This node's certificate from the network CA (checked against `network_ca`, `network`
+    /// and `id` here, and against the identity key at start).
+    #[serde(serialize_with = "opt_cert_text")]
+    pub certificate: Option<crate::proto::cert::Certificate>,
     /// A script still running after this long is killed with its whole process group, in
     /// milliseconds ([`MIN_SCRIPT_TIMEOUT_MS`]..=[`MAX_SCRIPT_TIMEOUT_MS`]).
     pub script_timeout_ms: u64,
@@ -748,6 +769,25 @@ fn level_name<S: Serializer>(
 /// Serializes a path as a string, replacing what is not UTF-8 (so it cannot fail).
 fn lossy_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&path.to_string_lossy())
+}
+
+/// Serializes an optional key as lowercase hex.
+fn opt_hex_key<S: Serializer>(key: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => serializer.serialize_str(&hex_encode(k)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Serializes the certificate in its text form.
+fn opt_cert_text<S: Serializer>(
+    cert: &Option<crate::proto::cert::Certificate>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match cert {
+        Some(c) => serializer.serialize_str(&c.to_text()),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Serializes [`Config::pinned_keys`] as node id -> lowercase hex.
@@ -974,6 +1014,13 @@ fn hex_decode_32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The wall clock, unix seconds (0 before 1970).
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn valid_id(s: &str) -> bool {
     (1..=MAX_ID_CHARS).contains(&s.len())
         && s.bytes()
@@ -1140,6 +1187,57 @@ impl Checker<'_> {
             })
             .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
 
+        let network_ca = match get("network_ca") {
+            None => None,
+            Some(v) => {
+                let s = self.string("network_ca", v)?;
+                Some(hex_decode_32(s.trim()).ok_or_else(|| {
+                    self.err(
+                        "network_ca",
+                        "expected 64 hex characters (the key `msgtier ca init` printed)",
+                    )
+                })?)
+            }
+        };
+        let certificate = match get("certificate") {
+            None => None,
+            Some(v) => {
+                let s = self.string("certificate", v)?;
+                let cert = crate::proto::cert::Certificate::from_text(&s)
+                    .map_err(|e| self.err("certificate", e.to_string()))?;
+                Some(cert)
+            }
+        };
+        match (&network_ca, &certificate) {
+            (Some(_), None) => self.warn(
+                "network_ca: set but `certificate` is not: members that check this CA refuse \
+                 this node (get one with msgtier ca sign)",
+            ),
+            (None, Some(_)) => {
+                self.warn("certificate: ignored without `network_ca` (the CA that signed it)")
+            }
+            (Some(_), Some(cert)) => {
+                // The CA's signature and the identity key are checked at start, once the
+                // identity is loaded (`node::start`).
+                if cert.network != network || cert.node_id != id {
+                    return Err(self.err(
+                        "certificate",
+                        format!(
+                            "issued for {:?} in network {:?}, not for this node ({id:?} in {network:?})",
+                            cert.node_id, cert.network
+                        ),
+                    ));
+                }
+                if cert.not_after_unix_s < unix_now_s() {
+                    return Err(self.err(
+                        "certificate",
+                        format!("expired at unix time {}", cert.not_after_unix_s),
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+
         let script_timeout_ms = self.int(root, "script_timeout_ms")?;
         let max_concurrent_scripts = self.size(root, "max_concurrent_scripts")?;
         let max_script_queue = self.size(root, "max_script_queue")?;
@@ -1170,6 +1268,8 @@ impl Checker<'_> {
             max_frame_bytes,
             metadata,
             pinned_keys,
+            network_ca,
+            certificate,
             script_timeout_ms,
             max_concurrent_scripts,
             max_script_queue,
@@ -2134,6 +2234,46 @@ mod tests {
     }
 
     #[test]
+    fn network_ca_and_certificate_rules() {
+        let ca = crate::identity::Identity::from_private([5; 32]);
+        let ca_hex = hex_encode(&ca.signing_public());
+        let cert = |id: &str, network: &str, not_after: u64| {
+            crate::proto::cert::Certificate::issue(&ca, network, id, [1; 32], not_after).to_text()
+        };
+        let later = unix_now_s() + 86_400;
+        let both = |c: &str| {
+            with(&format!(
+                r#""network_ca": "{ca_hex}", "certificate": "{c}""#
+            ))
+        };
+        let loaded = ok(&both(&cert("n1", DEFAULT_NETWORK, later)));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.network_ca, Some(ca.signing_public()));
+        assert_eq!(
+            err(&with(r#""network_ca": "abc""#)),
+            "node.json: network_ca: expected 64 hex characters (the key `msgtier ca init` printed)"
+        );
+        assert_eq!(
+            err(&both("nonsense")),
+            "node.json: certificate: not a msgtier certificate (no msgtier-cert-v1: prefix)"
+        );
+        assert_eq!(
+            err(&both(&cert("n9", DEFAULT_NETWORK, later))),
+            r#"node.json: certificate: issued for "n9" in network "default", not for this node ("n1" in "default")"#
+        );
+        assert!(err(&both(&cert("n1", DEFAULT_NETWORK, 5))).contains("expired at unix time 5"));
+        let alone = ok(&with(&format!(r#""network_ca": "{ca_hex}""#)));
+        assert!(alone.warnings[0].contains("network_ca: set but `certificate` is not"));
+        // Shown in /config in their text forms.
+        let shown = loaded.config.redacted_json();
+        assert_eq!(shown["network_ca"], ca_hex);
+        assert!(shown["certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("msgtier-cert-v1:"));
+    }
+
+    #[test]
     fn metadata_rules() {
         assert_eq!(
             err(&with(r#""metadata": "x""#)),
@@ -2487,6 +2627,25 @@ mod tests {
         // One valid value per field, different from the base config's.
         let key = "ab".repeat(32);
         let pinned = format!(r#"{{"n2": "{key}"}}"#);
+        // A CA key and a certificate (each is valid alone, with a warning).
+        let (ca, ca_b) = (
+            crate::identity::Identity::from_private([5; 32]),
+            crate::identity::Identity::from_private([6; 32]),
+        );
+        let cert = |issuer: &crate::identity::Identity, days: u64| {
+            let c = crate::proto::cert::Certificate::issue(
+                issuer,
+                DEFAULT_NETWORK,
+                "n1",
+                [1; 32],
+                unix_now_s() + days * 86_400,
+            );
+            format!("{:?}", c.to_text())
+        };
+        let ca_hex =
+            |i: &crate::identity::Identity| format!("{:?}", hex_encode(&i.signing_public()));
+        let ca_sample = ca_hex(&ca_b);
+        let cert_sample = cert(&ca, 20);
         let samples: &[(&str, &str)] = &[
             ("id", r#""n2""#),
             ("secret", r#""another-secret""#),
@@ -2508,6 +2667,8 @@ mod tests {
             ("max_frame_bytes", "8192"),
             ("metadata", r#"{"a": "b"}"#),
             ("pinned_keys", pinned.as_str()),
+            ("network_ca", ca_sample.as_str()),
+            ("certificate", cert_sample.as_str()),
             ("script_timeout_ms", "5"),
             ("max_concurrent_scripts", "2"),
             ("max_script_queue", "0"),

@@ -47,6 +47,8 @@ pub struct Refused {
     pub protocol: Counter,
     /// A second link to the same node on the same transport lost the duplicate rule.
     pub duplicate: Counter,
+    /// The network has a CA and the node had no valid certificate for its id and key.
+    pub uncertified: Counter,
     /// Too many connections were still handshaking; the newest was dropped.
     pub overload: Counter,
 }
@@ -105,6 +107,7 @@ pub struct RefusedSnapshot {
     pub key_mismatch: u64,
     pub protocol: u64,
     pub duplicate: u64,
+    pub uncertified: u64,
     pub overload: u64,
 }
 
@@ -119,6 +122,7 @@ impl Refused {
             key_mismatch: self.key_mismatch.get(),
             protocol: self.protocol.get(),
             duplicate: self.duplicate.get(),
+            uncertified: self.uncertified.get(),
             overload: self.overload.get(),
         }
     }

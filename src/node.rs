@@ -155,6 +155,13 @@ pub enum StartError {
         url: String,
         source: std::io::Error,
     },
+    /// Our certificate is not the network CA's for this node's id and identity key.
+    #[error("{file}: certificate: {problem} (this node's identity key is {key}: sign that one)")]
+    Certificate {
+        file: String,
+        problem: String,
+        key: String,
+    },
     /// The HTTP API could not be bound.
     #[error("{file}: web_api: cannot listen on {addr}: {source}")]
     Http {
@@ -234,6 +241,28 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .send(GetKeyRing)
         .await
         .map_err(|_| StartError::Crypto)?;
+    // With a network CA, our own certificate must be the CA's and name our identity key.
+    let certificate = match (&config.network_ca, &config.certificate) {
+        (Some(ca), Some(cert)) => {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            cert.verify(
+                ca,
+                &config.network,
+                &config.id,
+                &keys.identity.public(),
+                now_s,
+            )
+            .map_err(|e| StartError::Certificate {
+                file: file.clone(),
+                problem: e.to_string(),
+                key: hex::encode(keys.identity.public()),
+            })?;
+            Some(cert.encode())
+        }
+        _ => None,
+    };
 
     let mut bound = Vec::new();
     let mut listen_addrs = Vec::new();
@@ -292,6 +321,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         version: VERSION.to_string(),
         boot_id,
         listen_addrs,
+        certificate,
     });
     let shared = Arc::new(NodeShared {
         config: Arc::new(config),

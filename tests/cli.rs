@@ -104,3 +104,36 @@ fn an_exposed_identity_key_stops_the_start_with_the_fix() {
     a.restart();
     assert_eq!(a.status()["public_key"], key1);
 }
+
+/// A certificate that names another identity key stops the start with one line: the file, the
+/// field, the problem and the key to sign instead.
+#[test]
+fn a_certificate_for_another_key_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = msgtier::identity::Identity::from_private([1; 32]);
+    let cert = msgtier::proto::cert::Certificate::issue(&ca, "default", "1", [9; 32], u64::MAX / 2);
+    let config = format!(
+        r#"{{"id": "1", "secret": "s", "data_dir": {:?}, "network_ca": "{}", "certificate": "{}"}}"#,
+        dir.path().join("data"),
+        hex::encode(ca.signing_public()),
+        cert.to_text()
+    );
+    let (code, stderr) = run_with(&config);
+    assert_ne!(code, 0);
+    // The start-up log (the new identity) comes first; the error is one line.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("certificate"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(
+            "node.json: certificate: issued for \"1\" in network \"default\" with key 0909"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("this node's identity key is "),
+        "{stderr}"
+    );
+}

@@ -590,3 +590,104 @@ fn a_public_node_drops_foreign_data_for_itself_and_for_its_own_members() {
     );
     assert_eq!(h.peer_state("p"), "Active");
 }
+
+/// Runs `msgtier ca ...` and returns its stdout's first line.
+fn ca_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_msgtier"))
+        .arg("ca")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A node whose identity is `seed` (written before its first start), with the network CA and
+/// a certificate from `msgtier ca sign`.
+fn certified(
+    id: &str,
+    seed: u8,
+    ca_key: &std::path::Path,
+    ca_pub: &str,
+    peers: Vec<String>,
+) -> Node {
+    let mut s = Spec::new(id, "tcp");
+    s.peers = peers;
+    let key = hex::encode(msgtier::identity::Identity::from_private([seed; 32]).public());
+    let cert = ca_cli(&[
+        "sign",
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--network",
+        "test",
+        "--id",
+        id,
+        "--key",
+        &key,
+        "--days",
+        "2",
+    ]);
+    s.extra = serde_json::json!({"network_ca": ca_pub, "certificate": cert});
+    Node::start_with_identity(s, [seed; 32])
+}
+
+/// With a network CA (`msgtier ca init` / `ca sign`), certified members link and talk; a node
+/// with the secret but no certificate, and a certified member claiming another member's id, are
+/// refused at the link; a certified member's advert claiming another id with its own key (a
+/// key nobody had proven yet) is refused as uncertified, so nothing is ever sealed to it.
+#[test]
+fn with_a_network_ca_only_certified_members_get_in_or_get_sealed_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = dir.path().join("ca.key");
+    let ca_pub = ca_cli(&["init", "--ca-key", ca_key.to_str().unwrap()]);
+    let a = certified("a", 31, &ca_key, &ca_pub, vec![]);
+    let b = certified("b", 32, &ca_key, &ca_pub, vec![a.spec.url()]);
+    a.wait_peer_state("b", "Active");
+    let r = b.send("a", b"hello", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The secret alone is not enough.
+    let uncertified = Peer::dial(tcp_addr(&a), member("m"), 33);
+    a.wait("uncertified member refused", || {
+        a.counter("links_refused", "uncertified") >= 1
+    });
+    assert_eq!(uncertified.state().0, msgtier::proto::link::Phase::Closed);
+    // A certificate for "c" does not make its holder "z".
+    let c_key = msgtier::identity::Identity::from_private([34; 32]).public();
+    let c_cert = ca_cli(&[
+        "sign",
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--network",
+        "test",
+        "--id",
+        "c",
+        "--key",
+        &hex::encode(c_key),
+    ]);
+    let c_cert = msgtier::proto::cert::Certificate::from_text(&c_cert)
+        .unwrap()
+        .encode();
+    let mut as_z = member("z");
+    as_z.certificate = Some(c_cert.clone());
+    let _z = Peer::dial(tcp_addr(&a), as_z, 34);
+    a.wait("a mislabelled certificate refused", || {
+        a.counter("links_refused", "uncertified") >= 2
+    });
+    // The real "c" gets in, and then advertises "z" with its own key and certificate.
+    let mut who_c = member("c");
+    who_c.certificate = Some(c_cert.clone());
+    let c = Peer::dial(tcp_addr(&a), who_c, 34);
+    c.wait_active();
+    c.send(c.advert_with_cert("test", "z", seq_now(), &["c"], false, true, Some(c_cert)));
+    a.wait("the advert for z refused", || {
+        a.status()["adverts_refused"]["uncertified"].as_u64() >= Some(1)
+    });
+    let r = a.send("z", b"hello", &[]);
+    assert_eq!(r.status, 404, "z is unknown: {}", r.text());
+    assert_eq!(a.peer("b").unwrap()["key"], "proven");
+}

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{info, warn};
+use log::{debug, info, warn};
 use serde::Serialize;
 
 use crate::actors::messages::{
@@ -431,6 +431,24 @@ impl Handler<Admit> for DiscoveryActor {
             return MessageResult(self.admit_foreign(msg));
         }
         let node_id = msg.hello.node_id.clone();
+        // With a network CA, a member's link needs the CA's certificate for its id and key.
+        if let (Some(ca), true) = (
+            &self.node.config.network_ca,
+            msg.hello.network == self.node.local.network,
+        ) {
+            let checked = crate::proto::cert::check_encoded(
+                msg.hello.certificate.as_deref(),
+                ca,
+                &msg.hello.network,
+                &node_id,
+                &msg.hello.public_key,
+                self.node.now_unix_ms() / 1000,
+            );
+            if let Err(e) = checked {
+                debug!("refusing {node_id}: certificate {e}");
+                return MessageResult(Err(CloseReason::Uncertified));
+            }
+        }
         let verdict = self.table.admit(
             msg.link_id,
             &msg.hello,

@@ -109,6 +109,8 @@ impl RelayActor {
             pinned_keys: config.pinned_keys.clone(),
             seq_base: unix_ms() * 1000,
             random: Randomness::Os,
+            network_ca: config.network_ca,
+            certificate: node.local.certificate.clone(),
         };
         let now = now(&node);
         RelayActor {

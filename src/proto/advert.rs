@@ -106,6 +106,8 @@ pub enum Refusal {
     SeqAhead,
     /// It carries another identity key than the one we hold for its origin.
     KeyConflict,
+    /// The network has a CA and the advert had no valid certificate for its origin and key.
+    Uncertified,
 }
 
 impl Refusal {
@@ -119,6 +121,7 @@ impl Refusal {
             Refusal::BadSignature => "bad_signature",
             Refusal::SeqAhead => "seq_ahead",
             Refusal::KeyConflict => "key_conflict",
+            Refusal::Uncertified => "uncertified",
         }
     }
 }
@@ -141,6 +144,7 @@ mod tests {
                 cost_us: 10,
             }],
             relay: false,
+            certificate: None,
         }
     }
 

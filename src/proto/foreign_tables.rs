@@ -159,6 +159,7 @@ mod tests {
             boot_id: 1,
             listen_addrs: vec![],
             proof: [0; 32],
+            certificate: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub const MAX_CONFLICTS: usize = 64;
 pub enum Source {
     /// Heard from a third party (an advert or a welcome list).
     Gossiped,
+    /// In an advert with the network CA's certificate for it.
+    Certified,
     /// Proven by the node on a direct link.
     Proven,
     /// Pinned in the config.
@@ -35,6 +37,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Gossiped => "unverified",
+            Source::Certified => "certified",
             Source::Proven => "proven",
             Source::Pinned => "pinned",
         }

@@ -74,6 +74,8 @@ pub struct LocalInfo {
     pub boot_id: u64,
     /// Listener URLs to advertise.
     pub listen_addrs: Vec<String>,
+    /// This node's certificate from the network CA (encoded), sent in every hello.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// Bytes that arrived on a datagram transport, already classified by its header.
@@ -939,6 +941,7 @@ impl Link {
             boot_id: self.local.boot_id,
             listen_addrs: self.local.listen_addrs.clone(),
             proof: self.keys.network_key.proof(self.role, handshake_hash),
+            certificate: self.local.certificate.clone(),
         }
     }
 
@@ -1026,6 +1029,7 @@ mod tests {
             version: "test".into(),
             boot_id: 7,
             listen_addrs: vec![format!("tcp://127.0.0.1:{}", 1000 + id.len())],
+            certificate: None,
         });
         let keys = Arc::new(KeyRing {
             identity: Identity::generate().expect("rng"),

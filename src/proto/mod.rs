@@ -10,6 +10,7 @@
 pub mod advert;
 pub(crate) mod backoff;
 pub(crate) mod cache;
+pub mod cert;
 pub mod cookie;
 pub mod e2e;
 pub(crate) mod foreign_tables;

@@ -344,6 +344,7 @@ mod tests {
             boot_id: boot,
             listen_addrs: vec!["tcp://0.0.0.0:7000".into(), "udp://10.0.0.9:7001".into()],
             proof: [0; 32],
+            certificate: None,
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Hello {
     /// ([`CloseReason::WrongSecret`] otherwise).
     #[serde(with = "serde_bytes")]
     pub proof: [u8; 32],
+    /// The node's certificate from its network's CA (`crate::proto::cert`), when the network
+    /// has one; at most [`crate::proto::cert::MAX_CERT_BYTES`].
+    #[serde(default, with = "serde_bytes")]
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// The listener's acceptance of a link: its own introduction plus what it knows.
@@ -259,6 +263,9 @@ pub struct Advert {
     /// The origin is a public node of another network relaying for this one: a path may go
     /// through it, but it is not a member (it cannot open this network's messages).
     pub relay: bool,
+    /// The origin's certificate from the network CA, when the network has one.
+    #[serde(default, with = "serde_bytes")]
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// One direct link of a [`LinkState`]'s origin.
@@ -289,6 +296,8 @@ pub enum CloseReason {
     BadFrame,
     /// The peer broke the protocol (wrong frame for the state, unsupported version).
     Protocol,
+    /// The network has a CA and the peer's hello had no valid certificate for its id and key.
+    Uncertified,
     /// The peer stopped answering.
     Timeout,
     /// The node is shutting down.
@@ -305,6 +314,7 @@ impl CloseReason {
             CloseReason::KeyMismatch => "key_mismatch",
             CloseReason::BadFrame => "bad_frame",
             CloseReason::Protocol => "protocol",
+            CloseReason::Uncertified => "uncertified",
             CloseReason::Timeout => "timeout",
             CloseReason::Shutdown => "shutdown",
         }
@@ -397,6 +407,15 @@ impl Frame {
 impl Hello {
     /// Checks the name lengths and the address list against the limits of [`super`].
     pub fn check_limits(&self) -> Result<(), WireError> {
+        if self
+            .certificate
+            .as_ref()
+            .is_some_and(|c| c.len() > crate::proto::cert::MAX_CERT_BYTES)
+        {
+            return Err(WireError::Limit {
+                what: "hello.certificate",
+            });
+        }
         check_id(&self.node_id, "hello.node_id")?;
         check_id(&self.network, "hello.network")?;
         check_len(&self.version, MAX_NAME_BYTES, "hello.version")?;
@@ -486,8 +505,17 @@ impl Advert {
         rmp_serde::to_vec(self).expect("encoding an Advert into a Vec cannot fail")
     }
 
-    /// Checks the network, the ids, the address list and the neighbours.
+    /// Checks the network, the ids, the address list, the neighbours and the certificate size.
     pub fn check_limits(&self) -> Result<(), WireError> {
+        if self
+            .certificate
+            .as_ref()
+            .is_some_and(|c| c.len() > crate::proto::cert::MAX_CERT_BYTES)
+        {
+            return Err(WireError::Limit {
+                what: "link_state.certificate",
+            });
+        }
         check_len(&self.network, MAX_NAME_BYTES, "link_state.network")?;
         check_id(&self.origin, "link_state.origin")?;
         check_addrs(&self.addrs, "link_state.addrs", "link_state.addr")?;
@@ -622,13 +650,14 @@ pub(crate) mod tests {
     use proptest::collection::vec;
     use proptest::prelude::*;
 
-    const ALL_REASONS: [CloseReason; 8] = [
+    const ALL_REASONS: [CloseReason; 9] = [
         CloseReason::WrongSecret,
         CloseReason::Foreign,
         CloseReason::Duplicate,
         CloseReason::KeyMismatch,
         CloseReason::BadFrame,
         CloseReason::Protocol,
+        CloseReason::Uncertified,
         CloseReason::Timeout,
         CloseReason::Shutdown,
     ];
@@ -675,6 +704,7 @@ pub(crate) mod tests {
                         boot_id,
                         listen_addrs,
                         proof,
+                        certificate: None,
                     }
                 },
             )
@@ -741,6 +771,7 @@ pub(crate) mod tests {
                         addrs,
                         neighbors,
                         relay,
+                        certificate: None,
                     }
                 },
             )
@@ -793,6 +824,7 @@ pub(crate) mod tests {
             boot_id: 42,
             listen_addrs: vec!["tcp://127.0.0.1:6711".into()],
             proof: [9; 32],
+            certificate: None,
         }
     }
 
@@ -838,6 +870,7 @@ pub(crate) mod tests {
                 cost_us: 300,
             }],
             relay: false,
+            certificate: None,
         }
     }
 
@@ -995,16 +1028,17 @@ pub(crate) mod tests {
         assert!(response.windows(9).any(|w| w == b"\xa8response"));
 
         // {"link_state": [bin(body), bin8(64 x 0x13), bin8(32 x 0x14)]}, the body being
-        // ["home", "o", 7, bin8(32 x 0x11), bin8(32 x 0x12), ["x"], [["n", uint16(300)]], false]
+        // ["home", "o", 7, bin8(32 x 0x11), bin8(32 x 0x12), ["x"], [["n", uint16(300)]], false,
+        // nil]
         let link_state = Frame::LinkState(sample_link_state()).encode();
-        let mut body = vec![0x98, 0xa4];
+        let mut body = vec![0x99, 0xa4];
         body.extend_from_slice(b"home");
         body.extend_from_slice(&[0xa1, b'o', 0x07, 0xc4, 0x20]);
         body.extend_from_slice(&[0x11; 32]);
         body.extend_from_slice(&[0xc4, 0x20]);
         body.extend_from_slice(&[0x12; 32]);
         body.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
-        body.push(0xc2);
+        body.extend_from_slice(&[0xc2, 0xc0]);
         let mut want = vec![0x81, 0xaa];
         want.extend_from_slice(b"link_state");
         want.extend_from_slice(&[0x93, 0xc4, body.len() as u8]);
@@ -1319,19 +1353,23 @@ pub(crate) mod tests {
             boot_id: u64::MAX,
             listen_addrs: addrs.clone(),
             proof: [0xff; 32],
+            certificate: Some(vec![0xff; crate::proto::cert::MAX_CERT_BYTES]),
         };
         let node = NodeInfo {
             id: name,
             public_key: [0xff; 32],
             addrs,
         };
+        // The largest hello is what a listener takes before admitting the dialer.
+        let hello_bytes = Frame::Hello(hello.clone()).encode().len();
+        assert!(hello_bytes <= crate::wire::MAX_HELLO_BYTES, "{hello_bytes}");
         let frame = Frame::Welcome(Welcome {
             hello,
             observed_addr: "o".repeat(MAX_ADDR_BYTES),
             known: vec![node; MAX_KNOWN_NODES],
         });
         let bytes = frame.encode();
-        assert_eq!(bytes.len(), 2_238_921);
+        assert_eq!(bytes.len(), 2_239_436);
         assert!(bytes.len() <= MAX_FRAME_BYTES);
         assert_eq!(Frame::decode(&bytes).ok(), Some(frame));
     }

@@ -50,8 +50,8 @@ pub const MAX_KNOWN_NODES: usize = 1024;
 /// test in `frame.rs`); 4 MiB covers it with room for future variants.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Largest `hello` frame (every field at its limit encodes to under 2.4 KB; checked by a test
-/// in `frame.rs`): what a listener accepts from a dialer before it proved membership, so a
+/// Largest `hello` frame (every field at its limit, a certificate included, encodes to under
+/// 3 KB; checked by `largest_frame_fits_max_frame_bytes` in `frame.rs`): what a listener accepts from a dialer before it proved membership, so a
 /// stranger cannot make it buffer megabytes per connection.
 pub const MAX_HELLO_BYTES: usize = 4096;
 

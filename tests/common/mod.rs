@@ -302,6 +302,27 @@ impl Node {
         node
     }
 
+    /// [`Node::start`] with the identity built from `seed` (its key file written first, mode
+    /// 0600 in a 0700 data directory), so a test knows the node's key before it runs.
+    pub fn start_with_identity(spec: Spec, seed: [u8; 32]) -> Node {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let key = data.join("identity.key");
+        std::fs::write(&key, format!("ed25519:{}\n", hex::encode(seed))).expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut node = Node {
+            spec,
+            http_port: free_port(),
+            dir,
+            child: None,
+        };
+        node.launch();
+        node
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("node.json")
     }

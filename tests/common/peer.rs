@@ -21,6 +21,8 @@ pub struct Who {
     pub id: String,
     pub network: String,
     pub secret: String,
+    /// A certificate (encoded) to send in the hello.
+    pub certificate: Option<Vec<u8>>,
 }
 
 impl Who {
@@ -29,6 +31,7 @@ impl Who {
             id: id.into(),
             network: network.into(),
             secret: secret.into(),
+            certificate: None,
         }
     }
 }
@@ -87,6 +90,7 @@ impl Peer {
             version: "hostile".into(),
             boot_id: u64::from(seed) << 32 | 1,
             listen_addrs: Vec::new(),
+            certificate: who.certificate.clone(),
         });
         let start = Instant::now();
         let now = move || start.elapsed().as_micros() as u64;
@@ -209,6 +213,21 @@ impl Peer {
         relay: bool,
         mac: bool,
     ) -> Frame {
+        self.advert_with_cert(network, origin, seq, neighbors, relay, mac, None)
+    }
+
+    /// [`Peer::advert`] carrying `certificate`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn advert_with_cert(
+        &self,
+        network: &str,
+        origin: &str,
+        seq: u64,
+        neighbors: &[&str],
+        relay: bool,
+        mac: bool,
+        certificate: Option<Vec<u8>>,
+    ) -> Frame {
         let advert = Advert {
             network: network.into(),
             origin: origin.into(),
@@ -224,6 +243,7 @@ impl Peer {
                 })
                 .collect(),
             relay,
+            certificate,
         };
         let key = msgtier::proto::advert::AdvertKey::new(&self.keys.network_key);
         Frame::LinkState(msgtier::proto::advert::seal(

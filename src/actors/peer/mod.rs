@@ -1054,10 +1054,12 @@ impl PeerActor {
                     CloseReason::WrongSecret
                     | CloseReason::Foreign
                     | CloseReason::KeyMismatch
+                    | CloseReason::Uncertified
                     | CloseReason::Protocol,
                 )
                 | Cause::ClosedByPeer(
-                    CloseReason::WrongSecret
+                    CloseReason::Uncertified
+                    | CloseReason::WrongSecret
                     | CloseReason::Foreign
                     | CloseReason::KeyMismatch
                     | CloseReason::Protocol,
@@ -1111,6 +1113,7 @@ impl PeerActor {
             CloseReason::KeyMismatch => set.key_mismatch.inc(),
             CloseReason::BadFrame => set.bad_frame.inc(),
             CloseReason::Protocol => set.protocol.inc(),
+            CloseReason::Uncertified => set.uncertified.inc(),
             CloseReason::Timeout | CloseReason::Shutdown => {}
         }
     }

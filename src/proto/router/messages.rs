@@ -290,6 +290,15 @@ impl Router {
             .keys
             .get(id)
             .ok_or_else(|| SendError::PeerNotFound(id.to_string()))?;
+        // With a network CA, never seal to a key that is only gossiped.
+        if self.settings.network_ca.is_some()
+            && self.home.keys.source(id) == Some(crate::proto::key_book::Source::Gossiped)
+        {
+            return Err(SendError::Crypto(
+                id.to_string(),
+                "its key has no certificate from the network CA".into(),
+            ));
+        }
         let keys = &self.settings.keys;
         let me = &self.settings.node_id;
         let key = PairKey::derive(&keys.identity, &public, &keys.network_key, me, id)

@@ -212,6 +212,11 @@ pub struct Settings {
     pub seq_base: u64,
     /// Where message ids and punch tokens come from.
     pub random: Randomness,
+    /// The network CA's key: members' adverts must carry a certificate it signed, and only
+    /// keys certified (or proven on a link, which admission checked) are sealed to.
+    pub network_ca: Option<[u8; 32]>,
+    /// Our certificate (encoded), put in our adverts.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// The router's source of message ids and punch tokens.
@@ -654,11 +659,17 @@ impl Router {
         };
         let me = self.settings.node_id.clone();
         let origin = advert.origin.clone();
+        // Checked above: with a CA, the key in a member's advert is certified.
+        let source = if dom.is_none() && member && self.settings.network_ca.is_some() {
+            Source::Certified
+        } else {
+            Source::Gossiped
+        };
         let Some(d) = self.domain_mut(dom) else {
             return;
         };
         if origin != me {
-            match d.keys.offer(&origin, advert.public_key, Source::Gossiped) {
+            match d.keys.offer(&origin, advert.public_key, source) {
                 // A key for an id that had none (or whose gossiped key expired): a pair key
                 // derived from an older one must go.
                 Offer::Changed if dom.is_none() => self.msgs.forget_pair_key(&origin),
@@ -796,6 +807,19 @@ impl Router {
         if !signed::signed_by_origin(state, &advert) {
             return Err(Refusal::BadSignature);
         }
+        // With a network CA, a member's advert carries the CA's certificate for its id and key
+        // (in our own network; a public node's relay advert is never sealed to).
+        if let (None, true, Some(ca)) = (dom, member, &self.settings.network_ca) {
+            crate::proto::cert::check_encoded(
+                advert.certificate.as_deref(),
+                ca,
+                &self.settings.network,
+                &advert.origin,
+                &advert.public_key,
+                now.unix_ms / 1000,
+            )
+            .map_err(|_| Refusal::Uncertified)?;
+        }
         Ok(Some((advert, member)))
     }
 
@@ -878,6 +902,7 @@ impl Router {
         debug_assert_eq!(advert.origin, self.settings.node_id);
         let keys = self.settings.keys.clone();
         let listen_addrs = self.settings.listen_addrs.clone();
+        let certificate = self.settings.certificate.clone();
         let network = dom.unwrap_or(&self.settings.network).to_string();
         let advert_key = &self.advert_key;
         let d = match dom {
@@ -906,6 +931,7 @@ impl Router {
                 })
                 .collect(),
             relay: !home,
+            certificate: if home { certificate } else { None },
         };
         let state = signed::seal(&keys.identity, home.then_some(advert_key), &body);
         d.own = Some((advert.seq, state.clone()));

@@ -68,7 +68,11 @@ struct SimLink {
 #[derive(Debug)]
 enum Event {
     /// A frame reaches node `to` on `link`.
-    Frame { to: usize, link: u64, frame: Frame },
+    Frame {
+        to: usize,
+        link: u64,
+        frame: Box<Frame>,
+    },
     /// A punch datagram reaches node `to`.
     Punch {
         to: usize,
@@ -213,6 +217,8 @@ impl Net {
             pinned_keys: BTreeMap::new(),
             seq_base: UNIX_BASE_MS * 1000,
             random: Randomness::Seeded(self.seed ^ ((index as u64 + 1) << 32)),
+            network_ca: None,
+            certificate: None,
         };
         tweak(&mut settings);
         let router = Router::new(settings, self.now());
@@ -282,6 +288,7 @@ impl Net {
                 })
                 .collect(),
             relay: false,
+            certificate: None,
         }
     }
 
@@ -501,12 +508,12 @@ impl Net {
                 if !self.links.get(&link).is_some_and(|l| l.up) {
                     return;
                 }
-                match &frame {
+                match &*frame {
                     Frame::LinkState(_) => self.adverts_delivered += 1,
                     Frame::Data(_) => self.data_delivered += 1,
                     _ => {}
                 }
-                self.nodes[to].router.handle_frame(now, link, frame);
+                self.nodes[to].router.handle_frame(now, link, *frame);
                 self.drain(to);
             }
             Event::Punch {
@@ -542,6 +549,7 @@ impl Net {
                     if let (true, Frame::Data(e)) = (self.tap, &frame) {
                         self.tapped.push((node, link, e.clone()));
                     }
+                    let frame = Box::new(frame);
                     self.push(at, Event::Frame { to, link, frame });
                 }
                 Action::RunScript {
