@@ -606,6 +606,23 @@ fn ca_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `msgtier ca sign` for `id` with identity key `key` in network `test`.
+fn ca_sign(ca_key: &std::path::Path, id: &str, key: &[u8; 32]) -> String {
+    ca_cli(&[
+        "sign",
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--network",
+        "test",
+        "--id",
+        id,
+        "--key",
+        &hex::encode(key),
+        "--days",
+        "2",
+    ])
+}
+
 /// A node whose identity is `seed` (written before its first start), with the network CA and
 /// a certificate from `msgtier ca sign`.
 fn certified(
@@ -617,20 +634,8 @@ fn certified(
 ) -> Node {
     let mut s = Spec::new(id, "tcp");
     s.peers = peers;
-    let key = hex::encode(msgtier::identity::Identity::from_private([seed; 32]).public());
-    let cert = ca_cli(&[
-        "sign",
-        "--ca-key",
-        ca_key.to_str().unwrap(),
-        "--network",
-        "test",
-        "--id",
-        id,
-        "--key",
-        &key,
-        "--days",
-        "2",
-    ]);
+    let key = msgtier::identity::Identity::from_private([seed; 32]).public();
+    let cert = ca_sign(ca_key, id, &key);
     s.extra = serde_json::json!({"network_ca": ca_pub, "certificate": cert});
     Node::start_with_identity(s, [seed; 32])
 }
@@ -658,17 +663,7 @@ fn with_a_network_ca_only_certified_members_get_in_or_get_sealed_to() {
     assert_eq!(uncertified.state().0, msgtier::proto::link::Phase::Closed);
     // A certificate for "c" does not make its holder "z".
     let c_key = msgtier::identity::Identity::from_private([34; 32]).public();
-    let c_cert = ca_cli(&[
-        "sign",
-        "--ca-key",
-        ca_key.to_str().unwrap(),
-        "--network",
-        "test",
-        "--id",
-        "c",
-        "--key",
-        &hex::encode(c_key),
-    ]);
+    let c_cert = ca_sign(&ca_key, "c", &c_key);
     let c_cert = msgtier::proto::cert::Certificate::from_text(&c_cert)
         .unwrap()
         .encode();

@@ -407,15 +407,7 @@ impl Frame {
 impl Hello {
     /// Checks the name lengths and the address list against the limits of [`super`].
     pub fn check_limits(&self) -> Result<(), WireError> {
-        if self
-            .certificate
-            .as_ref()
-            .is_some_and(|c| c.len() > crate::proto::cert::MAX_CERT_BYTES)
-        {
-            return Err(WireError::Limit {
-                what: "hello.certificate",
-            });
-        }
+        check_certificate(&self.certificate, "hello.certificate")?;
         check_id(&self.node_id, "hello.node_id")?;
         check_id(&self.network, "hello.network")?;
         check_len(&self.version, MAX_NAME_BYTES, "hello.version")?;
@@ -507,15 +499,7 @@ impl Advert {
 
     /// Checks the network, the ids, the address list, the neighbours and the certificate size.
     pub fn check_limits(&self) -> Result<(), WireError> {
-        if self
-            .certificate
-            .as_ref()
-            .is_some_and(|c| c.len() > crate::proto::cert::MAX_CERT_BYTES)
-        {
-            return Err(WireError::Limit {
-                what: "link_state.certificate",
-            });
-        }
+        check_certificate(&self.certificate, "link_state.certificate")?;
         check_len(&self.network, MAX_NAME_BYTES, "link_state.network")?;
         check_id(&self.origin, "link_state.origin")?;
         check_addrs(&self.addrs, "link_state.addrs", "link_state.addr")?;
@@ -538,6 +522,17 @@ pub fn valid_id(s: &str) -> bool {
         && !s.starts_with('-')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `Limit { what }` for a certificate over [`crate::proto::cert::MAX_CERT_BYTES`].
+fn check_certificate(cert: &Option<Vec<u8>>, what: &'static str) -> Result<(), WireError> {
+    if cert
+        .as_ref()
+        .is_some_and(|c| c.len() > crate::proto::cert::MAX_CERT_BYTES)
+    {
+        return Err(WireError::Limit { what });
+    }
+    Ok(())
 }
 
 /// `Limit { what }` unless `s` is a valid node id ([`valid_id`]).
