@@ -85,6 +85,13 @@ pub enum ApiError {
     /// The request carries the `Origin` of another site (a browser sent it cross-site).
     #[error("{0}")]
     ForeignOrigin(String),
+    /// A public node on the path is over this network's relay budget: retry later.
+    #[error("{message}")]
+    OverBudget {
+        message: String,
+        /// Seconds for the `retry-after` header (rounded up, at least 1).
+        retry_after_s: u64,
+    },
 }
 
 impl ApiError {
@@ -104,6 +111,7 @@ impl ApiError {
             ApiError::NotMember(_) => "not_a_member",
             ApiError::MisdirectedHost(_) => "misdirected_host",
             ApiError::ForeignOrigin(_) => "foreign_origin",
+            ApiError::OverBudget { .. } => "relay_over_budget",
         }
     }
 }
@@ -134,6 +142,7 @@ impl ResponseError for ApiError {
             ApiError::NotMember(_) => StatusCode::FORBIDDEN,
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -142,8 +151,11 @@ impl ResponseError for ApiError {
             ApiError::Remote { code, .. } => code.as_str(),
             other => other.code(),
         };
-        HttpResponse::build(self.status_code())
-            .json(json!({"error": code, "message": self.to_string()}))
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::OverBudget { retry_after_s, .. } = self {
+            response.insert_header(("retry-after", retry_after_s.to_string()));
+        }
+        response.json(json!({"error": code, "message": self.to_string()}))
     }
 }
 
@@ -157,6 +169,10 @@ impl From<SendError> for ApiError {
             SendError::Crypto(..) => ApiError::Remote {
                 code: "crypto".into(),
                 message: e.to_string(),
+            },
+            SendError::OverBudget { retry_after_ms, .. } => ApiError::OverBudget {
+                message: e.to_string(),
+                retry_after_s: retry_after_ms.div_ceil(1000).max(1),
             },
         }
     }

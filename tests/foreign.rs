@@ -196,3 +196,61 @@ fn members_punch_through_a_relay_of_their_own_network() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["hops"], 1);
 }
+
+/// Over a public node's relay budget, a `/send` is told at once: 429 `relay_over_budget` with a
+/// `retry-after` header, instead of a 504 after its timeout; messages within the budget (and
+/// those the one-second queue holds) are delivered.
+#[test]
+fn over_the_relay_budget_a_send_gets_429_with_retry_after() {
+    let p = public(
+        "p",
+        json!({"relay_network_whitelist": "home", "foreign_relay_bps_limit": 20_000}),
+    );
+    let _b = Node::start(home("b", &p, false));
+    let a = Node::start(home("a", &p, false));
+    a.wait("a routes to b through p", || {
+        a.peer("b").is_some_and(|x| x["hops"] == 2)
+    });
+    let port = a.http_port;
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = vec![b'x'; 8_000];
+                common::http_full(
+                    port,
+                    "POST",
+                    "/send",
+                    &[("target", "b"), ("timeout", "10000")],
+                    &body,
+                )
+                .expect("send")
+            })
+        })
+        .collect();
+    let answers: Vec<common::Response> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let over: Vec<&common::Response> = answers.iter().filter(|r| r.status == 429).collect();
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert!(
+        !over.is_empty(),
+        "12 x 8 KB is over a 20 KB/s budget and its queue: {statuses:?} {}",
+        answers[0].text()
+    );
+    assert!(
+        ok >= 2,
+        "what the burst and the queue hold is delivered: {ok}"
+    );
+    assert_eq!(over.len() + ok, answers.len(), "no other outcome");
+    let r = over[0];
+    assert_eq!(r.json()["error"], "relay_over_budget", "{}", r.text());
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // The refusals came back at once, not after the 10 s timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert!(foreign(&p, "home")["messages_over_budget"].as_u64() >= Some(1));
+}

@@ -306,3 +306,67 @@ fn a_forged_relay_advert_does_not_make_a_member_unaddressable() {
     assert_eq!(report.adverts_refused.get("key_conflict"), Some(&2));
     assert_eq!(report.key_conflicts[0].node_id, "n2");
 }
+
+/// A public node's relay budget shapes a foreign network's data instead of dropping it:
+/// closed-loop senders with a long timeout get 90-110 % of the budget through, none of them
+/// times out, and when the queue (one second of budget) is full the origin is told at once
+/// (`over_budget`) with when to retry.
+#[test]
+fn a_relay_budget_shapes_closed_loop_senders_to_its_rate() {
+    let rate = 200_000u64;
+    let mut net = Net::new(91);
+    let p = net.add_with("p", "pub", |s| {
+        s.relay_network_whitelist = vec!["alpha".into()];
+        s.foreign_relay_bps_limit = rate;
+    });
+    let a = net.add_with("a", "alpha", |_| {});
+    let b = net.add_with("b", "alpha", |_| {});
+    net.connect(a, p, 1);
+    net.connect(b, p, 1);
+    net.run_for(3_000);
+    let body = "x".repeat(8_000);
+    // 48 senders, one message in flight each (384 KB: more than the one-second queue holds):
+    // (in-flight id, may send again at ms).
+    let mut slots: Vec<(Option<u64>, u64)> = vec![(None, 0); 48];
+    let (mut over, mut failed) = (0u64, 0u64);
+    let start = net.now_ms();
+    let mut window: Option<(u64, u64)> = None;
+    while net.now_ms() < start + 12_000 {
+        let now = net.now_ms();
+        for slot in slots.iter_mut() {
+            if let Some(id) = slot.0 {
+                match net.outcome(a, id).cloned() {
+                    None => continue,
+                    Some(Ok(_)) => slot.0 = None,
+                    Some(Err(SendError::OverBudget { retry_after_ms, .. })) => {
+                        over += 1;
+                        slot.1 = now + retry_after_ms;
+                        slot.0 = None;
+                    }
+                    Some(Err(_)) => {
+                        failed += 1;
+                        slot.0 = None;
+                    }
+                }
+            }
+            if slot.0.is_none() && now >= slot.1 {
+                slot.0 = net.send(a, "b", &body, 3_000).ok();
+            }
+        }
+        if window.is_none() && now >= start + 2_000 {
+            window = Some((now, net.report(b).messages.delivered));
+        }
+        net.run_for(5);
+    }
+    let (t0, d0) = window.expect("window started");
+    let (t1, d1) = (net.now_ms(), net.report(b).messages.delivered);
+    let got = (d1 - d0) as f64 * body.len() as f64 / ((t1 - t0) as f64 / 1000.0);
+    let share = got / rate as f64;
+    eprintln!("closed-loop senders got {got:.0} B/s of a {rate} B/s budget ({share:.3}); {over} over_budget, {failed} failed");
+    assert!((0.9..=1.1).contains(&share), "{share:.3} of the budget");
+    assert_eq!(failed, 0, "nobody waited out a timeout");
+    assert!(over > 0, "the queue filled and origins were told");
+    let f = &net.report(p).foreign["alpha"];
+    assert!(f.messages_over_budget > 0);
+    assert!(f.bytes_queued <= rate);
+}

@@ -23,6 +23,7 @@ pub(crate) mod peer_table;
 pub(crate) mod punch;
 pub mod router;
 pub(crate) mod routing;
+pub(crate) mod shaper;
 pub(crate) mod token_bucket;
 pub mod udp_session;
 pub(crate) mod whitelist;

@@ -49,6 +49,20 @@ impl TokenBucket {
         }
     }
 
+    /// Microseconds from `now_us` until `bytes` could be taken (0 if now; unlimited: 0). A
+    /// request larger than the bucket waits for a full bucket.
+    pub fn wait_us(&self, now_us: u64, bytes: u64) -> u64 {
+        if self.rate == 0 {
+            return 0;
+        }
+        let elapsed = now_us.saturating_sub(self.last_us);
+        let cap = u128::from(self.capacity) * 1_000_000;
+        let have = (self.micro_tokens + u128::from(elapsed) * u128::from(self.rate)).min(cap);
+        let need = (u128::from(bytes) * 1_000_000).min(cap);
+        // Tokens grow by `rate` millionths of a byte per microsecond.
+        need.saturating_sub(have).div_ceil(u128::from(self.rate)) as u64
+    }
+
     /// The configured rate (bytes per second; 0 = unlimited).
     pub fn rate(&self) -> u64 {
         self.rate
@@ -101,6 +115,17 @@ mod tests {
         let mut b = TokenBucket::new(1000, 0);
         assert!(b.try_take(100 * S, 1000));
         assert!(!b.try_take(100 * S, 1));
+    }
+
+    #[test]
+    fn wait_is_the_time_until_enough_tokens() {
+        let mut b = TokenBucket::new(1000, 0);
+        assert_eq!(b.wait_us(0, 1000), 0);
+        assert!(b.try_take(0, 1000));
+        assert_eq!(b.wait_us(0, 250), S / 4);
+        assert_eq!(b.wait_us(S / 8, 250), S / 8);
+        assert_eq!(b.wait_us(0, 5000), S, "more than the bucket: a full bucket");
+        assert_eq!(TokenBucket::new(0, 0).wait_us(0, u64::MAX), 0);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum Frame {
     /// From a relay: send punch datagrams (with `token`) to `peer` at `addr`, which does the
     /// same toward us.
     Punch(Punch),
+    /// From a public node back toward a message's origin: the message was not relayed, its
+    /// network's budget is spent and its queue full; the origin may retry after the delay.
+    OverBudget(OverBudget),
     /// From a relay: it cannot coordinate the punch toward `target`, and why.
     PunchRefused {
         /// The member the request named; at most [`MAX_NAME_BYTES`].
@@ -74,6 +77,21 @@ pub enum Frame {
         /// Why, for `/status`; at most [`MAX_ADDR_BYTES`].
         reason: String,
     },
+}
+
+/// A public node's refusal of one message over its relay budget, routed back to the origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverBudget {
+    /// The refused envelope's id.
+    pub id: u64,
+    /// Its source: where this frame goes.
+    pub source: String,
+    /// Its target.
+    pub target: String,
+    /// About when the relay's queue has room again.
+    pub retry_after_ms: u32,
+    /// Forwarding count (bounded by the hop limit).
+    pub hops: u8,
 }
 
 /// A relay's instruction to punch toward a peer (see `crate::proto::punch`).
@@ -380,6 +398,7 @@ impl Frame {
             Frame::PunchRequest { .. } => "punch_request",
             Frame::Punch(_) => "punch",
             Frame::PunchRefused { .. } => "punch_refused",
+            Frame::OverBudget(_) => "over_budget",
         }
     }
 
@@ -394,6 +413,10 @@ impl Frame {
             Frame::Punch(p) => {
                 check_id(&p.peer, "punch.peer")?;
                 check_len(&p.addr, MAX_ADDR_BYTES, "punch.addr")
+            }
+            Frame::OverBudget(o) => {
+                check_id(&o.source, "over_budget.source")?;
+                check_id(&o.target, "over_budget.target")
             }
             Frame::PunchRefused { target, reason } => {
                 check_id(target, "punch.target")?;
@@ -806,6 +829,15 @@ pub(crate) mod tests {
             (name(), addr(), any::<[u8; 16]>())
                 .prop_map(|(peer, addr, token)| Frame::Punch(Punch { peer, addr, token })),
             (name(), addr()).prop_map(|(target, reason)| Frame::PunchRefused { target, reason }),
+            (any::<u64>(), name(), name(), any::<u32>(), any::<u8>()).prop_map(
+                |(id, source, target, retry_after_ms, hops)| Frame::OverBudget(OverBudget {
+                    id,
+                    source,
+                    target,
+                    retry_after_ms,
+                    hops,
+                })
+            ),
         ]
     }
 

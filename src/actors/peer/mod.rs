@@ -845,7 +845,8 @@ impl PeerActor {
                 | Frame::LinkState(_)
                 | Frame::PunchRequest { .. }
                 | Frame::Punch(_)
-                | Frame::PunchRefused { .. }) => self.pass_to_relay(frame),
+                | Frame::PunchRefused { .. }
+                | Frame::OverBudget(_)) => self.pass_to_relay(frame),
                 other => debug!("{}: unexpected frame {}", self.describe(), other.kind()),
             },
             Event::Closed(cause) => self.on_closed(cause, ctx),

@@ -11,8 +11,8 @@ use crate::proto::cache::BoundedCache;
 use crate::proto::key_book::KeyBook;
 use crate::proto::peer_table::MAX_KNOWN_NODES;
 use crate::proto::routing::RoutingTable;
-use crate::proto::token_bucket::TokenBucket;
-use crate::wire::frame::LinkState;
+use crate::proto::shaper::Shaper;
+use crate::wire::frame::{Envelope, LinkState};
 
 use super::report::RelayedCount;
 use super::FORWARD_SEEN;
@@ -26,8 +26,9 @@ pub enum Policy {
     Foreign {
         /// Admitted by `relay_all_peer_rpc` only: its data is dropped, control flows.
         control_only: bool,
-        /// Its relay budget (data only; control frames are never limited).
-        bucket: TokenBucket,
+        /// Its relay budget (data only; control frames are never limited): over-budget data
+        /// waits here, up to a second of the budget.
+        shaper: Shaper<Envelope>,
     },
 }
 
@@ -72,6 +73,10 @@ pub struct Domain {
     pub advert_due_ms: Option<u64>,
     /// Re-advertise after a new neighbour's first RTT, at this time (ms).
     pub readvert_at_ms: Option<u64>,
+    /// When the shaper's first queued envelope may leave (ms).
+    pub release_at_ms: Option<u64>,
+    /// Data refused over the budget with an `over_budget` answer to its origin.
+    pub over_budget: RelayedCount,
 }
 
 impl Domain {
@@ -97,6 +102,8 @@ impl Domain {
             punches: 0,
             advert_due_ms: None,
             readvert_at_ms: None,
+            release_at_ms: None,
+            over_budget: RelayedCount::default(),
         }
     }
 }

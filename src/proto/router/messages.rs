@@ -20,7 +20,16 @@ use log::{debug, info, warn};
 
 use crate::proto::cache::BoundedCache;
 use crate::proto::e2e::{self, E2eError, Outcome, PairKey, Payload, ReplayCache};
-use crate::wire::frame::{Envelope, Frame, MessageKind};
+use crate::proto::shaper::Admit;
+use crate::wire::frame::{Envelope, Frame, MessageKind, OverBudget};
+
+/// What [`Router::forward`] did with an envelope.
+enum Forwarded {
+    /// Handed to a link.
+    Sent,
+    /// Waiting in a foreign domain's shaper.
+    Queued,
+}
 
 use super::report::{MessageCounters, ReceivedMessage};
 use super::{
@@ -384,17 +393,9 @@ impl Router {
         }
         let bytes = envelope.sealed.len() as u64;
         let what = describe(&envelope);
-        let network = dom.unwrap_or(&self.settings.network).to_string();
         match self.forward(now, dom, envelope) {
-            Ok(()) => {
-                let c = self.relayed.entry(network).or_default();
-                c.messages += 1;
-                c.bytes += bytes;
-                if let Some(d) = self.domain_mut(dom) {
-                    d.relayed.messages += 1;
-                    d.relayed.bytes += bytes;
-                }
-            }
+            Ok(Forwarded::Sent) => self.count_relayed(dom, bytes),
+            Ok(Forwarded::Queued) => {}
             Err(why) => {
                 debug!("dropping {what}{}: {why}", super::in_network(dom));
                 if let Some(d) = self.domain_mut(dom) {
@@ -408,13 +409,26 @@ impl Router {
         }
     }
 
-    /// Passes one envelope on toward its target in its domain, unopened, or says why not.
+    /// Counts an envelope relayed for others in a domain.
+    fn count_relayed(&mut self, dom: Option<&str>, bytes: u64) {
+        let network = dom.unwrap_or(&self.settings.network).to_string();
+        let c = self.relayed.entry(network).or_default();
+        c.messages += 1;
+        c.bytes += bytes;
+        if let Some(d) = self.domain_mut(dom) {
+            d.relayed.messages += 1;
+            d.relayed.bytes += bytes;
+        }
+    }
+
+    /// Passes one envelope on toward its target in its domain, unopened (or queues it in a
+    /// foreign domain's shaper), or says why not.
     fn forward(
         &mut self,
         now: Now,
         dom: Option<&str>,
-        mut envelope: Envelope,
-    ) -> Result<(), &'static str> {
+        envelope: Envelope,
+    ) -> Result<Forwarded, &'static str> {
         let me = self.settings.node_id.clone();
         let d = self.domain_mut(dom).ok_or("unknown network")?;
         if let Policy::Foreign { control_only, .. } = d.policy {
@@ -434,20 +448,138 @@ impl Router {
             return Err("seen (loop)");
         }
         d.seen.insert(key, (), 0);
+        self.next_hop(dom, &envelope.target).ok_or("no route")?;
+        let d = self.domain_mut(dom).ok_or("unknown network")?;
+        let envelope = match &mut d.policy {
+            Policy::Home => envelope,
+            Policy::Foreign { shaper, .. } => {
+                let bytes = envelope.sealed.len() as u64;
+                match shaper.offer(now.us, bytes, envelope) {
+                    Admit::Now(e) => e,
+                    Admit::Queued => {
+                        d.release_at_ms =
+                            shaper.next_release_us(now.us).map(|us| us.div_ceil(1000));
+                        return Ok(Forwarded::Queued);
+                    }
+                    Admit::Refused {
+                        item,
+                        retry_after_ms,
+                    } => {
+                        d.over_budget.messages += 1;
+                        d.over_budget.bytes += bytes;
+                        self.refuse_over_budget(dom, &item, retry_after_ms);
+                        return Err("over the relay budget, queue full");
+                    }
+                }
+            }
+        };
+        self.send_on(dom, envelope).map(|()| Forwarded::Sent)
+    }
+
+    /// Sends an envelope to its next hop in a domain (one more hop).
+    fn send_on(&mut self, dom: Option<&str>, mut envelope: Envelope) -> Result<(), &'static str> {
         let next_hop = self.next_hop(dom, &envelope.target).ok_or("no route")?;
         let link = self.best_link(dom, &next_hop).ok_or("no route")?;
-        let d = self.domain_mut(dom).ok_or("unknown network")?;
-        if let Policy::Foreign { bucket, .. } = &mut d.policy {
-            if !bucket.try_take(now.us, envelope.sealed.len() as u64) {
-                return Err("over the relay budget");
-            }
-        }
         envelope.hops = envelope.hops.saturating_add(1);
         self.actions.push_back(Action::Send {
             link,
             frame: Frame::Data(envelope),
         });
         Ok(())
+    }
+
+    /// Sends what the foreign domains' shapers let go now.
+    pub(super) fn release_shaped(&mut self, now: Now) {
+        let ms = now.ms();
+        let due: Vec<String> = self
+            .foreign
+            .iter()
+            .filter(|(_, d)| d.release_at_ms.is_some_and(|t| t <= ms))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for network in due {
+            let Some(d) = self.foreign.get_mut(&network) else {
+                continue;
+            };
+            let Policy::Foreign { shaper, .. } = &mut d.policy else {
+                continue;
+            };
+            let out = shaper.release(now.us);
+            d.release_at_ms = shaper.next_release_us(now.us).map(|us| us.div_ceil(1000));
+            for envelope in out {
+                let bytes = envelope.sealed.len() as u64;
+                match self.send_on(Some(&network), envelope) {
+                    Ok(()) => self.count_relayed(Some(&network), bytes),
+                    Err(why) => {
+                        debug!("dropping a queued envelope of network {network:?}: {why}");
+                        if let Some(d) = self.foreign.get_mut(&network) {
+                            d.dropped.messages += 1;
+                            d.dropped.bytes += bytes;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells an envelope's origin that we refused it over the budget (an `over_budget` frame
+    /// routed back toward its source in the domain).
+    fn refuse_over_budget(&mut self, dom: Option<&str>, envelope: &Envelope, retry_after_ms: u64) {
+        let frame = Frame::OverBudget(OverBudget {
+            id: envelope.id,
+            source: envelope.source.clone(),
+            target: envelope.target.clone(),
+            retry_after_ms: retry_after_ms.min(u64::from(u32::MAX)) as u32,
+            hops: 0,
+        });
+        self.send_toward(dom, &envelope.source, frame);
+    }
+
+    /// Sends a control frame to the next hop toward `node` in a domain; false without a route.
+    fn send_toward(&mut self, dom: Option<&str>, node: &str, frame: Frame) -> bool {
+        let Some(next) = self.next_hop(dom, node) else {
+            return false;
+        };
+        let Some(link) = self.best_link(dom, &next) else {
+            return false;
+        };
+        self.actions.push_back(Action::Send { link, frame });
+        true
+    }
+
+    /// An `over_budget` frame from neighbour `from`: ours (it completes the request at once,
+    /// if `from` is where the request went), or passed on toward its source.
+    pub(super) fn on_over_budget(&mut self, dom: Option<&str>, from: &str, mut o: OverBudget) {
+        if dom.is_none() && o.source == self.settings.node_id {
+            let ours = self
+                .msgs
+                .pending
+                .get(&o.id)
+                .is_some_and(|p| p.target == o.target && p.first_hop == from);
+            if !ours {
+                debug!(
+                    "over_budget for {} from {from}: not a request of ours sent there",
+                    o.id
+                );
+                return;
+            }
+            if self.msgs.take(o.id).is_some() {
+                self.actions.push_back(Action::Complete {
+                    id: o.id,
+                    result: Err(SendError::OverBudget {
+                        relay: from.to_string(),
+                        retry_after_ms: u64::from(o.retry_after_ms),
+                    }),
+                });
+            }
+            return;
+        }
+        if o.hops >= MAX_HOPS {
+            return;
+        }
+        o.hops += 1;
+        let source = o.source.clone();
+        self.send_toward(dom, &source, Frame::OverBudget(o));
     }
 
     fn on_envelope_for_me(&mut self, now: Now, envelope: Envelope) {

@@ -41,7 +41,7 @@ use crate::proto::advert::{self as signed, AdvertKey, Refusal};
 use crate::proto::e2e::Outcome;
 use crate::proto::key_book::{Conflicts, Offer, Source};
 use crate::proto::routing::{Advert, Applied};
-use crate::proto::token_bucket::TokenBucket;
+use crate::proto::shaper::Shaper;
 use crate::wire::frame::{self, Envelope, Frame, LinkState};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
@@ -262,6 +262,15 @@ pub enum SendError {
     /// through it, but it cannot open our messages.
     #[error("{0:?} is a public node of another network (it relays for us but is not a member)")]
     NotMember(String),
+    /// A public node on the path refused the message: our network's relay budget there is spent
+    /// and its queue is full.
+    #[error("relay {relay:?} is over this network's budget; retry after {retry_after_ms} ms")]
+    OverBudget {
+        /// The public node (our first hop toward it).
+        relay: String,
+        /// About when it has room again.
+        retry_after_ms: u64,
+    },
 }
 
 /// How a script the router asked for ended (the driver's report of [`Action::RunScript`]).
@@ -414,6 +423,7 @@ impl Router {
         for d in std::iter::once(&self.home).chain(self.foreign.values()) {
             at(d.advert_due_ms);
             at(d.readvert_at_ms);
+            at(d.release_at_ms);
         }
         at(self.msgs.next_deadline());
         if self.settings.hole_punching {
@@ -455,6 +465,7 @@ impl Router {
                 }
             }
         }
+        self.release_shaped(now);
         self.expire_pending(now);
         if self.settings.hole_punching && ms >= self.punch_at_ms {
             self.punch_at_ms = ms + PUNCH_TICK_MS;
@@ -478,7 +489,7 @@ impl Router {
                 );
                 let policy = Policy::Foreign {
                     control_only,
-                    bucket: TokenBucket::new(self.settings.foreign_relay_bps_limit, now.us),
+                    shaper: Shaper::new(self.settings.foreign_relay_bps_limit, now.us),
                 };
                 let d = Domain::new(
                     &self.settings.node_id,
@@ -593,6 +604,7 @@ impl Router {
             Frame::PunchRefused { target, reason } if dom.is_none() => {
                 self.on_punch_refused(now, &target, &reason)
             }
+            Frame::OverBudget(o) => self.on_over_budget(dom, &from, o),
             other => debug!(
                 "router ignores {} from {from}{}",
                 other.kind(),

@@ -112,6 +112,12 @@ pub struct ForeignReport {
     pub punches_coordinated: u64,
     /// Adverts refused in its domain, by reason.
     pub adverts_refused: BTreeMap<&'static str, u64>,
+    /// Data waiting for the budget now.
+    pub messages_queued: usize,
+    /// Bytes of it.
+    pub bytes_queued: u64,
+    /// Data refused over the budget (queue full), each answered with `over_budget`.
+    pub messages_over_budget: u64,
 }
 
 /// One peer's hole punching on `/status`.
@@ -196,11 +202,15 @@ impl Router {
             .foreign
             .iter()
             .map(|(network, d)| {
+                let queued = match &d.policy {
+                    super::Policy::Foreign { shaper, .. } => shaper.queued(),
+                    super::Policy::Home => (0, 0),
+                };
                 let (control_only, bps_limit) = match &d.policy {
                     super::Policy::Foreign {
                         control_only,
-                        bucket,
-                    } => (*control_only, bucket.rate()),
+                        shaper,
+                    } => (*control_only, shaper.rate()),
                     super::Policy::Home => (false, 0),
                 };
                 let report = ForeignReport {
@@ -217,6 +227,9 @@ impl Router {
                     bytes_dropped: d.dropped.bytes,
                     punches_coordinated: d.punches,
                     adverts_refused: by_name(&d.refused),
+                    messages_queued: queued.0,
+                    bytes_queued: queued.1,
+                    messages_over_budget: d.over_budget.messages,
                 };
                 (network.clone(), report)
             })

@@ -384,3 +384,39 @@ fn a_replayed_request_runs_once_and_is_reanswered_at_most_a_few_times_per_second
     assert_eq!(replies_from_b(&net), before + 2);
     assert_eq!(net.nodes[b].scripts_run.len(), 1);
 }
+
+/// An `over_budget` answer completes a request only when it comes from the neighbour the
+/// request went to; from anyone else it is ignored (an off-path member cannot fail sends).
+#[test]
+fn an_over_budget_answer_counts_only_from_where_the_request_went() {
+    use crate::wire::frame::OverBudget;
+    let mut net = Net::new(26);
+    let p = net.add_with("p", "pub", |s| {
+        s.relay_network_whitelist = vec!["sim".into()];
+    });
+    let (a, b, m) = (net.add("a"), net.add("b"), net.add("m"));
+    let ap = net.connect(a, p, 50);
+    net.connect(b, p, 50);
+    let am = net.connect(m, a, 1);
+    net.run_for(3_000);
+    let id = net.send(a, "b", "hello", 5_000).expect("sent");
+    let refusal = |retry| {
+        Frame::OverBudget(OverBudget {
+            id,
+            source: "a".into(),
+            target: "b".into(),
+            retry_after_ms: retry,
+            hops: 0,
+        })
+    };
+    net.inject(a, am, refusal(7));
+    assert!(
+        net.outcome(a, id).is_none(),
+        "m is not where the request went"
+    );
+    net.inject(a, ap, refusal(9));
+    assert!(matches!(
+        net.outcome(a, id),
+        Some(Err(SendError::OverBudget { retry_after_ms: 9, relay })) if relay == "p"
+    ));
+}
