@@ -92,8 +92,11 @@ pub enum Packet<'a> {
 pub enum Transmit {
     /// Noise handshake message number `step` (1, 2 or 3).
     Handshake { step: u8, bytes: Vec<u8> },
-    /// A sealed record.
+    /// A sealed record of control traffic (pings, adverts, punch frames...): the owner sends it
+    /// before any waiting [`Transmit::Data`].
     Record(Vec<u8>),
+    /// A sealed record carrying a `data` frame: it may wait behind control records.
+    Data(Vec<u8>),
 }
 
 /// What the welcome told the dialer besides the listener's own hello.
@@ -948,11 +951,18 @@ impl Link {
     /// Encodes, fragments (UDP) and seals a frame into the outbox. False if it could not be sent
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
-        self.send_bytes(&frame.encode())
+        self.send_bytes_as(&frame.encode(), matches!(frame, Frame::Data(_)))
     }
 
-    /// Seals encoded frame bytes into records (fragments on UDP) in the outbox.
+    /// Seals encoded frame bytes into control records (fragments on UDP) in the outbox.
+    #[cfg(test)]
     fn send_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.send_bytes_as(bytes, false)
+    }
+
+    /// Seals encoded frame bytes into records (fragments on UDP) in the outbox, as data
+    /// records when `data`.
+    fn send_bytes_as(&mut self, bytes: &[u8], data: bool) -> bool {
         if bytes.len() > self.params.max_frame_bytes {
             return false;
         }
@@ -977,7 +987,11 @@ impl Link {
                 self.close_silently(Cause::Refused(CloseReason::Protocol));
                 return false;
             }
-            self.outbox.push_back(Transmit::Record(out));
+            self.outbox.push_back(if data {
+                Transmit::Data(out)
+            } else {
+                Transmit::Record(out)
+            });
         }
         true
     }
@@ -1066,7 +1080,9 @@ mod tests {
                         bytes: &bytes,
                     },
                 ),
-                Transmit::Record(bytes) => to.handle_datagram(now, Packet::Record(&bytes)),
+                Transmit::Record(bytes) | Transmit::Data(bytes) => {
+                    to.handle_datagram(now, Packet::Record(&bytes))
+                }
             }
         }
         n
@@ -1397,7 +1413,7 @@ mod tests {
         p.b.send_frame(&frame).unwrap();
         let mut records: Vec<Vec<u8>> = std::iter::from_fn(|| p.b.poll_transmit())
             .map(|t| match t {
-                Transmit::Record(r) => r,
+                Transmit::Record(r) | Transmit::Data(r) => r,
                 other => panic!("unexpected {other:?}"),
             })
             .collect();

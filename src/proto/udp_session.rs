@@ -53,7 +53,7 @@ impl UdpSession {
                 receiver: remote_idx,
                 noise: bytes,
             },
-            Transmit::Record(record) => Datagram::Transport {
+            Transmit::Record(record) | Transmit::Data(record) => Datagram::Transport {
                 receiver: remote_idx,
                 record,
             },

@@ -118,7 +118,9 @@ impl Peer {
                 link.handle_timeout(now());
                 while let Some(t) = link.poll_transmit() {
                     let bytes = match t {
-                        Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) => bytes,
+                        Transmit::Handshake { bytes, .. }
+                        | Transmit::Record(bytes)
+                        | Transmit::Data(bytes) => bytes,
                     };
                     let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
                     out.extend_from_slice(&bytes);

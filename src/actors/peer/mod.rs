@@ -35,7 +35,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use log::{debug, info, warn};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -56,7 +55,6 @@ use writer::{spawn_writer, transmit};
 
 /// Frames queued for one stream socket before the link counts as stuck. A heartbeat link needs
 /// a handful; later data traffic gets backpressure from this bound instead of unbounded memory.
-pub const WRITE_QUEUE_FRAMES: usize = 1024;
 /// Messages waiting in this actor's mailbox (inbound UDP datagrams, frames from the relay);
 /// beyond it datagrams are dropped (and counted) as a router would, and the relay gets
 /// backpressure.
@@ -128,7 +126,7 @@ enum Conn {
     /// `read_limit` is the length-prefix limit of the reader's codec, kept at the link's
     /// [`Link::read_limit`] (never below a hello) after every step.
     Stream {
-        tx: mpsc::Sender<Vec<u8>>,
+        tx: writer::StreamTx,
         read_limit: Option<Arc<AtomicUsize>>,
     },
     /// UDP through the listener's socket.
@@ -496,6 +494,35 @@ impl StreamHandler<Result<Message, tungstenite::Error>> for PeerActor {
     }
 }
 
+/// Unsent bytes a TCP socket may hold before it stops taking more (Linux `TCP_NOTSENT_LOWAT`):
+/// the rest waits in the writer's lanes, where control records go first, instead of in a
+/// kernel buffer that autotuning can grow to megabytes (seconds on a slow link).
+const TCP_NOTSENT_LOWAT_BYTES: i32 = 128 * 1024;
+
+/// Sets [`TCP_NOTSENT_LOWAT_BYTES`] on a TCP socket; best effort (Linux only).
+fn limit_unsent(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = TCP_NOTSENT_LOWAT_BYTES;
+        // SAFETY: setsockopt with a valid fd, a pointer to an i32 and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            debug!("TCP_NOTSENT_LOWAT: {}", std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
+
 /// The TCP reader's length-prefix limit before the link raises it: a hello record.
 const PRE_AUTH_READ_LIMIT: usize =
     crate::wire::MAX_HELLO_BYTES + crate::wire::record::RECORD_OVERHEAD;
@@ -637,6 +664,7 @@ impl PeerActor {
         ctx: &mut Context<Self>,
     ) {
         let local = stream.local_addr().ok();
+        limit_unsent(&stream);
         let (read, write) = stream.into_split();
         let codec = || {
             LengthDelimitedCodec::builder()
@@ -668,6 +696,7 @@ impl PeerActor {
         ctx: &mut Context<Self>,
     ) {
         let local = ws.get_ref().local_addr().ok();
+        limit_unsent(ws.get_ref());
         let (sink, stream) = ws.split();
         ctx.add_stream(stream);
         let tx = spawn_writer(sink, |v: Vec<u8>| Message::Binary(v.into()), ctx);
