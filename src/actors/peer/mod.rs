@@ -696,7 +696,8 @@ impl PeerActor {
         ctx: &mut Context<Self>,
     ) {
         let local = ws.get_ref().local_addr().ok();
-        limit_unsent(ws.get_ref());
+        // No TCP_NOTSENT_LOWAT under WebSocket: its bulk row measured ~10 % lower with it
+        // (250 vs 275 MB/s, same session); TCP's did not change.
         let (sink, stream) = ws.split();
         ctx.add_stream(stream);
         let tx = spawn_writer(sink, |v: Vec<u8>| Message::Binary(v.into()), ctx);
