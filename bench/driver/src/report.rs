@@ -21,6 +21,10 @@ pub mod key {
     pub const BULK_TCP: &str = "bulk.tcp_mbs";
     pub const BULK_WS: &str = "bulk.ws_mbs";
     pub const BULK_UDP: &str = "bulk.udp_mbs";
+    pub const BULK_TCP_PING_AVG: &str = "bulk.tcp_ping_avg_ms";
+    pub const BULK_TCP_PING_MAX: &str = "bulk.tcp_ping_max_ms";
+    pub const BULK_WS_PING_AVG: &str = "bulk.ws_ping_avg_ms";
+    pub const BULK_WS_PING_MAX: &str = "bulk.ws_ping_max_ms";
     pub const RSS_IDLE: &str = "rss.idle_mib";
     pub const RSS_AFTER_A: &str = "rss.after_sender_mib";
     pub const RSS_AFTER_B: &str = "rss.after_receiver_mib";
@@ -183,6 +187,22 @@ fn rows() -> Vec<Row> {
             ceiling: aead64k,
             ..row("bulk 1 MiB, UDP, 4 connections (MB/s)", BULK_UDP)
         },
+        row(
+            "ping RTT on the link during TCP bulk, avg (ms; heartbeat 100 ms)",
+            BULK_TCP_PING_AVG,
+        ),
+        row(
+            "ping RTT on the link during TCP bulk, max (ms)",
+            BULK_TCP_PING_MAX,
+        ),
+        row(
+            "ping RTT on the link during WebSocket bulk, avg (ms)",
+            BULK_WS_PING_AVG,
+        ),
+        row(
+            "ping RTT on the link during WebSocket bulk, max (ms)",
+            BULK_WS_PING_MAX,
+        ),
         Row {
             target: Some(Target::IdleRss),
             ..row("RSS idle, 1 node with 1 peer (MiB)", RSS_IDLE)

@@ -5,7 +5,9 @@
 //! receipt. Messages that time out (UDP loses datagrams under load, and one lost fragment loses
 //! the frame) are counted in the notes and not in the figure; when no warm-up message gets
 //! through, the measured batch is skipped (it would only wait out its timeouts) and the cell
-//! says so. For UDP the kernel's receive-buffer drop counter is reported alongside.
+//! says so. For UDP the kernel's receive-buffer drop counter is reported alongside. The pair
+//! pings every 100 ms; for TCP and WebSocket the link's ping RTT (avg and max, from `/status`)
+//! over the run is reported too: pings travel in the control lane, ahead of queued data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub const MESSAGE_BYTES: usize = 1 << 20;
 const CONNECTIONS: usize = 4;
 /// Per-message timeout (the `timeout` header): a lost message costs this much of one connection.
 const SEND_TIMEOUT_MS: u64 = 5_000;
+/// Heartbeat of the pair, so the link's RTT figures come from many pings under load.
+const PING_INTERVAL_MS: u64 = 100;
 
 /// Runs the bulk measurement on each transport.
 pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
@@ -39,6 +43,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let big = |s: Spec| {
             s.set("max_frame_bytes", json!(2 << 20))
                 .set("max_body_bytes", json!(MESSAGE_BYTES + 1024))
+                .set("heartbeat_interval_ms", json!(PING_INTERVAL_MS))
         };
         let (a, b) = ctx.start_pair(&dir, transport, big)?;
         if let Err(e) = a.wait_route("b", 1, LINK_UP_TIMEOUT) {
@@ -95,6 +100,24 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                             .unwrap_or_else(|_| "?".into())
                     ));
                 }
+            }
+        }
+        let ping_keys = match transport {
+            "tcp" => Some((key::BULK_TCP_PING_AVG, key::BULK_TCP_PING_MAX)),
+            "ws" => Some((key::BULK_WS_PING_AVG, key::BULK_WS_PING_MAX)),
+            _ => None,
+        };
+        if let Some((avg_key, max_key)) = ping_keys {
+            let rtt = a
+                .peer("b")
+                .map(|p| p["links"][0]["rtt_ms"].clone())
+                .unwrap_or_default();
+            match (rtt["avg"].as_f64(), rtt["max"].as_f64()) {
+                (Some(avg), Some(max)) => {
+                    res.add(avg_key, avg);
+                    res.add(max_key, max);
+                }
+                _ => res.note(format!("{what}: no ping RTT on the link: {rtt}")),
             }
         }
         let ok = warm.ok + out.map_or(0, |o| o.ok);
