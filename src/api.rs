@@ -301,6 +301,8 @@ struct Status {
     public_relays: Vec<String>,
     /// Hole punching toward members reached through a relay.
     punch: std::collections::BTreeMap<String, crate::actors::relay::PunchReport>,
+    /// `punch` frames dropped because this node had not asked for them.
+    punches_refused: u64,
     /// Identity keys offered for a node that contradict the key held for it (refused, never
     /// taken): by a link's handshake or in an advert.
     key_conflicts: Vec<crate::proto::key_book::Conflict>,
@@ -365,6 +367,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         foreign: relay.foreign,
         public_relays: relay.public_relays,
         punch: relay.punch,
+        punches_refused: relay.punches_refused,
         key_conflicts,
         adverts_refused: relay.adverts_refused,
         scripts,

@@ -71,11 +71,9 @@ impl NodeShared {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The wall clock, unix milliseconds (0 if the clock is before 1970).
+    /// The wall clock, unix milliseconds ([`unix_ms`]).
     pub fn now_unix_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        unix_ms()
     }
 
     /// Microseconds since the node started: the clock links run on.
@@ -231,6 +229,13 @@ enum Bound {
     Udp(UdpSocket),
 }
 
+/// The wall clock, unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Starts every actor of a node on the current actix system.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let file = config.source.display().to_string();
@@ -244,15 +249,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     // With a network CA, our own certificate must be the CA's and name our identity key.
     let certificate = match (&config.network_ca, &config.certificate) {
         (Some(ca), Some(cert)) => {
-            let now_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             cert.verify(
                 ca,
                 &config.network,
                 &config.id,
                 &keys.identity.public(),
-                now_s,
+                unix_ms() / 1000,
             )
             .map_err(|e| StartError::Certificate {
                 file: file.clone(),

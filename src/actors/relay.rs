@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::dev::SendError as MailboxSendError;
 use actix::prelude::*;
@@ -24,7 +24,7 @@ use crate::actors::messages::{
     Dial, Inbound, LinkDown, LinkRtt, LinkUp, PunchIn, SendFrame, SendPunch,
 };
 use crate::actors::script::{RunScript, ScriptError};
-use crate::node::NodeShared;
+use crate::node::{unix_ms, NodeShared};
 use crate::proto::router::{Action, Now, Randomness, Router, ScriptResult, Settings};
 
 pub use crate::proto::router::{
@@ -228,12 +228,6 @@ fn now(node: &NodeShared) -> Now {
         us: node.now_us(),
         unix_ms: unix_ms(),
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Actor for RelayActor {

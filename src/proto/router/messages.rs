@@ -448,7 +448,7 @@ impl Router {
             return Err("seen (loop)");
         }
         d.seen.insert(key, (), 0);
-        self.next_hop(dom, &envelope.target).ok_or("no route")?;
+        let next_hop = self.next_hop(dom, &envelope.target).ok_or("no route")?;
         let d = self.domain_mut(dom).ok_or("unknown network")?;
         let envelope = match &mut d.policy {
             Policy::Home => envelope,
@@ -473,13 +473,24 @@ impl Router {
                 }
             }
         };
-        self.send_on(dom, envelope).map(|()| Forwarded::Sent)
+        self.send_via(dom, &next_hop, envelope)
+            .map(|()| Forwarded::Sent)
     }
 
-    /// Sends an envelope to its next hop in a domain (one more hop).
-    fn send_on(&mut self, dom: Option<&str>, mut envelope: Envelope) -> Result<(), &'static str> {
+    /// Sends an envelope to its next hop in a domain (one more hop), routing it now.
+    fn send_on(&mut self, dom: Option<&str>, envelope: Envelope) -> Result<(), &'static str> {
         let next_hop = self.next_hop(dom, &envelope.target).ok_or("no route")?;
-        let link = self.best_link(dom, &next_hop).ok_or("no route")?;
+        self.send_via(dom, &next_hop, envelope)
+    }
+
+    /// Sends an envelope to `next_hop` in a domain (one more hop).
+    fn send_via(
+        &mut self,
+        dom: Option<&str>,
+        next_hop: &str,
+        mut envelope: Envelope,
+    ) -> Result<(), &'static str> {
+        let link = self.best_link(dom, next_hop).ok_or("no route")?;
         envelope.hops = envelope.hops.saturating_add(1);
         self.actions.push_back(Action::Send {
             link,

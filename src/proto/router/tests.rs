@@ -420,3 +420,22 @@ fn an_over_budget_answer_counts_only_from_where_the_request_went() {
         Some(Err(SendError::OverBudget { retry_after_ms: 9, relay })) if relay == "p"
     ));
 }
+
+/// An origin's own, validly signed advert replayed after a newer one (an old `seq`, other
+/// neighbours) changes nothing: receivers keep the newest and never re-flood the old one.
+#[test]
+fn a_replayed_older_advert_changes_nothing() {
+    let mut net = Net::new(27);
+    let (x, b) = (net.add("x"), net.add("b"));
+    let xb = net.connect(x, b, 1);
+    net.run_for(2_000);
+    let mut old = net.advert_by(b, "sim", "b", &[("x", 1), ("z", 1)]);
+    old.seq = 1; // far below b's current seq (its start time in unix microseconds)
+    let frame = net.forge(b, &old, true);
+    let before = net.adverts_delivered;
+    net.inject(x, xb, frame);
+    net.run_for(10);
+    assert!(!net.report(x).routes.contains_key("z"));
+    assert_eq!(net.adverts_delivered, before, "not re-flooded");
+    assert_eq!(route(&mut net, x, "b"), Some(("b".into(), 1)));
+}
