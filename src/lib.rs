@@ -26,4 +26,5 @@ pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod quic;
 pub mod wire;

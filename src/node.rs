@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use log::{info, warn};
 use thiserror::Error;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 use crate::actors::crypto::{CryptoActor, GetKeyRing};
 use crate::actors::discovery::{DiscoveryActor, Shutdown};
@@ -118,13 +118,15 @@ impl NodeShared {
     }
 
     /// Link parameters for a stream (`datagram == false`) or UDP link, dialled by us or not.
-    pub fn link_params(&self, datagram: bool, dialed: bool) -> Params {
+    /// `channel`: the exporter of the QUIC connection the link runs in, if it does.
+    pub fn link_params(&self, channel: Option<[u8; 32]>, dialed: bool) -> Params {
         Params {
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             peer_timeout_ms: self.config.peer_timeout_ms,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS.min(self.config.peer_timeout_ms),
             max_frame_bytes: self.config.max_frame_bytes,
-            datagram,
+            datagram: false,
+            channel,
             accept_foreign: dialed
                 || !self.config.relay_network_whitelist.is_empty()
                 || self.config.relay_all_peer_rpc,
@@ -146,6 +148,9 @@ pub enum StartError {
     /// The CryptoActor stopped before handing out the keys.
     #[error("the crypto actor stopped during start-up")]
     Crypto,
+    /// The QUIC (TLS) configuration could not be built.
+    #[error("quic: {0}")]
+    Quic(String),
     /// A listener socket could not be bound.
     #[error("{file}: listeners: cannot listen on {url}: {source}")]
     Bind {
@@ -169,13 +174,14 @@ pub enum StartError {
     },
 }
 
-/// Socket buffer asked for on UDP sockets: a 1 MiB frame is ~900 datagrams sent in one burst,
-/// which overflows Linux's default 208 KiB receive buffer. The kernel caps the request at
-/// `net.core.rmem_max`/`wmem_max`; raise those sysctls for bulk transfers over UDP.
+/// Socket buffer asked for on UDP sockets: QUIC paces by its congestion window, but a window's
+/// worth of packets arriving in one burst overflows Linux's default 208 KiB receive buffer. The
+/// kernel caps the request at `net.core.rmem_max`/`wmem_max`; raise those sysctls for bulk
+/// transfers over UDP.
 pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Asks for [`UDP_SOCKET_BUFFER_BYTES`] of send and receive buffer; best effort.
-fn enlarge_buffers(socket: &UdpSocket) {
+fn enlarge_buffers(socket: &std::net::UdpSocket) {
     let s = socket2::SockRef::from(socket);
     if let Err(e) = s.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES) {
         warn!("udp receive buffer: {e}");
@@ -226,7 +232,15 @@ pub const SHUTDOWN_FLUSH_MS: u64 = 100;
 
 enum Bound {
     Stream(Transport, TcpListener),
-    Udp(UdpSocket),
+    Udp(std::net::UdpSocket),
+}
+
+/// Binds a UDP socket for a QUIC endpoint: non-blocking, with large buffers.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    enlarge_buffers(&s);
+    Ok(s)
 }
 
 /// The wall clock, unix milliseconds (0 if the clock is before 1970).
@@ -279,8 +293,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         };
         let (b, local) = match endpoint.transport {
             Transport::Udp => {
-                let s = UdpSocket::bind(addr).await.map_err(bind_err)?;
-                enlarge_buffers(&s);
+                let s = bind_udp(addr).map_err(bind_err)?;
                 let local = s.local_addr().map_err(bind_err)?;
                 (Bound::Udp(s), local)
             }
@@ -299,11 +312,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .iter()
         .any(|b| matches!(b, Bound::Udp(s) if s.local_addr().is_ok_and(|a| a.is_ipv4())));
     if !has_udp4 {
-        match UdpSocket::bind("0.0.0.0:0").await {
-            Ok(s) => {
-                enlarge_buffers(&s);
-                bound.push(Bound::Udp(s));
-            }
+        match bind_udp(SocketAddr::from(([0, 0, 0, 0], 0))) {
+            Ok(s) => bound.push(Bound::Udp(s)),
             Err(e) => warn!("no UDP socket for dialling udp:// peers: {e}"),
         }
     }
@@ -361,38 +371,38 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         down: discovery.clone().recipient(),
         relay: relay_ports,
     };
+    let quic_configs = crate::quic::configs(crate::quic::Limits {
+        max_frame_bytes: shared.config.max_frame_bytes,
+        peer_timeout_ms: shared.config.peer_timeout_ms,
+    })
+    .map_err(|e| StartError::Quic(e.to_string()))?;
     let mut udp = Vec::new();
+    let mut punch_sockets = Vec::new();
     for b in bound {
         let started = match b {
             Bound::Stream(t, l) => ListenerActor::stream(shared.clone(), ports.clone(), t, l)
                 .map(|a| (a.start(), None)),
             Bound::Udp(s) => {
-                let local = s.local_addr();
-                ListenerActor::udp(shared.clone(), ports.clone(), s)
-                    .and_then(|a| Ok((a.start(), Some(local?))))
+                crate::quic::bind(s, &quic_configs, shared.metrics.clone()).and_then(|bound| {
+                    let endpoint = bound.endpoint.clone();
+                    let local = endpoint.local_addr()?;
+                    let listener = ListenerActor::udp(shared.clone(), ports.clone(), bound)?;
+                    Ok((listener.start(), Some(UdpEndpoint { local, endpoint })))
+                })
             }
         };
         match started {
-            Ok((addr, Some(local))) => udp.push((local, addr)),
+            Ok((addr, Some(endpoint))) => {
+                punch_sockets.push(PunchSocket {
+                    local: endpoint.local,
+                    send: addr.recipient(),
+                });
+                udp.push(endpoint);
+            }
             Ok(_) => {}
             Err(e) => warn!("listener: {e}"),
         }
     }
-    let punch_sockets = udp
-        .iter()
-        .map(|(local, addr)| PunchSocket {
-            local: *local,
-            send: addr.clone().recipient(),
-        })
-        .collect();
-    let udp: Vec<UdpEndpoint> = udp
-        .into_iter()
-        .map(|(local, addr)| UdpEndpoint {
-            local,
-            register: addr.clone().recipient(),
-            unregister: addr.recipient(),
-        })
-        .collect();
     let relay_peers = RelayPeers {
         script: script.clone().recipient(),
         dial: discovery.clone().recipient(),

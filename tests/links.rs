@@ -261,11 +261,14 @@ fn garbage_and_oversized_frames_leave_the_node_serving() {
         a.counter("links_refused", "handshake") >= 1
     });
 
-    // UDP: garbage and an oversized datagram are dropped and counted.
+    // UDP: garbage and an oversized datagram of ours are dropped and counted; garbage that
+    // looks like QUIC (fixed bit set) is QUIC's to drop.
     let udp_port = a.spec.listeners[1].1;
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
     u.send_to(b"\xff garbage", ("127.0.0.1", udp_port)).unwrap();
-    u.send_to(&[4u8; 1500], ("127.0.0.1", udp_port)).unwrap();
+    u.send_to(b"\x01 an old handshake init", ("127.0.0.1", udp_port))
+        .unwrap();
+    u.send_to(&[5u8; 1500], ("127.0.0.1", udp_port)).unwrap();
     a.wait("udp garbage counted", || {
         a.counter("links_refused", "bad_frame") >= 2
     });

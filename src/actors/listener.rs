@@ -2,53 +2,34 @@
 //!
 //! - TCP and WebSocket: accepts connections and starts an acceptor PeerActor for each, bounded by
 //!   the node's limit on connections still handshaking.
-//! - UDP: owns the socket and demultiplexes datagrams to the PeerActor of each session by the
-//!   session index in the datagram header (WireGuard's scheme). New sessions start on a
-//!   handshake-init datagram; dialers register outbound sessions with [`RegisterDial`] so that
-//!   punching and dialling later happen from the same socket that listens.
+//! - UDP: runs the socket's QUIC endpoint ([`crate::quic`]). Each incoming QUIC connection gets
+//!   an acceptor PeerActor, within the same handshake budget; while many handshakes are in
+//!   progress, a source whose address QUIC has not validated yet is sent a Retry first (QUIC's
+//!   stateless address validation, the role of WireGuard's cookie). Our own datagrams on the
+//!   same socket (hole-punch probes and their acks) come out of the endpoint's socket wrapper
+//!   and go to the relay as `PunchIn`; dialers connect through the same endpoint, so a punched
+//!   NAT mapping is the one they use.
 //!
-//! Garbage, unknown sessions and datagrams from the wrong source are dropped and counted here:
-//! a UDP source address can be spoofed, so a stray datagram never reaches, let alone closes, an
-//! existing link.
+//! Garbage datagrams are dropped and counted here (QUIC drops and counts its own); a UDP source
+//! address can be spoofed, so a stray datagram never reaches, let alone closes, a link.
 //!
-//! Talks to: the PeerActors it starts (`UdpIn`), and, through [`PeerPorts`], the relay (punch
-//! datagrams as `PunchIn`). Receives `RegisterDial`, `Unregister`, `SendPunch`.
+//! Talks to: the PeerActors it starts, and, through [`PeerPorts`], the relay (punch datagrams as
+//! `PunchIn`). Receives `SendPunch`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
 use log::{debug, warn};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio_util::codec::BytesCodec;
-use tokio_util::udp::UdpFramed;
+use tokio::sync::mpsc;
 
-use crate::actors::messages::{PeerPorts, PunchIn, RegisterDial, SendPunch, UdpIn, Unregister};
-use crate::actors::peer::{Incoming, PeerActor, UdpConn};
+use crate::actors::messages::{PeerPorts, PunchIn, SendPunch};
+use crate::actors::peer::{Incoming, PeerActor};
 use crate::addr::Transport;
 use crate::node::NodeShared;
-use crate::proto::cookie::CookieJar;
-use crate::proto::udp_session::UdpSession;
+use crate::quic::OwnDatagram;
 use crate::wire::udp::Datagram;
-
-/// Most UDP sessions one socket keeps (established and handshaking), so a flood of handshake
-/// inits cannot grow the table without bound.
-pub const MAX_UDP_SESSIONS: usize = 4096;
-
-/// How often dead UDP sessions are swept.
-const SESSION_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// One UDP session.
-struct Session {
-    /// The PeerActor serving it.
-    peer: Recipient<UdpIn>,
-    /// Where its datagrams must come from.
-    remote: SocketAddr,
-    /// The remote's sender index from its handshake init (acceptor sessions), for duplicates.
-    remote_idx: Option<u32>,
-}
 
 /// What kind of listener this is, with its socket.
 enum Socket {
@@ -58,30 +39,18 @@ enum Socket {
         listener: Option<TcpListener>,
     },
     Udp {
+        endpoint: quinn::Endpoint,
+        /// The same socket, for sending punch datagrams.
         socket: Arc<UdpSocket>,
-        sessions: HashMap<u32, Session>,
-        /// (remote address, remote sender index) -> our index: recognises a retransmitted init.
-        by_remote: HashMap<(SocketAddr, u32), u32>,
-        /// Cookies asked of new handshakes while the node is under load.
-        cookies: CookieJar,
+        /// Our own datagrams out of the endpoint's socket; moves into a stream when started.
+        own: Option<mpsc::Receiver<OwnDatagram>>,
     },
 }
 
-/// Handshakes in progress node-wide from which a new UDP init must carry a cookie (a quarter
-/// of the budget: a spoofed flood fills it, honest dialers answer the cookie and get in).
-pub const COOKIE_LOAD_THRESHOLD: usize = crate::proto::handshake_budget::MAX_IN_PROGRESS / 4;
-
-/// 32 bytes from the OS generator for a cookie secret (or from the node's generator, should
-/// the OS one fail: cookies need unpredictability only against off-path senders).
-fn cookie_secret(node: &NodeShared) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    if getrandom::fill(&mut b).is_err() {
-        for chunk in b.chunks_mut(8) {
-            chunk.copy_from_slice(&node.random_u64().to_le_bytes());
-        }
-    }
-    b
-}
+/// Handshakes in progress node-wide from which a new QUIC connection from an unvalidated
+/// address gets a Retry first (a quarter of the budget: a spoofed flood fills it, honest
+/// dialers answer the Retry and get in).
+pub const RETRY_LOAD_THRESHOLD: usize = crate::proto::handshake_budget::MAX_IN_PROGRESS / 4;
 
 /// See the module docs.
 pub struct ListenerActor {
@@ -112,32 +81,22 @@ impl ListenerActor {
         })
     }
 
-    /// A UDP listener on a bound socket.
+    /// A UDP listener on its socket's QUIC endpoint ([`crate::quic::bind`]).
     pub fn udp(
         node: Arc<NodeShared>,
         ports: PeerPorts,
-        socket: UdpSocket,
+        bound: crate::quic::Bound,
     ) -> std::io::Result<ListenerActor> {
-        let cookies = CookieJar::new(cookie_secret(&node), node.now_us());
         Ok(ListenerActor {
             node,
             ports,
-            local: socket.local_addr()?,
+            local: bound.endpoint.local_addr()?,
             socket: Socket::Udp {
-                socket: Arc::new(socket),
-                sessions: HashMap::new(),
-                by_remote: HashMap::new(),
-                cookies,
+                endpoint: bound.endpoint,
+                socket: bound.socket,
+                own: Some(bound.own),
             },
         })
-    }
-
-    fn next_index(sessions: &HashMap<u32, Session>, random: u64) -> u32 {
-        let mut idx = random as u32;
-        while idx == 0 || sessions.contains_key(&idx) {
-            idx = idx.wrapping_mul(2_654_435_761).wrapping_add(1);
-        }
-        idx
     }
 }
 
@@ -155,21 +114,26 @@ impl Actor for ListenerActor {
                     ctx.add_stream(accepts);
                 }
             }
-            Socket::Udp { socket, .. } => {
-                ctx.add_stream(UdpFramed::new(socket.clone(), BytesCodec::new()));
-                // Sessions whose actor died without unregistering (a panic) are swept here.
-                ctx.run_interval(SESSION_SWEEP_INTERVAL, |act, _| {
-                    if let Socket::Udp {
-                        sessions,
-                        by_remote,
-                        ..
-                    } = &mut act.socket
-                    {
-                        sessions.retain(|_, s| s.peer.connected());
-                        by_remote.retain(|_, idx| sessions.contains_key(idx));
-                    }
+            Socket::Udp { endpoint, own, .. } => {
+                let accepts = futures_util::stream::unfold(endpoint.clone(), |e| async move {
+                    let next = e.accept().await?;
+                    Some((next, e))
                 });
+                ctx.add_stream(accepts);
+                if let Some(own) = own.take() {
+                    let own = futures_util::stream::unfold(own, |mut rx| async move {
+                        let next = rx.recv().await?;
+                        Some((next, rx))
+                    });
+                    ctx.add_stream(own);
+                }
             }
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Socket::Udp { endpoint, .. } = &self.socket {
+            endpoint.close(0u32.into(), b"shutdown");
         }
     }
 }
@@ -205,42 +169,63 @@ impl StreamHandler<std::io::Result<(TcpStream, SocketAddr)>> for ListenerActor {
     }
 }
 
-/// UDP datagrams.
-impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
-    fn handle(&mut self, item: std::io::Result<(BytesMut, SocketAddr)>, ctx: &mut Self::Context) {
-        let (data, from) = match item {
-            Ok(d) => d,
+/// Incoming QUIC connections.
+impl StreamHandler<quinn::Incoming> for ListenerActor {
+    fn handle(&mut self, incoming: quinn::Incoming, _: &mut Self::Context) {
+        let node = self.node.clone();
+        let remote = incoming.remote_address();
+        if node.handshakes_in_progress() >= RETRY_LOAD_THRESHOLD
+            && !incoming.remote_address_validated()
+        {
+            // Under load: only a source that proved it receives at its address gets a
+            // handshake (and its X25519 work); a Retry is smaller than the Initial it answers.
+            node.metrics.cookies_sent.inc();
+            if let Err(e) = incoming.retry() {
+                debug!("udp {}: retry to {remote}: {e}", self.local);
+            }
+            return;
+        }
+        let Some(slot) = node.try_handshake_slot(remote.ip()) else {
+            debug!(
+                "udp {}: ignoring {remote}: over the handshake budget",
+                self.local
+            );
+            incoming.ignore();
+            return;
+        };
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
             Err(e) => {
-                // ICMP errors surface here on Linux (connection refused): not fatal.
-                debug!("udp {}: {e}", self.local);
+                debug!("udp {}: accept {remote}: {e}", self.local);
                 return;
             }
         };
-        let node = self.node.clone();
-        let Socket::Udp {
-            socket,
-            sessions,
-            by_remote,
-            cookies,
-        } = &mut self.socket
-        else {
-            return;
-        };
+        let incoming = Incoming::Quic(connecting, remote, self.local);
+        PeerActor::acceptor(node, self.ports.clone(), incoming, slot).start();
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        warn!("udp listener {} stopped accepting", self.local);
+    }
+}
+
+/// Our own datagrams (punch, punch ack) from the endpoint's socket.
+impl StreamHandler<OwnDatagram> for ListenerActor {
+    fn handle(&mut self, own: OwnDatagram, _: &mut Self::Context) {
+        let node = &self.node;
+        let from = own.from;
         let drop_it = |why: &str| {
             debug!("udp {from}: dropped datagram: {why}");
             node.metrics.datagrams_dropped.inc();
         };
-        let datagram = match Datagram::parse(&data) {
-            Ok(d) => d,
-            Err(e) => {
-                node.metrics.refused.bad_frame.inc();
-                drop_it(&e.to_string());
-                return;
-            }
+        let punch = match Datagram::parse(&own.data) {
+            Ok(Datagram::Punch { token }) => Ok((token, false)),
+            Ok(Datagram::PunchAck { token }) => Ok((token, true)),
+            Ok(_) => Err("not a datagram type of this protocol version".to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let target = match datagram {
-            Datagram::Punch { token } | Datagram::PunchAck { token } => {
-                let ack = matches!(datagram, Datagram::PunchAck { .. });
+        match punch {
+            Ok((token, ack)) => {
                 let msg = PunchIn {
                     local: self.local,
                     from,
@@ -250,111 +235,15 @@ impl StreamHandler<std::io::Result<(BytesMut, SocketAddr)>> for ListenerActor {
                 if self.ports.relay.punches.try_send(msg).is_err() {
                     drop_it("relay mailbox full");
                 }
-                return;
             }
-            Datagram::HandshakeInit { sender, cookie, .. } => {
-                if let Some(idx) = by_remote.get(&(from, sender)) {
-                    *idx
-                } else {
-                    if node.handshakes_in_progress() >= COOKIE_LOAD_THRESHOLD {
-                        // Under load: only a source that proved it receives here gets a
-                        // handshake (and its X25519 work); others get a cookie, smaller than
-                        // their init, and nothing else.
-                        cookies.rotate_if_due(node.now_us(), || cookie_secret(&node));
-                        if !cookie.is_some_and(|c| cookies.check(from, sender, &c)) {
-                            let reply = Datagram::CookieReply {
-                                receiver: sender,
-                                cookie: cookies.make(from, sender),
-                            };
-                            let mut buf = Vec::with_capacity(reply.encoded_len());
-                            reply.write(&mut buf);
-                            node.metrics.cookies_sent.inc();
-                            if let Err(e) = socket.try_send_to(&buf, from) {
-                                debug!("udp {}: cookie to {from}: {e}", self.local);
-                            }
-                            return;
-                        }
-                    }
-                    if sessions.len() >= MAX_UDP_SESSIONS {
-                        node.metrics.refused.overload.inc();
-                        drop_it("too many sessions");
-                        return;
-                    }
-                    let Some(slot) = node.try_handshake_slot(from.ip()) else {
-                        drop_it("over the handshake budget");
-                        return;
-                    };
-                    let idx = ListenerActor::next_index(sessions, node.random_u64());
-                    let conn = UdpConn {
-                        socket: socket.clone(),
-                        listener: ctx.address().recipient(),
-                        remote: from,
-                        session: UdpSession::new(idx, Some(sender)),
-                    };
-                    let ports = self.ports.clone();
-                    let peer = PeerActor::acceptor(node.clone(), ports, Incoming::Udp(conn), slot)
-                        .start()
-                        .recipient();
-                    sessions.insert(
-                        idx,
-                        Session {
-                            peer,
-                            remote: from,
-                            remote_idx: Some(sender),
-                        },
-                    );
-                    by_remote.insert((from, sender), idx);
-                    idx
-                }
+            Err(why) => {
+                node.metrics.refused.bad_frame.inc();
+                drop_it(&why);
             }
-            Datagram::HandshakeResp { receiver, .. }
-            | Datagram::HandshakeFinal { receiver, .. }
-            | Datagram::Transport { receiver, .. }
-            | Datagram::CookieReply { receiver, .. } => receiver,
-        };
-        let Some(session) = sessions.get(&target) else {
-            drop_it("unknown session");
-            return;
-        };
-        if session.remote != from {
-            drop_it("wrong source address for the session");
-            return;
-        }
-        let msg = UdpIn {
-            data: Bytes::from(data),
-            from,
-        };
-        if session.peer.try_send(msg).is_err() {
-            drop_it("session mailbox full or gone");
         }
     }
 
-    fn finished(&mut self, _: &mut Self::Context) {
-        warn!("udp listener {} stopped", self.local);
-    }
-}
-
-impl Handler<RegisterDial> for ListenerActor {
-    type Result = MessageResult<RegisterDial>;
-
-    fn handle(&mut self, msg: RegisterDial, _: &mut Self::Context) -> Self::Result {
-        let Socket::Udp {
-            socket, sessions, ..
-        } = &mut self.socket
-        else {
-            return MessageResult(None);
-        };
-        let idx = ListenerActor::next_index(sessions, self.node.random_u64());
-        sessions.insert(
-            idx,
-            Session {
-                peer: msg.peer,
-                remote: msg.remote,
-                remote_idx: None,
-            },
-        );
-        MessageResult(Some((idx, socket.clone())))
-    }
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Handler<SendPunch> for ListenerActor {
@@ -374,25 +263,6 @@ impl Handler<SendPunch> for ListenerActor {
         // Best effort, like every UDP send: a punch that does not leave is a punch lost.
         if let Err(e) = socket.try_send_to(&buf, msg.to) {
             debug!("udp {}: punch to {}: {e}", self.local, msg.to);
-        }
-    }
-}
-
-impl Handler<Unregister> for ListenerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
-        if let Socket::Udp {
-            sessions,
-            by_remote,
-            ..
-        } = &mut self.socket
-        {
-            if let Some(s) = sessions.remove(&msg.local_idx) {
-                if let Some(r) = s.remote_idx {
-                    by_remote.remove(&(s.remote, r));
-                }
-            }
         }
     }
 }

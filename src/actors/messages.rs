@@ -12,10 +12,8 @@
 //! two subscribers (through [`PeerPorts`] and [`RelayPorts`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::net::UdpSocket;
 
 use crate::addr::{Endpoint, Transport};
 use crate::proto::link::{Rtt, WelcomeInfo};
@@ -216,44 +214,15 @@ pub struct PeerPorts {
     pub relay: RelayPorts,
 }
 
-// ---- UDP sessions: PeerActor <-> ListenerActor ----
+// ---- UDP (QUIC) endpoints ----
 
-/// A UDP datagram for a link's session (listener -> PeerActor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct UdpIn {
-    /// The datagram.
-    pub data: bytes::Bytes,
-    /// Its source (the listener checked it against the session).
-    pub from: SocketAddr,
-}
-
-/// A dialer asks for an outbound UDP session on a listener's socket; answers its index and
-/// the socket (`None` from a listener that is not UDP).
-#[derive(Message)]
-#[rtype(result = "Option<(u32, Arc<UdpSocket>)>")]
-pub struct RegisterDial {
-    /// The peer's address.
-    pub remote: SocketAddr,
-    /// Where the session's datagrams go.
-    pub peer: Recipient<UdpIn>,
-}
-
-/// A UDP session ended; its listener forgets the index.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unregister {
-    /// Our index of the session.
-    pub local_idx: u32,
-}
-
-/// A UDP socket dialers may use, with the address it is bound to.
+/// A UDP listener's QUIC endpoint that dialers may use, with the address it is bound to.
+/// Dialling from the listening socket is what makes hole punching work: the punch opened the
+/// NAT mapping of that socket.
 #[derive(Clone)]
 pub struct UdpEndpoint {
     /// Bound address (its family and loopback-ness decide which remotes it can reach).
     pub local: SocketAddr,
-    /// Its ListenerActor, for [`RegisterDial`].
-    pub register: Recipient<RegisterDial>,
-    /// The same, for [`Unregister`].
-    pub unregister: Recipient<Unregister>,
+    /// The endpoint on that socket.
+    pub endpoint: quinn::Endpoint,
 }

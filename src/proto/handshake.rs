@@ -34,7 +34,7 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Noise prologue: mixed into the handshake hash, so a peer speaking another
 /// protocol (or another version of this one) fails the handshake instead of
 /// being misread. Bump the version when the link protocol changes incompatibly.
-pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v2";
+pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v3";
 
 /// X25519 public key length (RFC 7748).
 const DH_PUBLIC_BYTES: usize = 32;
@@ -206,7 +206,17 @@ pub struct Handshake {
 impl Handshake {
     /// Starts a handshake as the dialling side; returns it and message 1 to send.
     pub fn initiator(identity: &Identity) -> Result<(Handshake, Vec<u8>), HandshakeError> {
-        let state = builder(identity, |b| b.build_initiator())?;
+        Handshake::initiator_bound(identity, &[])
+    }
+
+    /// [`Handshake::initiator`] bound to a channel: `binding` (a QUIC connection's exporter,
+    /// see [`crate::quic::binding`]) is appended to the prologue, so the handshake completes
+    /// only between the two ends of that very channel.
+    pub fn initiator_bound(
+        identity: &Identity,
+        binding: &[u8],
+    ) -> Result<(Handshake, Vec<u8>), HandshakeError> {
+        let state = builder(identity, binding, |b| b.build_initiator())?;
         let mut handshake = Handshake {
             state,
             role: Role::Initiator,
@@ -219,7 +229,15 @@ impl Handshake {
 
     /// Starts a handshake as the accepting side, waiting for message 1.
     pub fn responder(identity: &Identity) -> Result<Handshake, HandshakeError> {
-        let state = builder(identity, |b| b.build_responder())?;
+        Handshake::responder_bound(identity, &[])
+    }
+
+    /// [`Handshake::responder`] bound to a channel (see [`Handshake::initiator_bound`]).
+    pub fn responder_bound(
+        identity: &Identity,
+        binding: &[u8],
+    ) -> Result<Handshake, HandshakeError> {
+        let state = builder(identity, binding, |b| b.build_responder())?;
         Ok(Handshake {
             state,
             role: Role::Responder,
@@ -356,16 +374,19 @@ impl Handshake {
     }
 }
 
-/// Builds a snow handshake state with our parameters, prologue and identity.
+/// Builds a snow handshake state with our parameters, prologue (plus the channel binding)
+/// and identity.
 fn builder(
     identity: &Identity,
+    binding: &[u8],
     build: impl FnOnce(snow::Builder<'_>) -> Result<snow::HandshakeState, snow::Error>,
 ) -> Result<snow::HandshakeState, HandshakeError> {
     let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(HandshakeError::Setup)?;
     let private = identity.private_bytes();
+    let prologue = [NOISE_PROLOGUE, binding].concat();
     let builder = snow::Builder::new(params)
         .local_private_key(private.as_slice())
-        .and_then(|b| b.prologue(NOISE_PROLOGUE))
+        .and_then(|b| b.prologue(&prologue))
         .map_err(HandshakeError::Setup)?;
     build(builder).map_err(HandshakeError::Setup)
 }

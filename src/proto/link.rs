@@ -54,6 +54,11 @@ pub struct Params {
     pub max_frame_bytes: usize,
     /// UDP: fragment frames into datagram-sized records and retransmit the handshake.
     pub datagram: bool,
+    /// The link runs inside an authenticated, encrypted channel (a QUIC connection) whose
+    /// exporter is this: the Noise handshake is bound to it (appended to the prologue), and
+    /// frames after the handshake are not sealed a second time (the channel protects them, and
+    /// the binding proves its other end is the peer the handshake authenticated).
+    pub channel: Option<[u8; 32]>,
     /// Let a peer of another network come up without a membership proof (we cannot check
     /// one made with another network's secret); the owner decides at admission whether to
     /// keep it. A dialer sets it to take a public node's `welcome`; a listener sets it when
@@ -295,8 +300,14 @@ impl Link {
         keys: Arc<KeyRing>,
         now_us: u64,
     ) -> Result<Link, Cause> {
-        let (hs, msg1) =
-            Handshake::initiator(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
+        let binding = params.channel.unwrap_or_default();
+        let binding = if params.channel.is_some() {
+            &binding[..]
+        } else {
+            &[]
+        };
+        let (hs, msg1) = Handshake::initiator_bound(&keys.identity, binding)
+            .map_err(|e| Cause::Handshake(e.to_string()))?;
         let first = Transmit::Handshake {
             step: 1,
             bytes: msg1,
@@ -322,8 +333,14 @@ impl Link {
         keys: Arc<KeyRing>,
         now_us: u64,
     ) -> Result<Link, Cause> {
-        let hs =
-            Handshake::responder(&keys.identity).map_err(|e| Cause::Handshake(e.to_string()))?;
+        let binding = params.channel.unwrap_or_default();
+        let binding = if params.channel.is_some() {
+            &binding[..]
+        } else {
+            &[]
+        };
+        let hs = Handshake::responder_bound(&keys.identity, binding)
+            .map_err(|e| Cause::Handshake(e.to_string()))?;
         Ok(Link::new(params, local, keys, Role::Responder, now_us, hs))
     }
 
@@ -714,6 +731,11 @@ impl Link {
             // Records before the handshake finished (UDP reordering) or after close: drop.
             State::Handshaking { .. } | State::Closed => return,
         };
+        if self.params.channel.is_some() {
+            // Inside a bound channel a record is the encoded frame itself.
+            self.on_frame_bytes(now_us, record);
+            return;
+        }
         let plaintext = match session.opener.open(record) {
             Ok(p) => p,
             Err(e) => {
@@ -747,11 +769,15 @@ impl Link {
         } else {
             plaintext
         };
+        self.on_frame_bytes(now_us, &frame_bytes);
+    }
+
+    fn on_frame_bytes(&mut self, now_us: u64, frame_bytes: &[u8]) {
         if frame_bytes.len() > self.params.max_frame_bytes {
             self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
             return;
         }
-        let frame = match Frame::decode(&frame_bytes) {
+        let frame = match Frame::decode(frame_bytes) {
             Ok(f) => f,
             Err(e) => {
                 self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string()));
@@ -951,7 +977,27 @@ impl Link {
     /// Encodes, fragments (UDP) and seals a frame into the outbox. False if it could not be sent
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
-        self.send_bytes_as(&frame.encode(), matches!(frame, Frame::Data(_)))
+        let data = matches!(frame, Frame::Data(_));
+        if self.params.channel.is_some() {
+            return self.send_plain(frame.encode(), data);
+        }
+        self.send_bytes_as(&frame.encode(), data)
+    }
+
+    /// Inside a bound channel: queues the encoded frame as it is (see [`Params::channel`]).
+    fn send_plain(&mut self, bytes: Vec<u8>, data: bool) -> bool {
+        if bytes.len() > self.params.max_frame_bytes
+            || !matches!(self.state, State::Proving { .. } | State::Active { .. })
+        {
+            return false;
+        }
+        self.frames_out += 1;
+        self.outbox.push_back(if data {
+            Transmit::Data(bytes)
+        } else {
+            Transmit::Record(bytes)
+        });
+        true
     }
 
     /// Seals encoded frame bytes into control records (fragments on UDP) in the outbox.
@@ -1032,6 +1078,7 @@ mod tests {
             handshake_timeout_ms: 5_000,
             max_frame_bytes: 1 << 20,
             datagram,
+            channel: None,
             accept_foreign: false,
         }
     }

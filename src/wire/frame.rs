@@ -29,7 +29,7 @@ use super::{
 ///
 /// Bump it when a change is not backwards compatible; peers refuse a link whose version
 /// they do not speak (with [`CloseReason::Protocol`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// One message on a link, after the Noise handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

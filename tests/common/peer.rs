@@ -58,6 +58,7 @@ fn params() -> Params {
         handshake_timeout_ms: 5_000,
         max_frame_bytes: 1 << 20,
         datagram: false,
+        channel: None,
         accept_foreign: true,
     }
 }

@@ -10,17 +10,17 @@
 //!   as long as its link; the remote side is the one that re-dials.
 //!
 //! The actor owns the socket (read half through `add_stream`, write half in a writer future
-//! spawned in its own context behind a bounded channel, `writer`; UDP through its
-//! ListenerActor's socket and a [`UdpSession`]), sets connections up (`transport`) and moves
-//! bytes and timers; the protocol itself is the sans-io [`Link`]. It owns its link's
+//! spawned in its own context behind a bounded channel, `writer`; UDP links are QUIC
+//! connections on a ListenerActor's endpoint, `quic`), sets connections up (`transport`) and
+//! moves bytes and timers; the protocol itself is the sans-io [`Link`]. It owns its link's
 //! [`LinkStatus`] and answers [`GetLinkStatus`].
 //!
 //! Talks to (only through the `Recipient`s in [`PeerPorts`], never naming another actor): the
 //! DiscoveryActor (`Admit` when the peer is authenticated, `LinkDown` when it goes), the
-//! RelayActor (`LinkUp`, `LinkRtt`, `Inbound` frames, `LinkDown`), a UDP ListenerActor (session
-//! registration). Receives `UdpIn`, `SendFrame`, `CloseLink`, `GetLinkStatus`, `Redial`,
-//! `DialNow`.
+//! RelayActor (`LinkUp`, `LinkRtt`, `Inbound` frames, `LinkDown`). Receives `SendFrame`,
+//! `CloseLink`, `GetLinkStatus`, `Redial`, `DialNow` (and its own data streams' `DataIn`).
 
+mod quic;
 mod transport;
 mod writer;
 
@@ -34,13 +34,13 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use log::{debug, info, warn};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::actors::messages::{
     Admit, CloseLink, GetLinkStatus, Inbound, LinkDown, LinkRtt, LinkStatus, LinkUp, PeerHandle,
-    PeerPorts, RegisterDial, SendFrame, UdpEndpoint, UdpIn, Unregister,
+    PeerPorts, SendFrame, UdpEndpoint,
 };
 use crate::addr::{Endpoint, Transport};
 use crate::node::{HandshakeSlot, NodeShared};
@@ -48,7 +48,6 @@ use crate::proto::backoff::Backoff;
 use crate::proto::link::{Cause, Event, Link, Phase};
 use crate::proto::peer_state::Step;
 use crate::proto::router::{LinkInfo, LinkKind};
-use crate::proto::udp_session::UdpSession;
 use crate::wire::frame::{CloseReason, Frame};
 use transport::{connect_stream, pick_udp, resolve, Connected};
 use writer::{spawn_writer, transmit};
@@ -103,21 +102,8 @@ pub enum Incoming {
     Tcp(TcpStream, SocketAddr),
     /// Accepted TCP connection that must complete a WebSocket upgrade.
     Ws(TcpStream, SocketAddr),
-    /// A new UDP session (its first datagram follows as `UdpIn`).
-    Udp(UdpConn),
-}
-
-/// One UDP session on a ListenerActor's socket.
-#[derive(Debug, Clone)]
-pub struct UdpConn {
-    /// The listener's socket, shared for sending.
-    pub socket: Arc<UdpSocket>,
-    /// The listener, to unregister the session.
-    pub listener: Recipient<Unregister>,
-    /// The peer's address.
-    pub remote: SocketAddr,
-    /// The session's indices and datagram mapping.
-    pub session: UdpSession,
+    /// An accepted QUIC connection (still handshaking), its remote and our listener's address.
+    Quic(quinn::Connecting, SocketAddr, SocketAddr),
 }
 
 /// How frames leave this link.
@@ -129,8 +115,14 @@ enum Conn {
         tx: writer::StreamTx,
         read_limit: Option<Arc<AtomicUsize>>,
     },
-    /// UDP through the listener's socket.
-    Udp(UdpConn),
+    /// QUIC: the control stream like a TCP socket (`tx`, `read_limit`), and a stream per data
+    /// frame (`data`).
+    Quic {
+        tx: writer::StreamTx,
+        read_limit: Arc<AtomicUsize>,
+        data: quic::DataTx,
+        connection: quinn::Connection,
+    },
 }
 
 /// A connection and its protocol.
@@ -203,6 +195,8 @@ pub struct PeerActor {
     timer: Option<(u64, SpawnHandle)>,
     /// The link closed; the actor stops once the writer has flushed (e.g. a `close` frame).
     closing: bool,
+    /// The link ended with our `close` frame: a QUIC connection lingers for it to arrive.
+    linger: bool,
     /// The relay was told this link is up (`LinkUp`); until then frames wait in `early`.
     announced: bool,
     /// Frames that arrived before `LinkUp`, with their byte total.
@@ -245,7 +239,7 @@ impl PeerActor {
         let transport = match incoming {
             Incoming::Tcp(..) => Transport::Tcp,
             Incoming::Ws(..) => Transport::Ws,
-            Incoming::Udp(..) => Transport::Udp,
+            Incoming::Quic(..) => Transport::Udp,
         };
         let role = Role::Acceptor {
             incoming: Some(incoming),
@@ -265,6 +259,7 @@ impl PeerActor {
             admitted: false,
             timer: None,
             closing: false,
+            linger: false,
             announced: false,
             early: Vec::new(),
             early_bytes: 0,
@@ -345,11 +340,20 @@ impl Supervised for PeerActor {
     }
 }
 
-impl Handler<UdpIn> for PeerActor {
+impl Handler<quic::DataIn> for PeerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: UdpIn, ctx: &mut Self::Context) {
-        self.guarded(ctx, |act, ctx| act.on_udp(msg, ctx));
+    fn handle(&mut self, msg: quic::DataIn, ctx: &mut Self::Context) {
+        if msg.link_id != self.link_id {
+            return; // a stream of a connection this actor already left
+        }
+        self.guarded(ctx, |act, ctx| {
+            match msg.frame {
+                Some(frame) => act.on_stream_message(&frame),
+                None => act.on_stream_error(Cause::Oversize),
+            }
+            act.drive(ctx);
+        });
     }
 }
 
@@ -573,29 +577,14 @@ impl PeerActor {
             Transport::Tcp | Transport::Ws => self.dial_stream(target, ctx),
             Transport::Udp => {
                 let udp = udp.clone();
-                let me = ctx.address().recipient();
                 let fut = async move {
                     let remote = resolve(&target).await?;
                     let endpoint = pick_udp(&udp, remote)
                         .ok_or_else(|| format!("no UDP socket that can reach {remote}"))?;
-                    let session = endpoint
-                        .register
-                        .send(RegisterDial { remote, peer: me })
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or("not a UDP socket")?;
-                    Ok::<_, String>((session, endpoint.unregister, remote))
+                    Ok::<_, String>((quic::dial(endpoint.endpoint, remote).await?, remote))
                 };
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(((local_idx, socket), listener, remote)) => {
-                        let conn = UdpConn {
-                            socket,
-                            listener,
-                            remote,
-                            session: UdpSession::new(local_idx, None),
-                        };
-                        act.attach(Conn::Udp(conn), remote, true, ctx);
-                    }
+                    Ok((opened, remote)) => act.attach_quic(opened, remote, true, ctx),
                     Err(e) => act.dial_failed(e, ctx),
                 }));
             }
@@ -624,9 +613,16 @@ impl PeerActor {
     fn start_incoming(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
         match incoming {
             Incoming::Tcp(stream, remote) => self.attach_tcp(stream, remote, false, ctx),
-            Incoming::Udp(conn) => {
-                let remote = conn.remote;
-                self.attach(Conn::Udp(conn), remote, false, ctx);
+            Incoming::Quic(connecting, remote, local) => {
+                let fut = quic::accept(connecting, local);
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(opened) => act.attach_quic(opened, remote, false, ctx),
+                    Err(e) => {
+                        debug!("inbound quic from {remote}: {e}");
+                        act.node.metrics.refused.handshake.inc();
+                        ctx.stop();
+                    }
+                }));
             }
             Incoming::Ws(stream, remote) => {
                 let config = self.ws_config();
@@ -709,14 +705,59 @@ impl PeerActor {
         self.attach(conn, remote, dialed, ctx);
     }
 
+    fn attach_quic(
+        &mut self,
+        opened: quic::Opened,
+        remote: SocketAddr,
+        dialed: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let codec = || {
+            LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(self.node.max_record_bytes())
+                .new_codec()
+        };
+        let limit = Arc::new(AtomicUsize::new(PRE_AUTH_READ_LIMIT));
+        let reader = LimitedCodec {
+            inner: codec(),
+            limit: limit.clone(),
+        };
+        ctx.add_stream(FramedRead::with_capacity(
+            opened.recv,
+            reader,
+            READ_BUFFER_BYTES,
+        ));
+        let tx = spawn_writer(FramedWrite::new(opened.send, codec()), Bytes::from, ctx);
+        let data = quic::spawn_data_writer(opened.connection.clone(), ctx);
+        self.set_local(opened.local);
+        let conn = Conn::Quic {
+            tx,
+            read_limit: limit,
+            data,
+            connection: opened.connection,
+        };
+        self.attach(conn, remote, dialed, ctx);
+    }
+
     fn set_local(&mut self, local: Option<SocketAddr>) {
         self.status.local_addr = local;
     }
 
     /// A socket exists: start the link protocol on it.
     fn attach(&mut self, conn: Conn, remote: SocketAddr, dialed: bool, ctx: &mut Context<Self>) {
-        let datagram = matches!(conn, Conn::Udp(_));
-        let params = self.node.link_params(datagram, dialed);
+        let channel = match &conn {
+            Conn::Quic { connection, .. } => match crate::quic::binding(connection) {
+                Some(b) => Some(b),
+                None => {
+                    warn!("quic link to {remote}: no keying material to bind to");
+                    ctx.stop();
+                    return;
+                }
+            },
+            Conn::Stream { .. } => None,
+        };
+        let params = self.node.link_params(channel, dialed);
         let now = self.node.now_us();
         let (local, keys) = (self.node.local.clone(), self.node.keys.clone());
         let link = if dialed {
@@ -724,13 +765,7 @@ impl PeerActor {
         } else {
             Link::accept(params, local, keys, now)
         };
-        {
-            let s = &mut self.status;
-            s.remote_addr = Some(remote);
-            if let Conn::Udp(u) = &conn {
-                s.local_addr = u.socket.local_addr().ok();
-            }
-        }
+        self.status.remote_addr = Some(remote);
         let link = match link {
             Ok(link) => link,
             Err(cause) => {
@@ -760,22 +795,6 @@ impl PeerActor {
         }
     }
 
-    fn on_udp(&mut self, msg: UdpIn, ctx: &mut Context<Self>) {
-        let now = self.node.now_us();
-        self.node.metrics.bytes_in.add(msg.data.len() as u64);
-        let Some(attempt) = self.attempt_mut() else {
-            return;
-        };
-        let Conn::Udp(conn) = &mut attempt.conn else {
-            return;
-        };
-        let Some(packet) = conn.session.decode(&msg.data) else {
-            return; // the listener hands punch datagrams to the relay, never to a session
-        };
-        attempt.link.handle_datagram(now, packet);
-        self.drive(ctx);
-    }
-
     // ---- driving the link ----
 
     /// Sends what the link queued, handles its events and re-arms its timer.
@@ -798,11 +817,17 @@ impl PeerActor {
             if let Some(cause) = failed {
                 attempt.link.transport_error(cause);
             }
-            if let Conn::Stream {
-                read_limit: Some(limit),
-                ..
-            } = &attempt.conn
-            {
+            let limit = match &attempt.conn {
+                Conn::Stream {
+                    read_limit: Some(limit),
+                    ..
+                }
+                | Conn::Quic {
+                    read_limit: limit, ..
+                } => Some(limit),
+                Conn::Stream { .. } => None,
+            };
+            if let Some(limit) = limit {
                 limit.store(
                     attempt.link.read_limit().max(PRE_AUTH_READ_LIMIT),
                     Ordering::Relaxed,
@@ -990,6 +1015,15 @@ impl PeerActor {
             s.last_error = None;
         }
         self.transition(Step::Up, None);
+        if let Some(Attempt {
+            conn: Conn::Quic { connection, .. },
+            ..
+        }) = self.attempt_ref()
+        {
+            let connection = connection.clone();
+            let limit = self.node.config.max_frame_bytes;
+            quic::spawn_data_reader(connection, limit, self.link_id, ctx);
+        }
         if let (Some(node_id), Some(public_key)) = (peer, public_key) {
             let (transport, local) = (self.status.transport, self.status.local_addr);
             let info = LinkInfo {
@@ -1102,13 +1136,9 @@ impl PeerActor {
             let s = &mut self.status;
             s.last_error = Some(cause.to_string());
         }
-        let stream = matches!(
-            self.attempt_ref(),
-            Some(Attempt {
-                conn: Conn::Stream { .. },
-                ..
-            })
-        );
+        let stream = self.attempt_ref().is_some();
+        // A QUIC connection closes at once unless our `close` frame is on its way.
+        self.linger = matches!(cause, Cause::Refused(_));
         // Dropping the attempt closes the writer's queue: it flushes what is left (our `close`
         // frame) and then ends, which stops the actor. The linger bounds a stuck socket.
         self.transition(Step::Down, None);
@@ -1205,14 +1235,14 @@ impl PeerActor {
         matches!(self.role, Role::Dialer { .. })
     }
 
-    /// Drops the connection; a UDP session is unregistered from its listener.
+    /// Drops the connection (a QUIC connection is closed once its `close` frame had a chance).
     fn release_attempt(&mut self) {
         self.transition(Step::Down, None);
     }
 
     /// The only place the state changes: the pure machine ([`PeerState::next`]) picks the next
     /// state, this moves the connection into it. A connection that leaves the state is dropped
-    /// here (a UDP session is unregistered from its listener).
+    /// here.
     fn transition(&mut self, step: Step, new_attempt: Option<Attempt>) {
         let old = std::mem::replace(&mut self.state, State::Init { attempt: None });
         let from = old.visible();
@@ -1243,12 +1273,11 @@ impl PeerActor {
             (PeerState::Disconnected, attempt) => State::Disconnected { attempt },
         };
         if let Some(Attempt {
-            conn: Conn::Udp(u), ..
+            conn: Conn::Quic { connection, .. },
+            ..
         }) = released
         {
-            u.listener.do_send(Unregister {
-                local_idx: u.session.local_idx,
-            });
+            quic::close_later(connection, std::mem::take(&mut self.linger));
         }
         self.update_status();
     }

@@ -66,7 +66,7 @@ pub(super) async fn connect_stream(
 pub(super) fn pick_udp(sockets: &[UdpEndpoint], remote: SocketAddr) -> Option<UdpEndpoint> {
     sockets
         .iter()
-        .filter(|s| s.local.is_ipv4() == remote.is_ipv4() && s.register.connected())
+        .filter(|s| s.local.is_ipv4() == remote.is_ipv4())
         .find(|s| !s.local.ip().is_loopback() || remote.ip().is_loopback())
         .cloned()
 }

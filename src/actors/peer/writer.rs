@@ -1,6 +1,6 @@
-//! How a PeerActor's bytes leave: the writer future of a stream socket, fed through two bounded
-//! lanes (control records first, data records bounded in bytes) and flushed once per batch, and
-//! the UDP send through the listener's socket.
+//! How a PeerActor's bytes leave: the writer future of a stream socket (or a QUIC link's control
+//! stream), fed through two bounded lanes (control records first, data records bounded in bytes)
+//! and flushed once per batch; a QUIC link's data frames go to its streams ([`super::quic`]).
 //!
 //! Control records (pings, pongs, adverts, punch frames, `over_budget`, close) never wait behind
 //! queued data: the writer takes them first. A data record can be overtaken by at most
@@ -163,25 +163,24 @@ pub(super) fn transmit(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Resul
                 }
             }
         }
-        Conn::Udp(u) => {
-            let Some(out) = u.session.encode(&t) else {
-                return Ok(()); // nothing can be addressed before the peer's index is known
-            };
-            node.metrics.bytes_out.add(out.len() as u64);
-            // UDP semantics: a full socket buffer drops the datagram; the protocol retransmits
-            // what matters (handshake) and heartbeats tolerate loss.
-            match u.socket.try_send_to(&out, u.remote) {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    node.metrics.datagrams_dropped.inc();
-                    Ok(())
+        Conn::Quic { tx, data, .. } => match t {
+            Transmit::Data(bytes) => {
+                let len = bytes.len() as u64;
+                match data.send(bytes) {
+                    super::quic::Queued::Yes => node.metrics.bytes_out.add(len),
+                    super::quic::Queued::Dropped => node.metrics.frames_dropped.inc(),
+                    super::quic::Queued::Closed => return Err(Cause::TransportClosed),
                 }
-                Err(e) => {
-                    debug!("udp send to {}: {e}", u.remote);
-                    Ok(())
-                }
+                Ok(())
             }
-        }
+            Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) => {
+                node.metrics.bytes_out.add(bytes.len() as u64);
+                tx.control.try_send(bytes).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => Cause::Refused(CloseReason::Timeout),
+                    mpsc::error::TrySendError::Closed(_) => Cause::TransportClosed,
+                })
+            }
+        },
     }
 }
 

@@ -1,0 +1,231 @@
+//! A PeerActor's QUIC connection (`udp://` links; see [`crate::quic`] for the design).
+//!
+//! - Setting up: the dialer connects through its UDP listener's endpoint and opens the control
+//!   stream; the acceptor waits for the connection and that stream. Each step is bounded.
+//! - The control stream is read and written exactly like a TCP socket (length-prefixed, the
+//!   same codec and lanes), at a higher priority than data.
+//! - Every `data` frame goes out on a unidirectional stream of its own ([`DataTx`]); queued
+//!   and in-flight data is bounded in bytes, beyond it a frame is dropped and counted as on TCP.
+//! - Data streams are accepted only once the link is Active ([`spawn_data_reader`]): before
+//!   that QUIC holds them (within its flow-control window), so a frame can never overtake the
+//!   `welcome` that makes the link Active, and a stranger cannot make us buffer anything.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use log::debug;
+use tokio::sync::mpsc;
+
+use crate::proto::link::FIRST_MESSAGE_TIMEOUT_MS;
+
+use super::writer::{DATA_QUEUE_BYTES, DATA_QUEUE_RECORDS};
+use super::{PeerActor, CONNECT_TIMEOUT_MS};
+
+/// Priority of the control stream's sending over data streams (quinn: higher goes first).
+const CONTROL_PRIORITY: i32 = 1;
+
+/// A QUIC connection with its control stream.
+pub(super) struct Opened {
+    pub connection: quinn::Connection,
+    /// The endpoint's address (status, punching).
+    pub local: Option<SocketAddr>,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+async fn bounded<T, E: std::fmt::Display>(
+    ms: u64,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    tokio::time::timeout(Duration::from_millis(ms), fut)
+        .await
+        .map_err(|_| format!("{what} timed out"))?
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// Dials `remote` through `endpoint` and opens the control stream.
+pub(super) async fn dial(endpoint: quinn::Endpoint, remote: SocketAddr) -> Result<Opened, String> {
+    let connecting = endpoint
+        .connect(remote, crate::quic::SERVER_NAME)
+        .map_err(|e| format!("connect: {e}"))?;
+    let connection = bounded(CONNECT_TIMEOUT_MS, "quic handshake", connecting).await?;
+    let (send, recv) = bounded(CONNECT_TIMEOUT_MS, "open stream", connection.open_bi()).await?;
+    let _ = send.set_priority(CONTROL_PRIORITY);
+    Ok(Opened {
+        connection,
+        local: endpoint.local_addr().ok(),
+        send,
+        recv,
+    })
+}
+
+/// Completes an accepted connection and waits for the dialer's control stream (which arrives
+/// with the first handshake message).
+pub(super) async fn accept(
+    connecting: quinn::Connecting,
+    local: SocketAddr,
+) -> Result<Opened, String> {
+    let connection = bounded(CONNECT_TIMEOUT_MS, "quic handshake", connecting).await?;
+    let (send, recv) = bounded(
+        FIRST_MESSAGE_TIMEOUT_MS,
+        "first stream",
+        connection.accept_bi(),
+    )
+    .await?;
+    let _ = send.set_priority(CONTROL_PRIORITY);
+    Ok(Opened {
+        connection,
+        local: Some(local),
+        send,
+        recv,
+    })
+}
+
+/// Closes a released connection; with `linger`, once the peer closed its side (it got our
+/// `close` frame) or after [`super::CLOSE_LINGER_MS`]: closing at once could discard the
+/// `close` frame in flight.
+pub(super) fn close_later(connection: quinn::Connection, linger: bool) {
+    if !linger {
+        connection.close(0u32.into(), b"closed");
+        return;
+    }
+    actix::spawn(async move {
+        let linger = Duration::from_millis(super::CLOSE_LINGER_MS);
+        let _ = tokio::time::timeout(linger, connection.closed()).await;
+        connection.close(0u32.into(), b"closed");
+    });
+}
+
+/// The data lane of a QUIC link: frames waiting for, or being written on, a stream of their own.
+pub(super) struct DataTx {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued or still being handed to QUIC.
+    bytes: Arc<AtomicUsize>,
+}
+
+/// What [`DataTx::send`] did with a frame.
+pub(super) enum Queued {
+    /// On its way.
+    Yes,
+    /// Over the byte or count bound: dropped (count it), the link stays up.
+    Dropped,
+    /// The connection is gone.
+    Closed,
+}
+
+impl DataTx {
+    /// Queues one encoded `data` frame for a stream of its own.
+    pub fn send(&self, frame: Vec<u8>) -> Queued {
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + frame.len() > DATA_QUEUE_BYTES {
+            return Queued::Dropped;
+        }
+        let len = frame.len();
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.bytes.fetch_add(len, Ordering::Relaxed);
+                Queued::Yes
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Queued::Dropped,
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Closed,
+        }
+    }
+}
+
+/// Spawns, in the actor's context, the future that opens a stream per queued frame (waiting
+/// when the peer's stream limit is reached: backpressure) and writes each on a task of its own,
+/// so a large frame never holds up the ones behind it.
+pub(super) fn spawn_data_writer(
+    connection: quinn::Connection,
+    ctx: &mut Context<PeerActor>,
+) -> DataTx {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(DATA_QUEUE_RECORDS);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let held = bytes.clone();
+    let fut = async move {
+        while let Some(frame) = rx.recv().await {
+            let len = frame.len();
+            let mut stream = match connection.open_uni().await {
+                Ok(s) => s,
+                Err(e) => {
+                    held.fetch_sub(len, Ordering::Relaxed);
+                    return Err(e.to_string());
+                }
+            };
+            let held = held.clone();
+            actix::spawn(async move {
+                if let Err(e) = stream.write_chunk(Bytes::from(frame)).await {
+                    debug!("quic data stream: {e}");
+                }
+                let _ = stream.finish();
+                held.fetch_sub(len, Ordering::Relaxed);
+            });
+        }
+        Ok(())
+    };
+    ctx.spawn(actix::fut::wrap_future::<_, PeerActor>(fut).map(
+        |res: Result<(), String>, act, _| {
+            if let Err(e) = res {
+                debug!("{}: data streams: {e}", act.describe());
+            }
+        },
+    ));
+    DataTx { tx, bytes }
+}
+
+/// One frame that arrived on a data stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct DataIn {
+    /// The link generation it belongs to.
+    pub link_id: u64,
+    /// The encoded frame, or `None` for a stream that went over the frame limit.
+    pub frame: Option<Vec<u8>>,
+}
+
+/// Spawns the loop that accepts the peer's data streams (once the link is Active) and reads
+/// each to its end on a task of its own, at most `limit` bytes, handing the frame to the actor.
+/// A stream over the limit is stopped and the link closed (as an oversized record on TCP).
+pub(super) fn spawn_data_reader(
+    connection: quinn::Connection,
+    limit: usize,
+    link_id: u64,
+    ctx: &mut Context<PeerActor>,
+) {
+    let me = ctx.address();
+    let fut = async move {
+        loop {
+            let mut stream = match connection.accept_uni().await {
+                Ok(s) => s,
+                Err(_) => return, // the connection closed; the control stream reports it
+            };
+            let me = me.clone();
+            actix::spawn(async move {
+                match stream.read_to_end(limit).await {
+                    Ok(frame) => {
+                        // Waits while the actor's mailbox is full: QUIC flow control then
+                        // slows the peer down.
+                        let frame = Some(frame);
+                        let _ = me.send(DataIn { link_id, frame }).await;
+                    }
+                    Err(quinn::ReadToEndError::TooLong) => {
+                        let _ = stream.stop(0u32.into());
+                        let _ = me
+                            .send(DataIn {
+                                link_id,
+                                frame: None,
+                            })
+                            .await;
+                    }
+                    Err(e) => debug!("quic data stream: {e}"),
+                }
+            });
+        }
+    };
+    ctx.spawn(actix::fut::wrap_future::<_, PeerActor>(fut));
+}

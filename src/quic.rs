@@ -1,0 +1,400 @@
+//! QUIC under `udp://` links: the endpoint on a UDP listener's socket, its TLS and transport
+//! configuration, and the socket wrapper that lets hole-punch datagrams share the port.
+//!
+//! QUIC (RFC 9000, through `quinn`) gives a UDP link what TCP gives a stream link and more: loss
+//! recovery, congestion control, flow control, and independent streams, so a lost packet of a
+//! large message delays only that message. msgtier does not trust TLS for identity: the server
+//! certificate is a throwaway self-signed one and the client accepts any certificate whose
+//! handshake signature verifies. Identity and membership are proven exactly as on TCP, by the
+//! Noise XX handshake and the hello/welcome MACs, run on the connection's first bidirectional
+//! stream, with the connection's TLS exporter ([`binding`]) mixed into the Noise prologue. A
+//! man in the middle would terminate two TLS sessions with two different exporters, so the Noise
+//! handshake it relays fails; a proof made on one connection cannot be used on another. Once the
+//! Noise handshake is done, frames travel in QUIC's own AEAD, not sealed a second time.
+//!
+//! Streams: the dialer opens one bidirectional *control* stream (handshake, hello/welcome,
+//! pings, adverts, punch coordination, close; length-prefixed like TCP, at a higher priority);
+//! every `data` frame travels on a unidirectional stream of its own, so a 1 MiB message never
+//! holds up a ping or a 100-byte message by more than a packet's worth of sending.
+//!
+//! Sharing the socket: QUIC packets always have the fixed bit (0x40) of their first byte set
+//! (greasing it is turned off), our own datagrams (punch, punch ack: types 5 and 6) never do. The
+//! [`SharedSocket`] hands the latter to the listener and everything else to `quinn`.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::rustls;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// The application protocol name both sides insist on (ALPN).
+pub const ALPN: &[u8] = b"msgtier/3";
+/// Exporter label of the channel binding (RFC 8446 section 7.5).
+pub const BINDING_LABEL: &[u8] = b"msgtier link binding v3";
+/// The server name a dialer presents; certificates are not checked against names.
+pub const SERVER_NAME: &str = "msgtier";
+/// Data streams a peer may have open toward us at once; beyond it its next `open_uni` waits
+/// (backpressure, not loss).
+pub const MAX_DATA_STREAMS: u32 = 256;
+/// Bytes of one connection's data in flight or buffered unread at most, both ways (QUIC flow
+/// control). Bounds a link's memory whatever the peer does.
+pub const CONNECTION_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+/// Our own datagrams (punch, punch ack) waiting for the listener; beyond it they are dropped.
+pub const OWN_DATAGRAM_QUEUE: usize = 256;
+
+/// The first byte of every QUIC packet has this bit set (RFC 9000 section 17; we never grease
+/// it); none of our own datagram types do.
+const QUIC_FIXED_BIT: u8 = 0x40;
+
+/// Whether a datagram is a QUIC packet rather than one of ours.
+pub fn is_quic(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & QUIC_FIXED_BIT != 0)
+}
+
+/// The 32 bytes both ends of a QUIC connection derive from its TLS secrets; the Noise handshake
+/// of the link on it is bound to them.
+pub fn binding(connection: &quinn::Connection) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    connection
+        .export_keying_material(&mut out, BINDING_LABEL, b"")
+        .ok()?;
+    Some(out)
+}
+
+/// Limits of the links a node runs over QUIC.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest frame: a data stream's receive window, so one message never waits on credit.
+    pub max_frame_bytes: usize,
+    /// The link's own peer timeout; QUIC's idle timeout sits above it, so the link decides.
+    pub peer_timeout_ms: u64,
+}
+
+/// TLS and transport configuration of a node's QUIC endpoints.
+#[derive(Clone)]
+pub struct Configs {
+    /// For accepting.
+    pub server: quinn::ServerConfig,
+    /// For dialling.
+    pub client: quinn::ClientConfig,
+}
+
+/// Why the QUIC configuration could not be built (a bug or a broken crypto provider).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Generating the throwaway certificate failed.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// quinn refused the TLS configuration.
+    #[error("quic: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport(limits: Limits) -> quinn::TransportConfig {
+    let stream_window = (limits.max_frame_bytes as u64 + 64 * 1024).min(u32::MAX as u64);
+    let window = CONNECTION_WINDOW_BYTES.max(2 * stream_window);
+    let mut t = quinn::TransportConfig::default();
+    // One control stream, opened by the dialer.
+    t.max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(MAX_DATA_STREAMS.into())
+        .stream_receive_window(quinn::VarInt::from_u32(stream_window as u32))
+        .receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX))
+        .send_window(window)
+        // Liveness is the link's business (pings, peer timeout); QUIC gives up only after it.
+        .keep_alive_interval(None)
+        .max_idle_timeout(
+            Duration::from_millis(limits.peer_timeout_ms.saturating_mul(2).max(10_000))
+                .try_into()
+                .ok(),
+        );
+    t
+}
+
+/// Builds the server and client configurations: a fresh self-signed certificate, TLS 1.3 only,
+/// our ALPN, and the transport limits above.
+pub fn configs(limits: Limits) -> Result<Configs, ConfigError> {
+    let transport = Arc::new(transport(limits));
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
+        .map_err(|e| ConfigError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server
+        .transport_config(transport.clone())
+        .max_incoming(crate::proto::handshake_budget::MAX_IN_PROGRESS);
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| ConfigError::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport);
+    Ok(Configs { server, client })
+}
+
+/// The endpoint configuration: no greasing of the fixed bit (our datagrams rely on it).
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    c.grease_quic_bit(false);
+    c
+}
+
+/// Accepts any server certificate (identity is proven by the Noise handshake bound to the
+/// connection, see the module docs) but still checks the TLS 1.3 handshake signature, so the
+/// server holds the key of the certificate it sent.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A datagram of ours that arrived on a QUIC endpoint's socket.
+#[derive(Debug)]
+pub struct OwnDatagram {
+    /// Its bytes.
+    pub data: Bytes,
+    /// Its source.
+    pub from: SocketAddr,
+}
+
+/// A UDP socket shared by `quinn` and our own datagrams. See the module docs.
+pub struct SharedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    own: mpsc::Sender<OwnDatagram>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for SharedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSocket").finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for SharedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let mut quic = 0;
+            for (buf, m) in bufs.iter_mut().zip(meta.iter_mut()).take(n) {
+                m.len = self.divert(m, &mut buf[..m.len]);
+                quic += usize::from(m.len > 0);
+            }
+            if quic > 0 {
+                // quinn skips entries of length 0.
+                return Poll::Ready(Ok(n));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+impl SharedSocket {
+    /// Takes our datagrams out of one received entry (several segments when the kernel
+    /// coalesced them, `stride` bytes each, the last maybe shorter); returns the bytes left for
+    /// quinn, moved to the front.
+    fn divert(&self, meta: &RecvMeta, buf: &mut [u8]) -> usize {
+        let stride = meta.stride.max(1);
+        let (mut read, mut kept) = (0, 0);
+        while read < buf.len() {
+            let end = (read + stride).min(buf.len());
+            if is_quic(&buf[read..end]) {
+                buf.copy_within(read..end, kept);
+                kept += end - read;
+            } else {
+                let own = OwnDatagram {
+                    data: Bytes::copy_from_slice(&buf[read..end]),
+                    from: meta.addr,
+                };
+                if self.own.try_send(own).is_err() {
+                    self.metrics.datagrams_dropped.inc();
+                }
+            }
+            read = end;
+        }
+        kept
+    }
+}
+
+/// A QUIC endpoint on a bound UDP socket, with a second handle on the same socket for sending
+/// our own datagrams and the queue our received ones arrive on.
+pub struct Bound {
+    /// The endpoint: accepts (with a server config) and dials.
+    pub endpoint: quinn::Endpoint,
+    /// The same socket, for sending punch datagrams.
+    pub socket: Arc<tokio::net::UdpSocket>,
+    /// Our datagrams that arrived.
+    pub own: mpsc::Receiver<OwnDatagram>,
+}
+
+/// Starts a QUIC endpoint on `socket` (which must be non-blocking). Needs a tokio runtime.
+pub fn bind(
+    socket: std::net::UdpSocket,
+    configs: &Configs,
+    metrics: Arc<Metrics>,
+) -> io::Result<Bound> {
+    let sender = tokio::net::UdpSocket::from_std(socket.try_clone()?)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let (own_tx, own) = mpsc::channel(OWN_DATAGRAM_QUEUE);
+    let shared = SharedSocket {
+        inner: runtime.wrap_udp_socket(socket)?,
+        own: own_tx,
+        metrics,
+    };
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(),
+        Some(configs.server.clone()),
+        Arc::new(shared),
+        runtime,
+    )?;
+    endpoint.set_default_client_config(configs.client.clone());
+    Ok(Bound {
+        endpoint,
+        socket: Arc::new(sender),
+        own,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_datagram_types_are_never_taken_for_quic() {
+        use crate::wire::udp::{TYPE_PUNCH, TYPE_PUNCH_ACK};
+        assert!(!is_quic(&[TYPE_PUNCH, 0]));
+        assert!(!is_quic(&[TYPE_PUNCH_ACK, 0]));
+        assert!(!is_quic(&[]));
+        assert!(is_quic(&[0xc0])); // long header
+        assert!(is_quic(&[0x40])); // short header
+    }
+
+    #[tokio::test]
+    async fn two_endpoints_connect_and_agree_on_the_binding_and_punches_are_diverted() {
+        let limits = Limits {
+            max_frame_bytes: 1 << 20,
+            peer_timeout_ms: 10_000,
+        };
+        let configs = configs(limits).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let bind_one = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            bind(s, &configs, metrics.clone()).unwrap()
+        };
+        let (a, mut b) = (bind_one(), bind_one());
+        let b_addr = b.endpoint.local_addr().unwrap();
+        // A punch datagram to b's socket arrives as ours, not as QUIC.
+        a.socket.send_to(&[5u8; 17], b_addr).await.unwrap();
+        let own = b.own.recv().await.unwrap();
+        assert_eq!(own.data.len(), 17);
+        assert_eq!(own.from, a.endpoint.local_addr().unwrap());
+
+        let accept = tokio::spawn({
+            let e = b.endpoint.clone();
+            async move { e.accept().await.unwrap().await.unwrap() }
+        });
+        let dialed = a
+            .endpoint
+            .connect(b_addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let accepted = accept.await.unwrap();
+        assert_eq!(binding(&dialed), binding(&accepted));
+        assert!(binding(&dialed).is_some());
+    }
+}
