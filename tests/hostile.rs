@@ -707,3 +707,93 @@ fn with_a_network_ca_only_certified_members_get_in_or_get_sealed_to() {
     assert_eq!(r.status, 404, "z is unknown: {}", r.text());
     assert_eq!(a.peer("b").unwrap()["key"], "proven");
 }
+
+/// Copies one QUIC stream into another, counting the bytes.
+async fn pipe(mut from: quinn::RecvStream, mut to: quinn::SendStream, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Some(n)) = from.read(&mut buf).await {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A man in the middle of a `udp://` link: it terminates the dialer's QUIC connection and opens
+/// its own to the listener (QUIC certificates prove nothing here), copying the control stream
+/// both ways. The Noise handshake it relays fails, because each side binds it to its own
+/// connection's TLS exporter: the dialer cannot open the listener's message 2 (a handshake
+/// failure, counted), nobody links, and the relay did carry the handshake both ways (so the
+/// test is not passing for want of traffic).
+#[test]
+fn a_quic_man_in_the_middle_cannot_relay_the_noise_handshake() {
+    let a = Node::start(Spec::new("a", "udp"));
+    let a_addr: SocketAddr = a.spec.url_of("udp")["udp://".len()..].parse().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mitm_addr = socket.local_addr().unwrap();
+    let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (u, d) = (up.clone(), down.clone());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let limits = msgtier::quic::Limits {
+                max_frame_bytes: 1 << 20,
+                peer_timeout_ms: 10_000,
+            };
+            let configs = msgtier::quic::configs(limits).unwrap();
+            let runtime = Arc::new(quinn::TokioRuntime);
+            let config = quinn::EndpointConfig::default();
+            let mut endpoint =
+                quinn::Endpoint::new(config, Some(configs.server), socket, runtime).unwrap();
+            endpoint.set_default_client_config(configs.client);
+            while let Some(incoming) = endpoint.accept().await {
+                let Ok(dialer) = incoming.await else { continue };
+                let Ok((to_dialer, from_dialer)) = dialer.accept_bi().await else {
+                    continue;
+                };
+                let Ok(connecting) = endpoint.connect(a_addr, msgtier::quic::SERVER_NAME) else {
+                    continue;
+                };
+                let Ok(listener) = connecting.await else {
+                    continue;
+                };
+                let Ok((to_listener, from_listener)) = listener.open_bi().await else {
+                    continue;
+                };
+                tokio::spawn(pipe(from_dialer, to_listener, u.clone()));
+                tokio::spawn(pipe(from_listener, to_dialer, d.clone()));
+                tokio::spawn(async move {
+                    // Keep both connections for as long as either side wants them.
+                    tokio::select! {
+                        _ = dialer.closed() => {}
+                        _ = listener.closed() => {}
+                    }
+                });
+            }
+        });
+    });
+    let mut sm = Spec::new("m", "udp");
+    sm.peers = vec![format!("udp://{mitm_addr}")];
+    let m = Node::start(sm);
+    m.wait("m's handshake through the relay fails", || {
+        m.counter("links_refused", "handshake") >= 1
+    });
+    assert!(
+        up.load(Ordering::Relaxed) > 0,
+        "message 1 went through the relay"
+    );
+    assert!(
+        down.load(Ordering::Relaxed) > 0,
+        "message 2 came back through it"
+    );
+    assert!(a.peer("m").is_none());
+    assert!(m.status()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["state"] != "Active"));
+}

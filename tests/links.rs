@@ -95,16 +95,25 @@ fn chain_meshes_over_ws() {
 }
 
 /// A node with the wrong secret is refused (counted, logged) and the others are unaffected;
-/// it does not re-dial in a tight loop.
+/// it does not re-dial in a tight loop. Over TCP and over UDP (QUIC) alike.
 #[test]
 fn wrong_secret_is_refused_and_others_are_unaffected() {
-    let a = Node::start(Spec::new("a", "tcp"));
-    let mut sb = Spec::new("b", "tcp");
+    wrong_secret_case("tcp");
+}
+
+#[test]
+fn wrong_secret_over_udp_is_refused_and_others_are_unaffected() {
+    wrong_secret_case("udp");
+}
+
+fn wrong_secret_case(transport: &str) {
+    let a = Node::start(Spec::new("a", transport));
+    let mut sb = Spec::new("b", transport);
     sb.peers = vec![a.spec.url()];
     let b = Node::start(sb);
     a.wait_peer_state("b", "Active");
 
-    let mut sm = Spec::new("mallory", "tcp");
+    let mut sm = Spec::new("mallory", transport);
     sm.secret = "not-the-secret".into();
     sm.peers = vec![a.spec.url()];
     let m = Node::start(sm);

@@ -1250,6 +1250,56 @@ mod tests {
         assert_eq!(p.b.next_timeout(), Some(10_000 * MS));
     }
 
+    fn bound_pair(a_channel: [u8; 32], b_channel: [u8; 32], b_secret: &str) -> Pair {
+        let (la, ka) = node("a", "net", "s3cret");
+        let (lb, kb) = node("b", "net", b_secret);
+        let with = |c| Params {
+            channel: Some(c),
+            ..params(false)
+        };
+        Pair {
+            a: Link::dial(with(a_channel), la, ka, 0).expect("dial"),
+            b: Link::accept(with(b_channel), lb, kb, 0).expect("accept"),
+            now: 0,
+        }
+    }
+
+    /// Inside a bound channel (QUIC) the link comes up the same way and frames travel as
+    /// their plain encoding: the channel protects them.
+    #[test]
+    fn a_bound_link_comes_up_and_sends_frames_unsealed() {
+        let mut p = bound_pair([7; 32], [7; 32], "s3cret");
+        let (ea, eb) = run(&mut p);
+        assert!(ea.iter().any(|e| matches!(e, Event::Up { .. })), "{ea:?}");
+        assert!(eb.iter().any(|e| matches!(e, Event::Up { .. })), "{eb:?}");
+        let frame = Frame::Ping { nonce: 99 };
+        p.a.send_frame(&frame).unwrap();
+        assert_eq!(p.a.poll_transmit(), Some(Transmit::Record(frame.encode())));
+    }
+
+    /// A handshake relayed between two different channels (a man in the middle terminating
+    /// QUIC on both sides) fails: each side's prologue carries its own channel's exporter. So
+    /// does a wrong secret inside one channel, exactly as on TCP.
+    #[test]
+    fn a_handshake_relayed_across_channels_fails_and_a_wrong_secret_is_refused() {
+        let mut p = bound_pair([1; 32], [2; 32], "s3cret");
+        let (ea, eb) = run(&mut p);
+        assert!(
+            ea.iter()
+                .chain(&eb)
+                .any(|e| matches!(e, Event::Closed(Cause::Handshake(_)))),
+            "{ea:?} {eb:?}"
+        );
+        assert!(!ea.iter().chain(&eb).any(|e| matches!(e, Event::Up { .. })));
+
+        let mut p = bound_pair([3; 32], [3; 32], "other");
+        let (ea, eb) = run(&mut p);
+        assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::WrongSecret))));
+        assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(
+            CloseReason::WrongSecret
+        ))));
+    }
+
     #[test]
     fn wrong_secret_is_refused_by_the_listener_and_reported_to_the_dialer() {
         let mut p = pair(false, "net", "other");
