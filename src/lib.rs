@@ -5,7 +5,8 @@
 //!   fields ([`config::FIELDS`]).
 //! - [`addr`]: transport addresses (`udp://`, `tcp://`, `ws://` endpoints), parsed and printed;
 //!   used by `config`, `proto` and the actors.
-//! - [`wire`]: frames, sealed records, UDP datagrams and fragments (pure codec).
+//! - [`wire`]: frames, sealed records, punch datagrams (pure codec).
+//! - [`quic`]: the QUIC endpoint under `udp://` links and the socket it shares with punches.
 //! - [`proto`]: pure protocol state machines: Noise handshake and membership proof
 //!   ([`proto::handshake`]), one link's lifecycle ([`proto::link`]), the known-node table and
 //!   duplicate rule (`proto::peer_table`), re-dial backoff (`proto::backoff`), and the

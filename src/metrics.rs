@@ -68,11 +68,11 @@ pub struct Metrics {
     pub links_established: Counter,
     /// Links that were closed for any reason after or during set-up.
     pub links_closed: Counter,
-    /// UDP datagrams dropped: unparseable, unknown session, wrong source, or a full mailbox.
+    /// UDP datagrams of ours (not QUIC) dropped: unparseable, unknown type, or a full queue.
     pub datagrams_dropped: Counter,
     /// Data or link-state frames dropped because the relay's queue was full.
     pub frames_dropped: Counter,
-    /// Cookie replies sent to UDP handshake inits while under load.
+    /// QUIC Retry packets (address validation) sent to new connections while under load.
     pub cookies_sent: Counter,
     /// Links refused or closed by this node, by reason.
     pub refused: Refused,

@@ -125,7 +125,6 @@ impl NodeShared {
             peer_timeout_ms: self.config.peer_timeout_ms,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS.min(self.config.peer_timeout_ms),
             max_frame_bytes: self.config.max_frame_bytes,
-            datagram: false,
             channel,
             accept_foreign: dialed
                 || !self.config.relay_network_whitelist.is_empty()

@@ -221,7 +221,6 @@ impl StreamHandler<OwnDatagram> for ListenerActor {
         let punch = match Datagram::parse(&own.data) {
             Ok(Datagram::Punch { token }) => Ok((token, false)),
             Ok(Datagram::PunchAck { token }) => Ok((token, true)),
-            Ok(_) => Err("not a datagram type of this protocol version".to_string()),
             Err(e) => Err(e.to_string()),
         };
         match punch {

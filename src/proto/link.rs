@@ -1,7 +1,7 @@
 //! One link's protocol, sans-io: Noise handshake, membership proof, hello/welcome, heartbeat.
 //!
 //! A [`Link`] is driven by the PeerActor that owns the socket. The actor feeds it what arrived
-//! ([`Link::handle_stream_message`] for TCP/WebSocket, [`Link::handle_datagram`] for UDP) and the
+//! ([`Link::handle_stream_message`]: a TCP or WebSocket message, or a QUIC stream's) and the
 //! current time ([`Link::handle_timeout`]), then drains what the link wants sent
 //! ([`Link::poll_transmit`]) and what happened ([`Link::poll_event`]). The link never touches a
 //! socket or a clock, so everything here is tested on byte vectors and simulated time. Time is
@@ -15,31 +15,22 @@
 //! 3. `Active`: pings every heartbeat, RTT from pongs, closed when nothing is heard for the timeout.
 //! 4. `Closed`: terminal; the cause comes out as [`Event::Closed`].
 //!
-//! Over UDP (datagram mode) the handshake and hello are retransmitted with a doubling interval,
-//! duplicates are answered idempotently, and every frame travels as fragments sealed one per
-//! record, so reordering and loss are survived.
+//! Over QUIC ([`Params::channel`]) the same protocol runs on the connection's control stream,
+//! bound to the connection, and frames after the handshake are not sealed again.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::keys::KeyRing;
 use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_MSG_BYTES};
-use crate::wire::fragment::{self, Reassembler};
 use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
 use crate::wire::record::{Opener, Sealer, RECORD_OVERHEAD};
-use crate::wire::udp::MAX_DATAGRAM_BYTES;
 use crate::wire::MAX_HELLO_BYTES;
 
 /// A listener waits this long for a dialer's first handshake message (then closes): an idle
 /// connection from a stranger holds a handshake slot for seconds, not the whole handshake
 /// timeout. A real dialer sends it as soon as its connection is up.
 pub const FIRST_MESSAGE_TIMEOUT_MS: u64 = 3_000;
-
-/// First retransmission of a handshake datagram. 200 ms is above a LAN or loopback RTT and
-/// below what a user notices; it doubles per try.
-pub const RETRANSMIT_INITIAL_MS: u64 = 200;
-/// Ceiling for the retransmission interval.
-pub const RETRANSMIT_MAX_MS: u64 = 2_000;
 
 /// Timing and size parameters of a link, taken from the node's config.
 #[derive(Debug, Clone)]
@@ -52,8 +43,6 @@ pub struct Params {
     pub handshake_timeout_ms: u64,
     /// Largest encoded frame accepted or sent.
     pub max_frame_bytes: usize,
-    /// UDP: fragment frames into datagram-sized records and retransmit the handshake.
-    pub datagram: bool,
     /// The link runs inside an authenticated, encrypted channel (a QUIC connection) whose
     /// exporter is this: the Noise handshake is bound to it (appended to the prologue), and
     /// frames after the handshake are not sealed a second time (the channel protects them, and
@@ -83,12 +72,12 @@ pub struct LocalInfo {
     pub certificate: Option<Vec<u8>>,
 }
 
-/// Bytes that arrived on a datagram transport, already classified by its header.
+/// A message, classified by the phase it arrived in.
 #[derive(Debug, Clone, Copy)]
-pub enum Packet<'a> {
+enum Packet<'a> {
     /// Noise handshake message number `step` (1, 2 or 3).
     Handshake { step: u8, bytes: &'a [u8] },
-    /// A sealed record.
+    /// A record (sealed, or inside a bound channel the encoded frame).
     Record(&'a [u8]),
 }
 
@@ -198,29 +187,6 @@ pub enum Phase {
     Closed,
 }
 
-/// Datagram-mode retransmission of the last flight.
-#[derive(Debug)]
-struct Retransmit {
-    /// When to resend next.
-    due_us: u64,
-    /// Current interval, doubling up to [`RETRANSMIT_MAX_MS`].
-    interval_us: u64,
-}
-
-impl Retransmit {
-    fn start(now_us: u64) -> Self {
-        Retransmit {
-            due_us: now_us + RETRANSMIT_INITIAL_MS * 1000,
-            interval_us: RETRANSMIT_INITIAL_MS * 1000,
-        }
-    }
-
-    fn backoff(&mut self, now_us: u64) {
-        self.interval_us = (self.interval_us * 2).min(RETRANSMIT_MAX_MS * 1000);
-        self.due_us = now_us + self.interval_us;
-    }
-}
-
 /// Keys and facts from a finished Noise handshake.
 #[derive(Debug)]
 struct Session {
@@ -233,11 +199,8 @@ struct Session {
 /// What the proving phase is waiting for.
 #[derive(Debug)]
 enum Awaiting {
-    /// Dialer: the listener's welcome. Keeps msg 3 to retransmit over UDP.
-    Welcome {
-        msg3: Vec<u8>,
-        retransmit: Option<Retransmit>,
-    },
+    /// Dialer: the listener's welcome.
+    Welcome,
     /// Listener: the dialer's hello.
     Hello,
     /// Listener: the owner's decision on a verified hello.
@@ -248,9 +211,8 @@ enum Awaiting {
 enum State {
     Handshaking {
         hs: Box<Handshake>,
-        /// Last handshake message we sent, to answer a retransmitted one (UDP).
-        last_sent: Option<Transmit>,
-        retransmit: Option<Retransmit>,
+        /// Whether we sent our handshake message (the listener: message 2).
+        sent: bool,
     },
     Proving {
         session: Session,
@@ -259,8 +221,6 @@ enum State {
     Active {
         session: Session,
         peer: Box<Hello>,
-        /// Welcome frame we sent (listener side), resent if the dialer's hello is retransmitted.
-        welcome: Option<Box<Frame>>,
         last_heard_us: u64,
         next_ping_us: u64,
         /// Nonce and send time of the ping we await a pong for.
@@ -281,10 +241,6 @@ pub struct Link {
     state: State,
     /// When the link was created; bounds the handshake.
     created_us: u64,
-    /// Datagram mode: id of the next fragmented message.
-    next_msg_id: u32,
-    /// Datagram mode: reassembly of fragmented frames.
-    reassembler: Option<Reassembler>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// Frames decoded / sealed since the owner last asked ([`Link::take_frame_counts`]).
@@ -313,15 +269,9 @@ impl Link {
             bytes: msg1,
         };
         let mut link = Link::new(params, local, keys, Role::Initiator, now_us, hs);
-        link.outbox.push_back(first.clone());
-        if let State::Handshaking {
-            last_sent,
-            retransmit,
-            ..
-        } = &mut link.state
-        {
-            *last_sent = Some(first);
-            *retransmit = link.params.datagram.then(|| Retransmit::start(now_us));
+        link.outbox.push_back(first);
+        if let State::Handshaking { sent, .. } = &mut link.state {
+            *sent = true;
         }
         Ok(link)
     }
@@ -352,12 +302,6 @@ impl Link {
         now_us: u64,
         hs: Handshake,
     ) -> Link {
-        // A listener reassembles no more than a hello until it admitted the dialer.
-        let first_limit = match role {
-            Role::Responder => params.max_frame_bytes.min(MAX_HELLO_BYTES),
-            Role::Initiator => params.max_frame_bytes,
-        };
-        let reassembler = params.datagram.then(|| Reassembler::new(first_limit));
         Link {
             params,
             local,
@@ -365,12 +309,9 @@ impl Link {
             role,
             state: State::Handshaking {
                 hs: Box::new(hs),
-                last_sent: None,
-                retransmit: None,
+                sent: false,
             },
             created_us: now_us,
-            next_msg_id: 0,
-            reassembler,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             frames_in: 0,
@@ -439,12 +380,7 @@ impl Link {
     /// listener has heard nothing, else the handshake timeout.
     fn handshake_deadline_us(&self) -> u64 {
         let mut ms = self.params.handshake_timeout_ms;
-        if let (
-            Role::Responder,
-            State::Handshaking {
-                last_sent: None, ..
-            },
-        ) = (self.role, &self.state)
+        if let (Role::Responder, State::Handshaking { sent: false, .. }) = (self.role, &self.state)
         {
             ms = ms.min(FIRST_MESSAGE_TIMEOUT_MS);
         }
@@ -455,18 +391,7 @@ impl Link {
     pub fn next_timeout(&self) -> Option<u64> {
         let handshake_deadline = self.handshake_deadline_us();
         match &self.state {
-            State::Handshaking { retransmit, .. } => Some(
-                retransmit
-                    .as_ref()
-                    .map_or(handshake_deadline, |r| r.due_us.min(handshake_deadline)),
-            ),
-            State::Proving { awaiting, .. } => match awaiting {
-                Awaiting::Welcome {
-                    retransmit: Some(r),
-                    ..
-                } => Some(r.due_us.min(handshake_deadline)),
-                _ => Some(handshake_deadline),
-            },
+            State::Handshaking { .. } | State::Proving { .. } => Some(handshake_deadline),
             State::Active {
                 last_heard_us,
                 next_ping_us,
@@ -476,37 +401,12 @@ impl Link {
         }
     }
 
-    /// Drives timers: retransmissions, handshake deadline, pings, peer timeout.
+    /// Drives timers: handshake deadline, pings, peer timeout.
     pub fn handle_timeout(&mut self, now_us: u64) {
         let handshake_expired = now_us >= self.handshake_deadline_us();
         match &mut self.state {
             State::Handshaking { .. } | State::Proving { .. } if handshake_expired => {
                 self.close_silently(Cause::Timeout);
-            }
-            State::Handshaking {
-                last_sent: Some(msg),
-                retransmit: Some(r),
-                ..
-            } if now_us >= r.due_us => {
-                r.backoff(now_us);
-                self.outbox.push_back(msg.clone());
-            }
-            State::Proving {
-                awaiting:
-                    Awaiting::Welcome {
-                        msg3,
-                        retransmit: Some(r),
-                    },
-                ..
-            } if now_us >= r.due_us => {
-                r.backoff(now_us);
-                let msg3 = Transmit::Handshake {
-                    step: 3,
-                    bytes: msg3.clone(),
-                };
-                self.outbox.push_back(msg3);
-                let hello = Frame::Hello(self.own_hello());
-                self.send_frame_internal(&hello);
             }
             State::Active {
                 last_heard_us,
@@ -552,24 +452,19 @@ impl Link {
             return;
         }
         let packet = match &self.state {
-            State::Handshaking { last_sent, .. } => {
+            State::Handshaking { sent, .. } => {
                 // On a stream each message arrives once and in order.
-                let step = match (self.role, last_sent) {
+                let step = match (self.role, sent) {
                     (Role::Initiator, _) => 2,
-                    (Role::Responder, None) => 1,
-                    (Role::Responder, Some(_)) => 3,
+                    (Role::Responder, false) => 1,
+                    (Role::Responder, true) => 3,
                 };
                 Packet::Handshake { step, bytes }
             }
             _ => Packet::Record(bytes),
         };
-        self.handle_datagram(now_us, packet);
-    }
-
-    /// A classified packet (UDP) or a stream message.
-    pub fn handle_datagram(&mut self, now_us: u64, packet: Packet<'_>) {
         match packet {
-            Packet::Handshake { step, bytes } => self.on_handshake(now_us, step, bytes),
+            Packet::Handshake { step, bytes } => self.on_handshake(step, bytes),
             Packet::Record(record) => self.on_record(now_us, record),
         }
     }
@@ -603,12 +498,6 @@ impl Link {
         );
         if !self.send_frame_internal(&welcome) {
             return;
-        }
-        if let State::Active { welcome: w, .. } = &mut self.state {
-            *w = Some(Box::new(welcome));
-        }
-        if let Some(r) = &mut self.reassembler {
-            *r = Reassembler::new(self.params.max_frame_bytes);
         }
         self.events.push_back(Event::Up {
             hello,
@@ -646,24 +535,16 @@ impl Link {
 
     // ---- handshake ----
 
-    fn on_handshake(&mut self, now_us: u64, step: u8, msg: &[u8]) {
-        let State::Handshaking { hs, last_sent, .. } = &mut self.state else {
-            // A retransmitted handshake message after we moved on: the peer missed our answer
-            // only if we are the listener still waiting for hello; msg 3 duplicates are harmless.
+    fn on_handshake(&mut self, step: u8, msg: &[u8]) {
+        let State::Handshaking { hs, sent } = &mut self.state else {
             return;
         };
-        let expected = match (self.role, &last_sent) {
+        let expected = match (self.role, *sent) {
             (Role::Initiator, _) => 2,
-            (Role::Responder, None) => 1,
-            (Role::Responder, Some(_)) => 3,
+            (Role::Responder, false) => 1,
+            (Role::Responder, true) => 3,
         };
         if step != expected {
-            // UDP: a repeated msg 1 means our msg 2 was lost; answer with the same bytes.
-            // Anything else out of order is a stale duplicate and is dropped.
-            if let (Role::Responder, 1, Some(sent)) = (self.role, step, last_sent.as_ref()) {
-                let again = sent.clone();
-                self.outbox.push_back(again);
-            }
             return;
         }
         let reply = match hs.read_message(msg) {
@@ -675,15 +556,13 @@ impl Link {
         };
         if let Some(bytes) = reply {
             let step = if self.role == Role::Initiator { 3 } else { 2 };
-            let t = Transmit::Handshake { step, bytes };
-            self.outbox.push_back(t.clone());
-            *last_sent = Some(t);
+            self.outbox.push_back(Transmit::Handshake { step, bytes });
+            *sent = true;
         }
         if !hs.is_finished() {
             return;
         }
-        let State::Handshaking { hs, last_sent, .. } =
-            std::mem::replace(&mut self.state, State::Closed)
+        let State::Handshaking { hs, .. } = std::mem::replace(&mut self.state, State::Closed)
         else {
             unreachable!("matched above");
         };
@@ -702,15 +581,10 @@ impl Link {
         };
         match self.role {
             Role::Initiator => {
-                let msg3 = match last_sent {
-                    Some(Transmit::Handshake { bytes, .. }) => bytes,
-                    _ => Vec::new(),
-                };
-                let retransmit = self.params.datagram.then(|| Retransmit::start(now_us));
                 let hello = Frame::Hello(self.own_hello_for(&session));
                 self.state = State::Proving {
                     session,
-                    awaiting: Awaiting::Welcome { msg3, retransmit },
+                    awaiting: Awaiting::Welcome,
                 };
                 self.send_frame_internal(&hello);
             }
@@ -739,37 +613,11 @@ impl Link {
         let plaintext = match session.opener.open(record) {
             Ok(p) => p,
             Err(e) => {
-                if self.params.datagram {
-                    // A UDP source address is trivially spoofed: a bad datagram must not let a
-                    // stranger close our link. It is dropped (and counted by the owner).
-                    return;
-                }
                 self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string()));
                 return;
             }
         };
-        let frame_bytes = if let Some(r) = &mut self.reassembler {
-            match r.push(now_us / 1000, &plaintext) {
-                Ok(Some(whole)) => whole,
-                Ok(None) => {
-                    self.mark_heard(now_us);
-                    return;
-                }
-                Err(e) => {
-                    let cause = if matches!(e, crate::wire::WireError::Oversize { .. }) {
-                        Cause::Oversize
-                    } else {
-                        Cause::BadFrame(e.to_string())
-                    };
-                    // Authenticated, so it really came from the peer: a protocol violation.
-                    self.close_with_cause(CloseReason::BadFrame, cause);
-                    return;
-                }
-            }
-        } else {
-            plaintext
-        };
-        self.on_frame_bytes(now_us, &frame_bytes);
+        self.on_frame_bytes(now_us, &plaintext);
     }
 
     fn on_frame_bytes(&mut self, now_us: u64, frame_bytes: &[u8]) {
@@ -809,22 +657,19 @@ impl Link {
                 other => self.protocol_violation(&other, "hello"),
             },
             State::Proving {
-                awaiting: Awaiting::Welcome { .. },
+                awaiting: Awaiting::Welcome,
                 ..
             } => match frame {
                 Frame::Welcome(welcome) => self.on_welcome(now_us, welcome),
                 other => self.protocol_violation(&other, "welcome"),
             },
-            // A retransmitted hello while the owner decides: ignore.
+            // Nothing may arrive while the owner decides on a verified hello.
             State::Proving {
                 awaiting: Awaiting::Admission(_),
                 ..
-            } => {}
+            } => self.protocol_violation(&frame, "nothing before welcome"),
             State::Active {
-                welcome,
-                outstanding,
-                rtt,
-                ..
+                outstanding, rtt, ..
             } => match frame {
                 Frame::Ping { nonce } => {
                     self.send_frame_internal(&Frame::Pong { nonce });
@@ -837,13 +682,9 @@ impl Link {
                         }
                     }
                 }
-                Frame::Hello(_) if self.role == Role::Responder => {
-                    // The dialer did not get our welcome (UDP loss): send it again.
-                    if let Some(w) = welcome.clone() {
-                        self.send_frame_internal(&w);
-                    }
+                Frame::Hello(_) | Frame::Welcome(_) => {
+                    self.protocol_violation(&frame, "no second hello or welcome")
                 }
-                Frame::Hello(_) | Frame::Welcome(_) => {}
                 other => self.events.push_back(Event::Frame(Box::new(other))),
             },
             State::Handshaking { .. } | State::Closed => {}
@@ -930,7 +771,6 @@ impl Link {
         State::Active {
             session,
             peer,
-            welcome: None,
             last_heard_us: now_us,
             next_ping_us: now_us + heartbeat_us,
             outstanding: None,
@@ -947,6 +787,8 @@ impl Link {
         self.handle_timeout(now_us);
     }
 
+    /// Our hello for the current session (tests forge with it).
+    #[cfg(test)]
     fn own_hello(&self) -> Hello {
         match &self.state {
             State::Proving { session, .. } | State::Active { session, .. } => {
@@ -974,7 +816,7 @@ impl Link {
         }
     }
 
-    /// Encodes, fragments (UDP) and seals a frame into the outbox. False if it could not be sent
+    /// Encodes and seals a frame into the outbox. False if it could not be sent
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
         let data = matches!(frame, Frame::Data(_));
@@ -1000,14 +842,7 @@ impl Link {
         true
     }
 
-    /// Seals encoded frame bytes into control records (fragments on UDP) in the outbox.
-    #[cfg(test)]
-    fn send_bytes(&mut self, bytes: &[u8]) -> bool {
-        self.send_bytes_as(bytes, false)
-    }
-
-    /// Seals encoded frame bytes into records (fragments on UDP) in the outbox, as data
-    /// records when `data`.
+    /// Seals encoded frame bytes into a record in the outbox, a data record when `data`.
     fn send_bytes_as(&mut self, bytes: &[u8], data: bool) -> bool {
         if bytes.len() > self.params.max_frame_bytes {
             return false;
@@ -1016,29 +851,17 @@ impl Link {
             State::Proving { session, .. } | State::Active { session, .. } => session,
             _ => return false,
         };
-        let pieces = if self.params.datagram {
-            let id = self.next_msg_id;
-            self.next_msg_id = self.next_msg_id.wrapping_add(1);
-            match fragment::split(id, bytes, fragment::max_chunk(MAX_DATAGRAM_BYTES)) {
-                Ok(p) => p,
-                Err(_) => return false,
-            }
-        } else {
-            vec![bytes.to_vec()]
-        };
         self.frames_out += 1;
-        for piece in pieces {
-            let mut out = Vec::with_capacity(piece.len() + crate::wire::record::RECORD_OVERHEAD);
-            if session.sealer.seal(&piece, &mut out).is_err() {
-                self.close_silently(Cause::Refused(CloseReason::Protocol));
-                return false;
-            }
-            self.outbox.push_back(if data {
-                Transmit::Data(out)
-            } else {
-                Transmit::Record(out)
-            });
+        let mut out = Vec::with_capacity(bytes.len() + RECORD_OVERHEAD);
+        if session.sealer.seal(bytes, &mut out).is_err() {
+            self.close_silently(Cause::Refused(CloseReason::Protocol));
+            return false;
         }
+        self.outbox.push_back(if data {
+            Transmit::Data(out)
+        } else {
+            Transmit::Record(out)
+        });
         true
     }
 
@@ -1071,13 +894,12 @@ mod tests {
 
     const MS: u64 = 1_000;
 
-    fn params(datagram: bool) -> Params {
+    fn params() -> Params {
         Params {
             heartbeat_interval_ms: 1_000,
             peer_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             max_frame_bytes: 1 << 20,
-            datagram,
             channel: None,
             accept_foreign: false,
         }
@@ -1105,12 +927,12 @@ mod tests {
         now: u64,
     }
 
-    fn pair(datagram: bool, b_network: &str, b_secret: &str) -> Pair {
+    fn pair(b_network: &str, b_secret: &str) -> Pair {
         let (la, ka) = node("a", "net", "s3cret");
         let (lb, kb) = node("b", b_network, b_secret);
         Pair {
-            a: Link::dial(params(datagram), la, ka, 0).expect("dial"),
-            b: Link::accept(params(datagram), lb, kb, 0).expect("accept"),
+            a: Link::dial(params(), la, ka, 0).expect("dial"),
+            b: Link::accept(params(), lb, kb, 0).expect("accept"),
             now: 0,
         }
     }
@@ -1120,16 +942,9 @@ mod tests {
         while let Some(t) = from.poll_transmit() {
             n += 1;
             match t {
-                Transmit::Handshake { step, bytes } => to.handle_datagram(
-                    now,
-                    Packet::Handshake {
-                        step,
-                        bytes: &bytes,
-                    },
-                ),
-                Transmit::Record(bytes) | Transmit::Data(bytes) => {
-                    to.handle_datagram(now, Packet::Record(&bytes))
-                }
+                Transmit::Handshake { bytes, .. }
+                | Transmit::Record(bytes)
+                | Transmit::Data(bytes) => to.handle_stream_message(now, &bytes),
             }
         }
         n
@@ -1157,10 +972,10 @@ mod tests {
 
     #[test]
     fn right_secret_comes_up_on_both_sides() {
-        for datagram in [false, true] {
-            let mut p = pair(datagram, "net", "s3cret");
+        {
+            let mut p = pair("net", "s3cret");
             let (ea, eb) = run(&mut p);
-            assert_eq!(p.a.phase(), Phase::Active, "datagram={datagram}");
+            assert_eq!(p.a.phase(), Phase::Active);
             assert_eq!(p.b.phase(), Phase::Active);
             let Some(Event::Up {
                 hello,
@@ -1180,8 +995,8 @@ mod tests {
     }
 
     /// Before it admitted the dialer, a listener takes a handshake message and then a hello,
-    /// nothing larger: on a stream the length limit says so, on UDP the reassembler refuses a
-    /// bigger frame; the dialer (which chose its peer) takes a full welcome.
+    /// nothing larger (the length limit says so); the dialer (which chose its peer) takes a full
+    /// welcome.
     #[test]
     fn a_listener_takes_no_more_than_a_hello_before_admitting() {
         let full = (1 << 20) + RECORD_OVERHEAD;
@@ -1191,7 +1006,7 @@ mod tests {
         };
 
         // Stream: the limits by phase, and an oversized message in the hello phase.
-        let mut p = pair(false, "net", "s3cret");
+        let mut p = pair("net", "s3cret");
         assert_eq!(p.b.read_limit(), MAX_HANDSHAKE_MSG_BYTES);
         assert_eq!(p.a.read_limit(), MAX_HANDSHAKE_MSG_BYTES);
         deliver(&mut p.a, &mut p.b, 0); // msg1
@@ -1206,43 +1021,23 @@ mod tests {
         assert!(closed(&mut p.b), "oversized before admission");
 
         // Admitted: the full limit.
-        let mut p = pair(false, "net", "s3cret");
+        let mut p = pair("net", "s3cret");
         run(&mut p);
         assert_eq!(p.b.read_limit(), full);
-
-        // UDP: a 10 KB frame fragmented before admission is refused by the reassembler.
-        let mut p = pair(true, "net", "s3cret");
-        deliver(&mut p.a, &mut p.b, 0);
-        deliver(&mut p.b, &mut p.a, 0);
-        let big = Frame::PunchRefused {
-            target: "b".into(),
-            reason: "x".repeat(100),
-        };
-        assert!(matches!(p.a.state, State::Proving { .. }));
-        let mut huge = Frame::encode(&big);
-        huge.resize(10_000, 0);
-        // Seal it as the dialer would any frame, then deliver msg3, the hello and the fragments.
-        let sealed = p.a.send_bytes(&huge);
-        assert!(sealed);
-        deliver(&mut p.a, &mut p.b, 0);
-        assert!(
-            closed(&mut p.b),
-            "reassembly beyond a hello before admission"
-        );
     }
 
     /// A connection that never sends its first handshake message is closed after
     /// FIRST_MESSAGE_TIMEOUT_MS, long before the handshake timeout; one that did gets the rest.
     #[test]
     fn a_silent_dialer_is_dropped_after_the_first_message_timeout() {
-        let mut p = pair(false, "net", "s3cret");
+        let mut p = pair("net", "s3cret");
         p.a.params.handshake_timeout_ms = 10_000;
         p.b.params.handshake_timeout_ms = 10_000;
         assert_eq!(p.b.next_timeout(), Some(FIRST_MESSAGE_TIMEOUT_MS * MS));
         p.b.handle_timeout(FIRST_MESSAGE_TIMEOUT_MS * MS);
         assert_eq!(p.b.poll_event(), Some(Event::Closed(Cause::Timeout)));
 
-        let mut p = pair(false, "net", "s3cret");
+        let mut p = pair("net", "s3cret");
         p.b.params.handshake_timeout_ms = 10_000;
         deliver(&mut p.a, &mut p.b, 0); // msg1 arrives
         p.b.handle_timeout(FIRST_MESSAGE_TIMEOUT_MS * MS);
@@ -1255,7 +1050,7 @@ mod tests {
         let (lb, kb) = node("b", "net", b_secret);
         let with = |c| Params {
             channel: Some(c),
-            ..params(false)
+            ..params()
         };
         Pair {
             a: Link::dial(with(a_channel), la, ka, 0).expect("dial"),
@@ -1302,7 +1097,7 @@ mod tests {
 
     #[test]
     fn wrong_secret_is_refused_by_the_listener_and_reported_to_the_dialer() {
-        let mut p = pair(false, "net", "other");
+        let mut p = pair("net", "other");
         let (ea, eb) = run(&mut p);
         assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::WrongSecret))));
         assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(
@@ -1314,7 +1109,7 @@ mod tests {
 
     #[test]
     fn other_network_is_foreign() {
-        let mut p = pair(false, "elsewhere", "s3cret");
+        let mut p = pair("elsewhere", "s3cret");
         let (ea, eb) = run(&mut p);
         assert!(eb.contains(&Event::Closed(Cause::Refused(CloseReason::Foreign))));
         assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::Foreign))));
@@ -1324,7 +1119,7 @@ mod tests {
     fn a_foreign_peer_comes_up_without_proof_only_where_both_sides_accept_foreign() {
         // A public node (listener, relaying for others) and a home node that dialled it: the
         // link rests on Noise alone, each side sees the other's network in its hello.
-        let mut p = pair(false, "public", "other-secret");
+        let mut p = pair("public", "other-secret");
         p.a.params.accept_foreign = true;
         p.b.params.accept_foreign = true;
         let (ea, eb) = run(&mut p);
@@ -1337,13 +1132,13 @@ mod tests {
         assert!(up(&eb, "net"), "{eb:?}");
 
         // A listener that does not relay refuses, even when the dialer would accept it.
-        let mut p = pair(false, "public", "other-secret");
+        let mut p = pair("public", "other-secret");
         p.a.params.accept_foreign = true;
         let (ea, _) = run(&mut p);
         assert!(ea.contains(&Event::Closed(Cause::ClosedByPeer(CloseReason::Foreign))));
 
         // Same network, wrong secret: accept_foreign changes nothing.
-        let mut p = pair(false, "net", "wrong");
+        let mut p = pair("net", "wrong");
         p.a.params.accept_foreign = true;
         p.b.params.accept_foreign = true;
         let (_, eb) = run(&mut p);
@@ -1356,13 +1151,13 @@ mod tests {
         // identities: the proof covers link 1's handshake hash, so link 2 refuses it.
         let (la, ka) = node("a", "net", "s3cret");
         let (lb, kb) = node("b", "net", "s3cret");
-        let mut a1 = Link::dial(params(false), la.clone(), ka.clone(), 0).unwrap();
-        let mut b1 = Link::accept(params(false), lb.clone(), kb.clone(), 0).unwrap();
+        let mut a1 = Link::dial(params(), la.clone(), ka.clone(), 0).unwrap();
+        let mut b1 = Link::accept(params(), lb.clone(), kb.clone(), 0).unwrap();
         deliver(&mut a1, &mut b1, 0);
         deliver(&mut b1, &mut a1, 0);
         let stolen = a1.own_hello();
-        let mut a2 = Link::dial(params(false), la, ka, 0).unwrap();
-        let mut b2 = Link::accept(params(false), lb, kb, 0).unwrap();
+        let mut a2 = Link::dial(params(), la, ka, 0).unwrap();
+        let mut b2 = Link::accept(params(), lb, kb, 0).unwrap();
         deliver(&mut a2, &mut b2, 0);
         deliver(&mut b2, &mut a2, 0);
         // a2 sent msg3 and its own hello; replace the hello with the stolen one.
@@ -1379,14 +1174,9 @@ mod tests {
         let Transmit::Handshake { step, bytes } = msg3 else {
             panic!()
         };
-        b2.handle_datagram(
-            0,
-            Packet::Handshake {
-                step,
-                bytes: &bytes,
-            },
-        );
-        b2.handle_datagram(0, Packet::Record(&forged));
+        assert_eq!(step, 3);
+        b2.handle_stream_message(0, &bytes);
+        b2.handle_stream_message(0, &forged);
         assert_eq!(
             b2.poll_event(),
             Some(Event::Closed(Cause::Refused(CloseReason::WrongSecret)))
@@ -1394,22 +1184,35 @@ mod tests {
     }
 
     #[test]
-    fn garbage_record_closes_a_stream_link_but_not_a_datagram_link() {
-        for datagram in [false, true] {
-            let mut p = pair(datagram, "net", "s3cret");
-            run(&mut p);
-            p.b.handle_datagram(
-                1,
-                Packet::Record(b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage"),
-            );
-            let closed = matches!(p.b.poll_event(), Some(Event::Closed(Cause::BadFrame(_))));
-            assert_eq!(closed, !datagram, "datagram={datagram}");
-        }
+    fn a_garbage_record_closes_the_link() {
+        let mut p = pair("net", "s3cret");
+        run(&mut p);
+        p.b.handle_stream_message(
+            1,
+            b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage",
+        );
+        assert!(matches!(
+            p.b.poll_event(),
+            Some(Event::Closed(Cause::BadFrame(_)))
+        ));
+    }
+
+    /// Inside a bound channel nothing is sealed, so garbage is a frame that fails to decode:
+    /// the same close.
+    #[test]
+    fn garbage_in_a_bound_channel_closes_the_link() {
+        let mut p = bound_pair([5; 32], [5; 32], "s3cret");
+        run(&mut p);
+        p.b.handle_stream_message(1, b"\xc1garbage");
+        assert!(matches!(
+            p.b.poll_event(),
+            Some(Event::Closed(Cause::BadFrame(_)))
+        ));
     }
 
     #[test]
     fn silent_peer_times_out_and_pings_go_out_every_heartbeat() {
-        let mut p = pair(false, "net", "s3cret");
+        let mut p = pair("net", "s3cret");
         run(&mut p);
         // Heartbeats flow while both answer.
         for t in [1_000 * MS, 2_000 * MS, 3_000 * MS, 4_000 * MS] {
@@ -1442,7 +1245,7 @@ mod tests {
     #[test]
     fn handshake_times_out_when_nobody_answers() {
         let (la, ka) = node("a", "net", "s3cret");
-        let mut a = Link::dial(params(true), la, ka, 0).unwrap();
+        let mut a = Link::dial(params(), la, ka, 0).unwrap();
         let mut sent = 0;
         while a.phase() != Phase::Closed {
             let t = a.next_timeout().unwrap();
@@ -1451,77 +1254,8 @@ mod tests {
                 sent += 1;
             }
         }
-        // msg1 plus retransmissions at 200, 600, 1400, 3000 ms before the 5 s deadline.
-        assert_eq!(sent, 5);
+        // msg1 only (streams retransmit for us), then the 5 s deadline.
+        assert_eq!(sent, 1);
         assert_eq!(a.poll_event(), Some(Event::Closed(Cause::Timeout)));
-    }
-
-    #[test]
-    fn datagram_handshake_survives_loss_of_every_first_copy() {
-        let mut p = pair(true, "net", "s3cret");
-        // Drop msg1: the dialer retransmits it.
-        while p.a.poll_transmit().is_some() {}
-        p.now = 200 * MS;
-        p.a.handle_timeout(200 * MS);
-        deliver(&mut p.a, &mut p.b, 200 * MS); // msg1
-                                               // Drop msg2; the dialer's retransmitted msg1 makes b resend msg2.
-        while p.b.poll_transmit().is_some() {}
-        p.now = 600 * MS;
-        p.a.handle_timeout(600 * MS);
-        deliver(&mut p.a, &mut p.b, 600 * MS);
-        deliver(&mut p.b, &mut p.a, 600 * MS); // msg2 -> a sends msg3 + hello
-                                               // Drop msg3 + hello; a retransmits both.
-        while p.a.poll_transmit().is_some() {}
-        p.now = 800 * MS;
-        p.a.handle_timeout(800 * MS);
-        deliver(&mut p.a, &mut p.b, 800 * MS);
-        while let Some(e) = p.b.poll_event() {
-            if let Event::HelloVerified(_) = e {
-                p.b.admit(800 * MS, "udp://x:1".into(), vec![]);
-            }
-        }
-        // Drop the welcome (and b's first ping); a retransmits hello, b answers with welcome again.
-        while p.b.poll_transmit().is_some() {}
-        p.now = 1_200 * MS;
-        p.a.handle_timeout(1_200 * MS);
-        run(&mut p);
-        assert_eq!(p.a.phase(), Phase::Active);
-        assert_eq!(p.b.phase(), Phase::Active);
-    }
-
-    #[test]
-    fn large_frames_are_fragmented_and_reassembled_out_of_order() {
-        let mut p = pair(true, "net", "s3cret");
-        run(&mut p);
-        let known: Vec<NodeInfo> = (0..300)
-            .map(|i| NodeInfo {
-                id: format!("node-{i}"),
-                public_key: [i as u8; 32],
-                addrs: vec![format!("udp://10.1.{}.{}:6666", i / 250, i % 250)],
-            })
-            .collect();
-        // A welcome-sized frame goes through admit on a fresh pair; here we send a big hello-like
-        // frame as a plain frame instead: reuse Welcome.
-        let frame = Frame::Welcome(Welcome {
-            hello: p.a.own_hello(),
-            observed_addr: "udp://1.2.3.4:5".into(),
-            known,
-        });
-        p.b.send_frame(&frame).unwrap();
-        let mut records: Vec<Vec<u8>> = std::iter::from_fn(|| p.b.poll_transmit())
-            .map(|t| match t {
-                Transmit::Record(r) | Transmit::Data(r) => r,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert!(records.len() > 10);
-        assert!(records.iter().all(|r| r.len() + 5 <= MAX_DATAGRAM_BYTES));
-        records.reverse();
-        for r in &records {
-            p.a.handle_datagram(0, Packet::Record(r));
-        }
-        // The dialer ignores a welcome once Active, but it did decode it: still Active, no close.
-        assert_eq!(p.a.phase(), Phase::Active);
-        assert_eq!(p.a.poll_event(), None);
     }
 }

@@ -1,11 +1,11 @@
 //! The pure wire layer: every byte layout msgtier puts on a link, and nothing else.
 //!
 //! Links run a Noise XX handshake (done elsewhere) that yields a send key and a receive
-//! key. From then on every message is a *record*: one [`frame::Frame`] encoded with
-//! MessagePack ([`frame`]) and sealed with ChaCha20-Poly1305 ([`record`], which uses the
-//! sliding [`replay`] window because UDP may reorder or duplicate). On UDP each datagram
-//! carries one [`udp::Datagram`], and frames larger than one datagram are cut into
-//! [`fragment`]s.
+//! key. From then on every message on a TCP or WebSocket link is a *record*: one
+//! [`frame::Frame`] encoded with MessagePack ([`frame`]) and sealed with ChaCha20-Poly1305
+//! ([`record`], with a sliding [`replay`] window: control records may overtake data). UDP links
+//! are QUIC connections (`crate::quic`) that carry the same frames on streams; the only
+//! datagrams of our own on a UDP socket are hole-punch probes ([`udp::Datagram`]).
 //!
 //! Everything here is pure: no sockets, no clocks (time comes in as `now_ms` arguments),
 //! no actors. The transports and peer actors call into it; the fuzz targets in `fuzz/`
@@ -14,7 +14,6 @@
 //! The limits below are enforced by [`frame::Frame::decode`] so that a peer can never
 //! make us hold oversized identities or address lists.
 
-pub mod fragment;
 pub mod frame;
 pub mod record;
 pub mod replay;
@@ -40,11 +39,11 @@ pub const MAX_ADDRS_PER_NODE: usize = 16;
 /// Most entries in `Welcome::known`, the peer list handed to a newcomer.
 ///
 /// 1024 typical entries (id, key, two addresses: about 100 bytes) make a ~100 KiB
-/// `Welcome`, about 90 UDP fragments; larger networks gossip the rest.
+/// `Welcome`; larger networks gossip the rest.
 pub const MAX_KNOWN_NODES: usize = 1024;
 
 /// Largest encoded frame [`frame::Frame::decode`] accepts, in bytes; transports use it as
-/// their length cap and as the [`fragment::Reassembler`] limit.
+/// their length cap.
 ///
 /// A `Welcome` with every field at its limit encodes to 2,238,921 bytes (checked by a
 /// test in `frame.rs`); 4 MiB covers it with room for future variants.
@@ -90,7 +89,7 @@ pub enum WireError {
     /// Input shorter than the fixed header of its layout.
     #[error("{what} truncated: {len} bytes, need at least {min}")]
     Truncated {
-        /// Which layout: `"record"`, `"datagram"` or `"fragment"`.
+        /// Which layout: `"record"` or `"datagram"`.
         what: &'static str,
         /// Bytes received.
         len: usize,
@@ -133,59 +132,4 @@ pub enum WireError {
     /// Byte 0 of a UDP datagram is not a known datagram type.
     #[error("unknown datagram type {0}")]
     UnknownDatagramType(u8),
-
-    /// A frame needs more than `u16::MAX` fragments at the given chunk size.
-    #[error("{len}-byte frame needs more than 65535 fragments of {max_chunk} bytes")]
-    TooManyFragments {
-        /// Frame length.
-        len: usize,
-        /// Chunk size it was split with.
-        max_chunk: usize,
-    },
-
-    /// A fragment's index is not below its count (this includes a count of 0).
-    #[error("fragment index {index} out of range for count {count}")]
-    FragmentIndex {
-        /// The fragment's index.
-        index: u16,
-        /// The fragment's count.
-        count: u16,
-    },
-
-    /// A fragment's count differs from the count of earlier fragments of its message; the
-    /// partial message is dropped.
-    #[error("message {msg_id}: fragment count {got}, earlier fragments said {expected}")]
-    FragmentCountMismatch {
-        /// The message.
-        msg_id: u32,
-        /// Count from the first fragment seen.
-        expected: u16,
-        /// Count in this fragment.
-        got: u16,
-    },
-
-    /// A fragment's chunk length cannot come from [`fragment::split`]: an empty chunk in a
-    /// multi-fragment message, a non-last chunk of a different size than its siblings, or
-    /// a last chunk larger than them. The partial message is dropped.
-    #[error(
-        "message {msg_id}: fragment {index} has a {len}-byte chunk, inconsistent with its message"
-    )]
-    FragmentLength {
-        /// The message.
-        msg_id: u32,
-        /// The fragment's index.
-        index: u16,
-        /// The fragment's chunk length.
-        len: usize,
-    },
-
-    /// This fragment of this message was already received; it is ignored and the partial
-    /// message is kept as it was. Harmless: callers may drop it silently.
-    #[error("message {msg_id}: duplicate fragment {index}")]
-    DuplicateFragment {
-        /// The message.
-        msg_id: u32,
-        /// The repeated index.
-        index: u16,
-    },
 }

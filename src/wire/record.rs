@@ -1,8 +1,9 @@
-//! Records: how one encoded frame (or, on UDP, one fragment) is sealed for a link.
+//! Records: how one encoded frame is sealed for a TCP or WebSocket link.
 //!
 //! After the Noise XX handshake each side holds a send key and a receive key. The peer
 //! actor seals outgoing frames with a [`Sealer`] on the send key and opens incoming ones
-//! with an [`Opener`] on the receive key, on every transport (TCP, WebSocket, UDP).
+//! with an [`Opener`] on the receive key (a `udp://` link runs inside QUIC and does not seal
+//! frames again).
 //!
 //! Layout of a record:
 //!

@@ -57,7 +57,6 @@ fn params() -> Params {
         peer_timeout_ms: 5_000,
         handshake_timeout_ms: 5_000,
         max_frame_bytes: 1 << 20,
-        datagram: false,
         channel: None,
         accept_foreign: true,
     }
