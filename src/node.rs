@@ -132,6 +132,14 @@ impl NodeShared {
         }
     }
 
+    /// The limits of this node's QUIC links.
+    pub fn quic_limits(&self) -> crate::quic::Limits {
+        crate::quic::Limits {
+            max_frame_bytes: self.config.max_frame_bytes,
+            peer_timeout_ms: self.config.peer_timeout_ms,
+        }
+    }
+
     /// Largest record on a stream transport: a frame plus sealing overhead.
     pub fn max_record_bytes(&self) -> usize {
         self.config.max_frame_bytes + RECORD_OVERHEAD
@@ -370,11 +378,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         down: discovery.clone().recipient(),
         relay: relay_ports,
     };
-    let quic_configs = crate::quic::configs(crate::quic::Limits {
-        max_frame_bytes: shared.config.max_frame_bytes,
-        peer_timeout_ms: shared.config.peer_timeout_ms,
-    })
-    .map_err(|e| StartError::Quic(e.to_string()))?;
+    let quic_configs =
+        crate::quic::configs(shared.quic_limits()).map_err(|e| StartError::Quic(e.to_string()))?;
     let mut udp = Vec::new();
     let mut punch_sockets = Vec::new();
     for b in bound {

@@ -49,6 +49,10 @@ pub const MAX_DATA_STREAMS: u32 = 256;
 /// Bytes of one connection's data in flight or buffered unread at most, both ways (QUIC flow
 /// control). Bounds a link's memory whatever the peer does.
 pub const CONNECTION_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+/// A listener's connection window before the dialer proved membership: room for the Noise
+/// messages and a hello, so a stranger that completes QUIC's handshake cannot make us hold
+/// more than this per connection ([`open_for_data`] widens it once the link is Active).
+pub const PRE_AUTH_WINDOW_BYTES: u32 = 64 * 1024;
 /// Our own datagrams (punch, punch ack) waiting for the listener; beyond it they are dropped.
 pub const OWN_DATAGRAM_QUEUE: usize = 256;
 
@@ -107,15 +111,32 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(limits: Limits) -> quinn::TransportConfig {
-    let stream_window = (limits.max_frame_bytes as u64 + 64 * 1024).min(u32::MAX as u64);
-    let window = CONNECTION_WINDOW_BYTES.max(2 * stream_window);
+/// One data stream's receive window: a whole frame, so a message never waits on stream credit.
+fn stream_window(limits: Limits) -> u64 {
+    (limits.max_frame_bytes as u64 + 64 * 1024).min(u32::MAX as u64)
+}
+
+/// The connection window of an Active link.
+fn connection_window(limits: Limits) -> u64 {
+    CONNECTION_WINDOW_BYTES.max(2 * stream_window(limits))
+}
+
+/// Transport parameters. No data streams until the link is Active ([`open_for_data`]); an
+/// accepting side starts with [`PRE_AUTH_WINDOW_BYTES`] of connection window, a dialling side
+/// with the full one (it chose its peer, and a welcome may be large, as on TCP).
+fn transport(limits: Limits, accepting: bool) -> quinn::TransportConfig {
+    let window = connection_window(limits);
+    let initial = if accepting {
+        u64::from(PRE_AUTH_WINDOW_BYTES)
+    } else {
+        window
+    };
     let mut t = quinn::TransportConfig::default();
     // One control stream, opened by the dialer.
     t.max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(MAX_DATA_STREAMS.into())
-        .stream_receive_window(quinn::VarInt::from_u32(stream_window as u32))
-        .receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX))
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(quinn::VarInt::from_u32(stream_window(limits) as u32))
+        .receive_window(quinn::VarInt::from_u64(initial).unwrap_or(quinn::VarInt::MAX))
         .send_window(window)
         // Liveness is the link's business (pings, peer timeout); QUIC gives up only after it.
         .keep_alive_interval(None)
@@ -130,7 +151,6 @@ fn transport(limits: Limits) -> quinn::TransportConfig {
 /// Builds the server and client configurations: a fresh self-signed certificate, TLS 1.3 only,
 /// our ALPN, and the transport limits above.
 pub fn configs(limits: Limits) -> Result<Configs, ConfigError> {
-    let transport = Arc::new(transport(limits));
     let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let mut server = rustls::ServerConfig::builder_with_provider(provider())
@@ -142,7 +162,7 @@ pub fn configs(limits: Limits) -> Result<Configs, ConfigError> {
         .map_err(|e| ConfigError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server
-        .transport_config(transport.clone())
+        .transport_config(Arc::new(transport(limits, true)))
         .max_incoming(crate::proto::handshake_budget::MAX_IN_PROGRESS);
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
@@ -154,8 +174,16 @@ pub fn configs(limits: Limits) -> Result<Configs, ConfigError> {
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
         .map_err(|e| ConfigError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(transport);
+    client.transport_config(Arc::new(transport(limits, false)));
     Ok(Configs { server, client })
+}
+
+/// Once the link on `connection` is Active (the peer proved itself): the full connection window
+/// and up to [`MAX_DATA_STREAMS`] data streams from the peer.
+pub fn open_for_data(connection: &quinn::Connection, limits: Limits) {
+    let window = quinn::VarInt::from_u64(connection_window(limits)).unwrap_or(quinn::VarInt::MAX);
+    connection.set_receive_window(window);
+    connection.set_max_concurrent_uni_streams(MAX_DATA_STREAMS.into());
 }
 
 /// The endpoint configuration: no greasing of the fixed bit (our datagrams rely on it).

@@ -797,3 +797,45 @@ fn a_quic_man_in_the_middle_cannot_relay_the_noise_handshake() {
         .iter()
         .all(|p| p["state"] != "Active"));
 }
+
+/// A stranger that completes QUIC's handshake with a `udp://` listener but proves nothing can
+/// open no data stream (its stream limit is 0 until the link is Active) and is closed after the
+/// first-message deadline: it cannot make the node buffer frames it never vouched for.
+#[test]
+fn a_stranger_on_quic_can_open_no_data_stream_before_proving_itself() {
+    let a = Node::start(Spec::new("a", "udp"));
+    let a_addr: SocketAddr = a.spec.url_of("udp")["udp://".len()..].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (opened, closed) = rt.block_on(async move {
+        let limits = msgtier::quic::Limits {
+            max_frame_bytes: 1 << 20,
+            peer_timeout_ms: 10_000,
+        };
+        let configs = msgtier::quic::configs(limits).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
+        endpoint.set_default_client_config(configs.client);
+        let connection = endpoint
+            .connect(a_addr, msgtier::quic::SERVER_NAME)
+            .unwrap()
+            .await
+            .expect("QUIC itself lets anyone in");
+        let opened = tokio::time::timeout(Duration::from_secs(2), connection.open_uni())
+            .await
+            .is_ok();
+        // Silent: the node drops the connection at its first-message deadline (3 s).
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+            .await
+            .is_ok();
+        (opened, closed)
+    });
+    assert!(!opened, "a data stream opened before the link was Active");
+    assert!(closed, "the silent connection was not closed");
+    assert!(a.status()["peers"].as_array().unwrap().is_empty());
+}

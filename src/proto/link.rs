@@ -32,6 +32,14 @@ use crate::wire::MAX_HELLO_BYTES;
 /// timeout. A real dialer sends it as soon as its connection is up.
 pub const FIRST_MESSAGE_TIMEOUT_MS: u64 = 3_000;
 
+/// Largest piece of a `data` frame in one record on a stream link (a larger frame is sent as
+/// [`Frame::Chunk`]s): a ping waits at most about one chunk behind bulk data, 8 ms at 64 Mbit/s.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Pings awaiting their pong at most; beyond it the oldest is forgotten (its pong, should it
+/// still come, gives no sample).
+pub const MAX_OUTSTANDING_PINGS: usize = 8;
+
 /// Timing and size parameters of a link, taken from the node's config.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -224,7 +232,9 @@ enum State {
         last_heard_us: u64,
         next_ping_us: u64,
         /// Nonce and send time of the ping we await a pong for.
-        outstanding: Option<(u64, u64)>,
+        /// Pings not answered yet, oldest first (at most [`MAX_OUTSTANDING_PINGS`]): a pong
+        /// slower than the heartbeat (a link busy with bulk data) still gives its sample.
+        outstanding: VecDeque<(u64, u64)>,
         next_nonce: u64,
         rtt: Rtt,
     },
@@ -243,6 +253,8 @@ pub struct Link {
     created_us: u64,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// The chunks of a large frame received so far (at most `max_frame_bytes`).
+    partial: Vec<u8>,
     /// Frames decoded / sealed since the owner last asked ([`Link::take_frame_counts`]).
     frames_in: u64,
     frames_out: u64,
@@ -314,6 +326,7 @@ impl Link {
             created_us: now_us,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            partial: Vec::new(),
             frames_in: 0,
             frames_out: 0,
         }
@@ -422,7 +435,10 @@ impl Link {
                 if now_us >= *next_ping_us {
                     let nonce = *next_nonce;
                     *next_nonce += 1;
-                    *outstanding = Some((nonce, now_us));
+                    if outstanding.len() == MAX_OUTSTANDING_PINGS {
+                        outstanding.pop_front();
+                    }
+                    outstanding.push_back((nonce, now_us));
                     *next_ping_us = now_us + self.params.heartbeat_interval_ms * 1000;
                     self.send_frame_internal(&Frame::Ping { nonce });
                 }
@@ -675,19 +691,38 @@ impl Link {
                     self.send_frame_internal(&Frame::Pong { nonce });
                 }
                 Frame::Pong { nonce } => {
-                    if let Some((n, sent_us)) = *outstanding {
-                        if n == nonce {
-                            *outstanding = None;
-                            rtt.record(now_us.saturating_sub(sent_us));
-                        }
+                    if let Some(at) = outstanding.iter().position(|(n, _)| *n == nonce) {
+                        let (_, sent_us) = outstanding[at];
+                        // Pongs come back in order: older pings still waiting were lost.
+                        outstanding.drain(..=at);
+                        rtt.record(now_us.saturating_sub(sent_us));
                     }
                 }
                 Frame::Hello(_) | Frame::Welcome(_) => {
                     self.protocol_violation(&frame, "no second hello or welcome")
                 }
+                Frame::Chunk { bytes, last } => self.on_chunk(now_us, &bytes, last),
                 other => self.events.push_back(Event::Frame(Box::new(other))),
             },
             State::Handshaking { .. } | State::Closed => {}
+        }
+    }
+
+    /// One chunk of a large frame: appended; the last one completes and delivers the frame.
+    fn on_chunk(&mut self, now_us: u64, bytes: &[u8], last: bool) {
+        if self.partial.len() + bytes.len() > self.params.max_frame_bytes {
+            self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
+            return;
+        }
+        self.partial.extend_from_slice(bytes);
+        if !last {
+            return;
+        }
+        let whole = std::mem::take(&mut self.partial);
+        match Frame::decode(&whole) {
+            Ok(frame @ Frame::Chunk { .. }) => self.protocol_violation(&frame, "a whole frame"),
+            Ok(frame) => self.on_frame(now_us, frame),
+            Err(e) => self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string())),
         }
     }
 
@@ -773,7 +808,7 @@ impl Link {
             peer,
             last_heard_us: now_us,
             next_ping_us: now_us + heartbeat_us,
-            outstanding: None,
+            outstanding: VecDeque::new(),
             next_nonce: 0,
             rtt: Rtt::default(),
         }
@@ -820,10 +855,27 @@ impl Link {
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
         let data = matches!(frame, Frame::Data(_));
+        let bytes = frame.encode();
         if self.params.channel.is_some() {
-            return self.send_plain(frame.encode(), data);
+            return self.send_plain(bytes, data);
         }
-        self.send_bytes_as(&frame.encode(), data)
+        if !data || bytes.len() <= CHUNK_BYTES {
+            return self.send_bytes_as(&bytes, data);
+        }
+        if bytes.len() > self.params.max_frame_bytes {
+            return false;
+        }
+        let mut pieces = bytes.chunks(CHUNK_BYTES).peekable();
+        while let Some(piece) = pieces.next() {
+            let chunk = Frame::Chunk {
+                bytes: piece.to_vec(),
+                last: pieces.peek().is_none(),
+            };
+            if !self.send_bytes_as(&chunk.encode(), true) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Inside a bound channel: queues the encoded frame as it is (see [`Params::channel`]).
@@ -1240,6 +1292,96 @@ mod tests {
             std::iter::from_fn(|| p.a.poll_event()).last(),
             Some(Event::Closed(Cause::Timeout))
         ));
+    }
+
+    /// A pong slower than the heartbeat (a link busy with bulk data) still gives its sample:
+    /// the RTT statistics must not hide exactly the delays they are for.
+    #[test]
+    fn a_pong_slower_than_the_heartbeat_still_counts() {
+        let mut p = pair("net", "s3cret");
+        run(&mut p);
+        let before = p.a.rtt().unwrap().samples;
+        // Two heartbeats pass before b's answer to the first ping arrives.
+        p.a.handle_timeout(1_000 * MS);
+        p.a.handle_timeout(2_000 * MS);
+        deliver(&mut p.a, &mut p.b, 2_500 * MS);
+        deliver(&mut p.b, &mut p.a, 2_500 * MS);
+        let rtt = p.a.rtt().unwrap();
+        assert_eq!(rtt.samples, before + 2, "both pongs counted");
+        assert!(rtt.max_us >= 1_500 * MS, "{rtt:?}");
+    }
+
+    fn envelope(len: usize) -> Frame {
+        Frame::Data(crate::wire::frame::Envelope {
+            id: 1,
+            source: "a".into(),
+            target: "b".into(),
+            kind: crate::wire::frame::MessageKind::Request,
+            timestamp_ms: 0,
+            ttl_ms: 1000,
+            hops: 0,
+            sealed: vec![7; len],
+        })
+    }
+
+    /// On a stream a large data frame goes out as 64 KiB chunks in data records, so a control
+    /// frame queued after it can overtake all but the chunks already written; the receiver
+    /// delivers the whole frame once its last chunk is in, and the ping in between on time.
+    #[test]
+    fn a_large_data_frame_travels_in_chunks_that_control_frames_can_pass() {
+        let mut p = pair("net", "s3cret");
+        run(&mut p);
+        let big = envelope(300_000);
+        p.a.send_frame(&big).unwrap();
+        p.a.send_frame(&Frame::Ping { nonce: 42 }).unwrap();
+        let out: Vec<Transmit> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+        let chunks = out
+            .iter()
+            .filter(|t| matches!(t, Transmit::Data(_)))
+            .count();
+        assert_eq!(chunks, big.encode().len().div_ceil(CHUNK_BYTES));
+        assert!(out.iter().all(
+            |t| matches!(t, Transmit::Data(r) | Transmit::Record(r) if r.len() <= CHUNK_BYTES + 64)
+        ));
+        // Deliver the ping first (the writer's control lane), then the chunks.
+        let (control, data): (Vec<_>, Vec<_>) = out
+            .into_iter()
+            .partition(|t| matches!(t, Transmit::Record(_)));
+        for t in control.into_iter().chain(data) {
+            let (Transmit::Record(r) | Transmit::Data(r)) = t else {
+                panic!()
+            };
+            p.b.handle_stream_message(0, &r);
+        }
+        let frames: Vec<Frame> = std::iter::from_fn(|| p.b.poll_event())
+            .filter_map(|e| match e {
+                Event::Frame(f) => Some(*f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(frames, vec![big]);
+        assert_eq!(p.b.phase(), Phase::Active);
+    }
+
+    /// Chunks adding up to more than `max_frame_bytes` close the link (oversize), as one such
+    /// record would.
+    #[test]
+    fn chunks_beyond_the_frame_limit_close_the_link() {
+        let mut p = pair("net", "s3cret");
+        run(&mut p);
+        for _ in 0..(1 << 20) / CHUNK_BYTES + 1 {
+            let chunk = Frame::Chunk {
+                bytes: vec![0; CHUNK_BYTES],
+                last: false,
+            };
+            p.a.send_bytes_as(&chunk.encode(), true);
+        }
+        deliver(&mut p.a, &mut p.b, 0);
+        let closed: Vec<Event> = std::iter::from_fn(|| p.b.poll_event()).collect();
+        assert!(
+            closed.contains(&Event::Closed(Cause::Oversize)),
+            "{closed:?}"
+        );
     }
 
     #[test]

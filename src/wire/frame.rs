@@ -77,6 +77,16 @@ pub enum Frame {
         /// Why, for `/status`; at most [`MAX_ADDR_BYTES`].
         reason: String,
     },
+    /// A piece of a larger encoded `data` frame on a stream link (TCP, WebSocket): such a frame
+    /// travels as consecutive chunks (`crate::proto::link::CHUNK_BYTES` each), so control
+    /// frames (pings, adverts) go out between them instead of waiting for the whole frame.
+    Chunk {
+        /// The frame's next bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// Whether this chunk completes the frame.
+        last: bool,
+    },
 }
 
 /// A public node's refusal of one message over its relay budget, routed back to the origin.
@@ -399,6 +409,7 @@ impl Frame {
             Frame::Punch(_) => "punch",
             Frame::PunchRefused { .. } => "punch_refused",
             Frame::OverBudget(_) => "over_budget",
+            Frame::Chunk { .. } => "chunk",
         }
     }
 
@@ -422,7 +433,10 @@ impl Frame {
                 check_id(target, "punch.target")?;
                 check_len(reason, MAX_ADDR_BYTES, "punch.reason")
             }
-            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => Ok(()),
+            // A chunk is bounded by the record it came in; its frame by the reassembler.
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } | Frame::Chunk { .. } => {
+                Ok(())
+            }
         }
     }
 }
@@ -1123,6 +1137,13 @@ pub(crate) mod tests {
             ),
             (Frame::Data(sample_envelope()), "data"),
             (Frame::LinkState(sample_link_state()), "link_state"),
+            (
+                Frame::Chunk {
+                    bytes: vec![1, 2],
+                    last: true,
+                },
+                "chunk",
+            ),
         ];
         for (frame, kind) in frames {
             assert_eq!(frame.kind(), kind);

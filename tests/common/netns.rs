@@ -238,6 +238,128 @@ impl Drop for Lab {
     }
 }
 
+/// Two namespaces joined by one veth (`w0` on each side), without NAT: a "wire" whose loss and
+/// rate the test sets. A is 10.9.0.1, B is 10.9.0.2. Removed on drop like a [`Lab`].
+pub struct Wire {
+    /// Side A's namespace.
+    pub a: String,
+    /// Side B's namespace.
+    pub b: String,
+    /// A's address.
+    pub a_ip: String,
+    /// B's address.
+    pub b_ip: String,
+    created: Vec<String>,
+}
+
+impl Wire {
+    /// Builds the two namespaces and the veth between them.
+    pub fn new() -> Wire {
+        remove_stale();
+        let prefix = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut wire = Wire {
+            a: format!("{prefix}-wa"),
+            b: format!("{prefix}-wb"),
+            a_ip: "10.9.0.1".into(),
+            b_ip: "10.9.0.2".into(),
+            created: Vec::new(),
+        };
+        for ns in [wire.a.clone(), wire.b.clone()] {
+            run(&["ip", "netns", "add", &ns]);
+            wire.created.push(ns.clone());
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        veth(&wire.a, "w0", &wire.b, "w0");
+        addr_up(&wire.a, "w0", "10.9.0.1/24");
+        addr_up(&wire.b, "w0", "10.9.0.2/24");
+        wire
+    }
+
+    /// Drops each packet leaving either side with probability `p` (iptables `statistic`; this
+    /// kernel has no netem), so loss is `p` each way.
+    pub fn lose(&self, p: f64) {
+        let p = format!("{p}");
+        for ns in [&self.a, &self.b] {
+            in_ns(
+                ns,
+                &[
+                    "iptables",
+                    "-w",
+                    "-A",
+                    "OUTPUT",
+                    "-o",
+                    "w0",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+    }
+
+    /// Limits each side's sending to `rate` (a `tbf` rate such as `8mbit`).
+    pub fn slow(&self, rate: &str) {
+        for ns in [&self.a, &self.b] {
+            in_ns(
+                ns,
+                &[
+                    "tc", "qdisc", "add", "dev", "w0", "root", "tbf", "rate", rate, "burst",
+                    "32kbit", "latency", "200ms",
+                ],
+            );
+        }
+    }
+
+    /// Packets the loss rule dropped on side `ns` so far.
+    pub fn dropped(&self, ns: &str) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "iptables", "-w", "-L", "OUTPUT", "-v", "-n", "-x",
+            ])
+            .output()
+            .expect("iptables -L");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("statistic"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// A node spec running on side `ns` at `ip` (see [`Lab::spec`]).
+    pub fn spec(&self, id: &str, ns: &str, ip: &str, transports: &[&str]) -> Spec {
+        let mut s = Spec::new(id, transports[0]);
+        s.listeners = transports
+            .iter()
+            .map(|t| (t.to_string(), super::free_port()))
+            .collect();
+        s.host = ip.into();
+        s.netns = Some(ns.into());
+        s
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            kill_all_in(ns);
+        }
+        for ns in self.created.iter().rev() {
+            if let Err(e) = try_run(&["ip", "netns", "del", ns]) {
+                eprintln!("lab cleanup: {e}");
+            }
+        }
+    }
+}
+
 /// SIGKILLs every process in namespace `ns`.
 fn kill_all_in(ns: &str) {
     let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {

@@ -1021,8 +1021,9 @@ impl PeerActor {
         }) = self.attempt_ref()
         {
             let connection = connection.clone();
-            let limit = self.node.config.max_frame_bytes;
-            quic::spawn_data_reader(connection, limit, self.link_id, ctx);
+            let limits = self.node.quic_limits();
+            crate::quic::open_for_data(&connection, limits);
+            quic::spawn_data_reader(connection, limits.max_frame_bytes, self.link_id, ctx);
         }
         if let (Some(node_id), Some(public_key)) = (peer, public_key) {
             let (transport, local) = (self.status.transport, self.status.local_addr);

@@ -6,9 +6,12 @@
 //!   same codec and lanes), at a higher priority than data.
 //! - Every `data` frame goes out on a unidirectional stream of its own ([`DataTx`]); queued
 //!   and in-flight data is bounded in bytes, beyond it a frame is dropped and counted as on TCP.
-//! - Data streams are accepted only once the link is Active ([`spawn_data_reader`]): before
-//!   that QUIC holds them (within its flow-control window), so a frame can never overtake the
-//!   `welcome` that makes the link Active, and a stranger cannot make us buffer anything.
+//! - Data streams exist only once the link is Active: until then the peer may open none (its
+//!   stream limit is 0) and an accepting side's connection window is 64 KiB
+//!   ([`crate::quic::PRE_AUTH_WINDOW_BYTES`]), so a stranger that completes QUIC's handshake
+//!   cannot make us hold more than that; a frame can never overtake the `welcome` that makes the
+//!   link Active. At Active, [`crate::quic::open_for_data`] opens both up and
+//!   [`spawn_data_reader`] starts accepting.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
