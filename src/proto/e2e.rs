@@ -168,10 +168,10 @@ pub enum E2eError {
     #[error("message dated before this node started")]
     BeforeStart,
 
-    /// The replay cache holds as many unexpired entries as it may (for this source or in all):
-    /// unexpired entries are never evicted, so new messages wait until some expire.
-    #[error("too many messages in their lifetime")]
-    ReplayFull,
+    /// The message is dated at or before its source's floor in the replay cache: older than
+    /// the messages the cache had to forget to make room, so it could be one of them.
+    #[error("message older than the replay window of its source")]
+    BelowFloor,
 
     /// The plaintext is not a MessagePack encoding of a [`Payload`].
     #[error("malformed payload: {0}")]
@@ -364,10 +364,14 @@ pub fn open(key: &PairKey, envelope: &Envelope) -> Result<Vec<u8>, E2eError> {
 /// process before, whose memory is gone).
 ///
 /// Bounded without ever reopening a replay window: at most `capacity` entries, at most
-/// `per_source` of them from one source. Expired entries are forgotten first; if the cache
-/// (or the source's share) is still full, the new envelope is refused
-/// ([`E2eError::ReplayFull`]), never an unexpired entry evicted. Size the capacity above the
-/// expected message rate times the longest lifetime ([`MAX_TTL_MS`]).
+/// `per_source` of them from one source. Expired entries are forgotten first; if the source's
+/// share (or the whole cache) is still full, the oldest entry (by timestamp) of that source (of
+/// the source with the most entries) is forgotten and that source's *floor* raised to its
+/// timestamp: from then on anything from it dated at or before the floor is refused
+/// ([`E2eError::BelowFloor`]), as it could be the forgotten one. So a sender faster than
+/// `per_source` messages per lifetime is not throttled (the floor trails its newest messages by
+/// `per_source` messages), a replay is refused either way, and one busy source cannot push the
+/// others out.
 #[derive(Debug, Clone)]
 pub struct ReplayCache {
     /// Most entries kept (at least 1).
@@ -376,12 +380,23 @@ pub struct ReplayCache {
     per_source: usize,
     /// Envelopes dated before this (unix ms) are refused.
     floor_ms: u64,
-    /// Expiry (ms) of every remembered `(source, id)`.
-    expiry_ms: HashMap<(String, u64), u64>,
+    /// Expiry and timestamp (ms) of every remembered `(source, id)`.
+    expiry_ms: HashMap<(String, u64), (u64, u64)>,
     /// The same entries ordered by expiry, to forget expired ones.
     by_expiry: BTreeSet<(u64, String, u64)>,
-    /// Entries per source.
-    by_source: HashMap<String, usize>,
+    /// Per source: its entries by timestamp, and its floor.
+    sources: HashMap<String, SourceWindow>,
+    /// Sources left with a floor and no entry, by when nothing unexpired can be under the floor.
+    floors: BTreeSet<(u64, String)>,
+}
+
+/// One source's part of a [`ReplayCache`].
+#[derive(Debug, Clone, Default)]
+struct SourceWindow {
+    /// `(timestamp_ms, id)` of its remembered envelopes.
+    by_time: BTreeSet<(u64, u64)>,
+    /// Envelopes dated at or before this were (or may have been) forgotten: refused.
+    floor_ms: Option<u64>,
 }
 
 impl ReplayCache {
@@ -395,7 +410,8 @@ impl ReplayCache {
             floor_ms,
             expiry_ms: HashMap::new(),
             by_expiry: BTreeSet::new(),
-            by_source: HashMap::new(),
+            sources: HashMap::new(),
+            floors: BTreeSet::new(),
         }
     }
 
@@ -415,6 +431,7 @@ impl ReplayCache {
     /// Errors: [`E2eError::FromFuture`] if `timestamp_ms > now_ms + min(MAX_CLOCK_SKEW_MS,
     /// lifetime)`, [`E2eError::BeforeStart`] if `timestamp_ms` is before the floor,
     /// [`E2eError::Expired`] if `now_ms > timestamp_ms + min(ttl_ms, MAX_TTL_MS)`,
+    /// [`E2eError::BelowFloor`] if it is dated at or before its source's floor,
     /// [`E2eError::Replayed`] if its `(source, id)` is remembered.
     pub fn check(&self, now_ms: u64, envelope: &Envelope) -> Result<(), E2eError> {
         let lifetime = u64::from(envelope.ttl_ms.min(MAX_TTL_MS));
@@ -427,6 +444,10 @@ impl ReplayCache {
         if now_ms > expiry_ms(envelope) {
             return Err(E2eError::Expired);
         }
+        let floor = self.sources.get(&envelope.source).and_then(|s| s.floor_ms);
+        if floor.is_some_and(|f| envelope.timestamp_ms <= f) {
+            return Err(E2eError::BelowFloor);
+        }
         if self
             .expiry_ms
             .contains_key(&(envelope.source.clone(), envelope.id))
@@ -436,38 +457,105 @@ impl ReplayCache {
         Ok(())
     }
 
-    /// [`ReplayCache::check`], then remembers the envelope if it passed and there is room.
-    /// Call it only for envelopes [`open`] authenticated.
+    /// [`ReplayCache::check`], then remembers the envelope, making room as the type's docs
+    /// say. Call it only for envelopes [`open`] authenticated.
     pub fn check_and_insert(&mut self, now_ms: u64, envelope: &Envelope) -> Result<(), E2eError> {
         self.check(now_ms, envelope)?;
         self.forget_expired(now_ms);
-        let from_source = self.by_source.get(&envelope.source).copied().unwrap_or(0);
-        if self.expiry_ms.len() >= self.capacity || from_source >= self.per_source {
-            return Err(E2eError::ReplayFull);
+        let ts = envelope.timestamp_ms;
+        let count =
+            |c: &ReplayCache, source: &str| c.sources.get(source).map_or(0, |s| s.by_time.len());
+        if count(self, &envelope.source) >= self.per_source {
+            self.forget_oldest_before(&envelope.source.clone(), ts)?;
+        }
+        if self.expiry_ms.len() >= self.capacity {
+            let heaviest = self
+                .sources
+                .iter()
+                .max_by_key(|(_, s)| s.by_time.len())
+                .map(|(source, _)| source.clone())
+                .unwrap_or_default();
+            let before = if heaviest == envelope.source {
+                ts
+            } else {
+                u64::MAX
+            };
+            self.forget_oldest_before(&heaviest, before)?;
         }
         let expiry = expiry_ms(envelope);
         self.expiry_ms
-            .insert((envelope.source.clone(), envelope.id), expiry);
+            .insert((envelope.source.clone(), envelope.id), (expiry, ts));
         self.by_expiry
             .insert((expiry, envelope.source.clone(), envelope.id));
-        *self.by_source.entry(envelope.source.clone()).or_default() += 1;
+        self.sources
+            .entry(envelope.source.clone())
+            .or_default()
+            .by_time
+            .insert((ts, envelope.id));
+        Ok(())
+    }
+
+    /// Forgets `source`'s oldest entry and raises its floor to that entry's timestamp; refuses
+    /// ([`E2eError::BelowFloor`]) when that entry is not older than `before` (the newcomer's
+    /// timestamp: it would fall under the new floor itself).
+    fn forget_oldest_before(&mut self, source: &str, before: u64) -> Result<(), E2eError> {
+        let Some(window) = self.sources.get_mut(source) else {
+            return Ok(());
+        };
+        let Some(&(ts, id)) = window.by_time.first() else {
+            return Ok(());
+        };
+        if ts >= before {
+            return Err(E2eError::BelowFloor);
+        }
+        window.by_time.pop_first();
+        window.floor_ms = Some(window.floor_ms.map_or(ts, |f| f.max(ts)));
+        if let Some((expiry, _)) = self.expiry_ms.remove(&(source.to_string(), id)) {
+            self.by_expiry.remove(&(expiry, source.to_string(), id));
+        }
         Ok(())
     }
 
     /// Drops every entry that expired before `now_ms` (its envelope would be refused as
-    /// [`E2eError::Expired`] anyway).
+    /// [`E2eError::Expired`] anyway), and the floors nothing unexpired can be under.
     fn forget_expired(&mut self, now_ms: u64) {
         while let Some((expiry, _, _)) = self.by_expiry.first() {
             if *expiry >= now_ms {
                 break;
             }
-            if let Some((_, source, id)) = self.by_expiry.pop_first() {
-                self.expiry_ms.remove(&(source.clone(), id));
-                if let Some(n) = self.by_source.get_mut(&source) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.by_source.remove(&source);
+            let Some((_, source, id)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            let Some((_, ts)) = self.expiry_ms.remove(&(source.clone(), id)) else {
+                continue;
+            };
+            let Some(window) = self.sources.get_mut(&source) else {
+                continue;
+            };
+            window.by_time.remove(&(ts, id));
+            if window.by_time.is_empty() {
+                match window.floor_ms {
+                    Some(f) if f.saturating_add(MAX_TTL_MS.into()) >= now_ms => {
+                        self.floors
+                            .insert((f.saturating_add(MAX_TTL_MS.into()), source));
                     }
+                    _ => {
+                        self.sources.remove(&source);
+                    }
+                }
+            }
+        }
+        while let Some((until, _)) = self.floors.first() {
+            if *until >= now_ms {
+                break;
+            }
+            if let Some((_, source)) = self.floors.pop_first() {
+                if self
+                    .sources
+                    .get(&source)
+                    .is_some_and(|w| w.by_time.is_empty())
+                {
+                    self.sources.remove(&source);
                 }
             }
         }
@@ -1067,36 +1155,74 @@ mod tests {
         cache.check_and_insert(last_ms, &m).expect("fresh");
     }
 
-    /// A full cache (or a source over its quota) refuses new messages instead of evicting an
-    /// unexpired entry (which would reopen a replay window for it); expired ones make room.
+    /// A source over its share forgets its oldest entry and refuses anything dated at or
+    /// before it from then on; a full cache takes the room from the source with the most
+    /// entries. Every replay is refused either way.
     #[test]
-    fn a_full_cache_refuses_rather_than_evicts() {
+    fn a_full_share_forgets_the_oldest_and_raises_its_floor() {
         let mut cache = ReplayCache::new(3, 2, 0);
         let a1 = msg("a", 1, NOW_MS, 50_000);
-        let a2 = msg("a", 2, NOW_MS, 10_000);
-        cache.check_and_insert(NOW_MS, &a1).expect("fresh");
-        cache.check_and_insert(NOW_MS, &a2).expect("fresh");
-        assert!(matches!(
-            cache.check_and_insert(NOW_MS, &msg("a", 3, NOW_MS, 10_000)),
-            Err(E2eError::ReplayFull)
-        ));
-        let b1 = msg("b", 1, NOW_MS, 30_000);
-        cache
-            .check_and_insert(NOW_MS, &b1)
-            .expect("b has its own share");
-        assert!(matches!(
-            cache.check_and_insert(NOW_MS, &msg("c", 1, NOW_MS, 10_000)),
-            Err(E2eError::ReplayFull)
-        ));
-        for m in [&a1, &a2, &b1] {
-            assert!(matches!(cache.check(NOW_MS, m), Err(E2eError::Replayed)));
+        let a2 = msg("a", 2, NOW_MS + 1, 50_000);
+        let a3 = msg("a", 3, NOW_MS + 2, 50_000);
+        for m in [&a1, &a2, &a3] {
+            cache.check_and_insert(NOW_MS + 5, m).expect("fresh");
         }
-        // Once a2 expired, its slot (and a's share) is free again.
-        let later = NOW_MS + 10_001;
+        assert!(matches!(
+            cache.check(NOW_MS + 5, &a1),
+            Err(E2eError::BelowFloor)
+        ));
+        assert!(matches!(
+            cache.check(NOW_MS + 5, &a2),
+            Err(E2eError::Replayed)
+        ));
+        // A new message dated at the floor could be the forgotten one: refused.
+        assert!(matches!(
+            cache.check_and_insert(NOW_MS + 5, &msg("a", 9, NOW_MS, 50_000)),
+            Err(E2eError::BelowFloor)
+        ));
+        // b gets in; c fills the cache: a (two entries) gives up its oldest.
+        let b1 = msg("b", 1, NOW_MS, 50_000);
         cache
-            .check_and_insert(later, &msg("a", 4, later, 10_000))
-            .expect("room after expiry");
-        assert!(matches!(cache.check(later, &a1), Err(E2eError::Replayed)));
+            .check_and_insert(NOW_MS + 5, &b1)
+            .expect("b has its own share");
+        let c1 = msg("c", 1, NOW_MS, 50_000);
+        cache
+            .check_and_insert(NOW_MS + 5, &c1)
+            .expect("room from a");
+        assert_eq!(cache.len(), 3);
+        for (m, replayed) in [
+            (&a1, false),
+            (&a2, false),
+            (&a3, true),
+            (&b1, true),
+            (&c1, true),
+        ] {
+            let got = cache.check(NOW_MS + 5, m);
+            if replayed {
+                assert!(matches!(got, Err(E2eError::Replayed)), "{got:?}");
+            } else {
+                assert!(matches!(got, Err(E2eError::BelowFloor)), "{got:?}");
+            }
+        }
+    }
+
+    /// A sender far faster than its share per lifetime is not throttled (the floor trails its
+    /// newest messages), and not one of its messages can be replayed.
+    #[test]
+    fn a_fast_source_is_not_throttled_and_nothing_it_sent_replays() {
+        let mut cache = ReplayCache::new(1_000, 100, 0);
+        let sent: Vec<Envelope> = (0..10_000)
+            .map(|i| msg("a", i, NOW_MS + i / 4, 60_000))
+            .collect();
+        for (i, m) in sent.iter().enumerate() {
+            let now = NOW_MS + i as u64 / 4;
+            cache.check_and_insert(now, m).expect("an honest message");
+        }
+        let now = NOW_MS + 10_000 / 4;
+        assert!(cache.len() <= 100);
+        for m in &sent {
+            assert!(cache.check(now, m).is_err(), "message {} replays", m.id);
+        }
     }
 
     /// After a restart the cache is empty: anything dated before the start is refused, so a
@@ -1123,9 +1249,17 @@ mod tests {
             cache.check_and_insert(NOW_MS, &m),
             Err(E2eError::Replayed)
         ));
+        // Dated like the one remembered: it could be it, once that one is forgotten.
         assert!(matches!(
             cache.check_and_insert(NOW_MS, &msg("a", 2, NOW_MS, 10_000)),
-            Err(E2eError::ReplayFull)
+            Err(E2eError::BelowFloor)
+        ));
+        cache
+            .check_and_insert(NOW_MS + 1, &msg("a", 3, NOW_MS + 1, 10_000))
+            .expect("newer: the older one is forgotten");
+        assert!(matches!(
+            cache.check(NOW_MS + 1, &m),
+            Err(E2eError::BelowFloor)
         ));
         assert_eq!(cache.len(), 1);
     }
