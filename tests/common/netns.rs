@@ -274,13 +274,29 @@ impl Wire {
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         }
         veth(&wire.a, "w0", &wire.b, "w0");
+        for ns in [&wire.a, &wire.b] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "set",
+                "dev",
+                "w0",
+                "gso_max_segs",
+                "1",
+            ]);
+        }
         addr_up(&wire.a, "w0", "10.9.0.1/24");
         addr_up(&wire.b, "w0", "10.9.0.2/24");
         wire
     }
 
-    /// Drops each packet leaving either side with probability `p` (iptables `statistic`; this
-    /// kernel has no netem), so loss is `p` each way.
+    /// Drops each packet arriving on either side with probability `p` (iptables `statistic`;
+    /// this kernel has no netem), so loss is `p` each way. On arrival, not on departure: a
+    /// sender's GSO batch (up to 64 segments in one buffer) is one packet to `OUTPUT`, and
+    /// dropping it would lose dozens of datagrams at once; the veths segment every batch
+    /// (`gso_max_segs 1`), so `INPUT` sees each datagram.
     pub fn lose(&self, p: f64) {
         let p = format!("{p}");
         for ns in [&self.a, &self.b] {
@@ -290,8 +306,8 @@ impl Wire {
                     "iptables",
                     "-w",
                     "-A",
-                    "OUTPUT",
-                    "-o",
+                    "INPUT",
+                    "-i",
                     "w0",
                     "-m",
                     "statistic",
@@ -319,11 +335,11 @@ impl Wire {
         }
     }
 
-    /// Packets the loss rule dropped on side `ns` so far.
+    /// Packets the loss rule dropped arriving on side `ns` so far.
     pub fn dropped(&self, ns: &str) -> u64 {
         let out = Command::new("ip")
             .args([
-                "netns", "exec", ns, "iptables", "-w", "-L", "OUTPUT", "-v", "-n", "-x",
+                "netns", "exec", ns, "iptables", "-w", "-L", "INPUT", "-v", "-n", "-x",
             ])
             .output()
             .expect("iptables -L");

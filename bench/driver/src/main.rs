@@ -28,8 +28,8 @@ use scenario::Ctx;
 use stats::Results;
 
 /// The measurement groups, in the order a run executes them (`--only` names).
-const GROUPS: [&str; 8] = [
-    "ceiling", "rtt", "rate", "inproc", "bulk", "libp2p", "recovery", "mesh",
+const GROUPS: [&str; 10] = [
+    "ceiling", "rtt", "rate", "inproc", "bulk", "lossy", "relay", "libp2p", "recovery", "mesh",
 ];
 
 const USAGE: &str = "\
@@ -37,9 +37,9 @@ usage: cargo run --release -p msgtier-bench -- [options]
 
   --runs N          runs of every measurement (default 3; medians and min-max are shown)
   --quick           short smoke run: 1 run, small counts, a 10-node mesh
-  --only G[,G..]    only these groups: ceiling, rtt, rate (also: rss), inproc, bulk, libp2p,
-                    recovery, mesh (ceiling always runs; the libp2p modes a group compares
-                    with run with it)
+  --only G[,G..]    only these groups: ceiling, rtt, rate (also: rss), inproc, bulk, lossy
+                    (root only), relay, libp2p, recovery, mesh (ceiling always runs; the
+                    libp2p modes a group compares with run with it)
   --no-build        do not run cargo build first (use the binaries as they are)
   --node-log LEVEL  log level in node configs (default warn; info adds a line per message)
   --keep            keep the temp dir with configs and node logs
@@ -344,6 +344,8 @@ fn real_main() -> Result<()> {
                 "rate" => scenario::rate::run(&ctx, &mut res),
                 "inproc" => scenario::inproc::run(&ctx, &mut res),
                 "bulk" => scenario::bulk::run(&ctx, &mut res),
+                "lossy" => scenario::lossy::run(&ctx, &mut res),
+                "relay" => scenario::relay::run(&ctx, &mut res),
                 "libp2p" => scenario::libp2p::run(&ctx, &mut res, modes),
                 "recovery" => scenario::recovery::run(&ctx, &mut res),
                 "mesh" => scenario::mesh::run(&ctx, &mut res),

@@ -38,6 +38,13 @@ pub mod key {
     pub const LP_RTT_P99: &str = "libp2p.rtt_p99_us";
     pub const LP_RATE: &str = "libp2p.rate_msgs";
     pub const LP_BULK: &str = "libp2p.bulk_mbs";
+    pub const INPROC_RTT_P50: &str = "inproc.rtt_p50_us";
+    pub const INPROC_RTT_P99: &str = "inproc.rtt_p99_us";
+    pub const LP_STREAM_RTT_P50: &str = "libp2p.stream_rtt_p50_us";
+    pub const LP_STREAM_RTT_P99: &str = "libp2p.stream_rtt_p99_us";
+    pub const RELAY_GOODPUT: &str = "relay.goodput_share";
+    pub const LOSS1_UDP: &str = "lossy.udp_1pct_mbs";
+    pub const LOSS3_UDP: &str = "lossy.udp_3pct_mbs";
     pub const TCP_P50: &str = "ceiling.tcp_p50_us";
     pub const TCP_P99: &str = "ceiling.tcp_p99_us";
     pub const TCP_1CORE_P50: &str = "ceiling.tcp_1core_p50_us";
@@ -63,6 +70,10 @@ enum Target {
     BulkTcp,
     /// idle RSS <= 8 MiB.
     IdleRss,
+    /// UDP (QUIC) bulk >= 80 % of TCP bulk.
+    UdpVsTcp,
+    /// relay goodput within 90-110 % of the budget.
+    RelayBudget,
     /// 50-node mesh converged <= 10 s.
     Converge,
 }
@@ -75,6 +86,8 @@ impl Target {
             Target::RateVsLibp2p => ">= 3x libp2p rate",
             Target::BulkTcp => ">= 1/2 AEAD 64 KiB, >= libp2p",
             Target::IdleRss => "<= 8 MiB",
+            Target::UdpVsTcp => ">= 0.8x TCP bulk",
+            Target::RelayBudget => "0.9-1.1 of the budget",
             Target::Converge => "<= 10 s",
         }
     }
@@ -92,6 +105,8 @@ impl Target {
                 aead && r.median(key::LP_BULK).is_none_or(|lp| v >= lp)
             }
             Target::IdleRss => v <= 8.0,
+            Target::UdpVsTcp => v >= 0.8 * r.median(key::BULK_TCP)?,
+            Target::RelayBudget => (0.9..=1.1).contains(&v),
             Target::Converge => v <= 10.0,
         })
     }
@@ -172,6 +187,30 @@ fn rows() -> Vec<Row> {
             )
         },
         Row {
+            lp: Some(LP_STREAM_RTT_P50),
+            ceiling: tcp50,
+            ..row(
+                "RTT node to node, in-process Send, 1 in flight, p50 (us; libp2p: one stream)",
+                INPROC_RTT_P50,
+            )
+        },
+        Row {
+            lp: Some(LP_STREAM_RTT_P99),
+            ceiling: tcp99,
+            ..row(
+                "RTT node to node, in-process Send, 1 in flight, p99 (us)",
+                INPROC_RTT_P99,
+            )
+        },
+        Row {
+            target: Some(Target::RelayBudget),
+            ..row(
+                "relay goodput through a public node, 200 KB/s budget, 24 closed-loop senders \
+                 (share of the budget)",
+                RELAY_GOODPUT,
+            )
+        },
+        Row {
             lp: Some(LP_BULK),
             ceiling: aead64k,
             target: Some(Target::BulkTcp),
@@ -185,8 +224,17 @@ fn rows() -> Vec<Row> {
         Row {
             lp: Some(LP_BULK),
             ceiling: aead64k,
-            ..row("bulk 1 MiB, UDP, 4 connections (MB/s)", BULK_UDP)
+            target: Some(Target::UdpVsTcp),
+            ..row("bulk 1 MiB, UDP (QUIC), 4 connections (MB/s)", BULK_UDP)
         },
+        row(
+            "goodput 1 MiB over UDP (QUIC), 1 % loss each way, 1 at a time (MB/s; root only)",
+            LOSS1_UDP,
+        ),
+        row(
+            "goodput 1 MiB over UDP (QUIC), 3 % loss each way, 1 at a time (MB/s; root only)",
+            LOSS3_UDP,
+        ),
         row(
             "ping RTT on the link during TCP bulk, avg (ms; heartbeat 100 ms)",
             BULK_TCP_PING_AVG,

@@ -9,9 +9,11 @@ pub mod ceiling;
 pub mod inproc;
 pub mod latency;
 pub mod libp2p;
+pub mod lossy;
 pub mod mesh;
 pub mod rate;
 pub mod recovery;
+pub mod relay;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
