@@ -1,13 +1,17 @@
 //! libp2p-ref: the reference peer for msgtier's benchmarks.
 //!
 //! Two local processes talk over rust-libp2p's stock stack: TCP (nodelay) + Noise + Yamux, with
-//! the request-response behaviour and nothing else (no identify, no ping, no kademlia).
+//! the request-response behaviour and nothing else (no identify, no ping, no kademlia); or, with
+//! `server --stream` and `client --mode stream-rtt`, the `libp2p-stream` behaviour and nothing
+//! else.
 //!
 //! * `libp2p-ref server --listen 127.0.0.1:0` prints
 //!   `{"listening":"/ip4/127.0.0.1/tcp/PORT/p2p/PEERID"}` on stdout and answers every request
-//!   with a small ack (the request's size, as a u64).
+//!   with a small ack (the request's size, as a u64). With `--stream` it instead accepts streams
+//!   on `/msgtier-bench/pingpong/1` and echoes every byte back on the same stream.
 //! * `libp2p-ref client --connect <multiaddr> --mode rtt|rate|bulk ...` measures and prints one
-//!   JSON line on stdout, then exits 0.
+//!   JSON line on stdout, then exits 0. `--mode stream-rtt` (against a `--stream` server) opens
+//!   ONE stream and times sequential ping-pongs on it (write `--size` bytes, read them back).
 //!
 //! Everything else (errors, progress) goes to stderr, so stdout is machine-readable.
 
@@ -25,8 +29,8 @@ use libp2p::{
     multiaddr::Protocol,
     noise,
     request_response::{self, cbor, Codec, Event, Message, OutboundRequestId, ProtocolSupport},
-    swarm::{Swarm, SwarmEvent},
-    tcp, yamux, Multiaddr, StreamProtocol, SwarmBuilder,
+    swarm::{NetworkBehaviour, Swarm, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, SwarmBuilder,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -44,6 +48,10 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(600);
 
 const RAW_PROTOCOL: &str = "/msgtier-bench/raw/1.0.0";
 const CBOR_PROTOCOL: &str = "/msgtier-bench/cbor/1.0.0";
+/// The echo protocol of `server --stream` / `client --mode stream-rtt` (libp2p-stream).
+const STREAM_PROTOCOL: &str = "/msgtier-bench/pingpong/1";
+/// Read buffer of the stream echo (a read returns at most this much; larger messages loop).
+const ECHO_BUF: usize = 64 * 1024;
 
 #[derive(Parser)]
 #[command(
@@ -58,7 +66,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Listen and answer every request with a small ack until killed.
+    /// Listen and answer every request with a small ack (with --stream: echo every stream)
+    /// until killed.
     Server {
         /// Address to listen on: IP:PORT (loopback only; port 0 picks one).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -66,6 +75,10 @@ enum Cmd {
         /// Wire codec (client and server must agree).
         #[arg(long, value_enum, default_value_t = CodecKind::Raw)]
         codec: CodecKind,
+        /// Serve the libp2p-stream echo protocol (for `--mode stream-rtt`) instead of
+        /// request-response (`--codec` is then ignored).
+        #[arg(long)]
+        stream: bool,
         /// Exit by itself after this many milliseconds.
         #[arg(long)]
         exit_after_ms: Option<u64>,
@@ -78,20 +91,22 @@ enum Cmd {
         /// What to measure.
         #[arg(long, value_enum)]
         mode: Mode,
-        /// Timed requests [default: rtt 2000, rate 20000, bulk 50].
+        /// Timed requests [default: rtt 2000, rate 20000, bulk 50, stream-rtt 2000].
         #[arg(long)]
         count: Option<usize>,
         /// Untimed requests sent first, same shape as the timed ones
-        /// [default: rtt 200, rate 2000, bulk 3].
+        /// [default: rtt 200, rate 2000, bulk 3, stream-rtt 200].
         #[arg(long)]
         warmup: Option<usize>,
-        /// Requests kept in flight [default: rtt 1 (fixed), rate 64, bulk 1].
+        /// Requests kept in flight [default: rtt 1 (fixed), rate 64, bulk 1, stream-rtt 1
+        /// (fixed)].
         #[arg(long)]
         inflight: Option<usize>,
-        /// Request payload size in bytes [default: rtt 100, rate 100, bulk 1048576].
+        /// Request payload size in bytes [default: rtt 100, rate 100, bulk 1048576,
+        /// stream-rtt 64].
         #[arg(long)]
         size: Option<usize>,
-        /// Wire codec (client and server must agree).
+        /// Wire codec (client and server must agree; not used by stream-rtt).
         #[arg(long, value_enum, default_value_t = CodecKind::Raw)]
         codec: CodecKind,
     },
@@ -102,6 +117,8 @@ enum Mode {
     Rtt,
     Rate,
     Bulk,
+    /// Sequential ping-pongs on one long-lived libp2p-stream stream (needs `server --stream`).
+    StreamRtt,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -222,7 +239,8 @@ impl Codec for RawCodec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Swarm construction: TCP (nodelay) + Noise + Yamux + request-response, nothing else.
+// Swarm construction: TCP (nodelay) + Noise + Yamux + request-response (or libp2p-stream),
+// nothing else.
 
 fn build_swarm<C>(
     codec: C,
@@ -239,6 +257,11 @@ where
         [(StreamProtocol::new(protocol), ProtocolSupport::Full)],
         rr_config,
     );
+    build_swarm_with(behaviour)
+}
+
+/// The swarm of either server/client kind: the one transport stack around `behaviour`.
+fn build_swarm_with<B: NetworkBehaviour>(behaviour: B) -> Result<Swarm<B>, String> {
     let swarm = SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -281,10 +304,71 @@ async fn run_server<C>(
 where
     C: Codec<Protocol = StreamProtocol, Request = Req, Response = Ack> + Clone + Send + 'static,
 {
+    let swarm = build_swarm(codec, protocol)?;
+    serve(swarm, listen, exit_after, |swarm, event| match event {
+        Event::Message {
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => {
+            let ack = Ack(request.0.len() as u64);
+            // Fails only if the client went away; nothing to do then.
+            let _ = swarm.behaviour_mut().send_response(channel, ack);
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            eprintln!("libp2p-ref server: inbound failure from {peer}: {error}");
+        }
+        _ => {}
+    })
+    .await
+}
+
+/// `server --stream`: accepts streams on [`STREAM_PROTOCOL`] and echoes each one back.
+async fn run_stream_server(listen: SocketAddr, exit_after: Option<Duration>) -> Result<(), String> {
+    let swarm = build_swarm_with(libp2p_stream::Behaviour::new())?;
+    let mut incoming = swarm
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new(STREAM_PROTOCOL))
+        .map_err(|e| format!("accept {STREAM_PROTOCOL}: {e}"))?;
+    // Each stream gets a task of its own; the swarm is polled by `serve` below.
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                if let Err(e) = echo(stream).await {
+                    eprintln!("libp2p-ref server: stream from {peer}: {e}");
+                }
+            });
+        }
+    });
+    serve(swarm, listen, exit_after, |_, ()| {}).await
+}
+
+/// Writes back every byte read, as soon as it is read, until the other side closes.
+async fn echo(mut stream: libp2p::Stream) -> io::Result<()> {
+    let mut buf = vec![0u8; ECHO_BUF];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return stream.close().await;
+        }
+        stream.write_all(&buf[..n]).await?;
+        stream.flush().await?;
+    }
+}
+
+/// Listens on `listen` (loopback only), prints the address line, then polls the swarm until
+/// the listener closes or `exit_after` has passed, handing behaviour events to `on_event`.
+async fn serve<B: NetworkBehaviour>(
+    mut swarm: Swarm<B>,
+    listen: SocketAddr,
+    exit_after: Option<Duration>,
+    mut on_event: impl FnMut(&mut Swarm<B>, B::ToSwarm),
+) -> Result<(), String> {
     if !listen.ip().is_loopback() {
         return Err(format!("refusing to listen on {listen}: loopback only"));
     }
-    let mut swarm = build_swarm(codec, protocol)?;
     let ip = match listen.ip() {
         IpAddr::V4(v4) => Protocol::Ip4(v4),
         IpAddr::V6(v6) => Protocol::Ip6(v6),
@@ -313,20 +397,7 @@ where
                 let full = address.with(Protocol::P2p(local_peer));
                 print_json(json!({ "listening": full.to_string() }));
             }
-            SwarmEvent::Behaviour(Event::Message {
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            }) => {
-                let ack = Ack(request.0.len() as u64);
-                // Fails only if the client went away; nothing to do then.
-                let _ = swarm.behaviour_mut().send_response(channel, ack);
-            }
-            SwarmEvent::Behaviour(Event::InboundFailure { peer, error, .. }) => {
-                eprintln!("libp2p-ref server: inbound failure from {peer}: {error}");
-            }
+            SwarmEvent::Behaviour(ev) => on_event(&mut swarm, ev),
             SwarmEvent::ListenerError { error, .. } => {
                 eprintln!("libp2p-ref server: listener error: {error}");
             }
@@ -369,6 +440,110 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * m).round() / m
 }
 
+/// Dials `connect` (loopback, ending in /p2p/PEERID) and waits for the connection (TCP + Noise +
+/// Yamux handshakes) before any timing starts; answers the server's peer id.
+async fn connect_to<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    connect: &Multiaddr,
+) -> Result<PeerId, String> {
+    if !is_loopback(connect) {
+        return Err(format!("refusing to dial {connect}: loopback only"));
+    }
+    let server = match connect.iter().last() {
+        Some(Protocol::P2p(peer)) => peer,
+        _ => return Err(format!("{connect} does not end in /p2p/PEERID")),
+    };
+    swarm
+        .dial(connect.clone())
+        .map_err(|e| format!("dial {connect}: {e}"))?;
+    loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == server => {
+                return Ok(server)
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                return Err(format!("connect to {connect}: {error}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The JSON line of a latency mode: nearest-rank percentiles of `samples_us` (sorted here).
+fn rtt_json(mode: &str, count: usize, mut samples_us: Vec<u64>, size: usize) -> serde_json::Value {
+    samples_us.sort_unstable();
+    let s = &samples_us;
+    json!({
+        "mode": mode,
+        "count": count,
+        "p50_us": percentile(s, 0.50),
+        "p90_us": percentile(s, 0.90),
+        "p99_us": percentile(s, 0.99),
+        "min_us": s[0],
+        "max_us": s[s.len() - 1],
+        "size": size,
+    })
+}
+
+/// `--mode stream-rtt`: opens ONE stream on [`STREAM_PROTOCOL`] and does `warmup` + `count`
+/// sequential ping-pongs on it: write `size` bytes (and flush), read `size` bytes back. Each
+/// sample is the time from just before the write to the last byte read, in µs.
+async fn run_stream_client(connect: Multiaddr, o: ClientOpts) -> Result<(), String> {
+    let mut swarm = build_swarm_with(libp2p_stream::Behaviour::new())?;
+    let mut control = swarm.behaviour().new_control();
+    let server = connect_to(&mut swarm, &connect).await?;
+    // From here the swarm is polled by a task of its own (it opens the stream; the bytes then
+    // go through the connection's task, as in every libp2p program).
+    let driver = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, cause, .. } =
+                swarm.select_next_some().await
+            {
+                if peer_id == server {
+                    eprintln!("libp2p-ref client: connection closed: {cause:?}");
+                }
+            }
+        }
+    });
+    let msg = payload(o.size);
+    let pingpong = async {
+        let mut stream = control
+            .open_stream(server, StreamProtocol::new(STREAM_PROTOCOL))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; o.size];
+        let mut samples_us: Vec<u64> = Vec::with_capacity(o.count);
+        for i in 0..o.warmup + o.count {
+            let t0 = Instant::now();
+            stream
+                .write_all(&msg)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            stream.flush().await.map_err(|e| format!("flush: {e}"))?;
+            stream
+                .read_exact(&mut back)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            let dt = t0.elapsed();
+            if back != msg {
+                return Err(format!(
+                    "ping-pong {i}: the echo differs from what was sent"
+                ));
+            }
+            if i >= o.warmup {
+                samples_us.push(dt.as_micros() as u64);
+            }
+        }
+        let _ = stream.close().await;
+        Ok::<_, String>(samples_us)
+    };
+    let result = tokio::time::timeout(CLIENT_DEADLINE, pingpong).await;
+    driver.abort();
+    let samples_us = result.map_err(|_| format!("gave up after {CLIENT_DEADLINE:?}"))??;
+    print_json(rtt_json("stream-rtt", o.count, samples_us, o.size));
+    Ok(())
+}
+
 async fn run_client<C>(
     codec: C,
     protocol: &'static str,
@@ -378,28 +553,8 @@ async fn run_client<C>(
 where
     C: Codec<Protocol = StreamProtocol, Request = Req, Response = Ack> + Clone + Send + 'static,
 {
-    if !is_loopback(&connect) {
-        return Err(format!("refusing to dial {connect}: loopback only"));
-    }
-    let server = match connect.iter().last() {
-        Some(Protocol::P2p(peer)) => peer,
-        _ => return Err(format!("{connect} does not end in /p2p/PEERID")),
-    };
     let mut swarm = build_swarm(codec, protocol)?;
-    swarm
-        .dial(connect.clone())
-        .map_err(|e| format!("dial {connect}: {e}"))?;
-
-    // Wait for the connection (TCP + Noise + Yamux handshakes) before any timing starts.
-    loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == server => break,
-            SwarmEvent::OutgoingConnectionError { error, .. } => {
-                return Err(format!("connect to {connect}: {error}"));
-            }
-            _ => {}
-        }
-    }
+    let server = connect_to(&mut swarm, &connect).await?;
 
     let req = Req(payload(o.size));
     let total = o.warmup + o.count;
@@ -488,20 +643,7 @@ where
     let elapsed_s = elapsed.as_secs_f64().max(1e-9);
     let elapsed_ms = round(elapsed_s * 1e3, 3);
     let out = match o.mode {
-        Mode::Rtt => {
-            samples_us.sort_unstable();
-            let s = &samples_us;
-            json!({
-                "mode": "rtt",
-                "count": o.count,
-                "p50_us": percentile(s, 0.50),
-                "p90_us": percentile(s, 0.90),
-                "p99_us": percentile(s, 0.99),
-                "min_us": s[0],
-                "max_us": s[s.len() - 1],
-                "size": o.size,
-            })
-        }
+        Mode::Rtt => rtt_json("rtt", o.count, samples_us, o.size),
         Mode::Rate => json!({
             "mode": "rate",
             "count": o.count,
@@ -518,6 +660,7 @@ where
             "mb_per_sec": round((o.count as f64 * o.size as f64) / elapsed_s / 1e6, 2),
             "inflight": inflight,
         }),
+        Mode::StreamRtt => return Err("stream-rtt has a client of its own".to_string()),
     };
     print_json(out);
     Ok(())
@@ -542,9 +685,13 @@ fn main() -> ExitCode {
             Cmd::Server {
                 listen,
                 codec,
+                stream,
                 exit_after_ms,
             } => {
                 let exit_after = exit_after_ms.map(Duration::from_millis);
+                if stream {
+                    return run_stream_server(listen, exit_after).await;
+                }
                 match codec {
                     CodecKind::Raw => run_server(RawCodec, RAW_PROTOCOL, listen, exit_after).await,
                     CodecKind::Cbor => {
@@ -565,12 +712,13 @@ fn main() -> ExitCode {
                     Mode::Rtt => (2000, 200, 1, 100),
                     Mode::Rate => (20000, 2000, 64, 100),
                     Mode::Bulk => (50, 3, 1, 1024 * 1024),
+                    Mode::StreamRtt => (2000, 200, 1, 64),
                 };
                 let o = ClientOpts {
                     mode,
                     count: count.unwrap_or(d_count),
                     warmup: warmup.unwrap_or(d_warmup),
-                    inflight: if mode == Mode::Rtt {
+                    inflight: if matches!(mode, Mode::Rtt | Mode::StreamRtt) {
                         1
                     } else {
                         inflight.unwrap_or(d_inflight)
@@ -582,6 +730,12 @@ fn main() -> ExitCode {
                 }
                 if o.size as u64 > MAX_REQUEST {
                     return Err(format!("--size is at most {MAX_REQUEST} bytes"));
+                }
+                if mode == Mode::StreamRtt {
+                    if o.size == 0 {
+                        return Err("--size must be at least 1 for stream-rtt".to_string());
+                    }
+                    return run_stream_client(connect, o).await;
                 }
                 match codec {
                     CodecKind::Raw => run_client(RawCodec, RAW_PROTOCOL, connect, o).await,

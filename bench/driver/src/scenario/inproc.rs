@@ -6,6 +6,10 @@
 //!
 //! Reported as "in-process Send into the RelayActor, 1000 in flight". Everything of A (relay,
 //! links, sealing) shares the driver's process, and B is a separate process, as with HTTP.
+//!
+//! Then, with the same A and B, the round trip with ONE `Send` in flight: 500 warm-up, then
+//! 5000 timed sequential sends of a 64-byte body, each timed from just before `relay.send(..)`
+//! to the `Delivery` (B's sealed receipt, 1 hop) coming back; p50 and p99 in microseconds.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -20,7 +24,7 @@ use super::{body, check_delivered, Ctx};
 use crate::cleanup;
 use crate::node::{free_ports, Spec};
 use crate::report::key;
-use crate::stats::Results;
+use crate::stats::{p50_p90_p99, Results};
 
 /// Requests kept in flight.
 const IN_FLIGHT: usize = 1000;
@@ -28,6 +32,17 @@ const IN_FLIGHT: usize = 1000;
 const BODY_BYTES: usize = 64;
 /// The relay's own timeout for each `Send`.
 const SEND_TIMEOUT_MS: u64 = 10_000;
+
+/// What the in-process round-trip series measured.
+#[derive(Default)]
+struct Series {
+    /// Round trips of the timed sends that succeeded, in microseconds.
+    rtts_us: Vec<f64>,
+    /// Successful sends including warm-up.
+    ok_total: u64,
+    errors: BTreeMap<String, u64>,
+    cut_short: bool,
+}
 
 /// What the in-process run measured.
 struct Measured {
@@ -43,6 +58,7 @@ struct Measured {
 pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let dir = ctx.subdir("inproc")?;
     let (warmup, count) = ctx.pick((20_000u64, 300_000u64), (2_000, 20_000));
+    let (rtt_warmup, rtt_count) = ctx.pick((500usize, 5_000usize), (100, 500));
     let b_spec = Spec::new("b", "tcp")?;
     let b = ctx.start(&dir, b_spec.clone())?;
 
@@ -63,15 +79,15 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         .map_err(|e| anyhow!("in-process config: {e}"))?;
 
     // A thread of its own: the actix System and everything of node A live and die with it.
-    let m = std::thread::Builder::new()
+    let (m, rtt) = std::thread::Builder::new()
         .name("inproc-node-a".into())
-        .spawn(move || -> Result<Measured> {
+        .spawn(move || -> Result<(Measured, Series)> {
             let system = actix::System::new();
             system.block_on(async move {
                 let node = msgtier::node::start(loaded.config)
                     .await
                     .context("start in-process node")?;
-                let m = drive(node.relay.clone(), warmup, count).await;
+                let m = drive(node.relay.clone(), warmup, count, rtt_warmup, rtt_count).await;
                 node.stop().await;
                 m
             })
@@ -91,12 +107,49 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     } else {
         res.add(key::RATE_INPROC, m.ok as f64 / m.elapsed.as_secs_f64());
     }
-    check_delivered(res, "rate in-process", &b, m.ok_total);
+
+    if !rtt.errors.is_empty() || rtt.cut_short {
+        let mut e: Vec<String> = rtt
+            .errors
+            .iter()
+            .map(|(k, n)| format!("{n} x {k}"))
+            .collect();
+        if rtt.cut_short {
+            e.push("stopped at the time bound".into());
+        }
+        res.note(format!(
+            "rtt in-process: {} ok; {}",
+            rtt.rtts_us.len(),
+            e.join(", ")
+        ));
+    }
+    if rtt.rtts_us.is_empty() {
+        res.fail(key::INPROC_RTT_P50, "no successful send");
+        res.fail(key::INPROC_RTT_P99, "no successful send");
+    } else {
+        let mut v = rtt.rtts_us;
+        let (p50, _, p99) = p50_p90_p99(&mut v);
+        res.add(key::INPROC_RTT_P50, p50);
+        res.add(key::INPROC_RTT_P99, p99);
+    }
+    check_delivered(
+        res,
+        "rate and rtt in-process",
+        &b,
+        m.ok_total + rtt.ok_total,
+    );
     Ok(())
 }
 
-/// Waits until B answers, then warm-up and measured batches with [`IN_FLIGHT`] tasks.
-async fn drive(relay: actix::Addr<RelayActor>, warmup: u64, count: u64) -> Result<Measured> {
+/// Waits until B answers, then warm-up and measured batches with [`IN_FLIGHT`] tasks, then the
+/// one-in-flight round-trip series.
+async fn drive(
+    relay: actix::Addr<RelayActor>,
+    warmup: u64,
+    count: u64,
+    rtt_warmup: usize,
+    rtt_count: usize,
+) -> Result<(Measured, Series)> {
     let msg = Bytes::from(body(BODY_BYTES));
     let send = |timeout_ms| Send {
         target: "b".into(),
@@ -123,7 +176,61 @@ async fn drive(relay: actix::Addr<RelayActor>, warmup: u64, count: u64) -> Resul
     for (k, n) in warm.errors {
         *m.errors.entry(format!("warm-up: {k}")).or_default() += n;
     }
-    Ok(m)
+    let rtt = round_trips(&relay, &msg, rtt_warmup, rtt_count, bound).await;
+    Ok((m, rtt))
+}
+
+/// `warmup` then `count` sequential sends, ONE in flight; each timed from just before
+/// `relay.send(..)` to its `Delivery` (a receipt over 1 hop).
+async fn round_trips(
+    relay: &actix::Addr<RelayActor>,
+    msg: &Bytes,
+    warmup: usize,
+    count: usize,
+    bound: Duration,
+) -> Series {
+    let mut s = Series {
+        rtts_us: Vec::with_capacity(count),
+        ..Series::default()
+    };
+    let deadline = Instant::now() + bound;
+    for i in 0..warmup + count {
+        if Instant::now() > deadline || cleanup::interrupted() {
+            s.cut_short = true;
+            break;
+        }
+        let timed = i >= warmup;
+        let req = Send {
+            target: "b".into(),
+            body: msg.clone(),
+            timeout_ms: SEND_TIMEOUT_MS,
+        };
+        let t0 = Instant::now();
+        let r = relay.send(req).await;
+        let dt = t0.elapsed();
+        let err = match r {
+            Ok(Ok(d)) if d.hops == 1 => {
+                s.ok_total += 1;
+                if timed {
+                    s.rtts_us.push(dt.as_secs_f64() * 1e6);
+                }
+                continue;
+            }
+            Ok(Ok(d)) => {
+                s.ok_total += 1;
+                format!("receipt over {} hop(s), not 1", d.hops)
+            }
+            Ok(Err(e)) => short(&e.to_string()),
+            Err(e) => format!("mailbox: {e}"),
+        };
+        let err = if timed {
+            err
+        } else {
+            format!("warm-up: {err}")
+        };
+        *s.errors.entry(err).or_default() += 1;
+    }
+    s
 }
 
 /// Sends `total` messages with [`IN_FLIGHT`] concurrent tasks on the System's arbiter.

@@ -1,10 +1,12 @@
 //! The libp2p reference (`bench/libp2p-ref`: rust-libp2p TCP + Noise + Yamux +
 //! request-response, two local processes): one server per run, then one client per mode, each
-//! printing one JSON line that is parsed here.
+//! printing one JSON line that is parsed here. `stream-rtt` has a server of its own
+//! (`server --stream`: the libp2p-stream behaviour instead of request-response).
 //!
 //! Shapes chosen to match msgtier's figures: `rtt` with 64-byte requests, 5000 after 500
 //! warm-up; `rate` with 64-byte requests and 64 in flight; `bulk` with 1 MiB requests and 4 in
-//! flight (msgtier's bulk uses 4 HTTP connections).
+//! flight (msgtier's bulk uses 4 HTTP connections); `stream-rtt` with 64-byte ping-pongs on one
+//! long-lived stream, 5000 after 500 warm-up (like the in-process round trip).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -33,6 +35,14 @@ pub struct Modes {
     pub bulk: bool,
 }
 
+impl Modes {
+    /// `stream-rtt` is compared with the in-process round trip, and the `inproc` group is what
+    /// selects `rate` (the in-process rate row compares with it), so it comes along with `rate`.
+    pub fn stream_rtt(&self) -> bool {
+        self.rate
+    }
+}
+
 /// A child registered for cleanup, killed on drop.
 struct Guard(Child);
 
@@ -58,17 +68,12 @@ fn spawn(bin: &Path, args: &[String], stderr: &Path) -> Result<Guard> {
     Ok(Guard(child))
 }
 
-/// Runs the selected modes against one server.
-pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
-    let Some(bin) = &ctx.libp2p else {
-        return Ok(());
-    };
-    let dir = ctx.subdir("libp2p")?;
-    let mut server = spawn(
-        bin,
-        &["server".into(), "--listen".into(), "127.0.0.1:0".into()],
-        &dir.join("server.log"),
-    )?;
+/// Starts a server (`extra` appended to its arguments, stderr into `log`) and answers it with
+/// the address it printed.
+fn start_server(bin: &Path, extra: &[&str], log: &Path) -> Result<(Guard, String)> {
+    let mut args: Vec<String> = vec!["server".into(), "--listen".into(), "127.0.0.1:0".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut server = spawn(bin, &args, log)?;
     let stdout = server.0.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -86,12 +91,23 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
     if !addr.starts_with("/ip4/127.0.0.1/") {
         bail!("libp2p-ref server listens on {addr}, not 127.0.0.1");
     }
+    Ok((server, addr))
+}
+
+/// Runs the selected modes: rtt, rate and bulk against one request-response server, then
+/// stream-rtt against a stream server.
+pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
+    let Some(bin) = &ctx.libp2p else {
+        return Ok(());
+    };
+    let dir = ctx.subdir("libp2p")?;
 
     let (rtt_warm, rtt_count) = ctx.pick((500, 5_000), (100, 500));
     let (rate_warm, rate_count) = ctx.pick((2_000, 50_000), (500, 5_000));
     let (bulk_warm, bulk_count) = ctx.pick((8, 200), (4, 24));
-    let client = |mode: &str, extra: &[String]| -> Result<Value> {
-        let mut args: Vec<String> = ["client", "--connect", addr.as_str(), "--mode", mode]
+    let (stream_warm, stream_count) = ctx.pick((500, 5_000), (100, 500));
+    let client = |addr: &str, mode: &str, extra: &[String]| -> Result<Value> {
+        let mut args: Vec<String> = ["client", "--connect", addr, "--mode", mode]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -122,6 +138,9 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
     let s = |v: usize| v.to_string();
     let num = |v: &Value, f: &str| v[f].as_f64().ok_or_else(|| anyhow!("no {f} in {v}"));
 
+    let (server, addr) = start_server(bin, &[], &dir.join("server.log"))?;
+    let addr = addr.as_str();
+
     if modes.rtt {
         let args = [
             "--count".into(),
@@ -131,7 +150,7 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
             "--size".into(),
             s(64),
         ];
-        match client("rtt", &args)
+        match client(addr, "rtt", &args)
             .and_then(|v| Ok([num(&v, "p50_us")?, num(&v, "p90_us")?, num(&v, "p99_us")?]))
         {
             Ok([p50, p90, p99]) => {
@@ -156,7 +175,7 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
             "--size".into(),
             s(64),
         ];
-        match client("rate", &args).and_then(|v| num(&v, "msgs_per_sec")) {
+        match client(addr, "rate", &args).and_then(|v| num(&v, "msgs_per_sec")) {
             Ok(v) => res.add(key::LP_RATE, v),
             Err(e) => {
                 res.fail(key::LP_RATE, "failed");
@@ -175,7 +194,7 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
             "--size".into(),
             s(super::bulk::MESSAGE_BYTES),
         ];
-        match client("bulk", &args).and_then(|v| num(&v, "mb_per_sec")) {
+        match client(addr, "bulk", &args).and_then(|v| num(&v, "mb_per_sec")) {
             Ok(v) => res.add(key::LP_BULK, v),
             Err(e) => {
                 res.fail(key::LP_BULK, "failed");
@@ -184,5 +203,33 @@ pub fn run(ctx: &Ctx, res: &mut Results, modes: Modes) -> Result<()> {
         }
     }
     drop(server);
+
+    if modes.stream_rtt() {
+        let args = [
+            "--count".into(),
+            s(stream_count),
+            "--warmup".into(),
+            s(stream_warm),
+            "--size".into(),
+            s(64),
+        ];
+        let measured = start_server(bin, &["--stream"], &dir.join("server-stream.log"))
+            .and_then(|(server, addr)| {
+                let v = client(&addr, "stream-rtt", &args);
+                drop(server);
+                v
+            })
+            .and_then(|v| Ok([num(&v, "p50_us")?, num(&v, "p99_us")?]));
+        match measured {
+            Ok([p50, p99]) => {
+                res.add(key::LP_STREAM_RTT_P50, p50);
+                res.add(key::LP_STREAM_RTT_P99, p99);
+            }
+            Err(e) => {
+                res.fail(key::LP_STREAM_RTT_P50, "failed");
+                res.note(format!("{e:#}"));
+            }
+        }
+    }
     Ok(())
 }
