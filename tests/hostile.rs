@@ -303,6 +303,7 @@ fn a_bad_id_on_the_wire_closes_that_link_only() {
         timestamp_ms: seq_now() / 1000,
         ttl_ms: 10_000,
         hops: 0,
+        clear: false,
         sealed: vec![0; 64],
     };
     m.to_b().send(Frame::Data(bad));
@@ -584,6 +585,7 @@ fn a_public_node_drops_foreign_data_for_itself_and_for_its_own_members() {
         timestamp_ms: seq_now() / 1000,
         ttl_ms: 10_000,
         hops: 0,
+        clear: false,
         sealed: vec![0; 64],
     };
     let before = dropped(&p);
@@ -838,4 +840,50 @@ fn a_stranger_on_quic_can_open_no_data_stream_before_proving_itself() {
     assert!(!opened, "a data stream opened before the link was Active");
     assert!(closed, "the silent connection was not closed");
     assert!(a.status()["peers"].as_array().unwrap().is_empty());
+}
+
+/// A message over a direct member link to its target is not sealed end to end a second time
+/// (`clear`: the link's session authenticates its source), so a clear envelope must be taken
+/// only from the link of its own source. Member M, linked to B, sends B a clear envelope
+/// claiming to come from A (a real member, linked to B too, so its key is known): B drops it.
+/// M's clear envelope in its own name is delivered (the check does not simply refuse clear).
+#[test]
+fn a_clear_envelope_is_taken_only_from_its_own_source() {
+    let b = Node::start(Spec::new("b", "tcp"));
+    let mut sa = Spec::new("a", "tcp");
+    sa.peers = vec![b.spec.url()];
+    let a = Node::start(sa);
+    b.wait_peer_state("a", "Active");
+    let m = Peer::dial(tcp_addr(&b), Who::new("m", "test", "test-secret"), 31);
+    m.wait_active();
+    b.wait_peer_state("m", "Active");
+    let clear = |id: u64, source: &str, body: &[u8]| Envelope {
+        id,
+        source: source.into(),
+        target: "b".into(),
+        kind: MessageKind::Request,
+        timestamp_ms: seq_now() / 1000,
+        ttl_ms: 10_000,
+        hops: 1,
+        clear: true,
+        sealed: msgtier::proto::e2e::Payload::Message {
+            body: body.to_vec(),
+        }
+        .encode(),
+    };
+    let before = b.status()["messages"].clone();
+    m.send(Frame::Data(clear(7, "a", b"forged-in-a's-name")));
+    m.send(Frame::Data(clear(8, "m", b"m-in-its-own-name")));
+    b.wait("m's own clear message delivered", || {
+        b.status()["messages"]["delivered"].as_u64() == before["delivered"].as_u64().map(|d| d + 1)
+    });
+    b.wait("the forged one dropped", || {
+        b.status()["messages"]["dropped"].as_u64() > before["dropped"].as_u64()
+    });
+    let inbox = b.http("GET", "/messages", &[], b"").unwrap().text();
+    assert!(inbox.contains("m-in-its-own-name"), "{inbox}");
+    assert!(!inbox.contains("forged"), "{inbox}");
+    // And a real message from A (clear over its direct link) still arrives.
+    let r = a.send("b", b"from-a", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -61,7 +61,7 @@ const E2E_SALT_LABEL: &[u8] = b"e2e salt";
 
 /// Prefix of the associated data of every seal ([`associated_data`]), so that the bytes
 /// authenticated here can never be mistaken for another msgtier layout.
-const AD_LABEL: &[u8] = b"msgtier e2e ad v1";
+const AD_LABEL: &[u8] = b"msgtier e2e ad v2";
 
 /// Length of an XChaCha20-Poly1305 nonce, in bytes (192 bits, draft-irtf-cfrg-xchacha):
 /// long enough to be picked at random without a realistic chance of repeating.
@@ -261,7 +261,7 @@ fn len_prefix(s: &str) -> [u8; 8] {
 /// ```text
 /// "msgtier e2e ad v1" || id (u64 BE) || len(source) (u64 BE) || source
 ///   || len(target) (u64 BE) || target || kind (1 request, 2 response)
-///   || timestamp_ms (u64 BE) || ttl_ms (u32 BE)
+///   || timestamp_ms (u64 BE) || ttl_ms (u32 BE) || clear (1 byte, 0 when sealed)
 /// ```
 pub fn associated_data(envelope: &Envelope) -> Vec<u8> {
     let mut ad = Vec::with_capacity(
@@ -279,6 +279,7 @@ pub fn associated_data(envelope: &Envelope) -> Vec<u8> {
     });
     ad.extend_from_slice(&envelope.timestamp_ms.to_be_bytes());
     ad.extend_from_slice(&envelope.ttl_ms.to_be_bytes());
+    ad.push(u8::from(envelope.clear));
     ad
 }
 
@@ -308,7 +309,9 @@ fn seal_with_nonce(
             max: MAX_PLAINTEXT_BYTES,
         });
     }
+    let clear = std::mem::replace(&mut envelope.clear, false);
     let ad = associated_data(envelope);
+    envelope.clear = clear;
     let mut sealed = Vec::with_capacity(SEAL_OVERHEAD_BYTES + plaintext.len());
     sealed.extend_from_slice(&nonce);
     sealed.extend_from_slice(plaintext);
@@ -324,6 +327,7 @@ fn seal_with_nonce(
         })?;
     sealed.extend_from_slice(tag.as_slice());
     envelope.sealed = sealed;
+    envelope.clear = false;
     Ok(())
 }
 
@@ -336,6 +340,10 @@ fn seal_with_nonce(
 /// Errors: [`E2eError::Truncated`] if `sealed` is shorter than [`SEAL_OVERHEAD_BYTES`],
 /// [`E2eError::Decrypt`] if authentication fails.
 pub fn open(key: &PairKey, envelope: &Envelope) -> Result<Vec<u8>, E2eError> {
+    if envelope.clear {
+        // Nothing to authenticate here: a clear envelope is only taken from its source's link.
+        return Err(E2eError::Decrypt);
+    }
     let truncated = || E2eError::Truncated {
         len: envelope.sealed.len(),
         min: SEAL_OVERHEAD_BYTES,
@@ -710,6 +718,7 @@ mod tests {
             timestamp_ms: NOW_MS,
             ttl_ms: 30_000,
             hops: 0,
+            clear: false,
             sealed: Vec::new(),
         }
     }
@@ -989,13 +998,14 @@ mod tests {
         env.ttl_ms = 0x1122_3344;
         env.hops = 9;
         env.sealed = vec![1, 2, 3];
-        let mut want = b"msgtier e2e ad v1".to_vec();
+        let mut want = b"msgtier e2e ad v2".to_vec();
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b']);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, b'c']);
         want.push(2);
         want.extend_from_slice(&NOW_MS.to_be_bytes());
         want.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+        want.push(0); // sealed, not clear
         assert_eq!(associated_data(&env), want);
 
         // hops and sealed are not part of it.
@@ -1060,6 +1070,7 @@ mod tests {
             timestamp_ms,
             ttl_ms,
             hops: 0,
+            clear: false,
             sealed: Vec::new(),
         }
     }

@@ -1320,6 +1320,7 @@ mod tests {
             timestamp_ms: 0,
             ttl_ms: 1000,
             hops: 0,
+            clear: false,
             sealed: vec![7; len],
         })
     }

@@ -208,8 +208,13 @@ pub struct Envelope {
     /// route, so an attacker on the path can alter it (at worst making a message look
     /// farther travelled and get dropped sooner).
     pub hops: u8,
-    /// `nonce (24) || ciphertext || tag (16)` (XChaCha20-Poly1305); at most
-    /// [`MAX_FRAME_BYTES`].
+    /// `sealed` holds the plaintext itself: set only by a source sending over its own direct
+    /// member link to the target, whose Noise (or QUIC-bound) session already authenticates
+    /// the source and encrypts the hop. A target accepts it only from that link; nobody
+    /// forwards it. Authenticated as associated data when false.
+    pub clear: bool,
+    /// `nonce (24) || ciphertext || tag (16)` (XChaCha20-Poly1305), or the plaintext when
+    /// `clear`; at most [`MAX_FRAME_BYTES`].
     #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
@@ -776,6 +781,7 @@ pub(crate) mod tests {
                     timestamp_ms,
                     ttl_ms,
                     hops,
+                    clear: false,
                     sealed,
                 },
             )
@@ -894,6 +900,7 @@ pub(crate) mod tests {
             timestamp_ms: 2,
             ttl_ms: 3,
             hops: 4,
+            clear: false,
             sealed: vec![0xee],
         }
     }
@@ -1055,13 +1062,13 @@ pub(crate) mod tests {
         want.extend_from_slice(b"timeout");
         assert_eq!(close, want);
 
-        // {"data": [1, "a", "b", "request", 2, 3, 4, bin8(0xee)]}
+        // {"data": [1, "a", "b", "request", 2, 3, 4, false, bin8(0xee)]}
         let data = Frame::Data(sample_envelope()).encode();
         let mut want = vec![0x81, 0xa4];
         want.extend_from_slice(b"data");
-        want.extend_from_slice(&[0x98, 0x01, 0xa1, b'a', 0xa1, b'b', 0xa7]);
+        want.extend_from_slice(&[0x99, 0x01, 0xa1, b'a', 0xa1, b'b', 0xa7]);
         want.extend_from_slice(b"request");
-        want.extend_from_slice(&[0x02, 0x03, 0x04, 0xc4, 0x01, 0xee]);
+        want.extend_from_slice(&[0x02, 0x03, 0x04, 0xc2, 0xc4, 0x01, 0xee]);
         assert_eq!(data, want);
         let mut response = sample_envelope();
         response.kind = MessageKind::Response;
@@ -1281,6 +1288,7 @@ pub(crate) mod tests {
             timestamp_ms: u64::MAX,
             ttl_ms: u32::MAX,
             hops: u8::MAX,
+            clear: false,
             sealed: Vec::new(),
         };
         let header = Frame::Data(envelope.clone()).encode().len() + 3;

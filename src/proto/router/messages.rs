@@ -144,7 +144,7 @@ impl Router {
             return Err(SendError::PeerNotFound(target.to_string()));
         }
         let payload = Payload::Message { body };
-        let envelope = self.seal(now, target, MessageKind::Request, timeout_ms, &payload)?;
+        let envelope = self.envelope(now, target, MessageKind::Request, timeout_ms, &payload)?;
         let id = envelope.id;
         let size = envelope.sealed.len();
         let me = self.settings.node_id.clone();
@@ -265,8 +265,11 @@ impl Router {
         }
     }
 
-    /// Builds and seals an envelope from us.
-    fn seal(
+    /// Builds an envelope from us, still clear: [`Router::route`] seals it unless it goes over
+    /// our direct member link to its target (whose session already authenticates us to the
+    /// target and encrypts the hop), so a message never crosses a relay unsealed and a direct
+    /// one is not sealed twice. The pair key is derived here (an error means it cannot be).
+    fn envelope(
         &mut self,
         now: Now,
         target: &str,
@@ -274,8 +277,8 @@ impl Router {
         ttl_ms: u64,
         payload: &Payload,
     ) -> Result<Envelope, SendError> {
-        let key = self.pair_key(target)?;
-        let mut envelope = Envelope {
+        self.pair_key(target)?;
+        let envelope = Envelope {
             id: self.random_u64(),
             source: self.settings.node_id.clone(),
             target: target.to_string(),
@@ -283,10 +286,19 @@ impl Router {
             timestamp_ms: now.unix_ms,
             ttl_ms: ttl_ms.min(e2e::MAX_TTL_MS as u64) as u32,
             hops: 0,
-            sealed: Vec::new(),
+            clear: true,
+            sealed: payload.encode(),
         };
-        e2e::seal(&key, &mut envelope, &payload.encode())
-            .map_err(|e| SendError::Crypto(target.to_string(), e.to_string()))?;
+        if envelope.sealed.len() > e2e::MAX_PLAINTEXT_BYTES {
+            return Err(SendError::Crypto(
+                target.to_string(),
+                E2eError::Oversize {
+                    len: envelope.sealed.len(),
+                    max: e2e::MAX_PLAINTEXT_BYTES,
+                }
+                .to_string(),
+            ));
+        }
         Ok(envelope)
     }
 
@@ -333,6 +345,17 @@ impl Router {
         let link = self
             .best_link(None, &next_hop)
             .ok_or_else(|| SendError::NoRoute(envelope.target.clone()))?;
+        let direct = next_hop == envelope.target
+            && self
+                .links
+                .get(&link)
+                .is_some_and(|l| l.info.kind == super::LinkKind::Member);
+        if envelope.clear && !direct {
+            let key = self.pair_key(&envelope.target)?;
+            let plaintext = std::mem::take(&mut envelope.sealed);
+            e2e::seal(&key, &mut envelope, &plaintext)
+                .map_err(|e| SendError::Crypto(envelope.target.clone(), e.to_string()))?;
+        }
         envelope.hops = envelope.hops.saturating_add(1);
         self.actions.push_back(Action::Send {
             link,
@@ -386,8 +409,28 @@ impl Router {
     }
 
     /// A data frame in a domain: ours to open, or to forward under the domain's policy.
-    pub(super) fn on_data(&mut self, now: Now, dom: Option<&str>, envelope: Envelope) {
-        if dom.is_none() && envelope.target == self.settings.node_id {
+    /// `from_source`: it came over a member link to its own source (the only way a clear
+    /// envelope is taken; nobody forwards one).
+    pub(super) fn on_data(
+        &mut self,
+        now: Now,
+        dom: Option<&str>,
+        envelope: Envelope,
+        from_source: bool,
+    ) {
+        let mine = dom.is_none() && envelope.target == self.settings.node_id;
+        if envelope.clear && !(mine && from_source) {
+            debug!(
+                "dropping clear {}: not over its source's own link to us",
+                describe(&envelope)
+            );
+            if let Some(d) = self.domain_mut(dom) {
+                d.dropped.messages += 1;
+            }
+            self.msgs.counters.dropped += 1;
+            return;
+        }
+        if mine {
             self.on_envelope_for_me(now, envelope);
             return;
         }
@@ -593,7 +636,7 @@ impl Router {
         self.send_toward(dom, &source, Frame::OverBudget(o));
     }
 
-    fn on_envelope_for_me(&mut self, now: Now, envelope: Envelope) {
+    fn on_envelope_for_me(&mut self, now: Now, mut envelope: Envelope) {
         let source = envelope.source.clone();
         let key = match self.pair_key(&source) {
             Ok(k) => k,
@@ -603,7 +646,14 @@ impl Router {
                 return;
             }
         };
-        let plaintext = match e2e::open(&key, &envelope) {
+        let opened = if envelope.clear {
+            // Only from the source itself over its member link (checked by `on_data`) or
+            // from us: the link's session authenticated it.
+            Ok(std::mem::take(&mut envelope.sealed))
+        } else {
+            e2e::open(&key, &envelope)
+        };
+        let plaintext = match opened {
             Ok(p) => p,
             Err(e) => {
                 warn!("dropping envelope {} from {source}: {e}", envelope.id);
@@ -742,7 +792,7 @@ impl Router {
             request_hops: request.hops,
         };
         let ttl = request.ttl_ms as u64;
-        match self.seal(now, &request.source, MessageKind::Response, ttl, &payload) {
+        match self.envelope(now, &request.source, MessageKind::Response, ttl, &payload) {
             Ok(envelope) => {
                 let size = envelope.sealed.len();
                 let key = (request.source.clone(), request.id);

@@ -591,8 +591,9 @@ impl Router {
         let dom = l.info.kind.domain().map(String::from);
         let dom = dom.as_deref();
         if let Frame::Data(envelope) = frame {
-            // The hot path: data needs only the link's domain, not who sent it.
-            return self.on_data(now, dom, envelope);
+            // The hot path: data needs the link's domain, and whether it is its source's link.
+            let from_source = l.info.kind == LinkKind::Member && l.info.node_id == envelope.source;
+            return self.on_data(now, dom, envelope, from_source);
         }
         let from = l.info.node_id.clone();
         let kind = l.info.kind.clone();

@@ -439,3 +439,44 @@ fn a_replayed_older_advert_changes_nothing() {
     assert_eq!(net.adverts_delivered, before, "not re-flooded");
     assert_eq!(route(&mut net, x, "b"), Some(("b".into(), 1)));
 }
+
+/// A message to a neighbour over our own member link goes unsealed end to end (`clear`: the
+/// link authenticates us to it); one that crosses a relay is always sealed, so the relay reads
+/// nothing, and its reply too.
+#[test]
+fn only_a_message_over_the_direct_link_to_its_target_goes_clear() {
+    let mut net = Net::new(27);
+    let (a, r, b) = (net.add("a"), net.add("r"), net.add("b"));
+    net.connect(a, r, 1);
+    net.connect(r, b, 1);
+    net.run_for(1_000);
+    net.tap = true;
+    let direct = net.send(a, "r", "hi", 5_000).expect("sent");
+    let relayed = net.send(a, "b", "hi", 5_000).expect("sent");
+    assert!(net.run_until(2_000, |n| n.outcome(a, direct).is_some()
+        && n.outcome(a, relayed).is_some()));
+    let sent = |id: u64| -> Vec<bool> {
+        net.tapped
+            .iter()
+            .filter(|(_, _, e)| e.id == id)
+            .map(|(_, _, e)| e.clear)
+            .collect()
+    };
+    assert_eq!(sent(direct), vec![true], "a -> r over their link");
+    assert_eq!(
+        sent(relayed),
+        vec![false, false],
+        "a -> r -> b, sealed on both hops"
+    );
+    // b's reply to a crosses r too: sealed on both hops.
+    let replies: Vec<bool> = net
+        .tapped
+        .iter()
+        .filter(|(from, _, e)| *from == b && e.kind == crate::wire::frame::MessageKind::Response)
+        .map(|(_, _, e)| e.clear)
+        .collect();
+    assert!(
+        !replies.is_empty() && replies.iter().all(|c| !c),
+        "{replies:?}"
+    );
+}
