@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::keys::KeyRing;
 use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_MSG_BYTES};
 use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
-use crate::wire::record::{Opener, Sealer, RECORD_OVERHEAD};
+use crate::wire::record::{Opener, Sealer, COUNTER_BYTES, RECORD_OVERHEAD};
 use crate::wire::MAX_HELLO_BYTES;
 
 /// A listener waits this long for a dialer's first handshake message (then closes): an idle
@@ -641,6 +641,15 @@ impl Link {
             self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
             return;
         }
+        // A chunk of a large frame, Active: appended straight from the record.
+        if let (State::Active { .. }, Some((piece, last))) =
+            (&self.state, Frame::chunk_parts(frame_bytes))
+        {
+            self.frames_in += 1;
+            self.mark_heard(now_us);
+            self.on_chunk(now_us, piece, last);
+            return;
+        }
         let frame = match Frame::decode(frame_bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -855,27 +864,28 @@ impl Link {
     /// (too large, or no keys yet); a failure to seal closes the link.
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
         let data = matches!(frame, Frame::Data(_));
-        let bytes = frame.encode();
         if self.params.channel.is_some() {
-            return self.send_plain(bytes, data);
+            return self.send_plain(frame.encode(), data);
         }
-        if !data || bytes.len() <= CHUNK_BYTES {
-            return self.send_bytes_as(&bytes, data);
-        }
-        if bytes.len() > self.params.max_frame_bytes {
+        // The frame is encoded behind room for the record's counter and sealed in place.
+        let mut buf = vec![0u8; COUNTER_BYTES];
+        frame.encode_into(&mut buf);
+        let len = buf.len() - COUNTER_BYTES;
+        if len > self.params.max_frame_bytes {
             return false;
         }
-        let mut pieces = bytes.chunks(CHUNK_BYTES).peekable();
-        while let Some(piece) = pieces.next() {
-            let chunk = Frame::Chunk {
-                bytes: piece.to_vec(),
-                last: pieces.peek().is_none(),
-            };
-            if !self.send_bytes_as(&chunk.encode(), true) {
-                return false;
-            }
+        if !data || len <= CHUNK_BYTES {
+            return self.send_record(buf, data);
         }
-        true
+        let mut pieces = buf[COUNTER_BYTES..].chunks(CHUNK_BYTES).peekable();
+        let mut records = Vec::with_capacity(len.div_ceil(CHUNK_BYTES));
+        while let Some(piece) = pieces.next() {
+            let mut record = Vec::with_capacity(COUNTER_BYTES + 16 + piece.len() + RECORD_OVERHEAD);
+            record.resize(COUNTER_BYTES, 0);
+            Frame::encode_chunk_into(&mut record, piece, pieces.peek().is_none());
+            records.push(record);
+        }
+        records.into_iter().all(|r| self.send_record(r, true))
     }
 
     /// Inside a bound channel: queues the encoded frame as it is (see [`Params::channel`]).
@@ -894,7 +904,9 @@ impl Link {
         true
     }
 
-    /// Seals encoded frame bytes into a record in the outbox, a data record when `data`.
+    /// Seals encoded frame bytes into a record in the outbox, a data record when `data`
+    /// (tests: arbitrary bytes as a record).
+    #[cfg(test)]
     fn send_bytes_as(&mut self, bytes: &[u8], data: bool) -> bool {
         if bytes.len() > self.params.max_frame_bytes {
             return false;
@@ -913,6 +925,26 @@ impl Link {
             Transmit::Data(out)
         } else {
             Transmit::Record(out)
+        });
+        true
+    }
+
+    /// Seals a record in place (`buf`: counter room, then the encoded frame) into the outbox,
+    /// a data record when `data`. False if there are no keys yet; a failure to seal closes.
+    fn send_record(&mut self, mut buf: Vec<u8>, data: bool) -> bool {
+        let session = match &mut self.state {
+            State::Proving { session, .. } | State::Active { session, .. } => session,
+            _ => return false,
+        };
+        if session.sealer.seal_in_place(&mut buf).is_err() {
+            self.close_silently(Cause::Refused(CloseReason::Protocol));
+            return false;
+        }
+        self.frames_out += 1;
+        self.outbox.push_back(if data {
+            Transmit::Data(buf)
+        } else {
+            Transmit::Record(buf)
         });
         true
     }

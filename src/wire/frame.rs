@@ -31,6 +31,9 @@ use super::{
 /// they do not speak (with [`CloseReason::Protocol`]).
 pub const PROTOCOL_VERSION: u16 = 3;
 
+/// `{"chunk": [`: a one-entry map keyed by the variant name, then a two-element array.
+const CHUNK_PREFIX: [u8; 8] = [0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0x92];
+
 /// One message on a link, after the Noise handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -370,6 +373,63 @@ impl Frame {
         // unknown length (every field here has a known length), or msgpack extension
         // types (none used), so this cannot fail.
         rmp_serde::to_vec(self).expect("encoding a Frame into a Vec cannot fail")
+    }
+
+    /// Appends the encoding of `self` to `out` (the bytes [`Frame::encode`] returns).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // As in `encode`: writing into a Vec cannot fail.
+        rmp_serde::encode::write(out, self).expect("encoding a Frame into a Vec cannot fail");
+    }
+
+    /// Appends the encoding of `Frame::Chunk { bytes: piece, last }` to `out` without building
+    /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`.
+    pub fn encode_chunk_into(out: &mut Vec<u8>, piece: &[u8], last: bool) {
+        out.extend_from_slice(&CHUNK_PREFIX);
+        match piece.len() {
+            n if n <= usize::from(u8::MAX) => out.extend_from_slice(&[0xc4, n as u8]),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(0xc5);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0xc6);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(piece);
+        out.push(if last { 0xc3 } else { 0xc2 });
+    }
+
+    /// The bytes and `last` of an encoded `chunk` frame, borrowed, if `bytes` is exactly one
+    /// (as [`Frame::encode_chunk_into`] writes it); `None` for anything else, which the
+    /// caller decodes the ordinary way. Lets a receiver append a chunk without copying it twice.
+    pub fn chunk_parts(bytes: &[u8]) -> Option<(&[u8], bool)> {
+        let rest = bytes.strip_prefix(&CHUNK_PREFIX)?;
+        let (&marker, rest) = rest.split_first()?;
+        let (len, rest) = match marker {
+            0xc4 => {
+                let (&n, r) = rest.split_first()?;
+                (usize::from(n), r)
+            }
+            0xc5 => {
+                let (n, r) = rest.split_first_chunk::<2>()?;
+                (usize::from(u16::from_be_bytes(*n)), r)
+            }
+            0xc6 => {
+                let (n, r) = rest.split_first_chunk::<4>()?;
+                (u32::from_be_bytes(*n) as usize, r)
+            }
+            _ => return None,
+        };
+        if rest.len() != len + 1 {
+            return None;
+        }
+        let (piece, last) = rest.split_at(len);
+        match last[0] {
+            0xc2 => Some((piece, false)),
+            0xc3 => Some((piece, true)),
+            _ => None,
+        }
     }
 
     /// Decodes one frame that must span all of `bytes`, then checks the limits.
@@ -1044,6 +1104,32 @@ pub(crate) mod tests {
                 prop_assert_eq!(Frame::decode(&frame.encode()).ok(), Some(frame));
             }
         }
+    }
+
+    /// The hand-written chunk encoding is the derived one, at every bin width, and parses
+    /// back; anything else is left to the decoder.
+    #[test]
+    fn chunk_frames_encode_and_parse_without_the_derive() {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, 70_000] {
+            for last in [false, true] {
+                let piece = vec![0x5a; len];
+                let mut out = Vec::new();
+                Frame::encode_chunk_into(&mut out, &piece, last);
+                let derived = Frame::Chunk {
+                    bytes: piece.clone(),
+                    last,
+                }
+                .encode();
+                assert_eq!(out, derived, "len {len}");
+                assert_eq!(Frame::chunk_parts(&out), Some((&piece[..], last)));
+                assert_eq!(
+                    Frame::decode(&out).ok(),
+                    Some(Frame::Chunk { bytes: piece, last })
+                );
+                assert_eq!(Frame::chunk_parts(&out[..out.len() - 1]), None);
+            }
+        }
+        assert_eq!(Frame::chunk_parts(&Frame::Ping { nonce: 1 }.encode()), None);
     }
 
     #[test]
