@@ -81,12 +81,12 @@ pub struct LocalInfo {
 }
 
 /// A message, classified by the phase it arrived in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Packet<'a> {
     /// Noise handshake message number `step` (1, 2 or 3).
     Handshake { step: u8, bytes: &'a [u8] },
     /// A record (sealed, or inside a bound channel the encoded frame).
-    Record(&'a [u8]),
+    Record(&'a mut [u8]),
 }
 
 /// Bytes the link wants sent.
@@ -461,8 +461,9 @@ impl Link {
         }
     }
 
-    /// A message from a stream transport (TCP, WebSocket): handshake messages first, records after.
-    pub fn handle_stream_message(&mut self, now_us: u64, bytes: &[u8]) {
+    /// A message from a stream transport (TCP, WebSocket, a QUIC stream): handshake messages
+    /// first, records after. The buffer is the caller's to give: a record is opened in place.
+    pub fn handle_stream_message(&mut self, now_us: u64, bytes: &mut [u8]) {
         if bytes.len() > self.read_limit() {
             self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
             return;
@@ -615,7 +616,7 @@ impl Link {
 
     // ---- records ----
 
-    fn on_record(&mut self, now_us: u64, record: &[u8]) {
+    fn on_record(&mut self, now_us: u64, record: &mut [u8]) {
         let session = match &mut self.state {
             State::Proving { session, .. } | State::Active { session, .. } => session,
             // Records before the handshake finished (UDP reordering) or after close: drop.
@@ -626,14 +627,14 @@ impl Link {
             self.on_frame_bytes(now_us, record);
             return;
         }
-        let plaintext = match session.opener.open(record) {
+        let plaintext = match session.opener.open_in_place(record) {
             Ok(p) => p,
             Err(e) => {
                 self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string()));
                 return;
             }
         };
-        self.on_frame_bytes(now_us, &plaintext);
+        self.on_frame_bytes(now_us, plaintext);
     }
 
     fn on_frame_bytes(&mut self, now_us: u64, frame_bytes: &[u8]) {
@@ -1026,9 +1027,9 @@ mod tests {
         while let Some(t) = from.poll_transmit() {
             n += 1;
             match t {
-                Transmit::Handshake { bytes, .. }
-                | Transmit::Record(bytes)
-                | Transmit::Data(bytes) => to.handle_stream_message(now, &bytes),
+                Transmit::Handshake { mut bytes, .. }
+                | Transmit::Record(mut bytes)
+                | Transmit::Data(mut bytes) => to.handle_stream_message(now, &mut bytes),
             }
         }
         n
@@ -1099,9 +1100,9 @@ mod tests {
         let Some(Transmit::Handshake { step: 3, bytes }) = p.a.poll_transmit() else {
             panic!("msg3 expected");
         };
-        p.b.handle_stream_message(0, &bytes);
+        p.b.handle_stream_message(0, &mut bytes.clone());
         assert_eq!(p.b.read_limit(), hello_limit);
-        p.b.handle_stream_message(0, &vec![0u8; hello_limit + 1]);
+        p.b.handle_stream_message(0, &mut vec![0u8; hello_limit + 1]);
         assert!(closed(&mut p.b), "oversized before admission");
 
         // Admitted: the full limit.
@@ -1259,8 +1260,8 @@ mod tests {
             panic!()
         };
         assert_eq!(step, 3);
-        b2.handle_stream_message(0, &bytes);
-        b2.handle_stream_message(0, &forged);
+        b2.handle_stream_message(0, &mut bytes.clone());
+        b2.handle_stream_message(0, &mut forged);
         assert_eq!(
             b2.poll_event(),
             Some(Event::Closed(Cause::Refused(CloseReason::WrongSecret)))
@@ -1273,7 +1274,7 @@ mod tests {
         run(&mut p);
         p.b.handle_stream_message(
             1,
-            b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage",
+            &mut b"\x00\x00\x00\x00\x00\x00\x00\x09garbage-garbage-garbage".to_vec(),
         );
         assert!(matches!(
             p.b.poll_event(),
@@ -1287,7 +1288,7 @@ mod tests {
     fn garbage_in_a_bound_channel_closes_the_link() {
         let mut p = bound_pair([5; 32], [5; 32], "s3cret");
         run(&mut p);
-        p.b.handle_stream_message(1, b"\xc1garbage");
+        p.b.handle_stream_message(1, &mut b"\xc1garbage".to_vec());
         assert!(matches!(
             p.b.poll_event(),
             Some(Event::Closed(Cause::BadFrame(_)))
@@ -1384,7 +1385,7 @@ mod tests {
             let (Transmit::Record(r) | Transmit::Data(r)) = t else {
                 panic!()
             };
-            p.b.handle_stream_message(0, &r);
+            p.b.handle_stream_message(0, &mut r.clone());
         }
         let frames: Vec<Frame> = std::iter::from_fn(|| p.b.poll_event())
             .filter_map(|e| match e {

@@ -148,6 +148,14 @@ impl Opener {
     /// fails. The counter is marked as seen only after successful decryption, so a forged
     /// record cannot block the genuine one.
     pub fn open(&mut self, record: &[u8]) -> Result<Vec<u8>, WireError> {
+        let mut copy = record.to_vec();
+        let plaintext = self.open_in_place(&mut copy)?;
+        Ok(plaintext.to_vec())
+    }
+
+    /// [`Opener::open`], decrypting in `record`'s own buffer: returns the plaintext within it
+    /// (no copy). On error the buffer's contents are unspecified.
+    pub fn open_in_place<'a>(&mut self, record: &'a mut [u8]) -> Result<&'a [u8], WireError> {
         let truncated = WireError::Truncated {
             what: "record",
             len: record.len(),
@@ -156,27 +164,21 @@ impl Opener {
         if record.len() < RECORD_OVERHEAD {
             return Err(truncated);
         }
-        let Some((counter, rest)) = record.split_first_chunk::<COUNTER_BYTES>() else {
+        let Some((counter, rest)) = record.split_first_chunk_mut::<COUNTER_BYTES>() else {
             return Err(truncated);
         };
-        let Some((ciphertext, tag)) = rest.split_last_chunk::<TAG_BYTES>() else {
+        let Some((ciphertext, tag)) = rest.split_last_chunk_mut::<TAG_BYTES>() else {
             return Err(truncated);
         };
         let counter = u64::from_be_bytes(*counter);
         if !self.window.check(counter) {
             return Err(WireError::Replayed { counter });
         }
-        let mut plaintext = ciphertext.to_vec();
         self.cipher
-            .decrypt_inout_detached(
-                &nonce(counter),
-                &[],
-                plaintext.as_mut_slice().into(),
-                &Tag::from(*tag),
-            )
+            .decrypt_inout_detached(&nonce(counter), &[], ciphertext.into(), &Tag::from(*tag))
             .map_err(|_| WireError::Decrypt)?;
         self.window.update(counter);
-        Ok(plaintext)
+        Ok(ciphertext)
     }
 }
 

@@ -159,8 +159,8 @@ impl Peer {
                     if buf.len() < 4 + len {
                         break;
                     }
-                    let msg: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
-                    link.handle_stream_message(now(), &msg);
+                    let mut msg: Vec<u8> = buf.drain(..4 + len).skip(4).collect();
+                    link.handle_stream_message(now(), &mut msg);
                 }
             }
         });

@@ -349,7 +349,7 @@ impl Handler<quic::DataIn> for PeerActor {
         }
         self.guarded(ctx, |act, ctx| {
             match msg.frame {
-                Some(frame) => act.on_stream_message(&frame),
+                Some(mut frame) => act.on_stream_message(&mut frame),
                 None => act.on_stream_error(Cause::Oversize),
             }
             act.drive(ctx);
@@ -461,7 +461,7 @@ impl StreamHandler<Result<BytesMut, std::io::Error>> for PeerActor {
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Self::Context) {
         self.guarded(ctx, |act, ctx| {
             match item {
-                Ok(bytes) => act.on_stream_message(&bytes),
+                Ok(mut bytes) => act.on_stream_message(&mut bytes),
                 Err(e) => act.on_stream_error(tcp_error_cause(&e)),
             }
             act.drive(ctx);
@@ -479,7 +479,8 @@ impl StreamHandler<Result<Message, tungstenite::Error>> for PeerActor {
     fn handle(&mut self, item: Result<Message, tungstenite::Error>, ctx: &mut Self::Context) {
         self.guarded(ctx, |act, ctx| {
             match item {
-                Ok(Message::Binary(bytes)) => act.on_stream_message(&bytes),
+                // Unique after the read, so this takes the buffer over without a copy.
+                Ok(Message::Binary(bytes)) => act.on_stream_message(&mut BytesMut::from(bytes)),
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => act.on_stream_error(Cause::TransportClosed),
                 Ok(Message::Text(_)) => {
@@ -781,7 +782,7 @@ impl PeerActor {
 
     // ---- input ----
 
-    fn on_stream_message(&mut self, bytes: &[u8]) {
+    fn on_stream_message(&mut self, bytes: &mut [u8]) {
         let now = self.node.now_us();
         self.node.metrics.bytes_in.add(bytes.len() as u64);
         if let Some(a) = self.attempt_mut() {
