@@ -326,25 +326,37 @@ fn tcp_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// Opens QUIC connections from `source` to `to` as fast as `pace` allows, each held (idle: no
-/// stream, no Noise message) for four seconds, until `stop`; counts them in `sent`.
-fn quic_flood(source: [u8; 4], to: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current-thread tokio runtime for a test's own QUIC endpoint.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async move {
-        let limits = msgtier::quic::Limits {
-            max_frame_bytes: 1 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let configs = msgtier::quic::configs(limits).unwrap();
+        .unwrap()
+}
+
+/// A QUIC endpoint on `socket` with msgtier's TLS configuration: it dials (any certificate, as
+/// a node does) and, with `serve`, accepts too. Call it inside a runtime.
+fn quic_endpoint(socket: UdpSocket, serve: bool) -> quinn::Endpoint {
+    let limits = msgtier::quic::Limits {
+        max_frame_bytes: 1 << 20,
+        peer_timeout_ms: 10_000,
+    };
+    let configs = msgtier::quic::configs(limits).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let server = serve.then_some(configs.server);
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime).unwrap();
+    endpoint.set_default_client_config(configs.client);
+    endpoint
+}
+
+/// Opens QUIC connections from `source` to `to` every 2 ms, each held (idle: no stream, no
+/// Noise message) for four seconds, until `stop`; counts them in `sent`.
+fn quic_flood(source: [u8; 4], to: SocketAddr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
+    runtime().block_on(async move {
         let socket = UdpSocket::bind(SocketAddr::from((source, 0))).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
-        endpoint.set_default_client_config(configs.client);
+        let endpoint = quic_endpoint(socket, false);
         let mut held = std::collections::VecDeque::new();
         while !stop.load(Ordering::Relaxed) {
             if let Ok(connecting) = endpoint.connect(to, msgtier::quic::SERVER_NAME) {
@@ -732,26 +744,12 @@ fn a_quic_man_in_the_middle_cannot_relay_the_noise_handshake() {
     let a = Node::start(Spec::new("a", "udp"));
     let a_addr: SocketAddr = a.spec.url_of("udp")["udp://".len()..].parse().unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_nonblocking(true).unwrap();
     let mitm_addr = socket.local_addr().unwrap();
     let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (u, d) = (up.clone(), down.clone());
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let limits = msgtier::quic::Limits {
-                max_frame_bytes: 1 << 20,
-                peer_timeout_ms: 10_000,
-            };
-            let configs = msgtier::quic::configs(limits).unwrap();
-            let runtime = Arc::new(quinn::TokioRuntime);
-            let config = quinn::EndpointConfig::default();
-            let mut endpoint =
-                quinn::Endpoint::new(config, Some(configs.server), socket, runtime).unwrap();
-            endpoint.set_default_client_config(configs.client);
+        runtime().block_on(async move {
+            let endpoint = quic_endpoint(socket, true);
             while let Some(incoming) = endpoint.accept().await {
                 let Ok(dialer) = incoming.await else { continue };
                 let Ok((to_dialer, from_dialer)) = dialer.accept_bi().await else {
@@ -807,22 +805,8 @@ fn a_quic_man_in_the_middle_cannot_relay_the_noise_handshake() {
 fn a_stranger_on_quic_can_open_no_data_stream_before_proving_itself() {
     let a = Node::start(Spec::new("a", "udp"));
     let a_addr: SocketAddr = a.spec.url_of("udp")["udp://".len()..].parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (opened, closed) = rt.block_on(async move {
-        let limits = msgtier::quic::Limits {
-            max_frame_bytes: 1 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let configs = msgtier::quic::configs(limits).unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).unwrap();
-        endpoint.set_default_client_config(configs.client);
+    let (opened, closed) = runtime().block_on(async move {
+        let endpoint = quic_endpoint(UdpSocket::bind("127.0.0.1:0").unwrap(), false);
         let connection = endpoint
             .connect(a_addr, msgtier::quic::SERVER_NAME)
             .unwrap()

@@ -214,27 +214,13 @@ impl Lab {
     /// A node spec running in namespace `ns`, listening on `ip` with one listener per transport
     /// (fast heartbeats, like [`Spec::new`]).
     pub fn spec(&self, id: &str, ns: &str, ip: &str, transports: &[&str]) -> Spec {
-        let mut s = Spec::new(id, transports[0]);
-        s.listeners = transports
-            .iter()
-            .map(|t| (t.to_string(), super::free_port()))
-            .collect();
-        s.host = ip.into();
-        s.netns = Some(ns.into());
-        s
+        spec_in(id, ns, ip, transports)
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            kill_all_in(ns);
-        }
-        for ns in self.created.iter().rev() {
-            if let Err(e) = try_run(&["ip", "netns", "del", ns]) {
-                eprintln!("NAT lab cleanup: {e}");
-            }
-        }
+        remove_all(&self.created, "NAT lab");
     }
 }
 
@@ -352,26 +338,36 @@ impl Wire {
 
     /// A node spec running on side `ns` at `ip` (see [`Lab::spec`]).
     pub fn spec(&self, id: &str, ns: &str, ip: &str, transports: &[&str]) -> Spec {
-        let mut s = Spec::new(id, transports[0]);
-        s.listeners = transports
-            .iter()
-            .map(|t| (t.to_string(), super::free_port()))
-            .collect();
-        s.host = ip.into();
-        s.netns = Some(ns.into());
-        s
+        spec_in(id, ns, ip, transports)
     }
 }
 
 impl Drop for Wire {
     fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            kill_all_in(ns);
-        }
-        for ns in self.created.iter().rev() {
-            if let Err(e) = try_run(&["ip", "netns", "del", ns]) {
-                eprintln!("lab cleanup: {e}");
-            }
+        remove_all(&self.created, "lab");
+    }
+}
+
+/// A node spec in namespace `ns` listening on `ip`, one listener per transport.
+fn spec_in(id: &str, ns: &str, ip: &str, transports: &[&str]) -> Spec {
+    let mut s = Spec::new(id, transports[0]);
+    s.listeners = transports
+        .iter()
+        .map(|t| (t.to_string(), super::free_port()))
+        .collect();
+    s.host = ip.into();
+    s.netns = Some(ns.into());
+    s
+}
+
+/// Removes the namespaces in `created` (newest first) after killing what runs in them.
+fn remove_all(created: &[String], what: &str) {
+    for ns in created.iter().rev() {
+        kill_all_in(ns);
+    }
+    for ns in created.iter().rev() {
+        if let Err(e) = try_run(&["ip", "netns", "del", ns]) {
+            eprintln!("{what} cleanup: {e}");
         }
     }
 }

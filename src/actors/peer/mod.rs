@@ -663,13 +663,34 @@ impl PeerActor {
         let local = stream.local_addr().ok();
         limit_unsent(&stream);
         let (read, write) = stream.into_split();
+        let (tx, limit) = self.length_prefixed(read, write, ctx);
+        self.set_local(local);
+        let conn = Conn::Stream {
+            tx,
+            read_limit: Some(limit),
+        };
+        self.attach(conn, remote, dialed, ctx);
+    }
+
+    /// Length-prefixed records over a byte stream (TCP, a QUIC control stream): its reader
+    /// (whose length limit follows the link's [`Link::read_limit`] through the returned
+    /// handle, never above a hello before the peer proved membership) and its writer's lanes.
+    fn length_prefixed<R, W>(
+        &self,
+        read: R,
+        write: W,
+        ctx: &mut Context<Self>,
+    ) -> (writer::StreamTx, Arc<AtomicUsize>)
+    where
+        R: tokio::io::AsyncRead + 'static,
+        W: tokio::io::AsyncWrite + Unpin + 'static,
+    {
         let codec = || {
             LengthDelimitedCodec::builder()
                 .length_field_length(4)
                 .max_frame_length(self.node.max_record_bytes())
                 .new_codec()
         };
-        // Before the peer proved membership, no length prefix beyond a hello is buffered.
         let limit = Arc::new(AtomicUsize::new(PRE_AUTH_READ_LIMIT));
         let reader = LimitedCodec {
             inner: codec(),
@@ -677,12 +698,7 @@ impl PeerActor {
         };
         ctx.add_stream(FramedRead::with_capacity(read, reader, READ_BUFFER_BYTES));
         let tx = spawn_writer(FramedWrite::new(write, codec()), Bytes::from, ctx);
-        self.set_local(local);
-        let conn = Conn::Stream {
-            tx,
-            read_limit: Some(limit),
-        };
-        self.attach(conn, remote, dialed, ctx);
+        (tx, limit)
     }
 
     fn attach_ws(
@@ -713,23 +729,7 @@ impl PeerActor {
         dialed: bool,
         ctx: &mut Context<Self>,
     ) {
-        let codec = || {
-            LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .max_frame_length(self.node.max_record_bytes())
-                .new_codec()
-        };
-        let limit = Arc::new(AtomicUsize::new(PRE_AUTH_READ_LIMIT));
-        let reader = LimitedCodec {
-            inner: codec(),
-            limit: limit.clone(),
-        };
-        ctx.add_stream(FramedRead::with_capacity(
-            opened.recv,
-            reader,
-            READ_BUFFER_BYTES,
-        ));
-        let tx = spawn_writer(FramedWrite::new(opened.send, codec()), Bytes::from, ctx);
+        let (tx, limit) = self.length_prefixed(opened.recv, opened.send, ctx);
         let data = quic::spawn_data_writer(opened.connection.clone(), ctx);
         self.set_local(opened.local);
         let conn = Conn::Quic {
