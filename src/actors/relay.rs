@@ -247,7 +247,7 @@ impl Handler<Send> for RelayActor {
         let now = now(&self.node);
         let started = self
             .router
-            .send(now, &target, msg.body.to_vec(), timeout_ms)
+            .send(now, &target, &msg.body, timeout_ms)
             .map(|id| {
                 let (tx, rx) = oneshot::channel();
                 self.waiting.insert(id, tx);

@@ -578,6 +578,9 @@ fn expiry_ms(envelope: &Envelope) -> u64 {
         .saturating_add(u64::from(envelope.ttl_ms.min(MAX_TTL_MS)))
 }
 
+/// `{"message": [`: the map key of [`Payload::Message`] and its one-element array.
+const MESSAGE_PREFIX: [u8; 10] = [0x81, 0xa7, b'm', b'e', b's', b's', b'a', b'g', b'e', 0x91];
+
 /// The plaintext inside a sealed envelope, encoded with rmp-serde's compact form (as
 /// frames are: variants keyed by snake_case name, fields as arrays, bytes as `bin`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -642,6 +645,49 @@ impl Payload {
         out
     }
 
+    /// The encoding of `Payload::Message { body }` (the same bytes as its [`Payload::encode`]),
+    /// written without copying `body` into a payload first: `{"message": [bin]}`.
+    pub fn encode_message(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MESSAGE_PREFIX.len() + 5 + body.len());
+        out.extend_from_slice(&MESSAGE_PREFIX);
+        match body.len() {
+            n if n <= usize::from(u8::MAX) => out.extend_from_slice(&[0xc4, n as u8]),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(0xc5);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0xc6);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The body of an encoded `message` payload, borrowed, if `bytes` is exactly one as
+    /// [`Payload::encode_message`] writes it; `None` for anything else (decode it then).
+    pub fn message_body(bytes: &[u8]) -> Option<&[u8]> {
+        let rest = bytes.strip_prefix(&MESSAGE_PREFIX)?;
+        let (&marker, rest) = rest.split_first()?;
+        let (len, rest) = match marker {
+            0xc4 => {
+                let (&n, r) = rest.split_first()?;
+                (usize::from(n), r)
+            }
+            0xc5 => {
+                let (n, r) = rest.split_first_chunk::<2>()?;
+                (usize::from(u16::from_be_bytes(*n)), r)
+            }
+            0xc6 => {
+                let (n, r) = rest.split_first_chunk::<4>()?;
+                (u32::from_be_bytes(*n) as usize, r)
+            }
+            _ => return None,
+        };
+        (rest.len() == len).then_some(rest)
+    }
+
     /// Decodes a payload that must span all of `bytes`.
     ///
     /// Errors: [`E2eError::Decode`] for anything that is not a payload (including a
@@ -674,6 +720,28 @@ impl Payload {
 
 #[cfg(test)]
 mod tests {
+
+    /// The hand-written message encoding is the derived one at every bin width, and its body
+    /// parses back borrowed; anything else is left to the decoder.
+    #[test]
+    fn message_payloads_encode_and_parse_without_the_derive() {
+        for len in [0usize, 3, 255, 256, 65_535, 65_536, 100_000] {
+            let body = vec![0x61; len];
+            let fast = Payload::encode_message(&body);
+            let derived = Payload::Message { body: body.clone() }.encode();
+            assert_eq!(fast, derived, "len {len}");
+            assert_eq!(Payload::message_body(&fast), Some(&body[..]));
+            assert_eq!(Payload::message_body(&fast[..fast.len() - 1]), None);
+        }
+        let reply = Payload::Reply {
+            in_reply_to: 1,
+            outcome: Outcome::Delivered,
+            request_hops: 1,
+        }
+        .encode();
+        assert_eq!(Payload::message_body(&reply), None);
+    }
+
     use super::*;
     use crate::wire::frame::Frame;
     use proptest::collection::vec;

@@ -32,6 +32,10 @@ enum Forwarded {
 }
 
 use super::report::{MessageCounters, ReceivedMessage};
+
+/// Longest body still read as a script name (a name is at most 64 bytes; whitespace around it
+/// is trimmed).
+const SCRIPT_NAME_PROBE_BYTES: usize = 256;
 use super::{
     describe, Action, Delivery, Now, Policy, Router, ScriptResult, SendError, MAX_HOPS,
     MAX_PENDING, REANSWER_INTERVAL_MS, RECENT_BODY_BYTES, RECENT_MESSAGES, REPLAY_CACHE,
@@ -131,7 +135,7 @@ impl Router {
         &mut self,
         now: Now,
         target: &str,
-        body: Vec<u8>,
+        body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, SendError> {
         if self.msgs.pending.len() >= MAX_PENDING {
@@ -143,8 +147,8 @@ impl Router {
         if !self.home.keys.contains(target) {
             return Err(SendError::PeerNotFound(target.to_string()));
         }
-        let payload = Payload::Message { body };
-        let envelope = self.envelope(now, target, MessageKind::Request, timeout_ms, &payload)?;
+        let plaintext = Payload::encode_message(body);
+        let envelope = self.envelope(now, target, MessageKind::Request, timeout_ms, plaintext)?;
         let id = envelope.id;
         let size = envelope.sealed.len();
         let me = self.settings.node_id.clone();
@@ -275,7 +279,7 @@ impl Router {
         target: &str,
         kind: MessageKind,
         ttl_ms: u64,
-        payload: &Payload,
+        plaintext: Vec<u8>,
     ) -> Result<Envelope, SendError> {
         self.pair_key(target)?;
         let envelope = Envelope {
@@ -287,7 +291,7 @@ impl Router {
             ttl_ms: ttl_ms.min(e2e::MAX_TTL_MS as u64) as u32,
             hops: 0,
             clear: true,
-            sealed: payload.encode(),
+            sealed: plaintext,
         };
         if envelope.sealed.len() > e2e::MAX_PLAINTEXT_BYTES {
             return Err(SendError::Crypto(
@@ -693,6 +697,13 @@ impl Router {
             self.msgs.counters.dropped += 1;
             return;
         }
+        if envelope.kind == MessageKind::Request {
+            // The common case, without copying the body out of the plaintext.
+            if let Some(body) = Payload::message_body(&plaintext) {
+                self.on_request(now, envelope, body);
+                return;
+            }
+        }
         let payload = match Payload::decode(&plaintext) {
             Ok(p) => p,
             Err(e) => {
@@ -703,7 +714,7 @@ impl Router {
         };
         match (envelope.kind, payload) {
             (MessageKind::Request, Payload::Message { body }) => {
-                self.on_request(now, envelope, body)
+                self.on_request(now, envelope, &body)
             }
             (
                 MessageKind::Response,
@@ -746,8 +757,14 @@ impl Router {
         }
     }
 
-    fn on_request(&mut self, now: Now, envelope: Envelope, body: Vec<u8>) {
-        let name = std::str::from_utf8(&body).map(str::trim).unwrap_or("");
+    fn on_request(&mut self, now: Now, envelope: Envelope, body: &[u8]) {
+        // A script name is an id (at most 64 bytes) with whitespace around it: a longer body
+        // is a plain message, and is not scanned as text.
+        let name = if body.len() <= SCRIPT_NAME_PROBE_BYTES {
+            std::str::from_utf8(body).map(str::trim).unwrap_or("")
+        } else {
+            ""
+        };
         if !self.settings.scripts.contains(name) {
             info!(
                 "message {} from {} ({} bytes, {} hops)",
@@ -792,7 +809,13 @@ impl Router {
             request_hops: request.hops,
         };
         let ttl = request.ttl_ms as u64;
-        match self.envelope(now, &request.source, MessageKind::Response, ttl, &payload) {
+        match self.envelope(
+            now,
+            &request.source,
+            MessageKind::Response,
+            ttl,
+            payload.encode(),
+        ) {
             Ok(envelope) => {
                 let size = envelope.sealed.len();
                 let key = (request.source.clone(), request.id);

@@ -379,7 +379,7 @@ impl Net {
         let now = self.now();
         let r = self.nodes[from]
             .router
-            .send(now, target, body.as_bytes().to_vec(), timeout_ms);
+            .send(now, target, body.as_bytes(), timeout_ms);
         self.drain(from);
         r
     }

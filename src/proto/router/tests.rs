@@ -155,7 +155,7 @@ fn a_link_that_refuses_the_first_frame_makes_the_send_busy() {
     net.run_for(200);
     let now = net.now();
     let r = &mut net.nodes[a].router;
-    let id = r.send(now, "b", b"x".to_vec(), 1_000).expect("sent");
+    let id = r.send(now, "b", b"x", 1_000).expect("sent");
     let Some(super::Action::Send { frame, .. }) = r.poll_action() else {
         panic!("expected a send");
     };
