@@ -58,7 +58,7 @@ pub struct Refused {
 pub struct Metrics {
     /// Authenticated frames received on links.
     pub frames_in: Counter,
-    /// Frames sent on links (a fragmented UDP frame counts once).
+    /// Records sent on links (each chunk of a large frame counts).
     pub frames_out: Counter,
     /// Bytes received on links (as on the wire, including framing and handshakes).
     pub bytes_in: Counter,
@@ -70,7 +70,8 @@ pub struct Metrics {
     pub links_closed: Counter,
     /// UDP datagrams of ours (not QUIC) dropped: unparseable, unknown type, or a full queue.
     pub datagrams_dropped: Counter,
-    /// Data or link-state frames dropped because the relay's queue was full.
+    /// Data or link-state frames dropped because the relay's queue or a link's data queue was
+    /// full.
     pub frames_dropped: Counter,
     /// QUIC Retry packets (address validation) sent to new connections while under load.
     pub cookies_sent: Counter,

@@ -86,7 +86,7 @@ impl NodeShared {
         self.next_link.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A pseudo-random number for jitter, session indices and seeds (splitmix64 over an atomic
+    /// A pseudo-random number for jitter, ids and seeds (splitmix64 over an atomic
     /// counter seeded from the OS: lock-free, so the actors share no mutex; nothing secret
     /// depends on it).
     pub fn random_u64(&self) -> u64 {
@@ -117,7 +117,7 @@ impl NodeShared {
         }
     }
 
-    /// Link parameters for a stream (`datagram == false`) or UDP link, dialled by us or not.
+    /// Link parameters, dialled by us or not; `channel` for a link inside QUIC.
     /// `channel`: the exporter of the QUIC connection the link runs in, if it does.
     pub fn link_params(&self, channel: Option<[u8; 32]>, dialed: bool) -> Params {
         Params {

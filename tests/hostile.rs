@@ -295,17 +295,7 @@ fn hex_key(v: &serde_json::Value) -> [u8; 32] {
 fn a_bad_id_on_the_wire_closes_that_link_only() {
     let (x, b, m) = line();
     let before = b.counter("links_refused", "bad_frame");
-    let bad = Envelope {
-        id: 1,
-        source: "x;touch pwned".into(),
-        target: "b".into(),
-        kind: MessageKind::Request,
-        timestamp_ms: seq_now() / 1000,
-        ttl_ms: 10_000,
-        hops: 0,
-        clear: false,
-        sealed: vec![0; 64],
-    };
+    let bad = request(1, "x;touch pwned", "b", false, vec![0; 64]);
     m.to_b().send(Frame::Data(bad));
     b.wait("bad frame counted", || {
         b.counter("links_refused", "bad_frame") > before
@@ -316,6 +306,22 @@ fn a_bad_id_on_the_wire_closes_that_link_only() {
     assert!(!b.dir.path().join("pwned").exists());
     assert_eq!(runs(&b), 0);
     assert_eq!(x.peer_state("m"), "Active");
+}
+
+/// A request envelope from `source` to `target` dated now (10 s lifetime), with `sealed` as
+/// given (`clear`: it holds the payload itself).
+fn request(id: u64, source: &str, target: &str, clear: bool, sealed: Vec<u8>) -> Envelope {
+    Envelope {
+        id,
+        source: source.into(),
+        target: target.into(),
+        kind: MessageKind::Request,
+        timestamp_ms: seq_now() / 1000,
+        ttl_ms: 10_000,
+        hops: 0,
+        clear,
+        sealed,
+    }
 }
 
 /// A TCP connection from `source` to `to`.
@@ -589,17 +595,7 @@ fn a_public_node_drops_foreign_data_for_itself_and_for_its_own_members() {
             .unwrap()
     };
     let h_before = h.status()["messages"].clone();
-    let envelope = |source: &str, target: &str| Envelope {
-        id: 42,
-        source: source.into(),
-        target: target.into(),
-        kind: MessageKind::Request,
-        timestamp_ms: seq_now() / 1000,
-        ttl_ms: 10_000,
-        hops: 0,
-        clear: false,
-        sealed: vec![0; 64],
-    };
+    let envelope = |source: &str, target: &str| request(42, source, target, false, vec![0; 64]);
     let before = dropped(&p);
     f1.send(Frame::Data(envelope("f1", "p")));
     p.wait("data for the public node dropped", || dropped(&p) > before);
@@ -841,19 +837,9 @@ fn a_clear_envelope_is_taken_only_from_its_own_source() {
     let m = Peer::dial(tcp_addr(&b), Who::new("m", "test", "test-secret"), 31);
     m.wait_active();
     b.wait_peer_state("m", "Active");
-    let clear = |id: u64, source: &str, body: &[u8]| Envelope {
-        id,
-        source: source.into(),
-        target: "b".into(),
-        kind: MessageKind::Request,
-        timestamp_ms: seq_now() / 1000,
-        ttl_ms: 10_000,
-        hops: 1,
-        clear: true,
-        sealed: msgtier::proto::e2e::Payload::Message {
-            body: body.to_vec(),
-        }
-        .encode(),
+    let clear = |id: u64, source: &str, body: &[u8]| {
+        let payload = msgtier::proto::e2e::Payload::encode_message(body);
+        request(id, source, "b", true, payload)
     };
     let before = b.status()["messages"].clone();
     m.send(Frame::Data(clear(7, "a", b"forged-in-a's-name")));

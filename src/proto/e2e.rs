@@ -650,17 +650,7 @@ impl Payload {
     pub fn encode_message(body: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(MESSAGE_PREFIX.len() + 5 + body.len());
         out.extend_from_slice(&MESSAGE_PREFIX);
-        match body.len() {
-            n if n <= usize::from(u8::MAX) => out.extend_from_slice(&[0xc4, n as u8]),
-            n if n <= usize::from(u16::MAX) => {
-                out.push(0xc5);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0xc6);
-                out.extend_from_slice(&(n as u32).to_be_bytes());
-            }
-        }
+        crate::wire::write_bin_header(&mut out, body.len());
         out.extend_from_slice(body);
         out
     }
@@ -669,23 +659,10 @@ impl Payload {
     /// [`Payload::encode_message`] writes it; `None` for anything else (decode it then).
     pub fn message_body(bytes: &[u8]) -> Option<&[u8]> {
         let rest = bytes.strip_prefix(&MESSAGE_PREFIX)?;
-        let (&marker, rest) = rest.split_first()?;
-        let (len, rest) = match marker {
-            0xc4 => {
-                let (&n, r) = rest.split_first()?;
-                (usize::from(n), r)
-            }
-            0xc5 => {
-                let (n, r) = rest.split_first_chunk::<2>()?;
-                (usize::from(u16::from_be_bytes(*n)), r)
-            }
-            0xc6 => {
-                let (n, r) = rest.split_first_chunk::<4>()?;
-                (u32::from_be_bytes(*n) as usize, r)
-            }
-            _ => return None,
-        };
-        (rest.len() == len).then_some(rest)
+        match crate::wire::split_bin(rest)? {
+            (body, []) => Some(body),
+            _ => None,
+        }
     }
 
     /// Decodes a payload that must span all of `bytes`.

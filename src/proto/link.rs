@@ -905,31 +905,6 @@ impl Link {
         true
     }
 
-    /// Seals encoded frame bytes into a record in the outbox, a data record when `data`
-    /// (tests: arbitrary bytes as a record).
-    #[cfg(test)]
-    fn send_bytes_as(&mut self, bytes: &[u8], data: bool) -> bool {
-        if bytes.len() > self.params.max_frame_bytes {
-            return false;
-        }
-        let session = match &mut self.state {
-            State::Proving { session, .. } | State::Active { session, .. } => session,
-            _ => return false,
-        };
-        self.frames_out += 1;
-        let mut out = Vec::with_capacity(bytes.len() + RECORD_OVERHEAD);
-        if session.sealer.seal(bytes, &mut out).is_err() {
-            self.close_silently(Cause::Refused(CloseReason::Protocol));
-            return false;
-        }
-        self.outbox.push_back(if data {
-            Transmit::Data(out)
-        } else {
-            Transmit::Record(out)
-        });
-        true
-    }
-
     /// Seals a record in place (`buf`: counter room, then the encoded frame) into the outbox,
     /// a data record when `data`. False if there are no keys yet; a failure to seal closes.
     fn send_record(&mut self, mut buf: Vec<u8>, data: bool) -> bool {
@@ -1408,7 +1383,9 @@ mod tests {
                 bytes: vec![0; CHUNK_BYTES],
                 last: false,
             };
-            p.a.send_bytes_as(&chunk.encode(), true);
+            let mut record = vec![0u8; COUNTER_BYTES];
+            chunk.encode_into(&mut record);
+            p.a.send_record(record, true);
         }
         deliver(&mut p.a, &mut p.b, 0);
         let closed: Vec<Event> = std::iter::from_fn(|| p.b.poll_event()).collect();

@@ -385,17 +385,7 @@ impl Frame {
     /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`.
     pub fn encode_chunk_into(out: &mut Vec<u8>, piece: &[u8], last: bool) {
         out.extend_from_slice(&CHUNK_PREFIX);
-        match piece.len() {
-            n if n <= usize::from(u8::MAX) => out.extend_from_slice(&[0xc4, n as u8]),
-            n if n <= usize::from(u16::MAX) => {
-                out.push(0xc5);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0xc6);
-                out.extend_from_slice(&(n as u32).to_be_bytes());
-            }
-        }
+        super::write_bin_header(out, piece.len());
         out.extend_from_slice(piece);
         out.push(if last { 0xc3 } else { 0xc2 });
     }
@@ -405,29 +395,9 @@ impl Frame {
     /// caller decodes the ordinary way. Lets a receiver append a chunk without copying it twice.
     pub fn chunk_parts(bytes: &[u8]) -> Option<(&[u8], bool)> {
         let rest = bytes.strip_prefix(&CHUNK_PREFIX)?;
-        let (&marker, rest) = rest.split_first()?;
-        let (len, rest) = match marker {
-            0xc4 => {
-                let (&n, r) = rest.split_first()?;
-                (usize::from(n), r)
-            }
-            0xc5 => {
-                let (n, r) = rest.split_first_chunk::<2>()?;
-                (usize::from(u16::from_be_bytes(*n)), r)
-            }
-            0xc6 => {
-                let (n, r) = rest.split_first_chunk::<4>()?;
-                (u32::from_be_bytes(*n) as usize, r)
-            }
-            _ => return None,
-        };
-        if rest.len() != len + 1 {
-            return None;
-        }
-        let (piece, last) = rest.split_at(len);
-        match last[0] {
-            0xc2 => Some((piece, false)),
-            0xc3 => Some((piece, true)),
+        match super::split_bin(rest)? {
+            (piece, [0xc2]) => Some((piece, false)),
+            (piece, [0xc3]) => Some((piece, true)),
             _ => None,
         }
     }

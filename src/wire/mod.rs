@@ -15,6 +15,44 @@
 //! make us hold oversized identities or address lists.
 
 pub mod frame;
+
+/// Appends a MessagePack `bin` header for `len` bytes in its shortest form (bin8, bin16 or
+/// bin32), as rmp-serde writes it; the bytes follow.
+pub(crate) fn write_bin_header(out: &mut Vec<u8>, len: usize) {
+    match len {
+        n if n <= usize::from(u8::MAX) => out.extend_from_slice(&[0xc4, n as u8]),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(0xc5);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0xc6);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+}
+
+/// Splits a MessagePack `bin` value (any width) off the front of `bytes`: its contents and
+/// what follows; `None` if `bytes` does not start with a whole one.
+pub(crate) fn split_bin(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&marker, rest) = bytes.split_first()?;
+    let (len, rest) = match marker {
+        0xc4 => {
+            let (&n, r) = rest.split_first()?;
+            (usize::from(n), r)
+        }
+        0xc5 => {
+            let (n, r) = rest.split_first_chunk::<2>()?;
+            (usize::from(u16::from_be_bytes(*n)), r)
+        }
+        0xc6 => {
+            let (n, r) = rest.split_first_chunk::<4>()?;
+            (u32::from_be_bytes(*n) as usize, r)
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
 pub mod record;
 pub mod replay;
 pub mod udp;

@@ -148,9 +148,11 @@ impl Opener {
     /// fails. The counter is marked as seen only after successful decryption, so a forged
     /// record cannot block the genuine one.
     pub fn open(&mut self, record: &[u8]) -> Result<Vec<u8>, WireError> {
-        let mut copy = record.to_vec();
-        let plaintext = self.open_in_place(&mut copy)?;
-        Ok(plaintext.to_vec())
+        let mut buf = record.to_vec();
+        let len = self.open_in_place(&mut buf)?.len();
+        buf.drain(..COUNTER_BYTES);
+        buf.truncate(len);
+        Ok(buf)
     }
 
     /// [`Opener::open`], decrypting in `record`'s own buffer: returns the plaintext within it

@@ -6,7 +6,7 @@
 //!   under an actix `Supervisor`: every failure (connect error, handshake failure, timeout, a
 //!   closed socket, a caught panic) stops the actor, the supervisor restarts it (same struct,
 //!   same `Addr`), and `started()` re-dials after an exponential backoff;
-//! - an *acceptor*, created by a ListenerActor for an inbound connection or UDP session. It lives
+//! - an *acceptor*, created by a ListenerActor for an inbound connection (TCP, WebSocket or QUIC). It lives
 //!   as long as its link; the remote side is the one that re-dials.
 //!
 //! The actor owns the socket (read half through `add_stream`, write half in a writer future
