@@ -405,6 +405,9 @@ struct SourceWindow {
     by_time: BTreeSet<(u64, u64)>,
     /// Envelopes dated at or before this were (or may have been) forgotten: refused.
     floor_ms: Option<u64>,
+    /// Whether it is in [`ReplayCache::floors`] (at most once, so that set stays within the
+    /// number of sources).
+    queued: bool,
 }
 
 impl ReplayCache {
@@ -543,7 +546,9 @@ impl ReplayCache {
             window.by_time.remove(&(ts, id));
             if window.by_time.is_empty() {
                 match window.floor_ms {
+                    Some(_) if window.queued => {}
                     Some(f) if f.saturating_add(MAX_TTL_MS.into()) >= now_ms => {
+                        window.queued = true;
                         self.floors
                             .insert((f.saturating_add(MAX_TTL_MS.into()), source));
                     }
@@ -558,12 +563,12 @@ impl ReplayCache {
                 break;
             }
             if let Some((_, source)) = self.floors.pop_first() {
-                if self
-                    .sources
-                    .get(&source)
-                    .is_some_and(|w| w.by_time.is_empty())
-                {
-                    self.sources.remove(&source);
+                match self.sources.get_mut(&source) {
+                    Some(w) if w.by_time.is_empty() => {
+                        self.sources.remove(&source);
+                    }
+                    Some(w) => w.queued = false,
+                    None => {}
                 }
             }
         }
