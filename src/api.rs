@@ -22,10 +22,15 @@ use serde_json::json;
 
 use crate::actors::discovery::{DiscoveryActor, GetReport, PeerReport};
 use crate::actors::peer::PeerState;
-use crate::actors::relay::{Delivery, GetMessages, GetRoutes, RelayActor, Send, SendError};
+use crate::actors::relay::{
+    Answer, CancelError, CancelMessage, Delivery, GetMessageStatus, GetOutbox, GetRoutes,
+    MessageReport, RelayActor, Send, SendError,
+};
 use crate::actors::script::{GetScriptStats, ScriptActor, ScriptStats};
+use crate::actors::store::{QueryInbox, StoreActor, StoreFailure};
 use crate::node::{NodeShared, VERSION};
 use crate::proto::e2e::Outcome;
+use crate::store::InboxQuery;
 
 /// How long a handler waits for an actor before answering 504.
 pub const ACTOR_TIMEOUT_MS: u64 = 5_000;
@@ -37,6 +42,7 @@ pub struct ApiState {
     pub discovery: Addr<DiscoveryActor>,
     pub relay: Addr<RelayActor>,
     pub script: Addr<ScriptActor>,
+    pub store: Addr<StoreActor>,
 }
 
 /// An API error, rendered as JSON.
@@ -85,6 +91,18 @@ pub enum ApiError {
     /// The request carries the `Origin` of another site (a browser sent it cross-site).
     #[error("{0}")]
     ForeignOrigin(String),
+    /// The `ttl` header is not a number of seconds in range.
+    #[error("{0}")]
+    BadTtl(String),
+    /// The outbox is at its limit.
+    #[error("{0}")]
+    OutboxFull(String),
+    /// The message store cannot write or read.
+    #[error("{0}")]
+    StoreUnavailable(String),
+    /// The message is final already (cannot be cancelled).
+    #[error("{0}")]
+    Conflict(String),
     /// A public node on the path is over this network's relay budget: retry later.
     #[error("{message}")]
     OverBudget {
@@ -112,6 +130,10 @@ impl ApiError {
             ApiError::MisdirectedHost(_) => "misdirected_host",
             ApiError::ForeignOrigin(_) => "foreign_origin",
             ApiError::OverBudget { .. } => "relay_over_budget",
+            ApiError::BadTtl(_) => "bad_ttl",
+            ApiError::OutboxFull(_) => "outbox_full",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 }
@@ -143,6 +165,10 @@ impl ResponseError for ApiError {
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadTtl(_) => StatusCode::BAD_REQUEST,
+            ApiError::OutboxFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -174,6 +200,8 @@ impl From<SendError> for ApiError {
                 message: e.to_string(),
                 retry_after_s: retry_after_ms.div_ceil(1000).max(1),
             },
+            SendError::OutboxFull => ApiError::OutboxFull(e.to_string()),
+            SendError::Store(_) => ApiError::StoreUnavailable(e.to_string()),
         }
     }
 }
@@ -223,6 +251,18 @@ async fn send(
             }
         },
     };
+    let ttl_ms = match header("ttl")? {
+        None => config.default_ttl_s * 1000,
+        Some(t) => match t.trim().parse::<u64>() {
+            Ok(s) if (1..=config.max_ttl_s).contains(&s) => s * 1000,
+            _ => {
+                return Err(ApiError::BadTtl(format!(
+                    "header `ttl` must be a number of seconds from 1 to {} (this node's max_ttl_s), got {t:?}",
+                    config.max_ttl_s
+                )))
+            }
+        },
+    };
     let limit = config.max_body_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -236,14 +276,151 @@ async fn send(
         target,
         body: body.freeze(),
         timeout_ms,
+        ttl_ms,
     };
     // The relay enforces the timeout itself; the extra second only catches a stuck actor.
-    let delivery = state
+    let answer = state
         .relay
         .send(msg)
         .timeout(Duration::from_millis(timeout_ms + 1_000))
         .await??;
-    delivery_response(delivery)
+    match answer {
+        Answer::Done(delivery) => delivery_response(delivery),
+        Answer::Queued {
+            id,
+            status,
+            expires_unix_ms,
+        } => Ok(HttpResponse::Accepted().json(json!({
+            "id": id.to_string(),
+            "status": status.as_str(),
+            "expires_unix_ms": expires_unix_ms,
+        }))),
+    }
+}
+
+/// The JSON of an outcome (`GET /messages/{id}`): text fields as lossy UTF-8.
+fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Delivered => json!({"type": "delivered"}),
+        Outcome::Script {
+            exit_code,
+            stdout,
+            stderr,
+            timed_out,
+            truncated,
+            interrupted,
+        } => json!({
+            "type": "script",
+            "exit_code": exit_code,
+            "stdout": String::from_utf8_lossy(stdout),
+            "stderr": String::from_utf8_lossy(stderr),
+            "timed_out": timed_out,
+            "truncated": truncated,
+            "interrupted": interrupted,
+        }),
+        Outcome::Failed { code, message } => {
+            json!({"type": "failed", "code": code, "message": message})
+        }
+    }
+}
+
+/// A message this node sent with a ttl, as `GET /messages/{id}` shows it.
+fn message_json(m: &MessageReport) -> serde_json::Value {
+    let r = &m.record;
+    json!({
+        "id": m.id.to_string(),
+        "target": r.target,
+        "status": r.status.as_str(),
+        "created_unix_ms": r.created_unix_ms,
+        "expires_unix_ms": r.expires_unix_ms,
+        "attempts": r.attempts,
+        "last_error": r.last_error,
+        "custody": r.custody,
+        "hops": r.hops,
+        "outcome": r.outcome.as_ref().map(outcome_json),
+    })
+}
+
+fn message_id(req: &HttpRequest) -> Result<u64, ApiError> {
+    let raw = req.match_info().get("id").unwrap_or("");
+    raw.parse::<u64>().map_err(|_| {
+        ApiError::BadRequest(format!("{raw:?} is not a message id (a decimal number)"))
+    })
+}
+
+/// `GET /messages/{id}`: what became of a message this node sent with a ttl.
+async fn message_status(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = message_id(&req)?;
+    match state
+        .relay
+        .send(GetMessageStatus(id))
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?
+    {
+        Some(m) => Ok(HttpResponse::Ok().json(message_json(&m))),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// `DELETE /messages/{id}`: cancels a message not delivered yet.
+async fn cancel_message(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = message_id(&req)?;
+    match state
+        .relay
+        .send(CancelMessage(id))
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?
+    {
+        Ok(m) => Ok(HttpResponse::Ok().json(message_json(&m))),
+        Err(CancelError::NotFound(_)) => Err(ApiError::NotFound),
+        Err(e @ CancelError::Final { .. }) => Err(ApiError::Conflict(e.to_string())),
+    }
+}
+
+/// Most messages one `GET /outbox` page lists.
+pub const MAX_OUTBOX_PAGE: usize = 1000;
+
+/// A query parameter parsed as a number, or a 400 naming it.
+fn query_number(
+    q: &web::Query<std::collections::HashMap<String, String>>,
+    name: &str,
+) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "query parameter {name} must be a number, got {v:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /outbox?after=<id>&limit=<n>`: messages with a ttl not final yet, oldest first.
+async fn outbox(
+    state: web::Data<ApiState>,
+    q: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let after = query_number(&q, "after")?;
+    let limit = query_number(&q, "limit")?
+        .map_or(100, |n| n as usize)
+        .clamp(1, MAX_OUTBOX_PAGE);
+    let page = state
+        .relay
+        .send(GetOutbox { after, limit })
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|m| m.id.to_string()))
+        .flatten();
+    let list: Vec<_> = page.iter().map(message_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "messages": list, "next_after": next })))
 }
 
 fn delivery_response(d: Delivery) -> Result<HttpResponse, ApiError> {
@@ -259,8 +436,12 @@ fn delivery_response(d: Delivery) -> Result<HttpResponse, ApiError> {
             stderr: _,
             timed_out,
             truncated,
+            interrupted,
         } => {
             let mut r = HttpResponse::Ok();
+            if interrupted {
+                r.insert_header(("x-interrupted", "true"));
+            }
             r.insert_header(("x-message-id", d.id.to_string()))
                 .insert_header(("x-hops", d.hops.to_string()))
                 .insert_header(("x-timed-out", timed_out.to_string()))
@@ -294,6 +475,8 @@ struct Status {
     relayed: std::collections::HashMap<String, crate::actors::relay::RelayedCount>,
     /// Message counters.
     messages: crate::actors::relay::MessageCounters,
+    /// What the durable path holds: the outbox, and what this node remembers as a target.
+    durable: crate::actors::relay::DurableReport,
     /// As a public node: per foreign network, its members linked to us and what we relayed
     /// and dropped for it.
     foreign: std::collections::BTreeMap<String, crate::actors::relay::ForeignReport>,
@@ -364,6 +547,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         discovery: report,
         relayed: relay.relayed,
         messages: relay.messages,
+        durable: relay.durable,
         foreign: relay.foreign,
         public_relays: relay.public_relays,
         punch: relay.punch,
@@ -375,13 +559,50 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     }))
 }
 
-/// `GET /messages`: the plain messages received most recently, oldest first.
-async fn messages(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+/// Default and largest `limit` of `GET /messages`.
+pub const DEFAULT_INBOX_LIMIT: usize = 256;
+/// See [`DEFAULT_INBOX_LIMIT`].
+pub const MAX_INBOX_LIMIT: usize = 10_000;
+/// Body bytes `GET /messages` shows of each message (as lossy text; `truncated` says when cut).
+pub const INBOX_SHOWN_BODY_BYTES: usize = 4096;
+
+/// `GET /messages?limit=&since=&from=`: the durable inbox of plain messages, newest last.
+async fn messages(
+    state: web::Data<ApiState>,
+    q: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query_number(&q, "limit")?
+        .map_or(DEFAULT_INBOX_LIMIT, |n| n as usize)
+        .clamp(1, MAX_INBOX_LIMIT);
+    let query = InboxQuery {
+        limit,
+        since_unix_ms: query_number(&q, "since")?,
+        from: q.get("from").cloned(),
+    };
     let list = state
-        .relay
-        .send(GetMessages)
+        .store
+        .send(QueryInbox(query))
         .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
-        .await?;
+        .await?
+        .map_err(|e| match e {
+            StoreFailure::Busy => ApiError::Busy(e.to_string()),
+            StoreFailure::Failed(m) => ApiError::StoreUnavailable(m),
+        })?;
+    let list: Vec<_> = list
+        .iter()
+        .map(|r| {
+            let shown = &r.body[..r.body.len().min(INBOX_SHOWN_BODY_BYTES)];
+            json!({
+                "id": r.message_id.to_string(),
+                "source": r.source,
+                "received_unix_ms": r.received_unix_ms,
+                "hops": r.hops,
+                "bytes": r.bytes,
+                "body": String::from_utf8_lossy(shown),
+                "truncated": (shown.len() as u64) < r.bytes,
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "messages": list })))
 }
 
@@ -519,6 +740,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
             .route(&format!("{prefix}/status"), web::get().to(status))
             .route(&format!("{prefix}/messages"), web::get().to(messages))
+            .route(
+                &format!("{prefix}/messages/{{id}}"),
+                web::get().to(message_status),
+            )
+            .route(
+                &format!("{prefix}/messages/{{id}}"),
+                web::delete().to(cancel_message),
+            )
+            .route(&format!("{prefix}/outbox"), web::get().to(outbox))
             .route(&format!("{prefix}/config"), web::get().to(config));
     }
     #[cfg(feature = "fault-injection")]

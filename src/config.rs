@@ -30,7 +30,7 @@
 //! HTTP API serves [`Config::redacted_json`] (which, like every `Debug` output here, never
 //! shows the secret).
 //!
-//! Scripts and `/send` have their own limits, all optional:
+//! Scripts, `/send`, the outbox and the inbox have their own limits, all optional:
 //!
 //! | field | default | range | meaning |
 //! |---|---|---|---|
@@ -40,6 +40,13 @@
 //! | `max_script_output_bytes` | 1048576 | 1024 ..= 16777216 | bytes kept of a script's stdout, and of its stderr (each); the rest is read and dropped |
 //! | `max_body_bytes` | 1048576, but at most `max_frame_bytes` - 4096 | 1 ..= `max_frame_bytes` - 4096 | largest `/send` body |
 //! | `send_timeout_max_ms` | 60000 | 1000 ..= 600000 | upper bound on a `/send` `timeout` header |
+//! | `default_ttl_s` | 0 | 0 ..= 2592000 | ttl of a `/send` without a `ttl` header, in seconds (0: live only) |
+//! | `max_ttl_s` | 604800 | 1 ..= 2592000 | longest ttl this node accepts, in seconds |
+//! | `outbox_max_messages` | 10000 | 1 ..= 1000000 | messages with a ttl not yet delivered, at most |
+//! | `outbox_max_bytes` | 67108864 | 1024 ..= 1099511627776 | body bytes of messages with a ttl not yet delivered, at most |
+//! | `inbox_max_messages` | 10000 | 1 ..= 10000000 | plain messages the inbox keeps, at most (oldest go first) |
+//! | `inbox_max_bytes` | 67108864 | 1024 ..= 1099511627776 | body bytes the inbox keeps, at most |
+//! | `inbox_max_age_s` | 2592000 | 1 ..= 315360000 | age beyond which the inbox forgets a message, in seconds |
 //!
 //! (A unit test checks this table against [`FIELDS`].) The script limits are read by
 //! `ScriptLimits::from_config` (in `actors::script`); the `/send` limits by the HTTP API.
@@ -371,7 +378,77 @@ pub const FIELDS: &[Field] = &[
         },
         "upper bound on a `/send` `timeout` header",
     ),
+    Field::new(
+        "default_ttl_s",
+        // At most max_ttl_s, checked in `Checker::config`.
+        Rule::Int {
+            default: 0,
+            min: 0,
+            max: Some(MAX_TTL_S),
+        },
+        "ttl of a `/send` without a `ttl` header, in seconds (0: live only)",
+    ),
+    Field::new(
+        "max_ttl_s",
+        Rule::Int {
+            default: DEFAULT_MAX_TTL_S,
+            min: 1,
+            max: Some(MAX_TTL_S),
+        },
+        "longest ttl this node accepts, in seconds",
+    ),
+    Field::new(
+        "outbox_max_messages",
+        Rule::Int {
+            default: 10_000,
+            min: 1,
+            max: Some(1_000_000),
+        },
+        "messages with a ttl not yet delivered, at most",
+    ),
+    Field::new(
+        "outbox_max_bytes",
+        Rule::Int {
+            default: 64 * 1024 * 1024,
+            min: 1024,
+            max: Some(1 << 40),
+        },
+        "body bytes of messages with a ttl not yet delivered, at most",
+    ),
+    Field::new(
+        "inbox_max_messages",
+        Rule::Int {
+            default: 10_000,
+            min: 1,
+            max: Some(10_000_000),
+        },
+        "plain messages the inbox keeps, at most (oldest go first)",
+    ),
+    Field::new(
+        "inbox_max_bytes",
+        Rule::Int {
+            default: 64 * 1024 * 1024,
+            min: 1024,
+            max: Some(1 << 40),
+        },
+        "body bytes the inbox keeps, at most",
+    ),
+    Field::new(
+        "inbox_max_age_s",
+        Rule::Int {
+            default: 30 * 24 * 3600,
+            min: 1,
+            max: Some(10 * 365 * 24 * 3600),
+        },
+        "age beyond which the inbox forgets a message, in seconds",
+    ),
 ];
+
+/// Default `max_ttl_s`: a week.
+pub const DEFAULT_MAX_TTL_S: u64 = 7 * 24 * 3600;
+/// Largest accepted `max_ttl_s`: 30 days (LXMF's message lifetime; an envelope's ttl is a u32 of
+/// milliseconds, which holds 49 days).
+pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
 
 /// The [`FIELDS`] entry named `name`, if it is a known top-level field.
 pub fn field(name: &str) -> Option<&'static Field> {
@@ -660,6 +737,20 @@ pub struct Config {
     /// Upper bound on a `/send` `timeout` header, in milliseconds
     /// ([`MIN_SEND_TIMEOUT_MAX_MS`]..=[`MAX_SEND_TIMEOUT_MAX_MS`]).
     pub send_timeout_max_ms: u64,
+    /// ttl of a `/send` without a `ttl` header, in seconds; 0: live only.
+    pub default_ttl_s: u64,
+    /// Longest ttl accepted, in seconds.
+    pub max_ttl_s: u64,
+    /// Messages with a ttl not yet delivered, at most.
+    pub outbox_max_messages: usize,
+    /// Their body bytes, at most.
+    pub outbox_max_bytes: usize,
+    /// Plain messages the inbox keeps, at most.
+    pub inbox_max_messages: u64,
+    /// Body bytes the inbox keeps, at most.
+    pub inbox_max_bytes: u64,
+    /// Age beyond which the inbox forgets a message, in seconds.
+    pub inbox_max_age_s: u64,
     /// The file this config came from (as given to [`parse`]), for messages. Not a field of
     /// the file, so not in [`FIELDS`].
     #[serde(serialize_with = "lossy_path")]
@@ -1244,6 +1335,19 @@ impl Checker<'_> {
         let max_script_output_bytes = self.size(root, "max_script_output_bytes")?;
         let max_body_bytes = self.max_body_bytes(get("max_body_bytes"), max_frame_bytes)?;
         let send_timeout_max_ms = self.int(root, "send_timeout_max_ms")?;
+        let default_ttl_s = self.int(root, "default_ttl_s")?;
+        let max_ttl_s = self.int(root, "max_ttl_s")?;
+        if default_ttl_s > max_ttl_s {
+            return Err(self.err(
+                "default_ttl_s",
+                format!("must be at most max_ttl_s ({max_ttl_s}), found {default_ttl_s}"),
+            ));
+        }
+        let outbox_max_messages = self.size(root, "outbox_max_messages")?;
+        let outbox_max_bytes = self.size(root, "outbox_max_bytes")?;
+        let inbox_max_messages = self.int(root, "inbox_max_messages")?;
+        let inbox_max_bytes = self.int(root, "inbox_max_bytes")?;
+        let inbox_max_age_s = self.int(root, "inbox_max_age_s")?;
 
         self.unknown_fields(root);
 
@@ -1276,6 +1380,13 @@ impl Checker<'_> {
             max_script_output_bytes,
             max_body_bytes,
             send_timeout_max_ms,
+            default_ttl_s,
+            max_ttl_s,
+            outbox_max_messages,
+            outbox_max_bytes,
+            inbox_max_messages,
+            inbox_max_bytes,
+            inbox_max_age_s,
             source: PathBuf::from(self.file),
         })
     }
@@ -2675,6 +2786,13 @@ mod tests {
             ("max_script_output_bytes", "2048"),
             ("max_body_bytes", "2000"),
             ("send_timeout_max_ms", "1000"),
+            ("default_ttl_s", "60"),
+            ("max_ttl_s", "3600"),
+            ("outbox_max_messages", "5"),
+            ("outbox_max_bytes", "2048"),
+            ("inbox_max_messages", "5"),
+            ("inbox_max_bytes", "2048"),
+            ("inbox_max_age_s", "60"),
         ];
         // Fields whose defaults follow another field's are set, so that a sample changes one
         // field only.
@@ -2732,7 +2850,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("//! | `"))
             .map(|row| row.trim_end_matches(" |").split(" | ").collect())
             .collect();
-        assert_eq!(rows.len(), 6);
+        assert_eq!(rows.len(), 13);
         for row in rows {
             let name = row[0].trim_end_matches('`');
             let entry = field(name).unwrap_or_else(|| panic!("{name} is not in FIELDS"));

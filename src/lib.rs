@@ -28,4 +28,5 @@ pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod quic;
+pub mod store;
 pub mod wire;

@@ -155,6 +155,12 @@ pub enum StartError {
     /// The CryptoActor stopped before handing out the keys.
     #[error("the crypto actor stopped during start-up")]
     Crypto,
+    /// The message store could not be opened (named in the message).
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The message store's thread could not be started.
+    #[error("cannot start the message store thread: {0}")]
+    StoreThread(std::io::Error),
     /// The QUIC (TLS) configuration could not be built.
     #[error("quic: {0}")]
     Quic(String),
@@ -355,6 +361,17 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         rng: AtomicU64::new(seed),
     });
 
+    // The store opens before any actor runs: a damaged or locked store stops the start, named.
+    let retention = crate::store::Retention {
+        max_messages: shared.config.inbox_max_messages,
+        max_bytes: shared.config.inbox_max_bytes,
+        max_age_ms: shared.config.inbox_max_age_s.saturating_mul(1000),
+    };
+    let (store, restored) = crate::store::Store::open(&shared.config.data_dir, retention)?;
+    let store = crate::actors::store::StoreActor::new(store)
+        .map_err(StartError::StoreThread)?
+        .start();
+
     let script = ScriptActor::new(
         shared.config.scripts.clone(),
         ScriptLimits::from_config(&shared.config),
@@ -411,8 +428,9 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         script: script.clone().recipient(),
         dial: discovery.clone().recipient(),
         udp: punch_sockets,
+        store: store.clone(),
     };
-    relay_ctx.run(RelayActor::new(shared.clone(), relay_peers));
+    relay_ctx.run(RelayActor::new(shared.clone(), relay_peers, restored));
     discovery_ctx.run(DiscoveryActor::new(shared.clone(), ports, udp));
     info!(
         "node {} (network {}) listening on {}",
@@ -432,6 +450,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
                 discovery: discovery.clone(),
                 relay: relay.clone(),
                 script: script.clone(),
+                store: store.clone(),
             };
             let (server, bound) = api::serve(state, addr).map_err(|source| StartError::Http {
                 file: file.clone(),

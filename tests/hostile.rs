@@ -321,6 +321,7 @@ fn request(id: u64, source: &str, target: &str, clear: bool, sealed: Vec<u8>) ->
         hops: 0,
         clear,
         sealed,
+        signature: None,
     }
 }
 

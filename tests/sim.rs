@@ -134,12 +134,21 @@ fn a_partition_withdraws_routes_and_heals() {
         net.run_until(1_000, |net| !net.report(n[0]).routes.contains_key("n6")),
         "route to the other side withdrawn"
     );
+    // A request without a route waits for one until its timeout: it fails at the timeout if
+    // none comes, and is delivered if the path heals in time.
+    let lost = net.send(n[0], "n6", "x", 1_000).expect("waits for a route");
+    net.run_for(1_100);
     assert!(matches!(
-        net.send(n[0], "n6", "x", 1_000),
-        Err(SendError::NoRoute(_))
+        net.outcome(n[0], lost),
+        Some(Err(SendError::NoRoute(_)))
     ));
+    let waiting = net.send(n[0], "n6", "x", 5_000).expect("waits for a route");
+    net.run_for(500);
+    assert!(net.outcome(n[0], waiting).is_none());
     net.connect(n[3], n[4], 1);
     converge(&mut net, "healed");
+    assert!(net.run_until(2_000, |net| net.outcome(n[0], waiting).is_some()));
+    assert!(matches!(net.outcome(n[0], waiting), Some(Ok(d)) if d.hops == 4));
     assert_eq!(deliver(&mut net, n[0], "n6"), Ok(4));
 }
 
@@ -169,9 +178,13 @@ fn the_hop_limit_is_sixteen() {
     assert_eq!(routes["n16"].hops, 16);
     assert!(!routes.contains_key("n17"));
     assert_eq!(deliver(&mut net, n[0], "n16"), Ok(16));
+    let id = net
+        .send(n[0], "n17", "x", 1_000)
+        .expect("waits for a route");
+    net.run_for(1_100);
     assert!(matches!(
-        net.send(n[0], "n17", "x", 1_000),
-        Err(SendError::NoRoute(_))
+        net.outcome(n[0], id),
+        Some(Err(SendError::NoRoute(_)))
     ));
 }
 
@@ -369,4 +382,253 @@ fn a_relay_budget_shapes_closed_loop_senders_to_its_rate() {
     let f = &net.report(p).foreign["alpha"];
     assert!(f.messages_over_budget > 0);
     assert!(f.bytes_queued <= rate);
+}
+
+// ---- durable messages (`/send` with a ttl) ----
+
+use msgtier::proto::durable::Status;
+
+/// Two nodes that know each other (linked once, converged), then apart.
+fn apart() -> (Net, usize, usize) {
+    let mut net = Net::new(131);
+    let (a, c) = (net.add("a"), net.add("c"));
+    let link = net.connect(a, c, 5);
+    converge(&mut net, "pair");
+    net.disconnect(link);
+    net.run_for(1_000);
+    (net, a, c)
+}
+
+/// The status `a`'s outbox holds for message `id`.
+fn status(net: &Net, a: usize, id: u64) -> Status {
+    net.nodes[a]
+        .router
+        .message_status(id)
+        .expect("a message of a's")
+        .record
+        .status
+}
+
+/// A message for an offline target is answered as queued when its `/send` times out, waits,
+/// and is delivered once when the target comes back: one inbox entry, one script run, receipts
+/// with the outcome, all on disk.
+#[test]
+fn a_queued_message_is_delivered_once_when_its_target_returns() {
+    let (mut net, a, c) = apart();
+    let plain = net
+        .send_durable(a, "c", "hello later", 1_000, 60_000)
+        .expect("accepted");
+    let script = net
+        .send_durable(a, "c", "echo", 1_000, 60_000)
+        .expect("accepted");
+    net.run_for(1_500);
+    assert_eq!(net.nodes[a].queued.get(&plain), Some(&Status::Queued));
+    assert_eq!(status(&net, a, script), Status::Queued);
+    assert_eq!(net.nodes[a].disk.outbox.len(), 2, "both on disk");
+    net.run_for(20_000);
+    net.connect(a, c, 5);
+    assert!(
+        net.run_until(10_000, |n| status(n, a, plain) == Status::Delivered
+            && status(n, a, script) == Status::Delivered)
+    );
+    net.run_for(120_000); // retries would have happened by now
+    assert_eq!(net.nodes[c].scripts_run.len(), 1, "the script ran once");
+    assert_eq!(
+        net.nodes[c].disk.inbox.len(),
+        1,
+        "the plain message is in the inbox once"
+    );
+    assert_eq!(net.nodes[c].disk.inbox[0].body, b"hello later");
+    let record = &net.nodes[a].disk.outbox[&script];
+    assert_eq!(record.status, Status::Delivered);
+    assert!(
+        matches!(&record.outcome, Some(Outcome::Script { stdout, .. }) if stdout == b"ran echo"),
+        "{record:?}"
+    );
+    assert!(record.body.is_empty(), "a final record keeps no body");
+}
+
+/// Within the timeout, a durable message is answered like a live one.
+#[test]
+fn a_durable_message_answered_in_time_completes_its_send() {
+    let mut net = Net::new(132);
+    let (a, c) = (net.add("a"), net.add("c"));
+    net.connect(a, c, 5);
+    converge(&mut net, "pair");
+    let id = net
+        .send_durable(a, "c", "echo", 5_000, 60_000)
+        .expect("accepted");
+    assert!(net.run_until(1_000, |n| n.outcome(a, id).is_some()));
+    assert!(matches!(net.outcome(a, id), Some(Ok(d)) if d.hops == 1));
+    assert!(net.nodes[a].queued.is_empty());
+}
+
+/// The sender restarts (from its disk) with messages queued; all are delivered after it comes
+/// back, every script once.
+#[test]
+fn queued_messages_survive_a_restart_of_their_sender() {
+    let (mut net, a, c) = apart();
+    let ids: Vec<u64> = (0..50)
+        .map(|i: u32| {
+            let body = if i.is_multiple_of(2) {
+                "echo".to_string()
+            } else {
+                format!("m{i}")
+            };
+            net.send_durable(a, "c", &body, 1_000, 600_000)
+                .expect("accepted")
+        })
+        .collect();
+    net.run_for(2_000);
+    net.restart(a);
+    net.run_for(5_000);
+    net.connect(a, c, 5);
+    assert!(net.run_until(30_000, |n| ids
+        .iter()
+        .all(|id| status(n, a, *id) == Status::Delivered)));
+    net.run_for(120_000);
+    assert_eq!(net.nodes[c].scripts_run.len(), 25);
+    assert_eq!(net.nodes[c].disk.inbox.len(), 25);
+}
+
+/// The target stops while a script runs; after its restart the re-delivered message gets the
+/// recorded outcome, "interrupted", and the script never runs again.
+#[test]
+fn a_script_cut_short_by_a_crash_of_its_target_is_never_run_again() {
+    let mut net = Net::new(133);
+    let (a, c) = (net.add("a"), net.add("c"));
+    net.connect(a, c, 5);
+    converge(&mut net, "pair");
+    net.nodes[c].hold_scripts = true;
+    let id = net
+        .send_durable(a, "c", "echo", 500, 600_000)
+        .expect("accepted");
+    assert!(net.run_until(1_000, |n| n.nodes[c].scripts_run.len() == 1));
+    net.restart(c);
+    net.nodes[c].hold_scripts = false;
+    net.connect(a, c, 5);
+    assert!(net.run_until(70_000, |n| status(n, a, id) == Status::Delivered));
+    net.run_for(120_000);
+    assert_eq!(net.nodes[c].scripts_run.len(), 1, "never run again");
+    let outcome = net.nodes[a]
+        .router
+        .message_status(id)
+        .unwrap()
+        .record
+        .outcome;
+    assert!(
+        matches!(
+            outcome,
+            Some(Outcome::Script {
+                interrupted: true,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// A lost receipt: the sender retries, the target answers from its record, the script ran once.
+#[test]
+fn a_lost_receipt_is_answered_again_from_the_record() {
+    let mut net = Net::new(134);
+    let (a, c) = (net.add("a"), net.add("c"));
+    net.connect(a, c, 5);
+    converge(&mut net, "pair");
+    net.nodes[c].drop_responses = 1;
+    let id = net
+        .send_durable(a, "c", "echo", 500, 600_000)
+        .expect("accepted");
+    net.run_for(600);
+    assert_eq!(status(&net, a, id), Status::InFlight);
+    assert!(net.run_until(10_000, |n| status(n, a, id) == Status::Delivered));
+    assert_eq!(net.nodes[c].scripts_run.len(), 1);
+    let record = net.nodes[a].router.message_status(id).unwrap().record;
+    assert!(record.attempts >= 2, "{record:?}");
+}
+
+/// A message whose target never returns expires at its ttl; a cancelled one is never delivered.
+#[test]
+fn messages_expire_at_their_ttl_and_cancelled_ones_stay_undelivered() {
+    let (mut net, a, c) = apart();
+    let short = net
+        .send_durable(a, "c", "echo", 500, 3_000)
+        .expect("accepted");
+    let cancelled = net
+        .send_durable(a, "c", "echo", 500, 600_000)
+        .expect("accepted");
+    net.run_for(1_000);
+    let now = net.now();
+    let report = net.nodes[a]
+        .router
+        .cancel(now, cancelled)
+        .expect("cancelled");
+    assert_eq!(report.record.status, Status::Cancelled);
+    assert!(
+        net.nodes[a].router.cancel(now, cancelled).is_err(),
+        "final already"
+    );
+    net.run_for(3_000);
+    assert_eq!(status(&net, a, short), Status::Expired);
+    net.connect(a, c, 5);
+    net.run_for(30_000);
+    assert!(net.nodes[c].scripts_run.is_empty());
+    assert_eq!(net.nodes[a].disk.outbox[&short].status, Status::Expired);
+    assert_eq!(
+        net.nodes[a].disk.outbox[&cancelled].status,
+        Status::Cancelled
+    );
+}
+
+/// A relay that alters a durable message's signature, signs it with its own key, or strips the
+/// signature cannot get it taken: the target checks its source's signature (and the seal
+/// authenticates that there is one) before anything else; the genuine copy is taken once.
+#[test]
+fn a_durable_message_with_a_forged_signature_is_refused() {
+    let mut net = Net::new(135);
+    let (a, r, c) = (net.add("a"), net.add("r"), net.add("c"));
+    net.connect(a, r, 5);
+    let rc = net.connect(r, c, 5);
+    converge(&mut net, "line");
+    net.tap = true;
+    let id = net
+        .send_durable(a, "c", "echo", 500, 600_000)
+        .expect("accepted");
+    // The genuine copy reaches r at +5 ms and c at +10 ms; the forgeries reach c first.
+    net.run_for(6);
+    let envelope = net
+        .tapped
+        .iter()
+        .find(|(from, _, e)| *from == r && e.id == id)
+        .map(|(_, _, e)| e.clone())
+        .expect("r forwarded it");
+    let mut resigned = envelope.clone();
+    let r_keys = net.nodes[r].keys.clone();
+    let mut field = r_keys.identity.signing_public().to_vec();
+    field.extend_from_slice(
+        &r_keys
+            .identity
+            .sign(&msgtier::proto::e2e::signed_bytes(&resigned)),
+    );
+    resigned.signature = Some(field);
+    let mut flipped = envelope.clone();
+    if let Some(sig) = flipped.signature.as_mut() {
+        sig[40] ^= 1;
+    }
+    let mut stripped = envelope.clone();
+    stripped.signature = None;
+    for forged in [resigned, flipped, stripped] {
+        net.inject(c, rc, msgtier::wire::frame::Frame::Data(forged));
+    }
+    assert!(
+        net.nodes[c].scripts_run.is_empty(),
+        "nothing forged was run"
+    );
+    assert_eq!(net.report(c).messages.forged, 2);
+    assert!(net.run_until(2_000, |n| status(n, a, id) == Status::Delivered));
+    assert_eq!(
+        net.nodes[c].scripts_run.len(),
+        1,
+        "the genuine copy ran once"
+    );
 }

@@ -16,3 +16,4 @@ pub mod messages;
 pub mod peer;
 pub mod relay;
 pub mod script;
+pub mod store;

@@ -24,12 +24,16 @@ use crate::actors::messages::{
     Dial, Inbound, LinkDown, LinkRtt, LinkUp, PunchIn, SendFrame, SendPunch,
 };
 use crate::actors::script::{RunScript, ScriptError};
+use crate::actors::store::{Persist, StoreActor, StoreFailure};
 use crate::node::{unix_ms, NodeShared};
-use crate::proto::router::{Action, Now, Randomness, Router, ScriptResult, Settings};
+use crate::proto::durable::{Restored, Status};
+use crate::proto::router::{
+    Action, DurableLimits, Now, Randomness, Router, ScriptResult, Settings,
+};
 
 pub use crate::proto::router::{
-    Delivery, ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport,
-    RelayedCount, RouteReport, SendError,
+    CancelError, Delivery, DurableReport, ForeignReport, MessageCounters, MessageReport,
+    PunchReport, ReceivedMessage, RelayReport, RelayedCount, RouteReport, SendError,
 };
 
 /// Inbound frames from links queued for the relay; beyond it they are dropped and counted.
@@ -37,7 +41,7 @@ pub const RELAY_MAILBOX: usize = 16_384;
 
 /// Send `body` to `target` and wait for the outcome (from an HTTP handler).
 #[derive(Message)]
-#[rtype(result = "Result<Delivery, SendError>")]
+#[rtype(result = "Result<Answer, SendError>")]
 pub struct Send {
     /// Target node id (may be our own: loopback goes through the same seal and open).
     pub target: String,
@@ -45,6 +49,46 @@ pub struct Send {
     pub body: Bytes,
     /// How long to wait for the answer.
     pub timeout_ms: u64,
+    /// 0: live (answered or failed within the timeout, then forgotten). Otherwise the
+    /// message's lifetime in ms: it is on disk before anything else happens, and delivery goes
+    /// on after the timeout until it runs out.
+    pub ttl_ms: u64,
+}
+
+/// What a [`Send`] comes to.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The target answered within the timeout.
+    Done(Delivery),
+    /// A durable message not answered within the timeout: its delivery goes on.
+    Queued {
+        /// Its id.
+        id: u64,
+        /// Where it stands.
+        status: Status,
+        /// When it expires (unix ms).
+        expires_unix_ms: u64,
+    },
+}
+
+/// What `GET /messages/{id}` asks: a message this node sent with a ttl.
+#[derive(Message)]
+#[rtype(result = "Option<MessageReport>")]
+pub struct GetMessageStatus(pub u64);
+
+/// `DELETE /messages/{id}`.
+#[derive(Message)]
+#[rtype(result = "Result<MessageReport, CancelError>")]
+pub struct CancelMessage(pub u64);
+
+/// `GET /outbox`: messages not final, oldest first, after an id, at most a number.
+#[derive(Message)]
+#[rtype(result = "Vec<MessageReport>")]
+pub struct GetOutbox {
+    /// The last id of the previous page.
+    pub after: Option<u64>,
+    /// Page size.
+    pub limit: usize,
 }
 
 /// The current route to every reachable node, and relay counters.
@@ -74,6 +118,8 @@ pub struct RelayPeers {
     pub dial: Recipient<Dial>,
     /// UDP listener sockets, for punch datagrams.
     pub udp: Vec<PunchSocket>,
+    /// The message store.
+    pub store: Addr<StoreActor>,
 }
 
 /// See the module docs.
@@ -85,7 +131,7 @@ pub struct RelayActor {
     /// Where each Active link's frames go.
     links: HashMap<u64, Recipient<SendFrame>>,
     /// HTTP handlers waiting for their request's outcome, by message id.
-    waiting: HashMap<u64, oneshot::Sender<Result<Delivery, SendError>>>,
+    waiting: HashMap<u64, oneshot::Sender<Result<Answer, SendError>>>,
     /// The actors actions go to.
     peers: RelayPeers,
     /// The armed timer and its deadline (monotonic ms).
@@ -93,8 +139,8 @@ pub struct RelayActor {
 }
 
 impl RelayActor {
-    /// A relay for this node.
-    pub fn new(node: Arc<NodeShared>, peers: RelayPeers) -> RelayActor {
+    /// A relay for this node, picking up the durable state of its last run.
+    pub fn new(node: Arc<NodeShared>, peers: RelayPeers, restored: Restored) -> RelayActor {
         let config = &node.config;
         let settings = Settings {
             node_id: node.local.node_id.clone(),
@@ -111,10 +157,17 @@ impl RelayActor {
             random: Randomness::Os,
             network_ca: config.network_ca,
             certificate: node.local.certificate.clone(),
+            durable: DurableLimits {
+                outbox_max_messages: config.outbox_max_messages,
+                outbox_max_bytes: config.outbox_max_bytes,
+                max_ttl_ms: config.max_ttl_s.saturating_mul(1000),
+            },
         };
         let now = now(&node);
+        let mut router = Router::new(settings, now);
+        router.restore(now, restored);
         RelayActor {
-            router: Router::new(settings, now),
+            router,
             node,
             links: HashMap::new(),
             waiting: HashMap::new(),
@@ -191,7 +244,46 @@ impl RelayActor {
                 }
                 Action::Complete { id, result } => {
                     if let Some(done) = self.waiting.remove(&id) {
-                        let _ = done.send(result);
+                        let _ = done.send(result.map(Answer::Done));
+                    }
+                }
+                Action::Queued {
+                    id,
+                    status,
+                    expires_unix_ms,
+                } => {
+                    if let Some(done) = self.waiting.remove(&id) {
+                        let _ = done.send(Ok(Answer::Queued {
+                            id,
+                            status,
+                            expires_unix_ms,
+                        }));
+                    }
+                }
+                Action::Persist {
+                    ops,
+                    durable,
+                    token,
+                } => {
+                    let write = self.peers.store.send(Persist { ops, durable });
+                    match token {
+                        None => {
+                            ctx.spawn(write.into_actor(self).map(|res, _, _| {
+                                if let Some(e) = failure(res) {
+                                    debug!("a write-behind of the message store failed: {e}");
+                                }
+                            }));
+                        }
+                        Some(token) => {
+                            ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+                                let result = match failure(res) {
+                                    None => Ok(()),
+                                    Some(e) => Err(e),
+                                };
+                                act.router.persisted(now(&act.node), token, result);
+                                act.drive(ctx);
+                            }));
+                        }
                     }
                 }
             }
@@ -222,6 +314,15 @@ impl RelayActor {
     }
 }
 
+/// The error of a store write, if it failed (also when the store actor is gone).
+fn failure(res: Result<Result<(), StoreFailure>, actix::MailboxError>) -> Option<String> {
+    match res {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 /// The router's clock: the node's monotonic clock and the wall clock.
 fn now(node: &NodeShared) -> Now {
     Now {
@@ -240,19 +341,22 @@ impl Actor for RelayActor {
 }
 
 impl Handler<Send> for RelayActor {
-    type Result = ResponseFuture<Result<Delivery, SendError>>;
+    type Result = ResponseFuture<Result<Answer, SendError>>;
 
     fn handle(&mut self, msg: Send, ctx: &mut Self::Context) -> Self::Result {
         let (target, timeout_ms) = (msg.target, msg.timeout_ms);
         let now = now(&self.node);
-        let started = self
-            .router
-            .send(now, &target, &msg.body, timeout_ms)
-            .map(|id| {
-                let (tx, rx) = oneshot::channel();
-                self.waiting.insert(id, tx);
-                rx
-            });
+        let started = if msg.ttl_ms > 0 {
+            self.router
+                .send_durable(now, &target, &msg.body, timeout_ms, msg.ttl_ms)
+        } else {
+            self.router.send(now, &target, &msg.body, timeout_ms)
+        };
+        let started = started.map(|id| {
+            let (tx, rx) = oneshot::channel();
+            self.waiting.insert(id, tx);
+            rx
+        });
         self.drive(ctx);
         Box::pin(async move {
             match started {
@@ -311,6 +415,32 @@ impl Handler<PunchIn> for RelayActor {
         self.router
             .punch_datagram(msg.local, msg.from, msg.token, msg.ack);
         self.drive(ctx);
+    }
+}
+
+impl Handler<GetMessageStatus> for RelayActor {
+    type Result = MessageResult<GetMessageStatus>;
+
+    fn handle(&mut self, msg: GetMessageStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.router.message_status(msg.0))
+    }
+}
+
+impl Handler<CancelMessage> for RelayActor {
+    type Result = MessageResult<CancelMessage>;
+
+    fn handle(&mut self, msg: CancelMessage, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.router.cancel(now(&self.node), msg.0);
+        self.drive(ctx);
+        MessageResult(result)
+    }
+}
+
+impl Handler<GetOutbox> for RelayActor {
+    type Result = MessageResult<GetOutbox>;
+
+    fn handle(&mut self, msg: GetOutbox, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.router.outbox_page(msg.after, msg.limit))
     }
 }
 

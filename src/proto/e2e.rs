@@ -61,7 +61,7 @@ const E2E_SALT_LABEL: &[u8] = b"e2e salt";
 
 /// Prefix of the associated data of every seal ([`associated_data`]), so that the bytes
 /// authenticated here can never be mistaken for another msgtier layout.
-const AD_LABEL: &[u8] = b"msgtier e2e ad v2";
+const AD_LABEL: &[u8] = b"msgtier e2e ad v3";
 
 /// Length of an XChaCha20-Poly1305 nonce, in bytes (192 bits, draft-irtf-cfrg-xchacha):
 /// long enough to be picked at random without a realistic chance of repeating.
@@ -279,8 +279,62 @@ pub fn associated_data(envelope: &Envelope) -> Vec<u8> {
     });
     ad.extend_from_slice(&envelope.timestamp_ms.to_be_bytes());
     ad.extend_from_slice(&envelope.ttl_ms.to_be_bytes());
-    ad.push(u8::from(envelope.clear));
+    ad.push(u8::from(envelope.clear) | (u8::from(envelope.signature.is_some()) << 1));
     ad
+}
+
+/// Context prefix of the bytes an envelope's signature covers ([`signed_bytes`]), so they can
+/// never be mistaken for an advert's or anything else msgtier signs.
+const SIGNATURE_CONTEXT: &[u8] = b"msgtier envelope signature v1";
+
+/// The bytes a durable envelope's origin signs: [`SIGNATURE_CONTEXT`], the envelope's
+/// associated data (every header field but `hops`, see [`associated_data`]), the length of the
+/// sealed bytes and the sealed bytes themselves (nonce, ciphertext, tag). Only the signature
+/// field itself and `hops` are outside it.
+pub fn signed_bytes(envelope: &Envelope) -> Vec<u8> {
+    let ad = associated_data(envelope);
+    let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + ad.len() + 8 + envelope.sealed.len());
+    m.extend_from_slice(SIGNATURE_CONTEXT);
+    m.extend_from_slice(&ad);
+    m.extend_from_slice(&(envelope.sealed.len() as u64).to_be_bytes());
+    m.extend_from_slice(&envelope.sealed);
+    m
+}
+
+/// Seals `plaintext` into a durable envelope and signs it: the signature field is set first
+/// (its presence is part of the associated data), then [`seal`], then the signature over
+/// [`signed_bytes`] with `identity`'s signing key.
+pub fn seal_signed(
+    key: &PairKey,
+    identity: &Identity,
+    envelope: &mut Envelope,
+    plaintext: &[u8],
+) -> Result<(), E2eError> {
+    envelope.clear = false;
+    envelope.signature = Some(vec![0; crate::wire::frame::ENVELOPE_SIGNATURE_BYTES]);
+    seal(key, envelope, plaintext)?;
+    let signature = identity.sign(&signed_bytes(envelope));
+    let mut field = Vec::with_capacity(crate::wire::frame::ENVELOPE_SIGNATURE_BYTES);
+    field.extend_from_slice(&identity.signing_public());
+    field.extend_from_slice(&signature);
+    envelope.signature = Some(field);
+    Ok(())
+}
+
+/// Whether a durable envelope's signature is its source's: made by the signing key it carries,
+/// which is bound to `source_identity` (the X25519 key held for `envelope.source`). False for
+/// an envelope without a signature.
+pub fn verify_signature(envelope: &Envelope, source_identity: &[u8; 32]) -> bool {
+    let Some(field) = envelope.signature.as_deref() else {
+        return false;
+    };
+    let Some((key, sig)) = field.split_first_chunk::<32>() else {
+        return false;
+    };
+    let Ok(sig) = <&[u8; crate::identity::SIGNATURE_BYTES]>::try_from(sig) else {
+        return false;
+    };
+    crate::identity::verify_bound(key, source_identity, &signed_bytes(envelope), sig)
 }
 
 /// Seals `plaintext` into `envelope.sealed` as `nonce (24) || ciphertext || tag (16)`,
@@ -628,6 +682,10 @@ pub enum Outcome {
         timed_out: bool,
         /// Whether `stdout` or `stderr` was cut to fit the reply.
         truncated: bool,
+        /// The target's node stopped (crashed or was killed) while the script ran: it is never
+        /// run again for this message, and what it wrote is lost.
+        #[serde(default)]
+        interrupted: bool,
     },
     /// The request could not be served.
     Failed {
@@ -770,6 +828,7 @@ mod tests {
             hops: 0,
             clear: false,
             sealed: Vec::new(),
+            signature: None,
         }
     }
 
@@ -1048,7 +1107,7 @@ mod tests {
         env.ttl_ms = 0x1122_3344;
         env.hops = 9;
         env.sealed = vec![1, 2, 3];
-        let mut want = b"msgtier e2e ad v2".to_vec();
+        let mut want = b"msgtier e2e ad v3".to_vec();
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b']);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, b'c']);
@@ -1122,6 +1181,7 @@ mod tests {
             hops: 0,
             clear: false,
             sealed: Vec::new(),
+            signature: None,
         }
     }
 
@@ -1376,6 +1436,7 @@ mod tests {
                     stderr: vec![2; mib / 2],
                     timed_out: true,
                     truncated: true,
+                    interrupted: true,
                 },
                 request_hops: u8::MAX,
             },
@@ -1439,6 +1500,7 @@ mod tests {
                         stderr,
                         timed_out,
                         truncated,
+                        interrupted: false,
                     }
                 }),
             ("\\PC{0,20}", "\\PC{0,80}")

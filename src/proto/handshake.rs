@@ -34,7 +34,7 @@ pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// Noise prologue: mixed into the handshake hash, so a peer speaking another
 /// protocol (or another version of this one) fails the handshake instead of
 /// being misread. Bump the version when the link protocol changes incompatibly.
-pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v3";
+pub const NOISE_PROLOGUE: &[u8] = b"msgtier noise v4";
 
 /// X25519 public key length (RFC 7748).
 const DH_PUBLIC_BYTES: usize = 32;

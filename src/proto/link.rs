@@ -1330,6 +1330,7 @@ mod tests {
             hops: 0,
             clear: false,
             sealed: vec![7; len],
+            signature: None,
         })
     }
 

@@ -11,6 +11,7 @@ pub mod advert;
 pub(crate) mod backoff;
 pub(crate) mod cache;
 pub mod cert;
+pub mod durable;
 pub mod e2e;
 pub(crate) mod foreign_tables;
 pub mod handshake;

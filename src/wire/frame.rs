@@ -29,7 +29,7 @@ use super::{
 ///
 /// Bump it when a change is not backwards compatible; peers refuse a link whose version
 /// they do not speak (with [`CloseReason::Protocol`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// `{"chunk": [`: a one-entry map keyed by the variant name, then a two-element array.
 const CHUNK_PREFIX: [u8; 8] = [0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0x92];
@@ -220,7 +220,16 @@ pub struct Envelope {
     /// `clear`; at most [`MAX_FRAME_BYTES`].
     #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
+    /// Set on a durable (store-and-forward) envelope only: the origin's Ed25519 signing key
+    /// (32 bytes, bound to its identity key) and its signature (64 bytes) over
+    /// `crate::proto::e2e::signed_bytes`, so a carrier or the target can check offline who
+    /// sealed it. Its presence is authenticated as associated data of the seal.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub signature: Option<Vec<u8>>,
 }
+
+/// Length of [`Envelope::signature`]: the signing key and the signature.
+pub const ENVELOPE_SIGNATURE_BYTES: usize = 32 + 64;
 
 /// What an [`Envelope`] carries, as its routers and endpoints see it.
 ///
@@ -523,6 +532,15 @@ impl Envelope {
                 what: "data.sealed",
             });
         }
+        if self
+            .signature
+            .as_ref()
+            .is_some_and(|s| s.len() != ENVELOPE_SIGNATURE_BYTES)
+        {
+            return Err(WireError::Limit {
+                what: "data.signature",
+            });
+        }
         Ok(())
     }
 }
@@ -813,6 +831,7 @@ pub(crate) mod tests {
                     hops,
                     clear: false,
                     sealed,
+                    signature: None,
                 },
             )
     }
@@ -932,6 +951,7 @@ pub(crate) mod tests {
             hops: 4,
             clear: false,
             sealed: vec![0xee],
+            signature: None,
         }
     }
 
@@ -1346,6 +1366,7 @@ pub(crate) mod tests {
             hops: u8::MAX,
             clear: false,
             sealed: Vec::new(),
+            signature: None,
         };
         let header = Frame::Data(envelope.clone()).encode().len() + 3;
         envelope.sealed = vec![0xab; MAX_FRAME_BYTES - header];

@@ -81,7 +81,7 @@ pub(super) struct Messages {
     /// Requests whose script is running, by job.
     running: HashMap<u64, Envelope>,
     /// Next script job id.
-    next_job: u64,
+    pub(super) next_job: u64,
     /// Counters for `/status`.
     pub counters: MessageCounters,
     /// Recent plain messages, bounded by [`RECENT_MESSAGES`].
@@ -178,6 +178,22 @@ impl Router {
                 }
                 Ok(id)
             }
+            // No path now, but the node is known: wait for one until the timeout (a link
+            // that is re-dialling is back in well under a second); the next path change re-sends
+            // it (`resend_stranded`).
+            Err(SendError::NoRoute(_))
+                if self
+                    .msgs
+                    .pending
+                    .get(&id)
+                    .is_some_and(|p| p.resend.is_some()) =>
+            {
+                debug!("request {id} for {target} waits for a route");
+                if let Some(p) = self.msgs.pending.get_mut(&id) {
+                    p.sends = 0;
+                }
+                Ok(id)
+            }
             Err(e) => {
                 self.msgs.take(id);
                 Err(e)
@@ -187,9 +203,16 @@ impl Router {
 
     /// A script the router asked for ended: answer its request.
     pub fn script_done(&mut self, now: Now, job: u64, result: ScriptResult) {
-        let Some(request) = self.msgs.running.remove(&job) else {
+        let durable = self.durable.jobs.remove(&job);
+        let request = self.msgs.running.remove(&job);
+        if durable.is_none() && request.is_none() {
             return;
-        };
+        }
+        if let (Some((source, id)), ScriptResult::Busy) = (&durable, &result) {
+            // It never started: not taken after all; the origin's next attempt is.
+            self.durable_not_taken(source, *id);
+            return;
+        }
         let outcome = match result {
             ScriptResult::Ran {
                 exit_code,
@@ -215,6 +238,7 @@ impl Router {
                     stderr,
                     timed_out,
                     truncated,
+                    interrupted: false,
                 }
             }
             ScriptResult::Busy => Outcome::Failed {
@@ -226,7 +250,21 @@ impl Router {
                 message,
             },
         };
-        self.reply(now, &request, outcome);
+        match (durable, request) {
+            (Some((source, id)), _) => self.durable_script_done(source, id, outcome),
+            (None, Some(request)) => self.reply(now, &request, outcome),
+            (None, None) => {}
+        }
+    }
+
+    /// The script a message body names, if any: an id (at most 64 bytes) with whitespace
+    /// around it; a longer body is a plain message and is not scanned as text.
+    pub(super) fn script_name<'a>(&self, body: &'a [u8]) -> Option<&'a str> {
+        if body.len() > SCRIPT_NAME_PROBE_BYTES {
+            return None;
+        }
+        let name = std::str::from_utf8(body).ok()?.trim();
+        self.settings.scripts.contains(name).then_some(name)
     }
 
     /// Fails requests whose deadline passed.
@@ -238,9 +276,15 @@ impl Router {
             }
             if let Some(p) = self.msgs.take(id) {
                 self.msgs.counters.timed_out += 1;
+                // Never sent: no route came in time.
+                let error = if p.sends == 0 {
+                    SendError::NoRoute(p.target)
+                } else {
+                    SendError::Timeout(p.target, p.timeout_ms)
+                };
                 self.actions.push_back(Action::Complete {
                     id,
-                    result: Err(SendError::Timeout(p.target, p.timeout_ms)),
+                    result: Err(error),
                 });
             } else {
                 self.msgs.deadlines.remove(&(deadline, id));
@@ -292,6 +336,7 @@ impl Router {
             hops: 0,
             clear: true,
             sealed: plaintext,
+            signature: None,
         };
         if envelope.sealed.len() > e2e::MAX_PLAINTEXT_BYTES {
             return Err(SendError::Crypto(
@@ -306,7 +351,7 @@ impl Router {
         Ok(envelope)
     }
 
-    fn pair_key(&mut self, id: &str) -> Result<Arc<PairKey>, SendError> {
+    pub(super) fn pair_key(&mut self, id: &str) -> Result<Arc<PairKey>, SendError> {
         if let Some(k) = self.msgs.pair_keys.get(id) {
             return Ok(k.clone());
         }
@@ -337,7 +382,7 @@ impl Router {
 
     /// Sends an envelope of ours toward its target (or handles it here for loopback); answers
     /// the neighbour it went to.
-    fn route(&mut self, now: Now, mut envelope: Envelope) -> Result<String, SendError> {
+    pub(super) fn route(&mut self, now: Now, mut envelope: Envelope) -> Result<String, SendError> {
         let me = self.settings.node_id.clone();
         if envelope.target == me {
             self.on_envelope_for_me(now, envelope);
@@ -372,7 +417,7 @@ impl Router {
     /// gets it directly (also before its advert arrives, and even if link costs make a relayed
     /// path look cheaper: a relay adds a hop of work and a point of failure); others go by the
     /// routing table.
-    fn next_hop(&mut self, dom: Option<&str>, target: &str) -> Option<String> {
+    pub(super) fn next_hop(&mut self, dom: Option<&str>, target: &str) -> Option<String> {
         if self.best_link(dom, target).is_some() {
             return Some(target.to_string());
         }
@@ -641,6 +686,9 @@ impl Router {
     }
 
     fn on_envelope_for_me(&mut self, now: Now, mut envelope: Envelope) {
+        if envelope.signature.is_some() {
+            return self.on_durable_for_me(now, envelope);
+        }
         let source = envelope.source.clone();
         let key = match self.pair_key(&source) {
             Ok(k) => k,
@@ -758,14 +806,7 @@ impl Router {
     }
 
     fn on_request(&mut self, now: Now, envelope: Envelope, body: &[u8]) {
-        // A script name is an id (at most 64 bytes) with whitespace around it: a longer body
-        // is a plain message, and is not scanned as text.
-        let name = if body.len() <= SCRIPT_NAME_PROBE_BYTES {
-            std::str::from_utf8(body).map(str::trim).unwrap_or("")
-        } else {
-            ""
-        };
-        if !self.settings.scripts.contains(name) {
+        let Some(name) = self.script_name(body).map(String::from) else {
             info!(
                 "message {} from {} ({} bytes, {} hops)",
                 envelope.id,
@@ -787,9 +828,24 @@ impl Router {
                 body: String::from_utf8_lossy(kept).into_owned(),
                 truncated: kept.len() < body.len(),
             });
+            // Into the durable inbox too, behind the answer: a live message promises no more
+            // than delivery to this node (a ttl makes it wait for the disk).
+            self.actions.push_back(Action::Persist {
+                ops: vec![crate::proto::durable::Op::Inbox(
+                    crate::proto::durable::InboxRecord::new(
+                        envelope.id,
+                        &envelope.source,
+                        now.unix_ms,
+                        envelope.hops,
+                        body,
+                    ),
+                )],
+                durable: false,
+                token: None,
+            });
             self.reply(now, &envelope, Outcome::Delivered);
             return;
-        }
+        };
         self.msgs.counters.scripts_run += 1;
         self.msgs.next_job += 1;
         let job = self.msgs.next_job;

@@ -24,6 +24,7 @@
 //! `link_up` (the PeerActor holds frames back until its link is announced).
 
 mod domain;
+mod durable;
 mod messages;
 mod punching;
 pub mod report;
@@ -46,9 +47,10 @@ use crate::wire::frame::{self, Envelope, Frame, LinkState};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 use domain::{Domain, Policy};
+pub use durable::{CancelError, DurableLimits, MessageReport};
 pub use report::{
-    ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport, RelayedCount,
-    RouteReport,
+    DurableReport, ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport,
+    RelayedCount, RouteReport,
 };
 
 /// Hop limit for envelopes and routes (EasyTier's and RIP's order of magnitude).
@@ -217,6 +219,8 @@ pub struct Settings {
     pub network_ca: Option<[u8; 32]>,
     /// Our certificate (encoded), put in our adverts.
     pub certificate: Option<Vec<u8>>,
+    /// Limits of durable messages (outbox size, longest ttl).
+    pub durable: DurableLimits,
 }
 
 /// The router's source of message ids and punch tokens.
@@ -262,6 +266,13 @@ pub enum SendError {
     /// through it, but it cannot open our messages.
     #[error("{0:?} is a public node of another network (it relays for us but is not a member)")]
     NotMember(String),
+    /// The outbox is at its limit (messages or bytes): nothing more is accepted with a ttl
+    /// until some are delivered or expire.
+    #[error("the outbox is full")]
+    OutboxFull,
+    /// The message store could not write (the message was not accepted).
+    #[error("the message store cannot write: {0}")]
+    Store(String),
     /// A public node on the path refused the message: our network's relay budget there is spent
     /// and its queue is full.
     #[error("relay {relay:?} is over this network's budget; retry after {retry_after_ms} ms")]
@@ -329,6 +340,26 @@ pub enum Action {
         /// An answer to a punch datagram (no answer is expected to an ack).
         ack: bool,
     },
+    /// Write to the message store, in order; `durable`: fsync'd before it is reported done.
+    /// With a `token`, report [`Router::persisted`] with it once written (or failed).
+    Persist {
+        /// The changes.
+        ops: Vec<crate::proto::durable::Op>,
+        /// Wait for the fsync.
+        durable: bool,
+        /// What the router waits on, if anything.
+        token: Option<u64>,
+    },
+    /// A durable send request was not answered within its timeout: answer it as queued (its
+    /// delivery goes on).
+    Queued {
+        /// The id [`Router::send_durable`] answered.
+        id: u64,
+        /// Where it stands.
+        status: crate::proto::durable::Status,
+        /// When it expires (unix ms).
+        expires_unix_ms: u64,
+    },
     /// A send request ended.
     Complete {
         /// The id [`Router::send`] answered.
@@ -352,6 +383,8 @@ pub struct Router {
     relayed: HashMap<String, RelayedCount>,
     /// The message path's state.
     msgs: messages::Messages,
+    /// Durable messages: the outbox and what we took as a target.
+    durable: durable::Durable,
     /// Punch attempts and coordinations.
     punch: punching::Punching,
     /// Actions for the driver, in order.
@@ -384,6 +417,7 @@ impl Router {
         );
         Router {
             msgs: messages::Messages::new(now.unix_ms),
+            durable: durable::Durable::new(settings.durable),
             punch: punching::Punching::default(),
             home,
             foreign: HashMap::new(),
@@ -426,6 +460,7 @@ impl Router {
             at(d.release_at_ms);
         }
         at(self.msgs.next_deadline());
+        at(self.durable.next_deadline());
         if self.settings.hole_punching {
             at(Some(self.punch_at_ms));
         }
@@ -467,6 +502,7 @@ impl Router {
         }
         self.release_shaped(now);
         self.expire_pending(now);
+        self.durable_timeout(now);
         if self.settings.hole_punching && ms >= self.punch_at_ms {
             self.punch_at_ms = ms + PUNCH_TICK_MS;
             self.drive_punching(now);
@@ -537,6 +573,9 @@ impl Router {
                 d.readvert_at_ms = Some(ms + FIRST_COST_READVERT_MS);
             }
             self.sync_neighbour(dom.as_deref(), &node_id);
+            if dom.is_none() {
+                self.durable_kick(now);
+            }
         }
     }
 
@@ -726,6 +765,7 @@ impl Router {
                 if dom.is_none() {
                     // A new path may have appeared for requests stranded by a lost link.
                     self.resend_stranded(now);
+                    self.durable_kick(now);
                 }
             }
             Applied::Readvertise => {

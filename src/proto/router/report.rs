@@ -64,6 +64,19 @@ pub struct MessageCounters {
     pub timed_out: u64,
     /// Requests re-sent on another path after their first hop's link was lost.
     pub resent: u64,
+    /// Durable envelopes dropped because their signature was not their source's.
+    pub forged: u64,
+}
+
+/// What the durable path holds, for `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DurableReport {
+    /// Outbox messages not final yet.
+    pub outbox_messages: usize,
+    /// Their body bytes.
+    pub outbox_bytes: usize,
+    /// Durable messages remembered as a target (until their expiry).
+    pub seen_messages: usize,
 }
 
 /// What `/status` takes from the router.
@@ -76,6 +89,8 @@ pub struct RelayReport {
     pub relayed: HashMap<String, RelayedCount>,
     /// Message counters.
     pub messages: MessageCounters,
+    /// What the durable path holds.
+    pub durable: DurableReport,
     /// As a public node: each foreign network we relay for.
     pub foreign: BTreeMap<String, ForeignReport>,
     /// Nodes that are public nodes of other networks relaying for us (not members).
@@ -246,6 +261,7 @@ impl Router {
             routes,
             relayed: self.relayed.clone(),
             messages: self.msgs.counters.clone(),
+            durable: self.durable_report(),
             foreign,
             public_relays,
             punch,
@@ -256,6 +272,17 @@ impl Router {
     }
 
     /// The plain messages received most recently, newest last.
+    pub fn durable_report(&self) -> DurableReport {
+        let (outbox_messages, outbox_bytes) = self.durable.open_size();
+        DurableReport {
+            outbox_messages,
+            outbox_bytes,
+            seen_messages: self.durable.seen_count(),
+        }
+    }
+
+    /// The plain messages received most recently, in memory (the simulation's view; the
+    /// node's `GET /messages` reads the durable inbox).
     pub fn inbox(&self) -> Vec<ReceivedMessage> {
         self.msgs.inbox.iter().cloned().collect()
     }

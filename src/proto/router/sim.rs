@@ -21,6 +21,8 @@ use crate::keys::KeyRing;
 use crate::proto::handshake::NetworkKey;
 use crate::wire::frame::Frame;
 
+use crate::proto::durable::{InboxRecord, Op, OutboxRecord, Restored, SeenRecord, Status};
+
 use super::{
     Action, Delivery, LinkInfo, LinkKind, Now, Randomness, RelayReport, Router, ScriptResult,
     SendError, Settings,
@@ -30,6 +32,53 @@ use super::{
 const CHECK_EVERY_US: u64 = 10_000;
 /// The virtual clock's wall-clock origin (2026-01-01), so envelope timestamps look real.
 const UNIX_BASE_MS: u64 = 1_767_225_600_000;
+/// How long a simulated store takes to confirm a write, in virtual microseconds.
+pub const STORE_LATENCY_US: u64 = 300;
+
+/// A simulated node's disk: what its store holds (writes land at once; their confirmation
+/// comes [`STORE_LATENCY_US`] later, and is lost in a crash).
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    /// Outbox records by id.
+    pub outbox: BTreeMap<u64, OutboxRecord>,
+    /// Seen records by (source, id).
+    pub seen: BTreeMap<(String, u64), SeenRecord>,
+    /// The inbox, oldest first.
+    pub inbox: Vec<InboxRecord>,
+}
+
+impl SimDisk {
+    fn apply(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::PutOutbox(id, r) => {
+                    self.outbox.insert(id, r);
+                }
+                Op::DeleteOutbox(id) => {
+                    self.outbox.remove(&id);
+                }
+                Op::PutSeen { source, id, record } => {
+                    self.seen.insert((source, id), record);
+                }
+                Op::DeleteSeen { source, id } => {
+                    self.seen.remove(&(source, id));
+                }
+                Op::Inbox(r) => self.inbox.push(r),
+            }
+        }
+    }
+
+    fn restored(&self) -> Restored {
+        Restored {
+            outbox: self.outbox.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            seen: self
+                .seen
+                .iter()
+                .map(|((s, id), r)| (s.clone(), *id, r.clone()))
+                .collect(),
+        }
+    }
+}
 
 /// One simulated node.
 pub struct SimNode {
@@ -51,6 +100,18 @@ pub struct SimNode {
     pub public_key: [u8; 32],
     /// Its keys (identity and network key), so a test can play it gone bad.
     pub keys: Arc<KeyRing>,
+    /// Its store.
+    pub disk: SimDisk,
+    /// Durable requests answered as queued (their `/send` timed out), with their status then.
+    pub queued: HashMap<u64, Status>,
+    /// Its settings, to restart it.
+    settings: Settings,
+    /// Bumped by a restart: confirmations of writes from before it are lost.
+    generation: u64,
+    /// While set, scripts do not end (a test crashes the node meanwhile).
+    pub hold_scripts: bool,
+    /// Response envelopes this node sends that are lost (a fault for tests), counting down.
+    pub drop_responses: u32,
 }
 
 /// A link between two nodes.
@@ -72,6 +133,12 @@ enum Event {
         to: usize,
         link: u64,
         frame: Box<Frame>,
+    },
+    /// A write of node `to` is confirmed.
+    Persisted {
+        to: usize,
+        token: u64,
+        generation: u64,
     },
     /// A punch datagram reaches node `to`.
     Punch {
@@ -219,9 +286,10 @@ impl Net {
             random: Randomness::Seeded(self.seed ^ ((index as u64 + 1) << 32)),
             network_ca: None,
             certificate: None,
+            durable: super::DurableLimits::default(),
         };
         tweak(&mut settings);
-        let router = Router::new(settings, self.now());
+        let router = Router::new(settings.clone(), self.now());
         let udp = SocketAddr::from(([127, 1, (index >> 8) as u8, index as u8], 40_000));
         self.nodes.push(SimNode {
             id: id.to_string(),
@@ -233,6 +301,12 @@ impl Net {
             udp,
             public_key,
             keys: node_keys,
+            disk: SimDisk::default(),
+            queued: HashMap::new(),
+            settings,
+            generation: 0,
+            hold_scripts: false,
+            drop_responses: 0,
         });
         self.by_id.entry(id.to_string()).or_insert(index);
         self.schedule_deadline(index);
@@ -384,6 +458,45 @@ impl Net {
         r
     }
 
+    /// Node `from` sends `body` to `target` with a ttl (a durable message).
+    pub fn send_durable(
+        &mut self,
+        from: usize,
+        target: &str,
+        body: &str,
+        timeout_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<u64, SendError> {
+        let now = self.now();
+        let r =
+            self.nodes[from]
+                .router
+                .send_durable(now, target, body.as_bytes(), timeout_ms, ttl_ms);
+        self.drain(from);
+        r
+    }
+
+    /// Node `n` stops at once (its links go down, unconfirmed writes stay unconfirmed) and
+    /// starts again from its disk. Its links must be connected again by the test.
+    pub fn restart(&mut self, n: usize) {
+        let links: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.up && l.ends.contains(&n))
+            .map(|(id, _)| *id)
+            .collect();
+        for link in links {
+            self.disconnect(link);
+        }
+        let now = self.now();
+        let node = &mut self.nodes[n];
+        node.generation += 1;
+        node.router = Router::new(node.settings.clone(), now);
+        let restored = node.disk.restored();
+        node.router.restore(now, restored);
+        self.drain(n);
+    }
+
     /// The outcome of request `id` sent by `from`, once complete.
     pub fn outcome(&self, from: usize, id: u64) -> Option<&Result<Delivery, SendError>> {
         self.nodes[from].completed.get(&id)
@@ -516,6 +629,16 @@ impl Net {
                 self.nodes[to].router.handle_frame(now, link, *frame);
                 self.drain(to);
             }
+            Event::Persisted {
+                to,
+                token,
+                generation,
+            } => {
+                if self.nodes[to].generation == generation {
+                    self.nodes[to].router.persisted(now, token, Ok(()));
+                    self.drain(to);
+                }
+            }
             Event::Punch {
                 to,
                 from,
@@ -536,6 +659,15 @@ impl Net {
         while let Some(action) = self.nodes[node].router.poll_action() {
             match action {
                 Action::Send { link, frame } => {
+                    if let Frame::Data(e) = &frame {
+                        let n = &mut self.nodes[node];
+                        if e.kind == crate::wire::frame::MessageKind::Response
+                            && n.drop_responses > 0
+                        {
+                            n.drop_responses -= 1;
+                            continue;
+                        }
+                    }
                     let Some(l) = self.links.get(&link).filter(|l| l.up) else {
                         self.nodes[node].router.frame_refused(link, frame);
                         continue;
@@ -558,6 +690,9 @@ impl Net {
                     let now = self.now();
                     let n = &mut self.nodes[node];
                     n.scripts_run.push((name.clone(), source));
+                    if n.hold_scripts {
+                        continue;
+                    }
                     let result = ScriptResult::Ran {
                         exit_code: Some(0),
                         stdout: format!("ran {name}").into_bytes(),
@@ -585,6 +720,25 @@ impl Net {
                 }
                 Action::Complete { id, result } => {
                     self.nodes[node].completed.insert(id, result);
+                }
+                Action::Persist { ops, token, .. } => {
+                    let n = &mut self.nodes[node];
+                    n.disk.apply(ops);
+                    if let Some(token) = token {
+                        let generation = n.generation;
+                        let at = self.now_us + STORE_LATENCY_US;
+                        self.push(
+                            at,
+                            Event::Persisted {
+                                to: node,
+                                token,
+                                generation,
+                            },
+                        );
+                    }
+                }
+                Action::Queued { id, status, .. } => {
+                    self.nodes[node].queued.insert(id, status);
                 }
             }
         }

@@ -155,6 +155,7 @@ async fn drive(
         target: "b".into(),
         body: msg.clone(),
         timeout_ms,
+        ttl_ms: 0,
     };
     // Readiness: the link to B is up once a send is answered.
     let start = Instant::now();
@@ -204,22 +205,24 @@ async fn round_trips(
             target: "b".into(),
             body: msg.clone(),
             timeout_ms: SEND_TIMEOUT_MS,
+            ttl_ms: 0,
         };
         let t0 = Instant::now();
         let r = relay.send(req).await;
         let dt = t0.elapsed();
         let err = match r {
-            Ok(Ok(d)) if d.hops == 1 => {
+            Ok(Ok(msgtier::actors::relay::Answer::Done(d))) if d.hops == 1 => {
                 s.ok_total += 1;
                 if timed {
                     s.rtts_us.push(dt.as_secs_f64() * 1e6);
                 }
                 continue;
             }
-            Ok(Ok(d)) => {
+            Ok(Ok(msgtier::actors::relay::Answer::Done(d))) => {
                 s.ok_total += 1;
                 format!("receipt over {} hop(s), not 1", d.hops)
             }
+            Ok(Ok(msgtier::actors::relay::Answer::Queued { .. })) => "queued".to_string(),
             Ok(Err(e)) => short(&e.to_string()),
             Err(e) => format!("mailbox: {e}"),
         };
@@ -262,6 +265,7 @@ async fn batch(
                         target: "b".into(),
                         body: msg.clone(),
                         timeout_ms: SEND_TIMEOUT_MS,
+                        ttl_ms: 0,
                     })
                     .await;
                 match r {

@@ -1,0 +1,264 @@
+//! Durable messages with real processes: `/send` with a ttl, the outbox across SIGKILLs of the
+//! sender and the target, exactly-once scripts, the durable inbox, and the API's errors.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_until, Node, Spec};
+use serde_json::{json, Value};
+
+/// How long a test waits for delivery after the target is back.
+const DELIVERY_WAIT: Duration = Duration::from_secs(60);
+
+/// A node with a script `count` that appends its message id to `runs.txt` in its directory
+/// (and `slow`, which does the same and then sleeps).
+fn counting_spec(id: &str, dir: &std::path::Path) -> Spec {
+    let runs = dir.join(format!("{id}-runs.txt"));
+    let mut spec = Spec::new(id, "tcp");
+    spec.scripts = vec![
+        (
+            "count".into(),
+            format!(
+                "echo \"$MSGTIER_MESSAGE_ID\" >> {}; echo counted",
+                runs.display()
+            ),
+        ),
+        (
+            "slow".into(),
+            format!(
+                "echo \"$MSGTIER_MESSAGE_ID\" >> {}; sleep 30",
+                runs.display()
+            ),
+        ),
+    ];
+    spec
+}
+
+fn runs(dir: &std::path::Path, id: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(format!("{id}-runs.txt")))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Messages not final in a node's outbox, from `/status`.
+fn open_outbox(node: &Node) -> u64 {
+    node.status()["durable"]["outbox_messages"]
+        .as_u64()
+        .expect("durable.outbox_messages")
+}
+
+fn message(node: &Node, id: &str) -> Value {
+    node.http("GET", &format!("/messages/{id}"), &[], b"")
+        .expect("GET /messages/{id}")
+        .json()
+}
+
+/// The sender is killed (SIGKILL) with 500 messages queued for an offline target, restarted,
+/// and the target started: every message is delivered, every script ran once, every plain
+/// message is in the inbox once, and the inbox survives a restart of the target.
+#[test]
+fn the_sender_killed_with_500_queued_messages_delivers_each_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut c = Node::start(counting_spec("c", scratch.path()));
+    let mut a_spec = Spec::new("a", "tcp");
+    a_spec.peers = vec![c.spec.url()];
+    let mut a = Node::start(a_spec);
+    a.wait_peer_state("c", "Active");
+    c.kill();
+    a.wait_peer_state("c", "Disconnected");
+
+    // 500 queued messages over 8 connections: half run `count`, half are plain.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let a = &a;
+                s.spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in (t..500u32).step_by(8) {
+                        let body = if i.is_multiple_of(2) {
+                            "count".to_string()
+                        } else {
+                            format!("plain {i}")
+                        };
+                        let r = a.send("c", body.as_bytes(), &[("ttl", "600"), ("timeout", "50")]);
+                        assert_eq!(r.status, 202, "{}", r.text());
+                        let j = r.json();
+                        assert_eq!(j["status"], "queued", "{j}");
+                        assert!(j["expires_unix_ms"].as_u64().unwrap() > 0);
+                        ids.push(j["id"].as_str().unwrap().to_string());
+                    }
+                    ids
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), 500);
+    assert_eq!(open_outbox(&a), 500);
+    let q = message(&a, &ids[0]);
+    assert_eq!(q["status"], "queued", "{q}");
+    assert_eq!(q["target"], "c");
+
+    a.kill(); // SIGKILL: nothing is flushed on the way out
+    a.restart();
+    assert_eq!(open_outbox(&a), 500, "all 500 came back from disk");
+    c.restart();
+    wait_until("all 500 delivered", DELIVERY_WAIT, || open_outbox(&a) == 0);
+
+    let ran = runs(scratch.path(), "c");
+    assert_eq!(ran.len(), 250, "each script ran once");
+    assert_eq!(ran.iter().collect::<BTreeSet<_>>().len(), 250);
+    let inbox = c
+        .http("GET", "/messages?limit=10000", &[], b"")
+        .unwrap()
+        .json();
+    let bodies: BTreeSet<String> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bodies.len(), 250, "each plain message once in the inbox");
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 250);
+    for id in &ids[..4] {
+        let m = message(&a, id);
+        assert_eq!(m["status"], "delivered", "{m}");
+        let kind = m["outcome"]["type"].as_str().unwrap();
+        assert!(
+            kind == "delivered" || (kind == "script" && m["outcome"]["stdout"] == "counted\n"),
+            "{m}"
+        );
+    }
+    // The inbox is durable: a restart of the target keeps it, and the filters work.
+    c.restart();
+    let after = c
+        .http("GET", "/messages?limit=10000&from=a", &[], b"")
+        .unwrap()
+        .json();
+    assert_eq!(after["messages"].as_array().unwrap().len(), 250);
+    let none = c
+        .http("GET", "/messages?from=nobody", &[], b"")
+        .unwrap()
+        .json();
+    assert!(none["messages"].as_array().unwrap().is_empty());
+    let two = c.http("GET", "/messages?limit=2", &[], b"").unwrap().json();
+    assert_eq!(two["messages"].as_array().unwrap().len(), 2);
+}
+
+/// The target is killed while the script runs; after its restart the message is answered from
+/// its record ("interrupted") and the script is never run again.
+#[test]
+fn a_target_killed_while_its_script_runs_never_runs_it_again() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut c = Node::start(counting_spec("c", scratch.path()));
+    let mut a_spec = Spec::new("a", "tcp");
+    a_spec.peers = vec![c.spec.url()];
+    let a = Node::start(a_spec);
+    a.wait_peer_state("c", "Active");
+    let r = a.send("c", b"slow", &[("ttl", "600"), ("timeout", "200")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_until("the script started", Duration::from_secs(10), || {
+        runs(scratch.path(), "c").len() == 1
+    });
+    c.kill();
+    c.restart();
+    wait_until("the outcome came back", DELIVERY_WAIT, || {
+        message(&a, &id)["status"] == "delivered"
+    });
+    let m = message(&a, &id);
+    assert_eq!(m["outcome"]["interrupted"], true, "{m}");
+    assert_eq!(m["outcome"]["type"], "script", "{m}");
+    // Re-deliveries would have come within a few retries; the script ran once.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(runs(scratch.path(), "c").len(), 1);
+}
+
+/// Bad `ttl` headers are 400s, an unknown message is 404, a cancelled message is 200 then 409,
+/// a full outbox is 507, and a store that is not a store stops the node with its name.
+#[test]
+fn the_api_refuses_what_it_cannot_do_with_clear_errors() {
+    let mut spec = Spec::new("a", "tcp");
+    spec.extra = json!({"outbox_max_messages": 2, "max_ttl_s": 100});
+    let mut a = Node::start(spec);
+    for bad in ["0", "101", "soon", "-1"] {
+        let r = a.send("z", b"x", &[("ttl", bad)]);
+        assert_eq!(r.status, 400, "ttl {bad}: {}", r.text());
+        assert_eq!(r.json()["error"], "bad_ttl");
+    }
+    // A target never heard of is accepted with a ttl (it may appear later), and says so.
+    let first = a.send("z", b"x", &[("ttl", "100"), ("timeout", "50")]);
+    assert_eq!(first.status, 202, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let m = message(&a, &id);
+    assert!(m["last_error"].as_str().unwrap().contains("known"), "{m}");
+    let second = a.send("z", b"y", &[("ttl", "100"), ("timeout", "50")]);
+    assert_eq!(second.status, 202);
+    let full = a.send("z", b"w", &[("ttl", "100"), ("timeout", "50")]);
+    assert_eq!(full.status, 507, "{}", full.text());
+    assert_eq!(full.json()["error"], "outbox_full");
+    let page = a.http("GET", "/outbox?limit=1", &[], b"").unwrap().json();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    let rest = a
+        .http(
+            "GET",
+            &format!("/outbox?after={}", page["next_after"].as_str().unwrap()),
+            &[],
+            b"",
+        )
+        .unwrap()
+        .json();
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
+
+    let cancel = a
+        .http("DELETE", &format!("/messages/{id}"), &[], b"")
+        .unwrap();
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    assert_eq!(cancel.json()["status"], "cancelled");
+    let again = a
+        .http("DELETE", &format!("/messages/{id}"), &[], b"")
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert_eq!(
+        a.http("GET", "/api/messages/12345", &[], b"")
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(a.http("GET", "/messages/x1", &[], b"").unwrap().status, 400);
+    // With one cancelled there is room again.
+    assert_eq!(
+        a.send("z", b"v", &[("ttl", "100"), ("timeout", "50")])
+            .status,
+        202
+    );
+
+    // A damaged store: the node refuses to start, naming the file, and leaves it as it was.
+    a.kill();
+    let store = a.dir.path().join("data").join("store.redb");
+    let mut bytes = std::fs::read(&store).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b = 0x5a;
+    }
+    std::fs::write(&store, &bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_msgtier"))
+        .arg(a.config_path())
+        .output()
+        .expect("run msgtier");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.redb"), "{err}");
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        bytes,
+        "the damaged file is left as it was"
+    );
+}
