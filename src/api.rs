@@ -159,7 +159,12 @@ impl ResponseError for ApiError {
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PeerNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Remote { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Remote { code, .. } => match code.as_str() {
+                "forbidden" => StatusCode::FORBIDDEN,
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_GATEWAY,
+            },
             ApiError::SendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotMember(_) => StatusCode::FORBIDDEN,
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,

@@ -44,6 +44,9 @@
 //! | `max_ttl_s` | 604800 | 1 ..= 2592000 | longest ttl this node accepts, in seconds |
 //! | `outbox_max_messages` | 10000 | 1 ..= 1000000 | messages with a ttl not yet delivered, at most |
 //! | `outbox_max_bytes` | 67108864 | 1024 ..= 1099511627776 | body bytes of messages with a ttl not yet delivered, at most |
+//! | `max_incoming_bytes` | 1048576 | 0 ..= 1073741824 | largest message body this node takes from others, in bytes |
+//! | `max_incoming_hops` | 16 | 1 ..= 16 | most links a message may have crossed to be taken here |
+//! | `max_messages_per_sender_per_s` | 0 | 0 ..= 1000000 | messages taken from one sender per second, with a second of burst (0: no limit) |
 //! | `inbox_max_messages` | 10000 | 1 ..= 10000000 | plain messages the inbox keeps, at most (oldest go first) |
 //! | `inbox_max_bytes` | 67108864 | 1024 ..= 1099511627776 | body bytes the inbox keeps, at most |
 //! | `inbox_max_age_s` | 2592000 | 1 ..= 315360000 | age beyond which the inbox forgets a message, in seconds |
@@ -416,6 +419,38 @@ pub const FIELDS: &[Field] = &[
         "body bytes of messages with a ttl not yet delivered, at most",
     ),
     Field::new(
+        "max_incoming_bytes",
+        Rule::Int {
+            default: 1 << 20,
+            min: 0,
+            max: Some(1 << 30),
+        },
+        "largest message body this node takes from others, in bytes",
+    ),
+    Field::new(
+        "max_incoming_hops",
+        Rule::Int {
+            default: 16,
+            min: 1,
+            max: Some(16),
+        },
+        "most links a message may have crossed to be taken here",
+    ),
+    Field::new(
+        "max_messages_per_sender_per_s",
+        Rule::Int {
+            default: 0,
+            min: 0,
+            max: Some(1_000_000),
+        },
+        "messages taken from one sender per second, with a second of burst (0: no limit)",
+    ),
+    Field::new(
+        "carrier",
+        Rule::Custom { default: "none" },
+        "carry durable messages for others: {quota_bytes, per_origin_quota_bytes, max_ttl_s}",
+    ),
+    Field::new(
         "inbox_max_messages",
         Rule::Int {
             default: 10_000,
@@ -443,6 +478,27 @@ pub const FIELDS: &[Field] = &[
         "age beyond which the inbox forgets a message, in seconds",
     ),
 ];
+
+/// What a carrier keeps for others (config `carrier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CarrierConfig {
+    /// Bytes of others' messages held at most (default 256 MiB).
+    pub quota_bytes: u64,
+    /// Bytes held for one origin at most (default 32 MiB).
+    pub per_origin_quota_bytes: u64,
+    /// Longest remaining lifetime taken, in seconds (default a week).
+    pub max_ttl_s: u64,
+}
+
+impl Default for CarrierConfig {
+    fn default() -> Self {
+        CarrierConfig {
+            quota_bytes: 256 * 1024 * 1024,
+            per_origin_quota_bytes: 32 * 1024 * 1024,
+            max_ttl_s: DEFAULT_MAX_TTL_S,
+        }
+    }
+}
 
 /// Default `max_ttl_s`: a week.
 pub const DEFAULT_MAX_TTL_S: u64 = 7 * 24 * 3600;
@@ -673,6 +729,11 @@ pub struct Config {
     pub api_hosts: Vec<String>,
     /// Script name -> shell command, run when a peer sends a `script` message with that name.
     pub scripts: BTreeMap<String, String>,
+    /// Script name -> the only node ids that may run it (`scripts` entries given as
+    /// `{"command", "allow"}`); a script not listed here may be run by every member. Shown in
+    /// [`Config::redacted_json`] inside `scripts`.
+    #[serde(skip)]
+    pub script_allow: BTreeMap<String, Vec<String>>,
     /// Foreign-network name patterns allowed to relay through this node (`*` = any, `?`/`*`
     /// wildcards); empty = none.
     pub relay_network_whitelist: Vec<String>,
@@ -745,6 +806,15 @@ pub struct Config {
     pub outbox_max_messages: usize,
     /// Their body bytes, at most.
     pub outbox_max_bytes: usize,
+    /// Largest body taken from others, in bytes.
+    pub max_incoming_bytes: usize,
+    /// Most links a message may have crossed to be taken.
+    pub max_incoming_hops: u8,
+    /// Messages taken from one sender per second (0: no limit).
+    pub max_messages_per_sender_per_s: u64,
+    /// This node carries durable messages for others, within these limits; `None`: it never
+    /// stores others' messages.
+    pub carrier: Option<CarrierConfig>,
     /// Plain messages the inbox keeps, at most.
     pub inbox_max_messages: u64,
     /// Body bytes the inbox keeps, at most.
@@ -765,6 +835,17 @@ impl Config {
         // Cannot fail: every field serializes to a string, number, boolean, null, list or
         // string-keyed map, and none of the serializers used here returns an error.
         let mut json = serde_json::to_value(self).expect("a Config always serializes to JSON");
+        if let Some(Value::Object(scripts)) = json.get_mut("scripts") {
+            // A script with an allow list is shown as the file gives it: an object.
+            for (name, allow) in &self.script_allow {
+                if let Some(command) = scripts.get(name).cloned() {
+                    scripts.insert(
+                        name.clone(),
+                        serde_json::json!({"command": command, "allow": allow}),
+                    );
+                }
+            }
+        }
         if let Value::Object(fields) = &mut json {
             for field in FIELDS.iter().filter(|f| f.secret) {
                 fields.insert(field.name.to_string(), Value::from(REDACTED));
@@ -778,6 +859,7 @@ impl Config {
         Reloadable {
             peers: self.peers.clone(),
             scripts: self.scripts.clone(),
+            script_allow: self.script_allow.clone(),
             relay_network_whitelist: self.relay_network_whitelist.clone(),
             relay_all_peer_rpc: self.relay_all_peer_rpc,
             foreign_relay_bps_limit: self.foreign_relay_bps_limit,
@@ -829,6 +911,8 @@ pub struct Reloadable {
     pub peers: Vec<Endpoint>,
     /// [`Config::scripts`]: script name -> shell command.
     pub scripts: BTreeMap<String, String>,
+    /// [`Config::script_allow`]: who may run which script.
+    pub script_allow: BTreeMap<String, Vec<String>>,
     /// [`Config::relay_network_whitelist`]: foreign networks allowed to relay through us.
     pub relay_network_whitelist: Vec<String>,
     /// [`Config::relay_all_peer_rpc`]: admit other foreign networks for control traffic.
@@ -1215,7 +1299,7 @@ impl Checker<'_> {
         };
 
         let api_hosts = self.api_hosts(get("api_hosts"))?;
-        let scripts = self.scripts(get("scripts"))?;
+        let (scripts, script_allow) = self.scripts(get("scripts"))?;
         let relay_network_whitelist = self.whitelist(get("relay_network_whitelist"))?;
         let relay_all_peer_rpc = self.flag(root, "relay_all_peer_rpc")?;
         let foreign_relay_bps_limit = self.int(root, "foreign_relay_bps_limit")?;
@@ -1345,6 +1429,10 @@ impl Checker<'_> {
         }
         let outbox_max_messages = self.size(root, "outbox_max_messages")?;
         let outbox_max_bytes = self.size(root, "outbox_max_bytes")?;
+        let max_incoming_bytes = self.size(root, "max_incoming_bytes")?;
+        let max_incoming_hops = self.int(root, "max_incoming_hops")? as u8;
+        let max_messages_per_sender_per_s = self.int(root, "max_messages_per_sender_per_s")?;
+        let carrier = self.carrier(get("carrier"))?;
         let inbox_max_messages = self.int(root, "inbox_max_messages")?;
         let inbox_max_bytes = self.int(root, "inbox_max_bytes")?;
         let inbox_max_age_s = self.int(root, "inbox_max_age_s")?;
@@ -1360,6 +1448,7 @@ impl Checker<'_> {
             web_api,
             api_hosts,
             scripts,
+            script_allow,
             relay_network_whitelist,
             relay_all_peer_rpc,
             foreign_relay_bps_limit,
@@ -1384,6 +1473,10 @@ impl Checker<'_> {
             max_ttl_s,
             outbox_max_messages,
             outbox_max_bytes,
+            max_incoming_bytes,
+            max_incoming_hops,
+            max_messages_per_sender_per_s,
+            carrier,
             inbox_max_messages,
             inbox_max_bytes,
             inbox_max_age_s,
@@ -1575,8 +1668,75 @@ impl Checker<'_> {
         Ok(endpoints)
     }
 
-    fn scripts(&self, value: Option<&Value>) -> Result<BTreeMap<String, String>, ConfigError> {
-        let scripts = self.string_map("scripts", value)?;
+    /// `scripts`: name -> command, each a string or `{"command": ..., "allow": [ids]}`; answers
+    /// the commands and the allow lists.
+    #[allow(clippy::type_complexity)]
+    fn scripts(
+        &self,
+        value: Option<&Value>,
+    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, Vec<String>>), ConfigError> {
+        let mut scripts = BTreeMap::new();
+        let mut allow_lists = BTreeMap::new();
+        let object = match value {
+            None => return Ok((scripts, allow_lists)),
+            Some(Value::Object(object)) => object,
+            Some(other) => {
+                return Err(self.err(
+                    "scripts",
+                    format!(
+                        "expected an object of commands (strings or {{\"command\", \"allow\"}}), found {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        for (name, v) in object {
+            let path = child_path("scripts", name);
+            match v {
+                Value::Object(entry) => {
+                    for key in entry.keys() {
+                        if key != "command" && key != "allow" {
+                            return Err(self.err(
+                                &path,
+                                format!("unknown key {key:?} (expected \"command\" and \"allow\")"),
+                            ));
+                        }
+                    }
+                    let command = match entry.get("command") {
+                        Some(c) => self.string(&format!("{path}.command"), c)?,
+                        None => return Err(self.err(&path, "missing \"command\"")),
+                    };
+                    let allow = match entry.get("allow") {
+                        None => None,
+                        Some(Value::Array(ids)) => {
+                            let mut list = Vec::new();
+                            for (i, id) in ids.iter().enumerate() {
+                                let item = format!("{path}.allow[{i}]");
+                                let id = self.string(&item, id)?;
+                                if !crate::wire::frame::valid_id(&id) {
+                                    return Err(self.err(&item, format!("{id:?} is not a node id")));
+                                }
+                                list.push(id);
+                            }
+                            Some(list)
+                        }
+                        Some(other) => {
+                            return Err(self.err(
+                                format!("{path}.allow"),
+                                format!("expected an array of node ids, found {}", kind(other)),
+                            ))
+                        }
+                    };
+                    scripts.insert(name.clone(), command);
+                    if let Some(list) = allow {
+                        allow_lists.insert(name.clone(), list);
+                    }
+                }
+                other => {
+                    scripts.insert(name.clone(), self.string(&path, other)?);
+                }
+            }
+        }
         for (name, command) in &scripts {
             if name.trim().is_empty() {
                 return Err(self.err(
@@ -1588,7 +1748,57 @@ impl Checker<'_> {
                 return Err(self.err(child_path("scripts", name), "command must not be empty"));
             }
         }
-        Ok(scripts)
+        Ok((scripts, allow_lists))
+    }
+
+    /// `carrier`: absent or null (not a carrier), or an object of optional limits.
+    fn carrier(&self, value: Option<&Value>) -> Result<Option<CarrierConfig>, ConfigError> {
+        const FIELD: &str = "carrier";
+        let object = match value {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(o)) => o,
+            Some(other) => {
+                return Err(self.err(
+                    FIELD,
+                    format!(
+                        "expected an object {{quota_bytes, per_origin_quota_bytes, max_ttl_s}} or null, found {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        let mut c = CarrierConfig::default();
+        for (key, v) in object {
+            let path = child_path(FIELD, key);
+            let n = match v {
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                self.err(
+                    &path,
+                    format!("expected a non-negative integer, found {}", kind(v)),
+                )
+            })?;
+            match key.as_str() {
+                "quota_bytes" if n >= 1024 => c.quota_bytes = n,
+                "per_origin_quota_bytes" if n >= 1024 => c.per_origin_quota_bytes = n,
+                "max_ttl_s" if (1..=MAX_TTL_S).contains(&n) => c.max_ttl_s = n,
+                "quota_bytes" | "per_origin_quota_bytes" => {
+                    return Err(self.err(&path, format!("must be at least 1024, found {n}")))
+                }
+                "max_ttl_s" => {
+                    return Err(self.err(&path, format!("must be between 1 and {MAX_TTL_S}, found {n}")))
+                }
+                other => {
+                    return Err(self.err(
+                        FIELD,
+                        format!("unknown key {other:?} (expected quota_bytes, per_origin_quota_bytes, max_ttl_s)"),
+                    ))
+                }
+            }
+        }
+        Ok(Some(c))
     }
 
     /// An object whose values are all strings.
@@ -2026,11 +2236,64 @@ mod tests {
     }
 
     #[test]
+    fn carrier_rules() {
+        assert_eq!(ok(&with("")).config.carrier, None);
+        assert_eq!(
+            ok(&with(r#""carrier": {}"#)).config.carrier,
+            Some(CarrierConfig::default())
+        );
+        let c = ok(&with(
+            r#""carrier": {"quota_bytes": 4096, "max_ttl_s": 60}"#,
+        ))
+        .config;
+        assert_eq!(c.carrier.unwrap().quota_bytes, 4096);
+        assert_eq!(c.carrier.unwrap().max_ttl_s, 60);
+        assert_eq!(
+            err(&with(r#""carrier": {"quota_bytes": 10}"#)),
+            "node.json: carrier.quota_bytes: must be at least 1024, found 10"
+        );
+        assert_eq!(
+            err(&with(r#""carrier": {"quota": 10}"#)),
+            r#"node.json: carrier: unknown key "quota" (expected quota_bytes, per_origin_quota_bytes, max_ttl_s)"#
+        );
+        assert_eq!(
+            err(&with(r#""carrier": true"#)),
+            "node.json: carrier: expected an object {quota_bytes, per_origin_quota_bytes, max_ttl_s} or null, found boolean"
+        );
+        assert_eq!(
+            err(&with(r#""default_ttl_s": 100, "max_ttl_s": 50"#)),
+            "node.json: default_ttl_s: must be at most max_ttl_s (50), found 100"
+        );
+    }
+
+    #[test]
     fn scripts_rules() {
         assert_eq!(
             err(&with(r#""scripts": ["echo"]"#)),
-            "node.json: scripts: expected an object of strings, found array"
+            r#"node.json: scripts: expected an object of commands (strings or {"command", "allow"}), found array"#
         );
+        assert_eq!(
+            err(&with(
+                r#""scripts": {"d": {"command": "x", "allow": ["ok", "not ok"]}}"#
+            )),
+            r#"node.json: scripts.d.allow[1]: "not ok" is not a node id"#
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {"d": {"allow": []}}"#)),
+            r#"node.json: scripts.d: missing "command""#
+        );
+        assert_eq!(
+            err(&with(r#""scripts": {"d": {"command": "x", "alow": []}}"#)),
+            r#"node.json: scripts.d: unknown key "alow" (expected "command" and "allow")"#
+        );
+        let c = ok(&with(
+            r#""scripts": {"d": {"command": "x", "allow": ["b"]}, "e": "y"}"#,
+        ))
+        .config;
+        assert_eq!(c.scripts["d"], "x");
+        assert_eq!(c.script_allow["d"], ["b"]);
+        assert!(!c.script_allow.contains_key("e"));
+        assert_eq!(c.redacted_json()["scripts"]["d"]["allow"][0], "b");
         assert_eq!(
             err(&with(r#""scripts": {"chrome": 1}"#)),
             "node.json: scripts.chrome: expected a string, found number"
@@ -2790,6 +3053,10 @@ mod tests {
             ("max_ttl_s", "3600"),
             ("outbox_max_messages", "5"),
             ("outbox_max_bytes", "2048"),
+            ("max_incoming_bytes", "100"),
+            ("max_incoming_hops", "3"),
+            ("max_messages_per_sender_per_s", "10"),
+            ("carrier", r#"{"quota_bytes": 100000}"#),
             ("inbox_max_messages", "5"),
             ("inbox_max_bytes", "2048"),
             ("inbox_max_age_s", "60"),
@@ -2850,7 +3117,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("//! | `"))
             .map(|row| row.trim_end_matches(" |").split(" | ").collect())
             .collect();
-        assert_eq!(rows.len(), 13);
+        assert_eq!(rows.len(), 16);
         for row in rows {
             let name = row[0].trim_end_matches('`');
             let entry = field(name).unwrap_or_else(|| panic!("{name} is not in FIELDS"));

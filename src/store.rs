@@ -9,7 +9,8 @@
 //! Tables (schema [`SCHEMA_VERSION`], in `meta`):
 //! - `outbox`: message id (u64) -> [`OutboxRecord`];
 //! - `seen`: id (8 bytes, big-endian) ++ source id -> [`SeenRecord`];
-//! - `inbox`: arrival sequence (u64) -> [`InboxRecord`], trimmed to the [`Retention`] limits.
+//! - `inbox`: arrival sequence (u64) -> [`InboxRecord`], trimmed to the [`Retention`] limits;
+//! - `carried`: id ++ source, as for `seen` -> [`CarriedRecord`] (a carrier's custody).
 //!
 //! Values are rmp-serde encoded. A file that redb cannot open, a schema this build does not
 //! know, or a record that does not decode is an error naming the file: the store is never
@@ -21,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::proto::durable::{InboxRecord, Op, OutboxRecord, Restored, SeenRecord};
+use crate::proto::durable::{CarriedRecord, InboxRecord, Op, OutboxRecord, Restored, SeenRecord};
 
 /// Name of the database file inside the data directory.
 pub const STORE_FILE_NAME: &str = "store.redb";
@@ -33,6 +34,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SEEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seen");
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+const CARRIED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("carried");
 
 /// How much of the inbox is kept: the oldest messages go first once any limit is passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +180,7 @@ impl Store {
             txn.open_table(OUTBOX).map_err(|e| self.io(e))?;
             txn.open_table(SEEN).map_err(|e| self.io(e))?;
             txn.open_table(INBOX).map_err(|e| self.io(e))?;
+            txn.open_table(CARRIED).map_err(|e| self.io(e))?;
         }
         txn.commit().map_err(|e| self.io(e))
     }
@@ -202,6 +205,15 @@ impl Store {
             let record: SeenRecord = decode(v.value())
                 .map_err(|e| self.corrupt(format!("seen record {source}/{id}: {e}")))?;
             restored.seen.push((source, id, record));
+        }
+        let carried = txn.open_table(CARRIED).map_err(|e| self.io(e))?;
+        for row in carried.iter().map_err(|e| self.io(e))? {
+            let (k, v) = row.map_err(|e| self.io(e))?;
+            let (id, source) = split_seen_key(k.value())
+                .ok_or_else(|| self.corrupt("a carried record's key".into()))?;
+            let record: CarriedRecord = decode(v.value())
+                .map_err(|e| self.corrupt(format!("carried record {source}/{id}: {e}")))?;
+            restored.carried.push((source, id, record));
         }
         let inbox = txn.open_table(INBOX).map_err(|e| self.io(e))?;
         self.inbox_count = inbox.len().map_err(|e| self.io(e))?;
@@ -229,6 +241,7 @@ impl Store {
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.io(e))?;
             let mut seen = txn.open_table(SEEN).map_err(|e| self.io(e))?;
             let mut inbox = txn.open_table(INBOX).map_err(|e| self.io(e))?;
+            let mut carried = txn.open_table(CARRIED).map_err(|e| self.io(e))?;
             for op in ops {
                 match op {
                     Op::PutOutbox(id, record) => {
@@ -245,6 +258,16 @@ impl Store {
                     }
                     Op::DeleteSeen { source, id } => {
                         seen.remove(seen_key(*id, source).as_slice())
+                            .map_err(|e| self.io(e))?;
+                    }
+                    Op::PutCarried { source, id, record } => {
+                        carried
+                            .insert(seen_key(*id, source).as_slice(), encode(record).as_slice())
+                            .map_err(|e| self.io(e))?;
+                    }
+                    Op::DeleteCarried { source, id } => {
+                        carried
+                            .remove(seen_key(*id, source).as_slice())
                             .map_err(|e| self.io(e))?;
                     }
                     Op::Inbox(record) => {

@@ -262,3 +262,110 @@ fn the_api_refuses_what_it_cannot_do_with_clear_errors() {
         "the damaged file is left as it was"
     );
 }
+
+/// A script with an allow list refuses other senders (403 `forbidden`, live and with a ttl,
+/// where the message ends `failed`); bodies over the target's limit are 413 `too_large`; a
+/// sender over its rate gets 429 `rate_limited`; `/config` shows the allow list.
+#[test]
+fn allow_lists_and_limits_refuse_with_clear_errors() {
+    let mut c_spec = Spec::new("c", "tcp");
+    c_spec.extra = json!({
+        "scripts": {
+            "open": "echo open",
+            "secret": {"command": "echo secret", "allow": ["b"]},
+        },
+        "max_incoming_bytes": 100,
+        "max_messages_per_sender_per_s": 5,
+    });
+    let c = Node::start(c_spec);
+    let mut a_spec = Spec::new("a", "tcp");
+    a_spec.peers = vec![c.spec.url()];
+    let a = Node::start(a_spec);
+    a.wait_peer_state("c", "Active");
+    let config = c.http("GET", "/config", &[], b"").unwrap().json();
+    assert_eq!(
+        config["scripts"]["secret"]["allow"],
+        json!(["b"]),
+        "{config}"
+    );
+    assert_eq!(config["scripts"]["open"], "echo open");
+
+    let denied = a.send("c", b"secret", &[]);
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.json()["error"], "forbidden");
+    let durable = a.send("c", b"secret", &[("ttl", "60")]);
+    assert_eq!(durable.status, 403, "{}", durable.text());
+    let list = a.http("GET", "/outbox", &[], b"").unwrap().json();
+    assert!(
+        list["messages"].as_array().unwrap().is_empty(),
+        "final: {list}"
+    );
+    let big = a.send("c", &[b'x'; 200], &[]);
+    assert_eq!(big.status, 413, "{}", big.text());
+    assert_eq!(big.json()["error"], "too_large");
+    assert_eq!(a.send("c", b"open", &[]).text(), "open\n");
+    // Five a second with a second of burst: twenty at once cannot all pass.
+    let statuses: Vec<u16> = (0..20).map(|_| a.send("c", b"hi", &[]).status).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let limited = statuses.iter().position(|s| *s == 429).unwrap();
+    assert!(limited >= 3, "the burst passes first: {statuses:?}");
+    assert!(c.status()["messages"]["refused"].as_u64().unwrap() >= 3);
+}
+
+/// A carrier takes a message for an offline target; the sender is killed; the target comes
+/// back and runs it once, handing the receipt to the carrier as the sender is gone; the target
+/// is killed; the sender restarts and learns the outcome from the carrier.
+#[test]
+fn a_carrier_delivers_for_a_killed_sender_and_brings_the_outcome_back() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut k_spec = Spec::new("k", "tcp");
+    k_spec.extra = json!({"carrier": {"quota_bytes": 1048576}});
+    let k = Node::start(k_spec);
+    // a and c reach each other only through k (no direct link from gossip).
+    let mut c_spec = counting_spec("c", scratch.path());
+    c_spec.peers = vec![k.spec.url()];
+    c_spec.auto_connect = false;
+    let mut c = Node::start(c_spec);
+    let mut a_spec = Spec::new("a", "tcp");
+    a_spec.peers = vec![k.spec.url()];
+    a_spec.auto_connect = false;
+    let mut a = Node::start(a_spec);
+    a.wait("a routes to c through k", || {
+        a.peer("c").is_some_and(|p| p["next_hop"] == "k")
+    });
+    a.wait("a knows k carries", || {
+        a.status()["durable"]["carriers"] == json!(["k"])
+    });
+    c.kill();
+    a.wait("c unreachable", || {
+        a.peer("c").is_none_or(|p| p["next_hop"].is_null())
+    });
+    let r = a.send("c", b"count", &[("ttl", "600"), ("timeout", "200")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    a.wait("in the carrier's custody", || {
+        let m = message(&a, &id);
+        m["status"] == "in_custody" && m["custody"] == "k"
+    });
+    assert_eq!(k.status()["durable"]["carried_messages"], 1);
+    a.kill();
+    c.restart();
+    wait_until("the script ran", DELIVERY_WAIT, || {
+        runs(scratch.path(), "c").len() == 1
+    });
+    k.wait("k holds the receipt for a", || {
+        let d = &k.status()["durable"];
+        d["carried_messages"] == 1 && d["carried_by_origin"]["c"].as_u64().is_some()
+    });
+    c.kill();
+    a.restart();
+    wait_until("a learned the outcome", DELIVERY_WAIT, || {
+        message(&a, &id)["status"] == "delivered"
+    });
+    let m = message(&a, &id);
+    assert_eq!(m["outcome"]["stdout"], "counted\n", "{m}");
+    k.wait("k holds nothing more", || {
+        k.status()["durable"]["carried_messages"] == 0
+    });
+    assert_eq!(runs(scratch.path(), "c").len(), 1);
+}

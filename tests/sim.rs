@@ -632,3 +632,166 @@ fn a_durable_message_with_a_forged_signature_is_refused() {
         "the genuine copy ran once"
     );
 }
+
+// ---- carriers ----
+
+use msgtier::proto::router::CarrierLimits;
+
+fn carrier_limits(quota_bytes: usize) -> CarrierLimits {
+    CarrierLimits {
+        quota_bytes,
+        per_origin_quota_bytes: quota_bytes,
+        max_ttl_ms: 3_600_000,
+    }
+}
+
+/// a -- k -- c with k a carrier; all converged, then c goes offline.
+fn with_carrier(quota_bytes: usize) -> (Net, [usize; 3], [u64; 2]) {
+    let mut net = Net::new(141);
+    let a = net.add("a");
+    let k = net.add_with("k", "sim", |s| {
+        s.carrier = Some(carrier_limits(quota_bytes))
+    });
+    let c = net.add("c");
+    let ak = net.connect(a, k, 5);
+    let kc = net.connect(k, c, 5);
+    converge(&mut net, "a-k-c");
+    net.disconnect(kc);
+    net.run_for(1_000);
+    (net, [a, k, c], [ak, kc])
+}
+
+/// The sender hands a message for an offline target to a carrier and goes; the target comes
+/// back, runs the script once and, its sender being gone, hands the receipt to the carrier; the
+/// target goes, the sender returns and learns the outcome from the carrier.
+#[test]
+fn a_carrier_delivers_while_the_sender_is_gone_and_brings_the_receipt_back() {
+    let (mut net, [a, k, c], [ak, _]) = with_carrier(1 << 20);
+    let id = net
+        .send_durable(a, "c", "echo", 500, 600_000)
+        .expect("accepted");
+    assert!(net.run_until(5_000, |n| status(n, a, id) == Status::InCustody));
+    let record = net.nodes[a].router.message_status(id).unwrap().record;
+    assert_eq!(record.custody.as_deref(), Some("k"));
+    assert_eq!(net.nodes[k].disk.carried.len(), 1, "on the carrier's disk");
+    net.disconnect(ak); // the sender is gone
+    net.run_for(2_000);
+    let kc = net.connect(k, c, 5); // the target is back
+    assert!(net.run_until(10_000, |n| n.nodes[c].scripts_run.len() == 1));
+    // The carrier handed the message on and holds the receipt for a instead.
+    assert!(net.run_until(10_000, |n| {
+        n.nodes[k].disk.carried.len() == 1
+            && n.nodes[k]
+                .disk
+                .carried
+                .values()
+                .all(|r| r.envelope.target == "a")
+    }));
+    net.disconnect(kc); // the target goes
+    net.run_for(2_000);
+    net.connect(a, k, 5); // the sender returns
+    assert!(net.run_until(10_000, |n| status(n, a, id) == Status::Delivered));
+    let outcome = net.nodes[a]
+        .router
+        .message_status(id)
+        .unwrap()
+        .record
+        .outcome;
+    assert!(matches!(outcome, Some(Outcome::Script { stdout, .. }) if stdout == b"ran echo"));
+    assert!(net.run_until(10_000, |n| n.nodes[k].disk.carried.is_empty()));
+    assert_eq!(net.nodes[c].scripts_run.len(), 1, "run once");
+}
+
+/// A full carrier refuses; the sender keeps the message and delivers it itself later.
+#[test]
+fn a_full_carrier_refuses_and_the_sender_keeps_the_message() {
+    let (mut net, [a, k, c], _) = with_carrier(1024);
+    let body = "x".repeat(4000);
+    let id = net
+        .send_durable(a, "c", &body, 500, 600_000)
+        .expect("accepted");
+    net.run_for(3_000);
+    let record = net.nodes[a].router.message_status(id).unwrap().record;
+    assert_eq!(record.status, Status::Queued, "{record:?}");
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("carrier_full")
+            || record
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("no route"),
+        "{record:?}"
+    );
+    assert!(net.nodes[k].disk.carried.is_empty());
+    net.connect(k, c, 5);
+    assert!(net.run_until(70_000, |n| status(n, a, id) == Status::Delivered));
+    assert_eq!(net.nodes[c].disk.inbox.len(), 1);
+}
+
+/// A member that hands a carrier an envelope it signed itself in another node's name gets it
+/// refused: the carrier checks the origin's signature before it takes custody.
+#[test]
+fn a_carrier_refuses_an_envelope_not_signed_by_its_origin() {
+    use msgtier::proto::e2e::{self, PairKey, Payload};
+    use msgtier::wire::frame::{Envelope, Frame, MessageKind};
+    let mut net = Net::new(142);
+    let a = net.add("a");
+    let k = net.add_with("k", "sim", |s| s.carrier = Some(carrier_limits(1 << 20)));
+    let m = net.add("m");
+    let c = net.add("c");
+    net.connect(a, k, 5);
+    let mk = net.connect(m, k, 5);
+    let kc = net.connect(k, c, 5);
+    converge(&mut net, "star around k");
+    net.disconnect(kc);
+    net.run_for(500);
+    let now = net.now();
+    let m_keys = net.nodes[m].keys.clone();
+    let mut inner = Envelope {
+        id: 7,
+        source: "a".into(),
+        target: "c".into(),
+        kind: MessageKind::Request,
+        timestamp_ms: now.unix_ms,
+        ttl_ms: 600_000,
+        hops: 0,
+        clear: false,
+        sealed: vec![0; 64],
+        signature: Some(vec![0; 96]),
+    };
+    let mut field = m_keys.identity.signing_public().to_vec();
+    field.extend_from_slice(&m_keys.identity.sign(&e2e::signed_bytes(&inner)));
+    inner.signature = Some(field);
+    let k_public = net.nodes[k].public_key;
+    let pair = PairKey::derive(&m_keys.identity, &k_public, &m_keys.network_key, "m", "k")
+        .expect("pair key");
+    let mut outer = Envelope {
+        id: 8,
+        source: "m".into(),
+        target: "k".into(),
+        kind: MessageKind::Request,
+        timestamp_ms: now.unix_ms,
+        ttl_ms: 30_000,
+        hops: 0,
+        clear: false,
+        sealed: Vec::new(),
+        signature: None,
+    };
+    e2e::seal(
+        &pair,
+        &mut outer,
+        &Payload::Custody { envelope: inner }.encode(),
+    )
+    .expect("seal");
+    net.inject(k, mk, Frame::Data(outer));
+    net.run_for(1_000);
+    assert!(
+        net.nodes[k].disk.carried.is_empty(),
+        "nothing forged is carried"
+    );
+    assert_eq!(net.report(k).messages.forged, 1);
+}

@@ -28,7 +28,8 @@ use crate::actors::store::{Persist, StoreActor, StoreFailure};
 use crate::node::{unix_ms, NodeShared};
 use crate::proto::durable::{Restored, Status};
 use crate::proto::router::{
-    Action, DurableLimits, Now, Randomness, Router, ScriptResult, Settings,
+    Action, CarrierLimits, DurableLimits, IncomingLimits, Now, Randomness, Router, ScriptResult,
+    Settings,
 };
 
 pub use crate::proto::router::{
@@ -157,6 +158,21 @@ impl RelayActor {
             random: Randomness::Os,
             network_ca: config.network_ca,
             certificate: node.local.certificate.clone(),
+            carrier: config.carrier.map(|c| CarrierLimits {
+                quota_bytes: c.quota_bytes as usize,
+                per_origin_quota_bytes: c.per_origin_quota_bytes as usize,
+                max_ttl_ms: c.max_ttl_s * 1000,
+            }),
+            incoming: IncomingLimits {
+                max_bytes: config.max_incoming_bytes,
+                max_hops: config.max_incoming_hops,
+                per_sender_per_s: config.max_messages_per_sender_per_s,
+            },
+            script_allow: config
+                .script_allow
+                .iter()
+                .map(|(name, ids)| (name.clone(), ids.iter().cloned().collect()))
+                .collect(),
             durable: DurableLimits {
                 outbox_max_messages: config.outbox_max_messages,
                 outbox_max_bytes: config.outbox_max_bytes,

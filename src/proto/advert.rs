@@ -145,6 +145,7 @@ mod tests {
             }],
             relay: false,
             certificate: None,
+            carrier: false,
         }
     }
 

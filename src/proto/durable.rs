@@ -150,6 +150,24 @@ impl InboxRecord {
     }
 }
 
+/// A durable envelope a carrier holds for others, by (its source, its id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedRecord {
+    /// The origin's envelope, sealed for its target and signed, exactly as received.
+    pub envelope: crate::wire::frame::Envelope,
+    /// The node that handed it over.
+    pub from: String,
+    /// When it was taken (unix ms).
+    pub taken_unix_ms: u64,
+}
+
+impl CarriedRecord {
+    /// When it expires (unix ms).
+    pub fn expires_unix_ms(&self) -> u64 {
+        self.envelope.timestamp_ms + u64::from(self.envelope.ttl_ms)
+    }
+}
+
 /// A change to the durable state, as the router asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -175,6 +193,22 @@ pub enum Op {
     },
     /// Append a plain message to the inbox (the store applies the retention limits).
     Inbox(InboxRecord),
+    /// A carrier takes an envelope for others.
+    PutCarried {
+        /// The envelope's source.
+        source: String,
+        /// Its id.
+        id: u64,
+        /// The record.
+        record: CarriedRecord,
+    },
+    /// A carrier no longer holds it (handed on, or expired).
+    DeleteCarried {
+        /// The envelope's source.
+        source: String,
+        /// Its id.
+        id: u64,
+    },
 }
 
 impl Op {
@@ -184,7 +218,8 @@ impl Op {
             Op::PutOutbox(_, r) => 64 + r.target.len() + r.body.len(),
             Op::PutSeen { source, record, .. } => 64 + source.len() + record_outcome_len(record),
             Op::Inbox(r) => 64 + r.source.len() + r.body.len(),
-            Op::DeleteOutbox(_) | Op::DeleteSeen { .. } => 16,
+            Op::PutCarried { record, .. } => 256 + record.envelope.sealed.len(),
+            Op::DeleteOutbox(_) | Op::DeleteSeen { .. } | Op::DeleteCarried { .. } => 16,
         }
     }
 }
@@ -213,4 +248,6 @@ pub struct Restored {
     pub outbox: Vec<(u64, OutboxRecord)>,
     /// Every seen record (source, id, record).
     pub seen: Vec<(String, u64, SeenRecord)>,
+    /// Every envelope carried for others (source, id, record).
+    pub carried: Vec<(String, u64, CarriedRecord)>,
 }

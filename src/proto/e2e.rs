@@ -651,6 +651,14 @@ pub enum Payload {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// A durable envelope handed over in custody: the receiver stores it (a carrier) or takes
+    /// it (its target, or its origin for a receipt), on disk, before it answers `delivered`;
+    /// a refusal is `failed` with why. The envelope is the origin's, sealed for its target and
+    /// signed: the receiver of the custody cannot read it unless it is the target.
+    Custody {
+        /// The envelope in custody.
+        envelope: Envelope,
+    },
     /// The answer to request `in_reply_to`.
     Reply {
         /// The [`Envelope::id`] of the request being answered.
@@ -749,6 +757,7 @@ impl Payload {
     fn variable_len(&self) -> usize {
         match self {
             Payload::Message { body } => body.len(),
+            Payload::Custody { envelope } => envelope.sealed.len() + 512,
             Payload::Reply { outcome, .. } => match outcome {
                 Outcome::Delivered => 0,
                 Outcome::Script { stdout, stderr, .. } => stdout.len().saturating_add(stderr.len()),

@@ -311,6 +311,9 @@ pub struct Advert {
     /// The origin's certificate from the network CA, when the network has one.
     #[serde(default, with = "serde_bytes")]
     pub certificate: Option<Vec<u8>>,
+    /// The origin carries durable messages for others (its config has `carrier`).
+    #[serde(default)]
+    pub carrier: bool,
 }
 
 /// One direct link of a [`LinkState`]'s origin.
@@ -859,6 +862,7 @@ pub(crate) mod tests {
                         neighbors,
                         relay,
                         certificate: None,
+                        carrier: false,
                     }
                 },
             )
@@ -969,6 +973,7 @@ pub(crate) mod tests {
             }],
             relay: false,
             certificate: None,
+            carrier: false,
         }
     }
 
@@ -1153,16 +1158,16 @@ pub(crate) mod tests {
 
         // {"link_state": [bin(body), bin8(64 x 0x13), bin8(32 x 0x14)]}, the body being
         // ["home", "o", 7, bin8(32 x 0x11), bin8(32 x 0x12), ["x"], [["n", uint16(300)]], false,
-        // nil]
+        // nil, false]
         let link_state = Frame::LinkState(sample_link_state()).encode();
-        let mut body = vec![0x99, 0xa4];
+        let mut body = vec![0x9a, 0xa4];
         body.extend_from_slice(b"home");
         body.extend_from_slice(&[0xa1, b'o', 0x07, 0xc4, 0x20]);
         body.extend_from_slice(&[0x11; 32]);
         body.extend_from_slice(&[0xc4, 0x20]);
         body.extend_from_slice(&[0x12; 32]);
         body.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
-        body.extend_from_slice(&[0xc2, 0xc0]);
+        body.extend_from_slice(&[0xc2, 0xc0, 0xc2]);
         let mut want = vec![0x81, 0xaa];
         want.extend_from_slice(b"link_state");
         want.extend_from_slice(&[0x93, 0xc4, body.len() as u8]);

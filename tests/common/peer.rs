@@ -246,6 +246,7 @@ impl Peer {
                 .collect(),
             relay,
             certificate,
+            carrier: false,
         };
         let key = msgtier::proto::advert::AdvertKey::new(&self.keys.network_key);
         Frame::LinkState(msgtier::proto::advert::seal(

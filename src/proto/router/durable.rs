@@ -67,6 +67,33 @@ impl Default for DurableLimits {
     }
 }
 
+/// What a carrier keeps for others (`None` in the settings: this node carries nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarrierLimits {
+    /// Bytes of sealed envelopes held at most.
+    pub quota_bytes: usize,
+    /// Bytes held for one origin at most.
+    pub per_origin_quota_bytes: usize,
+    /// Longest remaining lifetime taken, in ms.
+    pub max_ttl_ms: u64,
+}
+
+/// How long a custody hand-over waits for its answer, in ms.
+pub const CUSTODY_TIMEOUT_MS: u64 = 30_000;
+/// How often a carrier tries to hand on what it holds (besides at once on a path change).
+pub const CARRY_TICK_MS: u64 = 5_000;
+
+/// What a custody hand-over of ours was for.
+#[derive(Debug, Clone)]
+enum Offer {
+    /// An outbox entry of ours, to a carrier.
+    Outbox { id: u64, carrier: String },
+    /// Something we carry, handed on toward its target.
+    Carried { source: String, id: u64 },
+    /// A receipt of ours for an origin we cannot reach, to a carrier.
+    Receipt,
+}
+
 /// A message of the outbox, as `GET /messages/{id}` and `GET /outbox` show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageReport {
@@ -118,6 +145,13 @@ enum AfterPersist {
     },
     /// An outcome is on disk: send the receipt.
     Answer { source: String, id: u64 },
+    /// An envelope we carry for others (`source`, `id`) is on disk: accept its custody
+    /// (answer the hand-over request `outer`, kept without its body).
+    Carried {
+        outer: Box<Envelope>,
+        source: String,
+        id: u64,
+    },
 }
 
 /// The durable path's state.
@@ -148,6 +182,42 @@ pub(super) struct Durable {
     pub(super) jobs: HashMap<u64, (String, u64)>,
     /// When a re-delivered request was last answered (monotonic ms), rate-limiting answers.
     answered_at: HashMap<(String, u64), u64>,
+    /// Custody hand-overs to answer once the durable message they carry is on disk, by its
+    /// (source, id): the hand-over requests.
+    acks: HashMap<(String, u64), Vec<Envelope>>,
+    /// Our custody hand-overs awaiting their answer, by the id of the hand-over request.
+    offers: HashMap<u64, Offer>,
+    /// Outbox entries and carried envelopes with a hand-over in flight.
+    offering: HashSet<(String, u64)>,
+    /// The carriers of our network (from their adverts).
+    pub(super) carriers: BTreeSet<String>,
+    /// As a carrier: what we hold for others, by (source, id).
+    carried: HashMap<(String, u64), crate::proto::durable::CarriedRecord>,
+    /// Carried envelopes not yet on disk (neither acknowledged nor handed on before).
+    carried_unpersisted: HashSet<(String, u64)>,
+    /// Bytes held, in total and by origin.
+    carried_bytes: usize,
+    carried_by_origin: HashMap<String, usize>,
+    /// When a carrier tries to hand on what it holds next.
+    carry_at_ms: Option<u64>,
+    /// When the outbox is next scanned for `/send`s to answer as queued and for expiries
+    /// (while it holds anything not final): a scan is O(outbox), so not on every event.
+    scan_at_ms: Option<u64>,
+}
+
+/// How often the outbox is scanned for timeouts and expiries, in ms: a `/send` with a ttl is
+/// answered as queued at most this late after its timeout.
+pub const SCAN_INTERVAL_MS: u64 = 100;
+
+/// What became of a durable envelope offered to this node for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// On disk already (a re-delivery, or a receipt that was taken).
+    Recorded,
+    /// Being recorded: the answer follows the write.
+    Pending,
+    /// Refused, with the outcome that says why.
+    Refused(Outcome),
 }
 
 impl Durable {
@@ -162,8 +232,10 @@ impl Durable {
     /// The earliest time something is due.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         let due = self.due.first().map(|(t, _)| *t);
-        let waiters = self.outbox.values().filter_map(|e| e.waiter_ms).min();
-        [due, waiters, self.kick_at_ms].into_iter().flatten().min()
+        [due, self.scan_at_ms, self.kick_at_ms, self.carry_at_ms]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Outbox messages not final, and their body bytes.
@@ -174,6 +246,50 @@ impl Durable {
     /// Durable messages remembered as a target.
     pub(super) fn seen_count(&self) -> usize {
         self.seen.len()
+    }
+
+    /// As a carrier: envelopes held for others, their bytes, and bytes by origin.
+    pub(super) fn carried_size(&self) -> (usize, usize, std::collections::BTreeMap<String, usize>) {
+        (
+            self.carried.len(),
+            self.carried_bytes,
+            self.carried_by_origin
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        )
+    }
+
+    fn hold(&mut self, source: &str, id: u64, record: crate::proto::durable::CarriedRecord) {
+        let bytes = record.envelope.sealed.len();
+        if let Some(old) = self.carried.insert((source.to_string(), id), record) {
+            self.release_bytes(source, old.envelope.sealed.len());
+        }
+        self.carried_bytes += bytes;
+        *self
+            .carried_by_origin
+            .entry(source.to_string())
+            .or_default() += bytes;
+    }
+
+    fn release(&mut self, source: &str, id: u64) -> bool {
+        match self.carried.remove(&(source.to_string(), id)) {
+            Some(old) => {
+                self.release_bytes(source, old.envelope.sealed.len());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn release_bytes(&mut self, source: &str, bytes: usize) {
+        self.carried_bytes -= bytes;
+        if let Some(b) = self.carried_by_origin.get_mut(source) {
+            *b -= bytes;
+            if *b == 0 {
+                self.carried_by_origin.remove(source);
+            }
+        }
     }
 
     fn schedule(&mut self, id: u64, at_ms: u64) {
@@ -245,6 +361,12 @@ impl Router {
             if open {
                 self.durable.schedule(id, now.ms());
             }
+        }
+        for (source, id, record) in restored.carried {
+            self.durable.hold(&source, id, record);
+        }
+        if !self.durable.carried.is_empty() {
+            self.durable.carry_at_ms = Some(now.ms() + CARRY_TICK_MS);
         }
         let mut ops = Vec::new();
         for (source, id, mut record) in restored.seen {
@@ -337,6 +459,9 @@ impl Router {
             },
         );
         self.msgs.counters.sent += 1;
+        if self.durable.scan_at_ms.is_none() {
+            self.durable.scan_at_ms = Some(now.ms() + SCAN_INTERVAL_MS);
+        }
         Ok(id)
     }
 
@@ -365,6 +490,7 @@ impl Router {
             }
             (AfterPersist::Run { source, id, name }, Ok(())) => {
                 self.durable.unpersisted.remove(&(source.clone(), id));
+                self.send_acks(now, &source, id, Outcome::Delivered);
                 self.msgs.counters.scripts_run += 1;
                 self.msgs.next_job += 1;
                 let job = self.msgs.next_job;
@@ -378,7 +504,24 @@ impl Router {
             }
             (AfterPersist::Answer { source, id }, Ok(())) => {
                 self.durable.unpersisted.remove(&(source.clone(), id));
+                self.send_acks(now, &source, id, Outcome::Delivered);
                 self.send_receipt(now, &source, id);
+            }
+            (AfterPersist::Carried { outer, source, id }, result) => {
+                self.durable
+                    .carried_unpersisted
+                    .remove(&(source.clone(), id));
+                let outcome = match result {
+                    Ok(()) => {
+                        self.carry_soon(now);
+                        Outcome::Delivered
+                    }
+                    Err(e) => {
+                        self.durable.release(&source, id);
+                        store_failed(e)
+                    }
+                };
+                self.reply(now, &outer, outcome);
             }
             (
                 AfterPersist::Run { source, id, .. } | AfterPersist::Answer { source, id },
@@ -388,6 +531,7 @@ impl Router {
                 warn!("cannot record message {id} from {source}: {e}; it is not taken now");
                 let key = (source.clone(), id);
                 self.durable.unpersisted.remove(&key);
+                self.send_acks(now, &source, id, store_failed(e.clone()));
                 if let Some(old) = self.durable.seen.remove(&key) {
                     self.durable.seen_bytes -= seen_bytes(&old);
                     self.durable
@@ -426,6 +570,7 @@ impl Router {
                 if e.record.status == Status::Queued {
                     e.record.status = Status::InFlight;
                 }
+                // (In custody stays so: the carrier's copy is still on its way too.)
                 e.record.last_error = None;
                 debug!("durable message {id} for {target} sent via {next}");
             }
@@ -442,6 +587,7 @@ impl Router {
             return;
         }
         self.durable.schedule(id, now.ms() + delay);
+        self.hand_to_carrier(now, id);
     }
 
     /// The signed, sealed request of an outbox entry.
@@ -480,8 +626,12 @@ impl Router {
     /// forgetting what is past its time.
     pub(super) fn durable_timeout(&mut self, now: Now) {
         let ms = now.ms();
+        if self.durable.carry_at_ms.is_some_and(|t| t <= ms) {
+            self.carry_on(now);
+        }
         if self.durable.kick_at_ms.is_some_and(|t| t <= ms) {
             self.durable.kick_at_ms = None;
+            self.carry_soon(now);
             let queued: Vec<u64> = self
                 .durable
                 .outbox
@@ -496,6 +646,29 @@ impl Router {
                 }
             }
         }
+        if self.durable.scan_at_ms.is_some_and(|t| t <= ms) {
+            self.durable.scan_at_ms = None;
+            self.scan_outbox(now);
+        }
+        while let Some(&(t, id)) = self.durable.due.first() {
+            if t > ms {
+                break;
+            }
+            self.durable.due.remove(&(t, id));
+            if let Some(e) = self.durable.outbox.get_mut(&id) {
+                e.due_ms = None;
+            }
+            self.attempt(now, id);
+        }
+        if self.durable.open_count > 0 && self.durable.scan_at_ms.is_none() {
+            self.durable.scan_at_ms = Some(ms + SCAN_INTERVAL_MS);
+        }
+    }
+
+    /// Answers `/send`s whose timeout passed as queued, expires what is past its ttl, forgets
+    /// what is past its retention.
+    fn scan_outbox(&mut self, now: Now) {
+        let ms = now.ms();
         // Waiting `/send`s whose timeout passed: queued (202).
         let late: Vec<u64> = self
             .durable
@@ -525,22 +698,14 @@ impl Router {
             info!("durable message {id} expired undelivered");
             self.finish(now, id, Status::Expired, None, 0);
         }
-        while let Some(&(t, id)) = self.durable.due.first() {
-            if t > ms {
-                break;
-            }
-            self.durable.due.remove(&(t, id));
-            if let Some(e) = self.durable.outbox.get_mut(&id) {
-                e.due_ms = None;
-            }
-            self.attempt(now, id);
-        }
         self.forget_old(now);
     }
 
     /// Something changed in the paths of our network: queued messages are tried soon.
     pub(super) fn durable_kick(&mut self, now: Now) {
-        if self.durable.open_count > 0 && self.durable.kick_at_ms.is_none() {
+        if (self.durable.open_count > 0 || !self.durable.carried.is_empty())
+            && self.durable.kick_at_ms.is_none()
+        {
             self.durable.kick_at_ms = Some(now.ms() + KICK_DELAY_MS);
         }
     }
@@ -574,7 +739,9 @@ impl Router {
         });
         if waiting {
             let result = match (status, outcome) {
-                (Status::Delivered, Some(outcome)) => Ok(Delivery { id, hops, outcome }),
+                (Status::Delivered | Status::Failed, Some(outcome)) => {
+                    Ok(Delivery { id, hops, outcome })
+                }
                 _ => Err(SendError::Timeout(
                     record.target.clone(),
                     record.expires_unix_ms.saturating_sub(now.unix_ms),
@@ -585,7 +752,7 @@ impl Router {
     }
 
     /// Forgets final outbox records past their retention and seen records past their expiry.
-    fn forget_old(&mut self, now: Now) {
+    pub(super) fn forget_old(&mut self, now: Now) {
         let mut ops = Vec::new();
         while let Some(&(t, id)) = self.durable.finals.first() {
             if t > now.unix_ms && self.durable.finals.len() <= MAX_FINAL_RECORDS {
@@ -594,6 +761,18 @@ impl Router {
             self.durable.finals.remove(&(t, id));
             self.durable.outbox.remove(&id);
             ops.push(Op::DeleteOutbox(id));
+        }
+        let expired: Vec<(String, u64)> = self
+            .durable
+            .carried
+            .iter()
+            .filter(|(_, r)| r.expires_unix_ms() <= now.unix_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (source, id) in expired {
+            info!("carried {id} of {source} expired undelivered");
+            self.durable.release(&source, id);
+            ops.push(Op::DeleteCarried { source, id });
         }
         let horizon = now.unix_ms.saturating_sub(e2e::MAX_CLOCK_SKEW_MS);
         while let Some((t, source, id)) = self.durable.seen_expiry.first().cloned() {
@@ -664,44 +843,75 @@ impl Router {
         Ok(report(id, &self.durable.outbox[&id]))
     }
 
-    /// A signed envelope for us: a durable request, or the receipt of one of ours.
-    pub(super) fn on_durable_for_me(&mut self, now: Now, envelope: Envelope) {
-        let source = envelope.source.clone();
-        let Some(identity) = self.home.keys.get(&source).copied() else {
-            debug!("dropping {}: unknown source", describe(&envelope));
-            self.msgs.counters.dropped += 1;
+    /// A signed envelope for us: a durable request, or the receipt of one of ours. `ack`: the
+    /// custody hand-over it came in (answered once it is on disk, or with why not).
+    pub(super) fn on_durable_for_me(
+        &mut self,
+        now: Now,
+        envelope: Envelope,
+        ack: Option<Envelope>,
+    ) {
+        let taken = self.take_durable(now, &envelope);
+        let Some(outer) = ack else {
             return;
         };
-        if !e2e::verify_signature(&envelope, &identity) {
+        match taken {
+            Taken::Recorded => self.reply(now, &outer, Outcome::Delivered),
+            Taken::Refused(why) => self.reply(now, &outer, why),
+            Taken::Pending => {
+                let key = (envelope.source.clone(), envelope.id);
+                let acks = self.durable.acks.entry(key).or_default();
+                if acks.len() < 4 {
+                    acks.push(stripped(&outer));
+                }
+            }
+        }
+    }
+
+    /// [`Router::on_durable_for_me`] without the hand-over: what became of the envelope.
+    fn take_durable(&mut self, now: Now, envelope: &Envelope) -> Taken {
+        let refused = |code: &str, message: String| {
+            Taken::Refused(Outcome::Failed {
+                code: code.into(),
+                message,
+            })
+        };
+        let source = envelope.source.clone();
+        let Some(identity) = self.home.keys.get(&source).copied() else {
+            debug!("dropping {}: unknown source", describe(envelope));
+            self.msgs.counters.dropped += 1;
+            return refused("unknown_source", format!("{source} is not known here"));
+        };
+        if !e2e::verify_signature(envelope, &identity) {
             warn!(
                 "dropping {}: its signature is not its source's",
-                describe(&envelope)
+                describe(envelope)
             );
             self.msgs.counters.dropped += 1;
             self.msgs.counters.forged += 1;
-            return;
+            return refused("forged", "the signature is not its source's".into());
         }
         let expires = envelope.timestamp_ms + u64::from(envelope.ttl_ms);
         if expires < now.unix_ms || envelope.timestamp_ms > now.unix_ms + e2e::MAX_CLOCK_SKEW_MS {
             debug!(
                 "dropping {}: expired or dated in the future",
-                describe(&envelope)
+                describe(envelope)
             );
             self.msgs.counters.dropped += 1;
-            return;
+            return refused("expired", "expired or dated in the future".into());
         }
         let key = match self.pair_key(&source) {
             Ok(k) => k,
             Err(e) => {
-                debug!("dropping {}: {e}", describe(&envelope));
+                debug!("dropping {}: {e}", describe(envelope));
                 self.msgs.counters.dropped += 1;
-                return;
+                return refused("crypto", e.to_string());
             }
         };
-        let payload = e2e::open(&key, &envelope).and_then(|p| Payload::decode(&p));
+        let payload = e2e::open(&key, envelope).and_then(|p| Payload::decode(&p));
         match (envelope.kind, payload) {
             (MessageKind::Request, Ok(Payload::Message { body })) => {
-                self.on_durable_request(now, &envelope, &body, expires)
+                self.on_durable_request(now, envelope, &body, expires)
             }
             (
                 MessageKind::Response,
@@ -710,50 +920,100 @@ impl Router {
                     outcome,
                     request_hops,
                 }),
-            ) => self.on_receipt(now, &source, in_reply_to, outcome, request_hops),
+            ) => {
+                self.on_receipt(now, &source, in_reply_to, outcome, request_hops);
+                Taken::Recorded
+            }
             (_, Err(e)) => {
-                warn!("dropping {}: {e}", describe(&envelope));
+                warn!("dropping {}: {e}", describe(envelope));
                 self.msgs.counters.dropped += 1;
+                refused("undecodable", e.to_string())
             }
             _ => {
-                warn!(
-                    "dropping {}: kind and payload disagree",
-                    describe(&envelope)
-                );
+                warn!("dropping {}: kind and payload disagree", describe(envelope));
                 self.msgs.counters.dropped += 1;
+                refused("undecodable", "kind and payload disagree".into())
             }
         }
     }
 
     /// A durable request for us, authentic and in date.
-    fn on_durable_request(&mut self, now: Now, envelope: &Envelope, body: &[u8], expires: u64) {
+    fn on_durable_request(
+        &mut self,
+        now: Now,
+        envelope: &Envelope,
+        body: &[u8],
+        expires: u64,
+    ) -> Taken {
         let (source, id) = (envelope.source.clone(), envelope.id);
         let key = (source.clone(), id);
         if self.durable.unpersisted.contains(&key) {
-            return; // being recorded: its receipt follows
+            return Taken::Pending; // being recorded: its receipt follows
         }
         if let Some(seen) = self.durable.seen.get(&key) {
-            match seen.state {
-                SeenState::Running => {}
-                SeenState::Done(_) => {
-                    let ms = now.ms();
-                    let last = self.durable.answered_at.get(&key).copied();
-                    if last.is_none_or(|t| ms >= t + super::REANSWER_INTERVAL_MS) {
-                        debug!("answering re-delivered message {id} from {source} from its record");
-                        self.durable.answered_at.insert(key, ms);
-                        self.send_receipt(now, &source, id);
-                    }
+            if let SeenState::Done(_) = seen.state {
+                let ms = now.ms();
+                let last = self.durable.answered_at.get(&key).copied();
+                if last.is_none_or(|t| ms >= t + super::REANSWER_INTERVAL_MS) {
+                    debug!("answering re-delivered message {id} from {source} from its record");
+                    self.durable.answered_at.insert(key, ms);
+                    self.send_receipt(now, &source, id);
                 }
             }
-            return;
+            return Taken::Recorded;
         }
         if self.durable.seen.len() >= MAX_SEEN || self.durable.seen_bytes >= MAX_SEEN_BYTES {
             warn!("not taking message {id} from {source}: {MAX_SEEN} durable messages remembered already");
             self.msgs.counters.dropped += 1;
-            return;
+            return Taken::Refused(Outcome::Failed {
+                code: "busy".into(),
+                message: "too many durable messages remembered; retry later".into(),
+            });
         }
         let name = self.script_name(body).map(String::from);
         let hops = envelope.hops;
+        let mut refusal = self.admit(now, &source, body, hops, name.as_deref()).err();
+        let ttl_ms = u64::from(envelope.ttl_ms);
+        if refusal.is_none() && ttl_ms > self.durable.limits.max_ttl_ms {
+            refusal = Some((
+                Outcome::Failed {
+                    code: "ttl_too_long".into(),
+                    message: format!(
+                        "{} keeps messages at most {} s; this one asks for {} s",
+                        self.settings.node_id,
+                        self.durable.limits.max_ttl_ms / 1000,
+                        ttl_ms / 1000
+                    ),
+                },
+                false,
+            ));
+        }
+        if let Some((outcome, retry)) = refusal {
+            self.msgs.counters.refused += 1;
+            if retry {
+                debug!("not taking durable message {id} from {source} now: {outcome:?}");
+                return Taken::Refused(outcome);
+            }
+            debug!("refusing durable message {id} from {source}: {outcome:?}");
+            // Final: recorded like an outcome, so every re-delivery gets the same answer.
+            let record = SeenRecord {
+                expires_unix_ms: expires,
+                request_hops: hops,
+                state: SeenState::Done(outcome),
+            };
+            self.durable.remember_seen(&source, id, record.clone());
+            self.durable.unpersisted.insert(key);
+            let token = self.durable.token(AfterPersist::Answer {
+                source: source.clone(),
+                id,
+            });
+            self.actions.push_back(Action::Persist {
+                ops: vec![Op::PutSeen { source, id, record }],
+                durable: true,
+                token: Some(token),
+            });
+            return Taken::Pending;
+        }
         match name {
             None => {
                 info!(
@@ -805,6 +1065,7 @@ impl Router {
                 });
             }
         }
+        Taken::Pending
     }
 
     /// A durable request's script ended: record the outcome, then answer.
@@ -899,8 +1160,12 @@ impl Router {
         }
         if source == self.settings.node_id {
             self.on_data(now, None, envelope, false);
+        } else if self.next_hop(None, source).is_none() {
+            // The origin re-sends until it hears and the record answers it then; a carrier
+            // also brings it the receipt if we are gone by then.
+            debug!("no path to {source} for the receipt of {id}: to a carrier");
+            self.receipt_to_carrier(now, envelope);
         } else if let Err(e) = self.route(now, envelope) {
-            // The origin re-sends until it hears; the record answers it then.
             debug!("cannot send the receipt of {id} to {source} now: {e}");
         }
     }
@@ -917,8 +1182,377 @@ impl Router {
             return;
         }
         self.msgs.counters.replies += 1;
-        info!("durable message {id} delivered to {from}");
-        self.finish(now, id, Status::Delivered, Some(outcome), hops);
+        let status = match &outcome {
+            Outcome::Failed { code, message } => {
+                info!("durable message {id} refused by {from}: {code}: {message}");
+                if let Some(e) = self.durable.outbox.get_mut(&id) {
+                    e.record.last_error = Some(format!("{code}: {message}"));
+                }
+                Status::Failed
+            }
+            _ => {
+                info!("durable message {id} delivered to {from}");
+                Status::Delivered
+            }
+        };
+        self.finish(now, id, status, Some(outcome), hops);
+    }
+}
+
+impl Router {
+    /// Answers the custody hand-overs waiting for `(source, id)` to be on disk.
+    fn send_acks(&mut self, now: Now, source: &str, id: u64, outcome: Outcome) {
+        if let Some(acks) = self.durable.acks.remove(&(source.to_string(), id)) {
+            for outer in acks {
+                self.reply(now, &outer, outcome.clone());
+            }
+        }
+    }
+
+    /// A custody hand-over for us (`outer`, from its source) of the durable envelope `inner`:
+    /// ours to take (we are its target), or to carry (we are a carrier).
+    pub(super) fn on_custody(&mut self, now: Now, outer: Envelope, inner: Envelope) {
+        let me = self.settings.node_id.clone();
+        if inner.target == me && inner.signature.is_some() {
+            return self.on_durable_for_me(now, inner, Some(outer));
+        }
+        let outcome = self.carry(now, &outer, inner);
+        if let Some(outcome) = outcome {
+            self.reply(now, &outer, outcome);
+        }
+    }
+
+    /// As a carrier: takes `inner` for others, or says why not (`None`: the answer follows the
+    /// write).
+    fn carry(&mut self, now: Now, outer: &Envelope, inner: Envelope) -> Option<Outcome> {
+        let refuse = |code: &str, message: String| {
+            Some(Outcome::Failed {
+                code: code.into(),
+                message,
+            })
+        };
+        let me = self.settings.node_id.clone();
+        let Some(limits) = self.settings.carrier else {
+            return refuse("not_a_carrier", format!("{me} does not carry messages"));
+        };
+        if inner.check_limits().is_err() || inner.signature.is_none() || inner.clear {
+            return refuse("undecodable", "not a durable envelope".into());
+        }
+        let Some(identity) = self.home.keys.get(&inner.source).copied() else {
+            return refuse(
+                "unknown_source",
+                format!("{} is not known here", inner.source),
+            );
+        };
+        if !e2e::verify_signature(&inner, &identity) {
+            warn!(
+                "refusing to carry {}: its signature is not its source's",
+                describe(&inner)
+            );
+            self.msgs.counters.forged += 1;
+            return refuse("forged", "the signature is not its source's".into());
+        }
+        let expires = inner.timestamp_ms + u64::from(inner.ttl_ms);
+        if expires <= now.unix_ms {
+            return refuse("expired", "the message has expired".into());
+        }
+        if expires - now.unix_ms > limits.max_ttl_ms {
+            return refuse(
+                "ttl_too_long",
+                format!(
+                    "{me} carries messages for at most {} s",
+                    limits.max_ttl_ms / 1000
+                ),
+            );
+        }
+        let key = (inner.source.clone(), inner.id);
+        if self.durable.carried_unpersisted.contains(&key) {
+            return refuse("busy", "being stored; retry".into());
+        }
+        if self.durable.carried.contains_key(&key) {
+            return Some(Outcome::Delivered); // held already, on disk
+        }
+        let bytes = inner.sealed.len();
+        let by_origin = self
+            .durable
+            .carried_by_origin
+            .get(&inner.source)
+            .copied()
+            .unwrap_or(0);
+        if self.durable.carried_bytes + bytes > limits.quota_bytes
+            || by_origin + bytes > limits.per_origin_quota_bytes
+        {
+            return refuse(
+                "carrier_full",
+                format!("{me} has no room for this message now"),
+            );
+        }
+        let record = crate::proto::durable::CarriedRecord {
+            envelope: inner,
+            from: outer.source.clone(),
+            taken_unix_ms: now.unix_ms,
+        };
+        info!(
+            "carrying {} for {} ({} bytes)",
+            describe(&record.envelope),
+            record.envelope.target,
+            bytes
+        );
+        let (source, id) = key.clone();
+        self.durable.hold(&source, id, record.clone());
+        // Not handed on before it is on disk (the hand-over answer waits for the write too).
+        self.durable.carried_unpersisted.insert(key);
+        let token = self.durable.token(AfterPersist::Carried {
+            outer: Box::new(stripped(outer)),
+            source: source.clone(),
+            id,
+        });
+        self.actions.push_back(Action::Persist {
+            ops: vec![Op::PutCarried { source, id, record }],
+            durable: true,
+            token: Some(token),
+        });
+        None
+    }
+
+    /// Hands `inner` over in custody to `to` (a carrier, or its target): a request whose
+    /// answer [`Router::custody_answered`] gets.
+    fn offer_custody(
+        &mut self,
+        now: Now,
+        to: &str,
+        inner: Envelope,
+        offer: Offer,
+    ) -> Result<u64, SendError> {
+        let payload = Payload::Custody { envelope: inner }.encode();
+        let id = self.send_payload(now, to, payload, CUSTODY_TIMEOUT_MS)?;
+        self.msgs.counters.sent = self.msgs.counters.sent.saturating_sub(1);
+        self.durable.offers.insert(id, offer);
+        Ok(id)
+    }
+
+    /// A pending request ended: a custody hand-over of ours, or a `/send`'s.
+    pub(super) fn complete(&mut self, now: Now, id: u64, result: Result<Delivery, SendError>) {
+        match self.durable.offers.remove(&id) {
+            Some(offer) => self.custody_answered(Some(now), offer, result),
+            None => self.actions.push_back(Action::Complete { id, result }),
+        }
+    }
+
+    /// [`Router::complete`] where no time is at hand (a failure before sending).
+    pub(super) fn complete_without_time(&mut self, id: u64, result: Result<Delivery, SendError>) {
+        match self.durable.offers.remove(&id) {
+            Some(offer) => self.custody_answered(None, offer, result),
+            None => self.actions.push_back(Action::Complete { id, result }),
+        }
+    }
+
+    /// The answer to a custody hand-over of ours.
+    fn custody_answered(
+        &mut self,
+        now: Option<Now>,
+        offer: Offer,
+        result: Result<Delivery, SendError>,
+    ) {
+        let accepted = matches!(&result, Ok(d) if d.outcome == Outcome::Delivered);
+        let why = match &result {
+            Ok(Delivery {
+                outcome: Outcome::Failed { code, message },
+                ..
+            }) => Some((code.clone(), message.clone())),
+            Ok(_) => None,
+            Err(e) => Some(("unanswered".to_string(), e.to_string())),
+        };
+        match offer {
+            Offer::Outbox { id, carrier } => {
+                let me = self.settings.node_id.clone();
+                self.durable.offering.remove(&(me, id));
+                let Some(e) = self.durable.outbox.get_mut(&id) else {
+                    return;
+                };
+                if e.record.status.is_final() {
+                    return;
+                }
+                if accepted {
+                    info!("durable message {id} in the custody of {carrier}");
+                    e.record.status = Status::InCustody;
+                    e.record.custody = Some(carrier);
+                    e.record.last_error = None;
+                    let record = e.record.clone();
+                    self.actions.push_back(Action::Persist {
+                        ops: vec![Op::PutOutbox(id, record)],
+                        durable: true,
+                        token: None,
+                    });
+                } else if let Some((code, message)) = why {
+                    debug!("carrier {carrier} did not take {id}: {code}: {message}");
+                    e.record.last_error = Some(format!("carrier {carrier}: {code}: {message}"));
+                }
+            }
+            Offer::Carried { source, id } => {
+                self.durable.offering.remove(&(source.clone(), id));
+                let final_refusal = why.as_ref().is_some_and(|(code, _)| {
+                    !matches!(
+                        code.as_str(),
+                        "unanswered" | "busy" | "rate_limited" | "carrier_full" | "store_failed"
+                    )
+                });
+                if accepted || final_refusal {
+                    if accepted {
+                        info!("handed {id} of {source} on: no longer carried here");
+                    } else {
+                        warn!("dropping carried {id} of {source}: {why:?}");
+                    }
+                    if self.durable.release(&source, id) {
+                        self.actions.push_back(Action::Persist {
+                            ops: vec![Op::DeleteCarried { source, id }],
+                            durable: true,
+                            token: None,
+                        });
+                    }
+                }
+            }
+            Offer::Receipt => {}
+        }
+        let _ = now;
+    }
+
+    /// Hands on what we carry soon (a path changed, or something new is held).
+    fn carry_soon(&mut self, now: Now) {
+        if !self.durable.carried.is_empty() {
+            let at = now.ms() + KICK_DELAY_MS;
+            if self.durable.carry_at_ms.is_none_or(|t| t > at) {
+                self.durable.carry_at_ms = Some(at);
+            }
+        }
+    }
+
+    /// As a carrier: offers every envelope held whose target has a path now, to the target.
+    fn carry_on(&mut self, now: Now) {
+        self.forget_old(now);
+        self.durable.carry_at_ms =
+            (!self.durable.carried.is_empty()).then_some(now.ms() + CARRY_TICK_MS);
+        let ready: Vec<(String, u64, String)> = self
+            .durable
+            .carried
+            .iter()
+            .filter(|(k, _)| {
+                !self.durable.offering.contains(*k)
+                    && !self.durable.carried_unpersisted.contains(*k)
+            })
+            .map(|((s, id), r)| (s.clone(), *id, r.envelope.target.clone()))
+            .collect();
+        for (source, id, target) in ready {
+            if !self.home.keys.contains(&target) || self.next_hop(None, &target).is_none() {
+                continue;
+            }
+            let Some(record) = self.durable.carried.get(&(source.clone(), id)) else {
+                continue;
+            };
+            let mut inner = record.envelope.clone();
+            inner.hops = 0;
+            let offer = Offer::Carried {
+                source: source.clone(),
+                id,
+            };
+            match self.offer_custody(now, &target, inner, offer) {
+                Ok(_) => {
+                    debug!("handing carried {id} of {source} to {target}");
+                    self.durable.offering.insert((source, id));
+                }
+                Err(e) => debug!("cannot hand carried {id} of {source} to {target}: {e}"),
+            }
+        }
+    }
+
+    /// The reachable carrier with the cheapest path, if any (never ourselves).
+    fn best_carrier(&mut self) -> Option<String> {
+        let me = self.settings.node_id.clone();
+        let carriers: Vec<String> = self.durable.carriers.iter().cloned().collect();
+        let mut best: Option<(u64, String)> = None;
+        for c in carriers {
+            if c == me || !self.home.keys.contains(&c) {
+                continue;
+            }
+            let cost = if self.best_link(None, &c).is_some() {
+                0
+            } else {
+                match self.home.routing.route(&c) {
+                    Some(r) => r.cost_us,
+                    None => continue,
+                }
+            };
+            if best.as_ref().is_none_or(|(b, _)| cost < *b) {
+                best = Some((cost, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    /// An outbox entry without a path to its target: hand it to a carrier, if there is one and
+    /// it is not in custody or being handed over already.
+    fn hand_to_carrier(&mut self, now: Now, id: u64) {
+        let me = self.settings.node_id.clone();
+        let Some(e) = self.durable.outbox.get(&id) else {
+            return;
+        };
+        if e.record.status != Status::Queued
+            || self.durable.offering.contains(&(me.clone(), id))
+            || !self.home.keys.contains(&e.record.target)
+        {
+            return;
+        }
+        let Some(carrier) = self.best_carrier() else {
+            return;
+        };
+        let Ok(inner) = self.durable_envelope(now, id) else {
+            return;
+        };
+        let offer = Offer::Outbox {
+            id,
+            carrier: carrier.clone(),
+        };
+        match self.offer_custody(now, &carrier, inner, offer) {
+            Ok(_) => {
+                debug!("offering durable message {id} to carrier {carrier}");
+                self.durable.offering.insert((me, id));
+            }
+            Err(e) => debug!("cannot offer {id} to carrier {carrier}: {e}"),
+        }
+    }
+
+    /// A receipt for an origin we cannot reach: to a carrier (the origin would also learn it by
+    /// re-sending, answered from our record, but it may come back when we are gone).
+    fn receipt_to_carrier(&mut self, now: Now, receipt: Envelope) {
+        if let Some(carrier) = self.best_carrier() {
+            if let Err(e) = self.offer_custody(now, &carrier, receipt, Offer::Receipt) {
+                debug!("cannot hand a receipt to carrier {carrier}: {e}");
+            }
+        }
+    }
+
+    /// What the durable path holds, for `/status` (carrier part).
+    pub(super) fn carrier_report(&self) -> (bool, Vec<String>) {
+        (
+            self.settings.carrier.is_some(),
+            self.durable.carriers.iter().cloned().collect(),
+        )
+    }
+}
+
+/// A copy of a hand-over request without its body (only its header is needed to answer it).
+fn stripped(outer: &Envelope) -> Envelope {
+    Envelope {
+        sealed: Vec::new(),
+        ..outer.clone()
+    }
+}
+
+/// The outcome that says the store could not write.
+fn store_failed(e: String) -> Outcome {
+    Outcome::Failed {
+        code: "store_failed".into(),
+        message: e,
     }
 }
 

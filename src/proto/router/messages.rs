@@ -80,6 +80,8 @@ pub(super) struct Messages {
     reanswered: BoundedCache<(String, u64), u64>,
     /// Requests whose script is running, by job.
     running: HashMap<u64, Envelope>,
+    /// Per-sender rate limits (bounded by the known-node limit).
+    pub(super) sender_rates: HashMap<String, crate::proto::token_bucket::TokenBucket>,
     /// Next script job id.
     pub(super) next_job: u64,
     /// Counters for `/status`.
@@ -101,6 +103,7 @@ impl Messages {
             answered: BoundedCache::new(REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES),
             reanswered: BoundedCache::with_entries(REPLY_CACHE_ENTRIES),
             running: HashMap::new(),
+            sender_rates: HashMap::new(),
             next_job: 0,
             counters: MessageCounters::default(),
             inbox: VecDeque::new(),
@@ -138,6 +141,17 @@ impl Router {
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u64, SendError> {
+        self.send_payload(now, target, Payload::encode_message(body), timeout_ms)
+    }
+
+    /// [`Router::send`] of an encoded payload.
+    pub(super) fn send_payload(
+        &mut self,
+        now: Now,
+        target: &str,
+        plaintext: Vec<u8>,
+        timeout_ms: u64,
+    ) -> Result<u64, SendError> {
         if self.msgs.pending.len() >= MAX_PENDING {
             return Err(SendError::Busy);
         }
@@ -147,7 +161,6 @@ impl Router {
         if !self.home.keys.contains(target) {
             return Err(SendError::PeerNotFound(target.to_string()));
         }
-        let plaintext = Payload::encode_message(body);
         let envelope = self.envelope(now, target, MessageKind::Request, timeout_ms, plaintext)?;
         let id = envelope.id;
         let size = envelope.sealed.len();
@@ -257,6 +270,94 @@ impl Router {
         }
     }
 
+    /// Whether this node takes a request from `source` (its size, hops, sender rate and the
+    /// script's allow list); the refusal's outcome otherwise, and whether it is worth a retry
+    /// (a rate limit passes; the others do not).
+    pub(super) fn admit(
+        &mut self,
+        now: Now,
+        source: &str,
+        body: &[u8],
+        hops: u8,
+        script: Option<&str>,
+    ) -> Result<(), (Outcome, bool)> {
+        let limits = self.settings.incoming;
+        let refuse = |code: &str, message: String, retry: bool| {
+            Err((
+                Outcome::Failed {
+                    code: code.into(),
+                    message,
+                },
+                retry,
+            ))
+        };
+        if body.len() > limits.max_bytes {
+            return refuse(
+                "too_large",
+                format!(
+                    "{} takes messages of at most {} bytes; this one has {}",
+                    self.settings.node_id,
+                    limits.max_bytes,
+                    body.len()
+                ),
+                false,
+            );
+        }
+        if hops > limits.max_hops {
+            return refuse(
+                "too_many_hops",
+                format!(
+                    "{} takes messages that crossed at most {} links; this one crossed {hops}",
+                    self.settings.node_id, limits.max_hops
+                ),
+                false,
+            );
+        }
+        if let Some(name) = script {
+            if let Some(allowed) = self.settings.script_allow.get(name) {
+                if !allowed.contains(source) {
+                    return refuse(
+                        "forbidden",
+                        format!(
+                            "{source} may not run script {name:?} on {}",
+                            self.settings.node_id
+                        ),
+                        false,
+                    );
+                }
+            }
+        }
+        if limits.per_sender_per_s > 0 {
+            let full = self.msgs.sender_rates.len() >= crate::proto::peer_table::MAX_KNOWN_NODES;
+            let bucket = match self.msgs.sender_rates.get_mut(source) {
+                Some(b) => Some(b),
+                None if !full => Some(
+                    self.msgs
+                        .sender_rates
+                        .entry(source.to_string())
+                        .or_insert_with(|| {
+                            crate::proto::token_bucket::TokenBucket::new(
+                                limits.per_sender_per_s,
+                                now.us,
+                            )
+                        }),
+                ),
+                None => None,
+            };
+            if !bucket.is_some_and(|b| b.try_take(now.us, 1)) {
+                return refuse(
+                    "rate_limited",
+                    format!(
+                        "{} takes at most {} messages per second from {source}; retry later",
+                        self.settings.node_id, limits.per_sender_per_s
+                    ),
+                    true,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The script a message body names, if any: an id (at most 64 bytes) with whitespace
     /// around it; a longer body is a plain message and is not scanned as text.
     pub(super) fn script_name<'a>(&self, body: &'a [u8]) -> Option<&'a str> {
@@ -282,10 +383,7 @@ impl Router {
                 } else {
                     SendError::Timeout(p.target, p.timeout_ms)
                 };
-                self.actions.push_back(Action::Complete {
-                    id,
-                    result: Err(error),
-                });
+                self.complete(now, id, Err(error));
             } else {
                 self.msgs.deadlines.remove(&(deadline, id));
             }
@@ -303,10 +401,7 @@ impl Router {
         if first {
             // As before it was sent: the caller hears at once that the node is busy.
             self.msgs.take(id);
-            self.actions.push_back(Action::Complete {
-                id,
-                result: Err(SendError::Busy),
-            });
+            self.complete_without_time(id, Err(SendError::Busy));
         } else if let Some(p) = self.msgs.pending.get_mut(&id) {
             // A re-send: wait for the next path change and try again.
             p.first_hop.clear();
@@ -667,13 +762,13 @@ impl Router {
                 return;
             }
             if self.msgs.take(o.id).is_some() {
-                self.actions.push_back(Action::Complete {
-                    id: o.id,
-                    result: Err(SendError::OverBudget {
+                self.complete_without_time(
+                    o.id,
+                    Err(SendError::OverBudget {
                         relay: from.to_string(),
                         retry_after_ms: u64::from(o.retry_after_ms),
                     }),
-                });
+                );
             }
             return;
         }
@@ -687,7 +782,8 @@ impl Router {
 
     fn on_envelope_for_me(&mut self, now: Now, mut envelope: Envelope) {
         if envelope.signature.is_some() {
-            return self.on_durable_for_me(now, envelope);
+            self.on_durable_for_me(now, envelope, None);
+            return;
         }
         let source = envelope.source.clone();
         let key = match self.pair_key(&source) {
@@ -786,14 +882,18 @@ impl Router {
                     return;
                 }
                 self.msgs.counters.replies += 1;
-                self.actions.push_back(Action::Complete {
-                    id: in_reply_to,
-                    result: Ok(Delivery {
+                self.complete(
+                    now,
+                    in_reply_to,
+                    Ok(Delivery {
                         id: in_reply_to,
                         hops: request_hops,
                         outcome,
                     }),
-                });
+                );
+            }
+            (MessageKind::Request, Payload::Custody { envelope: inner }) => {
+                self.on_custody(now, envelope, inner)
             }
             _ => {
                 warn!(
@@ -806,7 +906,23 @@ impl Router {
     }
 
     fn on_request(&mut self, now: Now, envelope: Envelope, body: &[u8]) {
-        let Some(name) = self.script_name(body).map(String::from) else {
+        let script = self.script_name(body).map(String::from);
+        if let Err((outcome, _)) = self.admit(
+            now,
+            &envelope.source,
+            body,
+            envelope.hops,
+            script.as_deref(),
+        ) {
+            debug!(
+                "refusing request {} from {}: {outcome:?}",
+                envelope.id, envelope.source
+            );
+            self.msgs.counters.refused += 1;
+            self.reply(now, &envelope, outcome);
+            return;
+        }
+        let Some(name) = script else {
             info!(
                 "message {} from {} ({} bytes, {} hops)",
                 envelope.id,
@@ -858,7 +974,7 @@ impl Router {
         self.msgs.running.insert(job, envelope);
     }
 
-    fn reply(&mut self, now: Now, request: &Envelope, outcome: Outcome) {
+    pub(super) fn reply(&mut self, now: Now, request: &Envelope, outcome: Outcome) {
         let payload = Payload::Reply {
             in_reply_to: request.id,
             outcome,

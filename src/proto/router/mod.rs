@@ -47,7 +47,8 @@ use crate::wire::frame::{self, Envelope, Frame, LinkState};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 use domain::{Domain, Policy};
-pub use durable::{CancelError, DurableLimits, MessageReport};
+pub use durable::{CancelError, CarrierLimits, DurableLimits, MessageReport};
+
 pub use report::{
     DurableReport, ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport,
     RelayedCount, RouteReport,
@@ -221,6 +222,33 @@ pub struct Settings {
     pub certificate: Option<Vec<u8>>,
     /// Limits of durable messages (outbox size, longest ttl).
     pub durable: DurableLimits,
+    /// What this node takes from others.
+    pub incoming: IncomingLimits,
+    /// This node carries durable messages for others, within these limits.
+    pub carrier: Option<CarrierLimits>,
+    /// Script name -> the only senders that may run it (absent: every member).
+    pub script_allow: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What a node takes from others (its own messages to itself pass too: one code path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingLimits {
+    /// Largest body, in bytes.
+    pub max_bytes: usize,
+    /// Most links crossed.
+    pub max_hops: u8,
+    /// Messages per second from one sender, with a second of burst (0: no limit).
+    pub per_sender_per_s: u64,
+}
+
+impl Default for IncomingLimits {
+    fn default() -> Self {
+        IncomingLimits {
+            max_bytes: usize::MAX,
+            max_hops: MAX_HOPS,
+            per_sender_per_s: 0,
+        }
+    }
 }
 
 /// The router's source of message ids and punch tokens.
@@ -472,6 +500,7 @@ impl Router {
         let ms = now.ms();
         if ms >= self.refresh_at_ms {
             self.refresh_at_ms = ms + ADVERT_REFRESH_MS;
+            self.forget_old(now);
             for dom in self.domain_names() {
                 let gone = match self.domain_mut(dom.as_deref()) {
                     Some(d) => d.routing.expire(ms, ADVERT_MAX_AGE_MS),
@@ -732,6 +761,7 @@ impl Router {
         }
         // Only a relay's own advert comes without the network's MAC.
         let relay = !member && origin != me;
+        let carrier = advert.carrier && member && dom.is_none() && origin != me;
         let routed = Advert {
             origin: origin.clone(),
             seq: advert.seq,
@@ -759,6 +789,13 @@ impl Router {
                         }
                     } else if !upstream {
                         d.relay_nodes.remove(&origin);
+                    }
+                    if carrier {
+                        if self.durable.carriers.len() < crate::proto::routing::MAX_ORIGINS {
+                            self.durable.carriers.insert(origin.clone());
+                        }
+                    } else {
+                        self.durable.carriers.remove(&origin);
                     }
                 }
                 self.flood_signed(dom, &state, Some(from));
@@ -889,6 +926,9 @@ impl Router {
                 d.keys.forget_gossiped(origin);
             }
         }
+        if dom.is_none() {
+            self.durable.carriers.remove(origin);
+        }
     }
 
     /// Re-advertises our links in a domain to every neighbour there.
@@ -985,6 +1025,7 @@ impl Router {
                 .collect(),
             relay: !home,
             certificate: if home { certificate } else { None },
+            carrier: home && self.settings.carrier.is_some(),
         };
         let state = signed::seal(&keys.identity, home.then_some(advert_key), &body);
         d.own = Some((advert.seq, state.clone()));

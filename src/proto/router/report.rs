@@ -66,6 +66,8 @@ pub struct MessageCounters {
     pub resent: u64,
     /// Durable envelopes dropped because their signature was not their source's.
     pub forged: u64,
+    /// Requests refused by this node's limits or a script's allow list (answered with why).
+    pub refused: u64,
 }
 
 /// What the durable path holds, for `/status`.
@@ -77,6 +79,16 @@ pub struct DurableReport {
     pub outbox_bytes: usize,
     /// Durable messages remembered as a target (until their expiry).
     pub seen_messages: usize,
+    /// This node carries messages for others (config `carrier`).
+    pub carrier: bool,
+    /// The carriers of the network this node knows (from their adverts).
+    pub carriers: Vec<String>,
+    /// As a carrier: envelopes held for others now, their bytes, and bytes by origin.
+    pub carried_messages: usize,
+    /// See `carried_messages`.
+    pub carried_bytes: usize,
+    /// See `carried_messages`.
+    pub carried_by_origin: BTreeMap<String, usize>,
 }
 
 /// What `/status` takes from the router.
@@ -274,10 +286,17 @@ impl Router {
     /// The plain messages received most recently, newest last.
     pub fn durable_report(&self) -> DurableReport {
         let (outbox_messages, outbox_bytes) = self.durable.open_size();
+        let (carried_messages, carried_bytes, carried_by_origin) = self.durable.carried_size();
+        let (carrier, carriers) = self.carrier_report();
         DurableReport {
             outbox_messages,
             outbox_bytes,
             seen_messages: self.durable.seen_count(),
+            carrier,
+            carriers,
+            carried_messages,
+            carried_bytes,
+            carried_by_origin,
         }
     }
 

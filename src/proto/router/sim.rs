@@ -45,6 +45,8 @@ pub struct SimDisk {
     pub seen: BTreeMap<(String, u64), SeenRecord>,
     /// The inbox, oldest first.
     pub inbox: Vec<InboxRecord>,
+    /// What it carries for others, by (source, id).
+    pub carried: BTreeMap<(String, u64), crate::proto::durable::CarriedRecord>,
 }
 
 impl SimDisk {
@@ -64,6 +66,12 @@ impl SimDisk {
                     self.seen.remove(&(source, id));
                 }
                 Op::Inbox(r) => self.inbox.push(r),
+                Op::PutCarried { source, id, record } => {
+                    self.carried.insert((source, id), record);
+                }
+                Op::DeleteCarried { source, id } => {
+                    self.carried.remove(&(source, id));
+                }
             }
         }
     }
@@ -73,6 +81,11 @@ impl SimDisk {
             outbox: self.outbox.iter().map(|(k, v)| (*k, v.clone())).collect(),
             seen: self
                 .seen
+                .iter()
+                .map(|((s, id), r)| (s.clone(), *id, r.clone()))
+                .collect(),
+            carried: self
+                .carried
                 .iter()
                 .map(|((s, id), r)| (s.clone(), *id, r.clone()))
                 .collect(),
@@ -287,6 +300,9 @@ impl Net {
             network_ca: None,
             certificate: None,
             durable: super::DurableLimits::default(),
+            incoming: super::IncomingLimits::default(),
+            carrier: None,
+            script_allow: BTreeMap::new(),
         };
         tweak(&mut settings);
         let router = Router::new(settings.clone(), self.now());
@@ -363,6 +379,7 @@ impl Net {
                 .collect(),
             relay: false,
             certificate: None,
+            carrier: false,
         }
     }
 
