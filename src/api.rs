@@ -620,7 +620,9 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Test-only: `POST /debug/fault` with header `peer: <dialled URL>` and body `panic` or
-/// `error` makes that dialer fail, to show supervision. Absent from release builds.
+/// `error` makes that dialer fail, to show supervision; body `drop-data N` (no header) makes
+/// this node lose the next N data frames it sends (e.g. a receipt), `store-fail N` fail its next
+/// N store writes. Absent from release builds.
 #[cfg(feature = "fault-injection")]
 async fn fault(
     state: web::Data<ApiState>,
@@ -629,6 +631,28 @@ async fn fault(
 ) -> Result<HttpResponse, ApiError> {
     use crate::actors::discovery::InjectPeerFault;
     use crate::actors::peer::InjectFault;
+    if let Some(n) = body.trim().strip_prefix("store-fail ") {
+        let n = n
+            .parse::<u32>()
+            .map_err(|_| ApiError::BadRequest(format!("store-fail needs a count, got {n:?}")))?;
+        state
+            .store
+            .send(crate::actors::store::FailWrites(n))
+            .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+            .await?;
+        return Ok(HttpResponse::Ok().json(json!({"injected": true})));
+    }
+    if let Some(n) = body.trim().strip_prefix("drop-data ") {
+        let n = n
+            .parse::<u32>()
+            .map_err(|_| ApiError::BadRequest(format!("drop-data needs a count, got {n:?}")))?;
+        state
+            .relay
+            .send(crate::actors::relay::DropData(n))
+            .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+            .await?;
+        return Ok(HttpResponse::Ok().json(json!({"injected": true})));
+    }
     let target = req
         .headers()
         .get("peer")

@@ -235,10 +235,27 @@ fn the_api_refuses_what_it_cannot_do_with_clear_errors() {
     );
     assert_eq!(a.http("GET", "/messages/x1", &[], b"").unwrap().status, 400);
     // With one cancelled there is room again.
-    assert_eq!(
-        a.send("z", b"v", &[("ttl", "100"), ("timeout", "50")])
-            .status,
-        202
+    let room = a.send("z", b"v", &[("ttl", "100"), ("timeout", "50")]);
+    assert_eq!(room.status, 202);
+    let room_id = room.json()["id"].as_str().unwrap().to_string();
+    let cancel = a.http("DELETE", &format!("/messages/{room_id}"), &[], b"");
+    assert_eq!(cancel.unwrap().status, 200);
+    // A store that cannot write: 503, and nothing is accepted (test-only fault).
+    let fault = a
+        .http("POST", "/debug/fault", &[], b"store-fail 1")
+        .unwrap();
+    assert_eq!(fault.status, 200, "{}", fault.text());
+    let refused = a.send("y", b"v", &[("ttl", "100"), ("timeout", "50")]);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "store_unavailable");
+    let open = a.http("GET", "/outbox", &[], b"").unwrap().json();
+    assert!(
+        open["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["target"] != "y"),
+        "{open}"
     );
 
     // A damaged store: the node refuses to start, naming the file, and leaves it as it was.
@@ -368,4 +385,28 @@ fn a_carrier_delivers_for_a_killed_sender_and_brings_the_outcome_back() {
         k.status()["durable"]["carried_messages"] == 0
     });
     assert_eq!(runs(scratch.path(), "c").len(), 1);
+}
+
+/// The target's receipt is lost on the way (test-only fault): the sender re-sends, the target
+/// answers from its record, and the script ran once.
+#[test]
+fn a_lost_receipt_is_answered_from_the_record_without_running_again() {
+    let scratch = tempfile::tempdir().unwrap();
+    let c = Node::start(counting_spec("c", scratch.path()));
+    let mut a_spec = Spec::new("a", "tcp");
+    a_spec.peers = vec![c.spec.url()];
+    let a = Node::start(a_spec);
+    a.wait_peer_state("c", "Active");
+    let fault = c.http("POST", "/debug/fault", &[], b"drop-data 1").unwrap();
+    assert_eq!(fault.status, 200, "{}", fault.text());
+    let r = a.send("c", b"count", &[("ttl", "600"), ("timeout", "300")]);
+    assert_eq!(r.status, 202, "the receipt was lost: {}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_until("delivered on a re-send", DELIVERY_WAIT, || {
+        message(&a, &id)["status"] == "delivered"
+    });
+    let m = message(&a, &id);
+    assert!(m["attempts"].as_u64().unwrap() >= 2, "{m}");
+    assert_eq!(m["outcome"]["stdout"], "counted\n");
+    assert_eq!(runs(scratch.path(), "c").len(), 1, "the script ran once");
 }

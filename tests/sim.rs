@@ -528,14 +528,15 @@ fn a_script_cut_short_by_a_crash_of_its_target_is_never_run_again() {
     );
 }
 
-/// A lost receipt: the sender retries, the target answers from its record, the script ran once.
+/// A lost receipt (the target's first data frame): the sender retries, the target answers from
+/// its record, the script ran once.
 #[test]
 fn a_lost_receipt_is_answered_again_from_the_record() {
     let mut net = Net::new(134);
     let (a, c) = (net.add("a"), net.add("c"));
     net.connect(a, c, 5);
     converge(&mut net, "pair");
-    net.nodes[c].drop_responses = 1;
+    net.nodes[c].drop_data = 1; // its first: the receipt
     let id = net
         .send_durable(a, "c", "echo", 500, 600_000)
         .expect("accepted");

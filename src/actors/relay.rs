@@ -72,6 +72,12 @@ pub enum Answer {
     },
 }
 
+/// Test-only: lose the next N data frames this node sends (a receipt lost on the way).
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropData(pub u32);
+
 /// What `GET /messages/{id}` asks: a message this node sent with a ttl.
 #[derive(Message)]
 #[rtype(result = "Option<MessageReport>")]
@@ -137,6 +143,9 @@ pub struct RelayActor {
     peers: RelayPeers,
     /// The armed timer and its deadline (monotonic ms).
     timer: Option<(u64, SpawnHandle)>,
+    /// Test-only: data frames still to lose.
+    #[cfg(feature = "fault-injection")]
+    drop_data: u32,
 }
 
 impl RelayActor {
@@ -189,14 +198,26 @@ impl RelayActor {
             waiting: HashMap::new(),
             peers,
             timer: None,
+            #[cfg(feature = "fault-injection")]
+            drop_data: 0,
         }
     }
 
-    /// Carries out what the router asked for, then re-arms the timer.
+    /// Carries out what the router asked for, then re-arms the timer. The writes it asked for
+    /// go to the store as one request (one transaction), in order.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        let mut writes: Vec<crate::proto::durable::Op> = Vec::new();
+        let mut durable_write = false;
+        let mut tokens: Vec<u64> = Vec::new();
         while let Some(action) = self.router.poll_action() {
             match action {
                 Action::Send { link, frame } => {
+                    #[cfg(feature = "fault-injection")]
+                    if self.drop_data > 0 && matches!(frame, crate::wire::frame::Frame::Data(_)) {
+                        self.drop_data -= 1;
+                        log::warn!("fault injection: a data frame is lost");
+                        continue;
+                    }
                     let refused = match self.links.get(&link) {
                         Some(peer) => match peer.try_send(SendFrame { frame }) {
                             Ok(()) => None,
@@ -281,28 +302,33 @@ impl RelayActor {
                     durable,
                     token,
                 } => {
-                    let write = self.peers.store.send(Persist { ops, durable });
-                    match token {
-                        None => {
-                            ctx.spawn(write.into_actor(self).map(|res, _, _| {
-                                if let Some(e) = failure(res) {
-                                    debug!("a write-behind of the message store failed: {e}");
-                                }
-                            }));
-                        }
-                        Some(token) => {
-                            ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
-                                let result = match failure(res) {
-                                    None => Ok(()),
-                                    Some(e) => Err(e),
-                                };
-                                act.router.persisted(now(&act.node), token, result);
-                                act.drive(ctx);
-                            }));
-                        }
-                    }
+                    writes.extend(ops);
+                    durable_write |= durable;
+                    tokens.extend(token);
                 }
             }
+        }
+        if !writes.is_empty() {
+            let write = self.peers.store.send(Persist {
+                ops: writes,
+                durable: durable_write,
+            });
+            ctx.spawn(write.into_actor(self).map(move |res, act, ctx| {
+                let result = match failure(res) {
+                    None => Ok(()),
+                    Some(e) => Err(e),
+                };
+                if let (Err(e), true) = (&result, tokens.is_empty()) {
+                    debug!("a write-behind of the message store failed: {e}");
+                }
+                if !tokens.is_empty() {
+                    let now = now(&act.node);
+                    for token in tokens {
+                        act.router.persisted(now, token, result.clone());
+                    }
+                    act.drive(ctx);
+                }
+            }));
         }
         self.arm_timer(ctx);
     }
@@ -431,6 +457,15 @@ impl Handler<PunchIn> for RelayActor {
         self.router
             .punch_datagram(msg.local, msg.from, msg.token, msg.ack);
         self.drive(ctx);
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<DropData> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropData, _: &mut Self::Context) {
+        self.drop_data = msg.0;
     }
 }
 

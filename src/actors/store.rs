@@ -28,6 +28,12 @@ pub const MAX_QUEUED_JOBS: usize = 8192;
 pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 /// Most bytes of writes committed in one transaction (a group commit's size).
 pub const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// Write-behind changes (`durable: false`) are gathered for this long, or up to
+/// [`WRITE_BEHIND_OPS`], and go to the store thread as one write: a live message's inbox entry
+/// costs the node a push, not a transaction.
+pub const WRITE_BEHIND_MS: u64 = 20;
+/// See [`WRITE_BEHIND_MS`].
+pub const WRITE_BEHIND_OPS: usize = 4096;
 
 /// Why the store did not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,10 +75,33 @@ enum Job {
     },
 }
 
+/// Test-only: the next N writes fail as if the disk refused them.
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailWrites(pub u32);
+
 /// See the module docs.
 pub struct StoreActor {
     jobs: mpsc::SyncSender<Job>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Write-behind changes gathered, not yet handed to the thread (they go before any later
+    /// write, so the order of changes is kept).
+    behind: Vec<Op>,
+    /// A flush of `behind` is scheduled.
+    flush_armed: bool,
+    /// Test-only: writes still to fail.
+    #[cfg(feature = "fault-injection")]
+    fail_writes: u32,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<FailWrites> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FailWrites, _: &mut Self::Context) {
+        self.fail_writes = msg.0;
+    }
 }
 
 impl StoreActor {
@@ -84,7 +113,35 @@ impl StoreActor {
         std::thread::Builder::new()
             .name("msgtier-store".into())
             .spawn(move || serve(store, rx, counter))?;
-        Ok(StoreActor { jobs, queued_bytes })
+        Ok(StoreActor {
+            jobs,
+            queued_bytes,
+            behind: Vec::new(),
+            flush_armed: false,
+            #[cfg(feature = "fault-injection")]
+            fail_writes: 0,
+        })
+    }
+
+    /// Hands the gathered write-behind changes to the thread as one write.
+    fn flush_behind(&mut self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.behind);
+        let bytes: usize = ops.iter().map(Op::size).sum();
+        let (done, _) = oneshot::channel();
+        if let Err(e) = self.submit(
+            Job::Write {
+                ops,
+                durable: false,
+                bytes,
+                done,
+            },
+            bytes,
+        ) {
+            warn!("write-behind changes dropped: {e}");
+        }
     }
 
     fn submit(&self, job: Job, bytes: usize) -> Result<(), StoreFailure> {
@@ -106,17 +163,49 @@ impl StoreActor {
 
 impl Actor for StoreActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.flush_behind();
+    }
 }
 
 impl Handler<Persist> for StoreActor {
     type Result = ResponseFuture<Result<(), StoreFailure>>;
 
-    fn handle(&mut self, msg: Persist, _: &mut Self::Context) -> Self::Result {
-        let bytes: usize = msg.ops.iter().map(Op::size).sum();
+    fn handle(&mut self, msg: Persist, ctx: &mut Self::Context) -> Self::Result {
+        #[cfg(feature = "fault-injection")]
+        if self.fail_writes > 0 {
+            self.fail_writes -= 1;
+            return Box::pin(async {
+                Err(StoreFailure::Failed(
+                    "fault injection: the disk refused the write".into(),
+                ))
+            });
+        }
+        if !msg.durable {
+            self.behind.extend(msg.ops);
+            if self.behind.len() >= WRITE_BEHIND_OPS {
+                self.flush_behind();
+            } else if !self.flush_armed {
+                self.flush_armed = true;
+                ctx.run_later(
+                    std::time::Duration::from_millis(WRITE_BEHIND_MS),
+                    |act, _| {
+                        act.flush_armed = false;
+                        act.flush_behind();
+                    },
+                );
+            }
+            return Box::pin(async { Ok(()) });
+        }
+        // Whatever was gathered goes first, in the same order.
+        let mut ops = std::mem::take(&mut self.behind);
+        ops.extend(msg.ops);
+        let bytes: usize = ops.iter().map(Op::size).sum();
         let (done, rx) = oneshot::channel();
         let job = Job::Write {
-            ops: msg.ops,
-            durable: msg.durable,
+            ops,
+            durable: true,
             bytes,
             done,
         };
@@ -136,6 +225,8 @@ impl Handler<QueryInbox> for StoreActor {
     type Result = ResponseFuture<Result<Vec<InboxRecord>, StoreFailure>>;
 
     fn handle(&mut self, msg: QueryInbox, _: &mut Self::Context) -> Self::Result {
+        // A read sees every change asked for before it.
+        self.flush_behind();
         let (done, rx) = oneshot::channel();
         let submitted = self.submit(Job::Inbox { query: msg.0, done }, 0);
         Box::pin(async move {

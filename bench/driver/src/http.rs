@@ -35,6 +35,15 @@ pub fn send_head(target: &str, len: usize, timeout_ms: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// [`send_head`] with a `ttl` header (seconds): a durable message.
+pub fn send_head_ttl(target: &str, len: usize, timeout_ms: u64, ttl_s: u64) -> Vec<u8> {
+    format!(
+        "POST /send HTTP/1.1\r\nHost: 127.0.0.1\r\ntarget: {target}\r\ntimeout: {timeout_ms}\r\n\
+         ttl: {ttl_s}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// The head of a `GET` of `path`.
 pub fn get_head(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").into_bytes()

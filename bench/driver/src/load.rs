@@ -102,11 +102,41 @@ pub fn concurrent(
     timeout_ms: u64,
     bound: Duration,
 ) -> Result<Outcome> {
+    let head = http::send_head(target, body.len(), timeout_ms);
+    concurrent_head(port, head, body, conns, total, timeout_ms, bound)
+}
+
+/// [`concurrent`] with a `ttl` header (seconds): durable messages; a 202 (queued) counts as
+/// accepted like a 200.
+#[allow(clippy::too_many_arguments)]
+pub fn concurrent_ttl(
+    port: u16,
+    target: &str,
+    body: Arc<Vec<u8>>,
+    conns: usize,
+    total: u64,
+    timeout_ms: u64,
+    ttl_s: u64,
+    bound: Duration,
+) -> Result<Outcome> {
+    let head = http::send_head_ttl(target, body.len(), timeout_ms, ttl_s);
+    concurrent_head(port, head, body, conns, total, timeout_ms, bound)
+}
+
+fn concurrent_head(
+    port: u16,
+    head: Vec<u8>,
+    body: Arc<Vec<u8>>,
+    conns: usize,
+    total: u64,
+    timeout_ms: u64,
+    bound: Duration,
+) -> Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let head = Arc::new(http::send_head(target, body.len(), timeout_ms));
+    let head = Arc::new(head);
     let next = Arc::new(AtomicU64::new(0));
     let per_request = Duration::from_millis(timeout_ms + 5_000);
     rt.block_on(async move {
@@ -130,7 +160,7 @@ pub fn concurrent(
                         break;
                     }
                     match tokio::time::timeout(per_request, conn.request(&head, &body)).await {
-                        Ok(Ok(200)) => out.ok += 1,
+                        Ok(Ok(200 | 202)) => out.ok += 1,
                         Ok(Ok(s)) => out.tally(format!("{s} {}", http::error_code(conn.body()))),
                         Ok(Err(e)) => out.tally(format!("io: {e}")),
                         Err(_) => {

@@ -28,8 +28,9 @@ use scenario::Ctx;
 use stats::Results;
 
 /// The measurement groups, in the order a run executes them (`--only` names).
-const GROUPS: [&str; 10] = [
-    "ceiling", "rtt", "rate", "inproc", "bulk", "lossy", "relay", "libp2p", "recovery", "mesh",
+const GROUPS: [&str; 11] = [
+    "ceiling", "rtt", "rate", "durable", "inproc", "bulk", "lossy", "relay", "libp2p", "recovery",
+    "mesh",
 ];
 
 const USAGE: &str = "\
@@ -37,7 +38,7 @@ usage: cargo run --release -p msgtier-bench -- [options]
 
   --runs N          runs of every measurement (default 3; medians and min-max are shown)
   --quick           short smoke run: 1 run, small counts, a 10-node mesh
-  --only G[,G..]    only these groups: ceiling, rtt, rate (also: rss), inproc, bulk, lossy
+  --only G[,G..]    only these groups: ceiling, rtt, rate (also: rss), durable, inproc, bulk, lossy
                     (root only), relay, libp2p, recovery, mesh (ceiling always runs; the
                     libp2p modes a group compares with run with it)
   --no-build        do not run cargo build first (use the binaries as they are)
@@ -342,6 +343,7 @@ fn real_main() -> Result<()> {
                 "ceiling" => scenario::ceiling::run(&ctx, &mut res),
                 "rtt" => scenario::latency::run(&ctx, &mut res),
                 "rate" => scenario::rate::run(&ctx, &mut res),
+                "durable" => scenario::durable::run(&ctx, &mut res),
                 "inproc" => scenario::inproc::run(&ctx, &mut res),
                 "bulk" => scenario::bulk::run(&ctx, &mut res),
                 "lossy" => scenario::lossy::run(&ctx, &mut res),

@@ -18,6 +18,9 @@ pub mod key {
     pub const RTT2_P99: &str = "rtt2.p99_us";
     pub const RATE_HTTP: &str = "rate.http_msgs";
     pub const RATE_INPROC: &str = "rate.inproc_msgs";
+    pub const DURABLE_ONLINE: &str = "durable.online_msgs";
+    pub const DURABLE_QUEUED: &str = "durable.queued_msgs";
+    pub const DURABLE_DRAIN: &str = "durable.drain_msgs";
     pub const BULK_TCP: &str = "bulk.tcp_mbs";
     pub const BULK_WS: &str = "bulk.ws_mbs";
     pub const BULK_UDP: &str = "bulk.udp_mbs";
@@ -186,6 +189,18 @@ fn rows() -> Vec<Row> {
                 RATE_INPROC,
             )
         },
+        row(
+            "durable (ttl) 1 hop, HTTP, 64 connections, target online (msg/s)",
+            DURABLE_ONLINE,
+        ),
+        row(
+            "durable (ttl) queued into the outbox, target offline, 64 connections (msg/s)",
+            DURABLE_QUEUED,
+        ),
+        row(
+            "durable outbox drain once the target is back (msg/s)",
+            DURABLE_DRAIN,
+        ),
         Row {
             lp: Some(LP_STREAM_RTT_P50),
             ceiling: tcp50,

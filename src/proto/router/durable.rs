@@ -80,6 +80,9 @@ pub struct CarrierLimits {
 
 /// How long a custody hand-over waits for its answer, in ms.
 pub const CUSTODY_TIMEOUT_MS: u64 = 30_000;
+/// How long a receipt handed to its origin waits for the origin's answer before it goes to a
+/// carrier, in ms (a receipt is small; the origin answers once it is on its disk).
+pub const RECEIPT_TIMEOUT_MS: u64 = 5_000;
 /// How often a carrier tries to hand on what it holds (besides at once on a path change).
 pub const CARRY_TICK_MS: u64 = 5_000;
 
@@ -90,8 +93,10 @@ enum Offer {
     Outbox { id: u64, carrier: String },
     /// Something we carry, handed on toward its target.
     Carried { source: String, id: u64 },
+    /// A receipt of ours, to its origin: if the origin does not take it, to a carrier.
+    ReceiptToOrigin { receipt: Box<Envelope> },
     /// A receipt of ours for an origin we cannot reach, to a carrier.
-    Receipt,
+    ReceiptToCarrier,
 }
 
 /// A message of the outbox, as `GET /messages/{id}` and `GET /outbox` show it.
@@ -200,14 +205,27 @@ pub(super) struct Durable {
     carried_by_origin: HashMap<String, usize>,
     /// When a carrier tries to hand on what it holds next.
     carry_at_ms: Option<u64>,
-    /// When the outbox is next scanned for `/send`s to answer as queued and for expiries
-    /// (while it holds anything not final): a scan is O(outbox), so not on every event.
+    /// When the outbox is next scanned for expiries (while it holds anything not final): a
+    /// scan is O(outbox), so not on every event.
     scan_at_ms: Option<u64>,
+    /// Receipts their origin did not take, to hand to a carrier at the next timer.
+    unreceived: Vec<Envelope>,
+    /// (deadline ms, id) of every `/send` waiting for its message's receipt.
+    waiters: BTreeSet<(u64, u64)>,
+    /// By target: outbox entries sent and not answered yet (the window), and entries due but
+    /// waiting for room in it.
+    inflight: HashMap<String, HashSet<u64>>,
+    ready: HashMap<String, std::collections::VecDeque<u64>>,
 }
 
-/// How often the outbox is scanned for timeouts and expiries, in ms: a `/send` with a ttl is
-/// answered as queued at most this late after its timeout.
-pub const SCAN_INTERVAL_MS: u64 = 100;
+/// Durable messages sent to one target and not answered yet, at most: a queue of thousands
+/// drains at the pace of receipts instead of overflowing the link's queue (whose refusals
+/// would cost each message a retry delay).
+pub const MAX_IN_FLIGHT_PER_TARGET: usize = 256;
+
+/// How often the outbox is scanned for expiries, in ms: a message is marked expired at most
+/// this late.
+pub const SCAN_INTERVAL_MS: u64 = 1_000;
 
 /// What became of a durable envelope offered to this node for itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,10 +250,19 @@ impl Durable {
     /// The earliest time something is due.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         let due = self.due.first().map(|(t, _)| *t);
-        [due, self.scan_at_ms, self.kick_at_ms, self.carry_at_ms]
-            .into_iter()
-            .flatten()
-            .min()
+        let waiter = self.waiters.first().map(|(t, _)| *t);
+        let unreceived = (!self.unreceived.is_empty()).then_some(0);
+        [
+            due,
+            waiter,
+            unreceived,
+            self.scan_at_ms,
+            self.kick_at_ms,
+            self.carry_at_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Outbox messages not final, and their body bytes.
@@ -458,6 +485,7 @@ impl Router {
                 persisted: false,
             },
         );
+        self.durable.waiters.insert((now.ms() + timeout_ms, id));
         self.msgs.counters.sent += 1;
         if self.durable.scan_at_ms.is_none() {
             self.durable.scan_at_ms = Some(now.ms() + SCAN_INTERVAL_MS);
@@ -474,12 +502,26 @@ impl Router {
             (AfterPersist::Accepted(id), Ok(())) => {
                 if let Some(e) = self.durable.outbox.get_mut(&id) {
                     e.persisted = true;
-                    self.attempt(now, id);
+                    self.try_attempt(now, id);
+                    // A write slower than the `/send`'s timeout: answer it now.
+                    if let Some(e) = self.durable.outbox.get_mut(&id) {
+                        if e.waiter_ms.is_some_and(|t| t <= now.ms()) {
+                            e.waiter_ms = None;
+                            self.actions.push_back(Action::Queued {
+                                id,
+                                status: e.record.status,
+                                expires_unix_ms: e.record.expires_unix_ms,
+                            });
+                        }
+                    }
                 }
             }
             (AfterPersist::Accepted(id), Err(e)) => {
                 // Never on disk: as if never accepted.
                 if let Some(entry) = self.durable.outbox.remove(&id) {
+                    if let Some(t) = entry.waiter_ms {
+                        self.durable.waiters.remove(&(t, id));
+                    }
                     self.durable.open_count -= 1;
                     self.durable.open_bytes -= entry.record.body.len();
                 }
@@ -542,6 +584,48 @@ impl Router {
         }
     }
 
+    /// Tries an outbox entry now if its target's window has room; queues it for room otherwise.
+    fn try_attempt(&mut self, now: Now, id: u64) {
+        let Some(e) = self.durable.outbox.get(&id) else {
+            return;
+        };
+        let target = e.record.target.clone();
+        let window = self.durable.inflight.get(&target);
+        let inside = window.is_some_and(|w| w.contains(&id));
+        if !inside && window.is_some_and(|w| w.len() >= MAX_IN_FLIGHT_PER_TARGET) {
+            self.durable.ready.entry(target).or_default().push_back(id);
+            return;
+        }
+        self.attempt(now, id);
+    }
+
+    /// Sends what waits for room in `target`'s window, as far as there is room.
+    fn fill_window(&mut self, now: Now, target: &str) {
+        loop {
+            let used = self.durable.inflight.get(target).map_or(0, HashSet::len);
+            if used >= MAX_IN_FLIGHT_PER_TARGET {
+                return;
+            }
+            let Some(id) = self
+                .durable
+                .ready
+                .get_mut(target)
+                .and_then(|q| q.pop_front())
+            else {
+                self.durable.ready.remove(target);
+                return;
+            };
+            if self
+                .durable
+                .outbox
+                .get(&id)
+                .is_some_and(|e| !e.record.status.is_final())
+            {
+                self.attempt(now, id);
+            }
+        }
+    }
+
     /// Tries an outbox entry now: seal, sign, route; reschedules it either way.
     fn attempt(&mut self, now: Now, id: u64) {
         let Some(e) = self.durable.outbox.get(&id) else {
@@ -573,10 +657,18 @@ impl Router {
                 // (In custody stays so: the carrier's copy is still on its way too.)
                 e.record.last_error = None;
                 debug!("durable message {id} for {target} sent via {next}");
+                self.durable
+                    .inflight
+                    .entry(target.clone())
+                    .or_default()
+                    .insert(id);
             }
             Err(err) => {
                 if e.record.status == Status::InFlight {
                     e.record.status = Status::Queued;
+                }
+                if let Some(w) = self.durable.inflight.get_mut(&target) {
+                    w.remove(&id);
                 }
                 e.record.last_error = Some(err.to_string());
                 debug!("durable message {id} for {target} waits: {err}");
@@ -626,6 +718,9 @@ impl Router {
     /// forgetting what is past its time.
     pub(super) fn durable_timeout(&mut self, now: Now) {
         let ms = now.ms();
+        for receipt in std::mem::take(&mut self.durable.unreceived) {
+            self.receipt_to_carrier(now, receipt);
+        }
         if self.durable.carry_at_ms.is_some_and(|t| t <= ms) {
             self.carry_on(now);
         }
@@ -646,6 +741,7 @@ impl Router {
                 }
             }
         }
+        self.answer_late_waiters(now);
         if self.durable.scan_at_ms.is_some_and(|t| t <= ms) {
             self.durable.scan_at_ms = None;
             self.scan_outbox(now);
@@ -658,7 +754,7 @@ impl Router {
             if let Some(e) = self.durable.outbox.get_mut(&id) {
                 e.due_ms = None;
             }
-            self.attempt(now, id);
+            self.try_attempt(now, id);
         }
         if self.durable.open_count > 0 && self.durable.scan_at_ms.is_none() {
             self.durable.scan_at_ms = Some(ms + SCAN_INTERVAL_MS);
@@ -668,25 +764,7 @@ impl Router {
     /// Answers `/send`s whose timeout passed as queued, expires what is past its ttl, forgets
     /// what is past its retention.
     fn scan_outbox(&mut self, now: Now) {
-        let ms = now.ms();
-        // Waiting `/send`s whose timeout passed: queued (202).
-        let late: Vec<u64> = self
-            .durable
-            .outbox
-            .iter()
-            .filter(|(_, e)| e.waiter_ms.is_some_and(|t| t <= ms) && e.persisted)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            let e = self.durable.outbox.get_mut(&id).expect("listed above");
-            e.waiter_ms = None;
-            self.actions.push_back(Action::Queued {
-                id,
-                status: e.record.status,
-                expires_unix_ms: e.record.expires_unix_ms,
-            });
-        }
-        // Expiries, then attempts due.
+        // Expiries.
         let expired: Vec<u64> = self
             .durable
             .outbox
@@ -699,6 +777,29 @@ impl Router {
             self.finish(now, id, Status::Expired, None, 0);
         }
         self.forget_old(now);
+    }
+
+    /// Answers the `/send`s whose timeout passed (and whose message is on disk) as queued (202).
+    fn answer_late_waiters(&mut self, now: Now) {
+        let ms = now.ms();
+        while let Some(&(t, id)) = self.durable.waiters.first() {
+            if t > ms {
+                break;
+            }
+            self.durable.waiters.remove(&(t, id));
+            let Some(e) = self.durable.outbox.get_mut(&id) else {
+                continue;
+            };
+            if !e.persisted {
+                continue; // answered by `persisted` once on disk
+            }
+            e.waiter_ms = None;
+            self.actions.push_back(Action::Queued {
+                id,
+                status: e.record.status,
+                expires_unix_ms: e.record.expires_unix_ms,
+            });
+        }
     }
 
     /// Something changed in the paths of our network: queued messages are tried soon.
@@ -727,7 +828,12 @@ impl Router {
         if let Some(t) = e.due_ms.take() {
             self.durable.due.remove(&(t, id));
         }
-        let waiting = e.waiter_ms.take().is_some();
+        let waiter = e.waiter_ms.take();
+        if let Some(t) = waiter {
+            self.durable.waiters.remove(&(t, id));
+        }
+        let target = e.record.target.clone();
+        let waiting = waiter.is_some();
         let record = e.record.clone();
         self.durable
             .finals
@@ -749,6 +855,13 @@ impl Router {
             };
             self.actions.push_back(Action::Complete { id, result });
         }
+        if let Some(w) = self.durable.inflight.get_mut(&target) {
+            w.remove(&id);
+            if w.is_empty() {
+                self.durable.inflight.remove(&target);
+            }
+        }
+        self.fill_window(now, &target);
     }
 
     /// Forgets final outbox records past their retention and seen records past their expiry.
@@ -1160,13 +1273,22 @@ impl Router {
         }
         if source == self.settings.node_id {
             self.on_data(now, None, envelope, false);
-        } else if self.next_hop(None, source).is_none() {
-            // The origin re-sends until it hears and the record answers it then; a carrier
-            // also brings it the receipt if we are gone by then.
+            return;
+        }
+        // Handed over in custody, so we learn whether the origin took it: if it does not (no
+        // path, or no answer), a carrier brings it when the origin is back, also if we are gone
+        // by then (the origin also re-sends until it hears, answered from the record).
+        if self.next_hop(None, source).is_none() {
             debug!("no path to {source} for the receipt of {id}: to a carrier");
             self.receipt_to_carrier(now, envelope);
-        } else if let Err(e) = self.route(now, envelope) {
-            debug!("cannot send the receipt of {id} to {source} now: {e}");
+            return;
+        }
+        let offer = Offer::ReceiptToOrigin {
+            receipt: Box::new(envelope.clone()),
+        };
+        if let Err(e) = self.offer_custody(now, source, envelope.clone(), offer) {
+            debug!("cannot hand the receipt of {id} to {source} now ({e}): to a carrier");
+            self.receipt_to_carrier(now, envelope);
         }
     }
 
@@ -1325,7 +1447,11 @@ impl Router {
         offer: Offer,
     ) -> Result<u64, SendError> {
         let payload = Payload::Custody { envelope: inner }.encode();
-        let id = self.send_payload(now, to, payload, CUSTODY_TIMEOUT_MS)?;
+        let timeout = match offer {
+            Offer::ReceiptToOrigin { .. } => RECEIPT_TIMEOUT_MS,
+            _ => CUSTODY_TIMEOUT_MS,
+        };
+        let id = self.send_payload(now, to, payload, timeout)?;
         self.msgs.counters.sent = self.msgs.counters.sent.saturating_sub(1);
         self.durable.offers.insert(id, offer);
         Ok(id)
@@ -1412,7 +1538,13 @@ impl Router {
                     }
                 }
             }
-            Offer::Receipt => {}
+            Offer::ReceiptToOrigin { receipt } => {
+                if !accepted {
+                    debug!("the origin did not take a receipt ({why:?}): to a carrier");
+                    self.durable.unreceived.push(*receipt);
+                }
+            }
+            Offer::ReceiptToCarrier => {}
         }
         let _ = now;
     }
@@ -1525,7 +1657,7 @@ impl Router {
     /// re-sending, answered from our record, but it may come back when we are gone).
     fn receipt_to_carrier(&mut self, now: Now, receipt: Envelope) {
         if let Some(carrier) = self.best_carrier() {
-            if let Err(e) = self.offer_custody(now, &carrier, receipt, Offer::Receipt) {
+            if let Err(e) = self.offer_custody(now, &carrier, receipt, Offer::ReceiptToCarrier) {
                 debug!("cannot hand a receipt to carrier {carrier}: {e}");
             }
         }

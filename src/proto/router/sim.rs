@@ -123,8 +123,8 @@ pub struct SimNode {
     generation: u64,
     /// While set, scripts do not end (a test crashes the node meanwhile).
     pub hold_scripts: bool,
-    /// Response envelopes this node sends that are lost (a fault for tests), counting down.
-    pub drop_responses: u32,
+    /// Data frames this node sends that are lost (a fault for tests), counting down.
+    pub drop_data: u32,
 }
 
 /// A link between two nodes.
@@ -322,7 +322,7 @@ impl Net {
             settings,
             generation: 0,
             hold_scripts: false,
-            drop_responses: 0,
+            drop_data: 0,
         });
         self.by_id.entry(id.to_string()).or_insert(index);
         self.schedule_deadline(index);
@@ -676,12 +676,10 @@ impl Net {
         while let Some(action) = self.nodes[node].router.poll_action() {
             match action {
                 Action::Send { link, frame } => {
-                    if let Frame::Data(e) = &frame {
+                    if let Frame::Data(_) = &frame {
                         let n = &mut self.nodes[node];
-                        if e.kind == crate::wire::frame::MessageKind::Response
-                            && n.drop_responses > 0
-                        {
-                            n.drop_responses -= 1;
+                        if n.drop_data > 0 {
+                            n.drop_data -= 1;
                             continue;
                         }
                     }

@@ -6,6 +6,7 @@
 
 pub mod bulk;
 pub mod ceiling;
+pub mod durable;
 pub mod inproc;
 pub mod latency;
 pub mod libp2p;
