@@ -822,6 +822,9 @@ impl Router {
         self.durable.open_count -= 1;
         self.durable.open_bytes -= e.record.body.len();
         e.record.status = status;
+        if status == Status::Delivered {
+            e.record.last_error = None;
+        }
         e.record.body = Vec::new();
         e.record.outcome = outcome.clone();
         e.record.hops = hops;
