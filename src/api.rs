@@ -291,13 +291,15 @@ async fn send(
         .await??;
     match answer {
         Answer::Done(delivery) => delivery_response(delivery),
+        // The contract's shape: "queued" says "accepted, delivery goes on"; where it stands
+        // in detail (in flight, in a carrier's custody) is `GET /messages/{id}`'s.
         Answer::Queued {
             id,
-            status,
+            status: _,
             expires_unix_ms,
         } => Ok(HttpResponse::Accepted().json(json!({
             "id": id.to_string(),
-            "status": status.as_str(),
+            "status": "queued",
             "expires_unix_ms": expires_unix_ms,
         }))),
     }

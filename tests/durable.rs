@@ -410,3 +410,26 @@ fn a_lost_receipt_is_answered_from_the_record_without_running_again() {
     assert_eq!(m["outcome"]["stdout"], "counted\n");
     assert_eq!(runs(scratch.path(), "c").len(), 1, "the script ran once");
 }
+
+/// A message whose target never appears expires at its ttl, and says so.
+#[test]
+fn a_message_for_a_target_that_never_appears_expires_at_its_ttl() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let r = a.send("nobody", b"hello", &[("ttl", "1"), ("timeout", "50")]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let j = r.json();
+    let id = j["id"].as_str().unwrap().to_string();
+    wait_until("expired", Duration::from_secs(10), || {
+        message(&a, &id)["status"] == "expired"
+    });
+    let m = message(&a, &id);
+    assert!(
+        m["expires_unix_ms"].as_u64() == j["expires_unix_ms"].as_u64(),
+        "{m}"
+    );
+    assert_eq!(open_outbox(&a), 0);
+    let cancel = a
+        .http("DELETE", &format!("/messages/{id}"), &[], b"")
+        .unwrap();
+    assert_eq!(cancel.status, 409, "expired is final: {}", cancel.text());
+}

@@ -1117,17 +1117,11 @@ impl Router {
                 request_hops: hops,
                 state: SeenState::Done(outcome),
             };
-            self.durable.remember_seen(&source, id, record.clone());
-            self.durable.unpersisted.insert(key);
-            let token = self.durable.token(AfterPersist::Answer {
+            let after = AfterPersist::Answer {
                 source: source.clone(),
                 id,
-            });
-            self.actions.push_back(Action::Persist {
-                ops: vec![Op::PutSeen { source, id, record }],
-                durable: true,
-                token: Some(token),
-            });
+            };
+            self.record_seen(&source, id, record, Vec::new(), after);
             return Taken::Pending;
         }
         match name {
@@ -1142,24 +1136,12 @@ impl Router {
                     request_hops: hops,
                     state: SeenState::Done(Outcome::Delivered),
                 };
-                self.durable.remember_seen(&source, id, record.clone());
-                self.durable.unpersisted.insert(key);
-                let token = self.durable.token(AfterPersist::Answer {
+                let inbox = Op::Inbox(InboxRecord::new(id, &source, now.unix_ms, hops, body));
+                let after = AfterPersist::Answer {
                     source: source.clone(),
                     id,
-                });
-                self.actions.push_back(Action::Persist {
-                    ops: vec![
-                        Op::PutSeen {
-                            source: source.clone(),
-                            id,
-                            record,
-                        },
-                        Op::Inbox(InboxRecord::new(id, &source, now.unix_ms, hops, body)),
-                    ],
-                    durable: true,
-                    token: Some(token),
-                });
+                };
+                self.record_seen(&source, id, record, vec![inbox], after);
             }
             Some(name) => {
                 let record = SeenRecord {
@@ -1167,18 +1149,12 @@ impl Router {
                     request_hops: hops,
                     state: SeenState::Running,
                 };
-                self.durable.remember_seen(&source, id, record.clone());
-                self.durable.unpersisted.insert(key);
-                let token = self.durable.token(AfterPersist::Run {
+                let after = AfterPersist::Run {
                     source: source.clone(),
                     id,
                     name,
-                });
-                self.actions.push_back(Action::Persist {
-                    ops: vec![Op::PutSeen { source, id, record }],
-                    durable: true,
-                    token: Some(token),
-                });
+                };
+                self.record_seen(&source, id, record, Vec::new(), after);
             }
         }
         Taken::Pending
@@ -1194,14 +1170,34 @@ impl Router {
             state: SeenState::Done(outcome),
             ..record
         };
-        self.durable.remember_seen(&source, id, record.clone());
-        self.durable.unpersisted.insert(key);
-        let token = self.durable.token(AfterPersist::Answer {
+        let after = AfterPersist::Answer {
             source: source.clone(),
             id,
-        });
+        };
+        self.record_seen(&source, id, record, Vec::new(), after);
+    }
+
+    /// Records what this node took from `source` (with `extra` changes in the same write) and
+    /// does `after` once it is on disk; until then re-deliveries wait.
+    fn record_seen(
+        &mut self,
+        source: &str,
+        id: u64,
+        record: SeenRecord,
+        extra: Vec<Op>,
+        after: AfterPersist,
+    ) {
+        self.durable.remember_seen(source, id, record.clone());
+        self.durable.unpersisted.insert((source.to_string(), id));
+        let token = self.durable.token(after);
+        let mut ops = vec![Op::PutSeen {
+            source: source.to_string(),
+            id,
+            record,
+        }];
+        ops.extend(extra);
         self.actions.push_back(Action::Persist {
-            ops: vec![Op::PutSeen { source, id, record }],
+            ops,
             durable: true,
             token: Some(token),
         });
