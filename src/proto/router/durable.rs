@@ -148,8 +148,12 @@ enum AfterPersist {
         id: u64,
         name: String,
     },
-    /// An outcome is on disk: send the receipt.
+    /// A durable request's first record (plain message, or a refusal) is on disk: answer.
     Answer { source: String, id: u64 },
+    /// A script's outcome is on disk: send the receipt.
+    Outcome { source: String, id: u64 },
+    /// Everything asked for before is on disk: answer the hand-over `outer` (a receipt taken).
+    Ack { outer: Box<Envelope> },
     /// An envelope we carry for others (`source`, `id`) is on disk: accept its custody
     /// (answer the hand-over request `outer`, kept without its body).
     Carried {
@@ -544,10 +548,26 @@ impl Router {
                     message_id: id,
                 });
             }
+            (AfterPersist::Outcome { source, id }, result) => {
+                // The script ran: its record stays either way (on disk it says running, so a
+                // crash before the outcome is written reads as interrupted, never as a re-run).
+                if let Err(e) = result {
+                    warn!("cannot record the outcome of {id} from {source}: {e}");
+                }
+                self.durable.unpersisted.remove(&(source.clone(), id));
+                self.send_receipt(now, &source, id);
+            }
             (AfterPersist::Answer { source, id }, Ok(())) => {
                 self.durable.unpersisted.remove(&(source.clone(), id));
                 self.send_acks(now, &source, id, Outcome::Delivered);
                 self.send_receipt(now, &source, id);
+            }
+            (AfterPersist::Ack { outer }, result) => {
+                let outcome = match result {
+                    Ok(()) => Outcome::Delivered,
+                    Err(e) => store_failed(e),
+                };
+                self.reply(now, &outer, outcome);
             }
             (AfterPersist::Carried { outer, source, id }, result) => {
                 self.durable
@@ -972,6 +992,18 @@ impl Router {
             return;
         };
         match taken {
+            Taken::Recorded if envelope.kind == MessageKind::Response => {
+                // A receipt taken: its message's final state is being written; answer once
+                // that write (and all before it) is on disk.
+                let token = self.durable.token(AfterPersist::Ack {
+                    outer: Box::new(stripped(&outer)),
+                });
+                self.actions.push_back(Action::Persist {
+                    ops: Vec::new(),
+                    durable: true,
+                    token: Some(token),
+                });
+            }
             Taken::Recorded => self.reply(now, &outer, Outcome::Delivered),
             Taken::Refused(why) => self.reply(now, &outer, why),
             Taken::Pending => {
@@ -1170,7 +1202,7 @@ impl Router {
             state: SeenState::Done(outcome),
             ..record
         };
-        let after = AfterPersist::Answer {
+        let after = AfterPersist::Outcome {
             source: source.clone(),
             id,
         };
