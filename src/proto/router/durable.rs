@@ -137,6 +137,19 @@ struct Entry {
     persisted: bool,
 }
 
+impl Entry {
+    /// An entry for `record`; `waiter_ms`: the deadline of the `/send` waiting for it.
+    fn new(record: OutboxRecord, waiter_ms: Option<u64>, persisted: bool) -> Entry {
+        Entry {
+            record,
+            backoff: Backoff::new(RETRY_BASE_MS, RETRY_MAX_MS),
+            due_ms: None,
+            waiter_ms,
+            persisted,
+        }
+    }
+}
+
 /// What waits for a write.
 #[derive(Debug)]
 enum AfterPersist {
@@ -220,6 +233,8 @@ pub(super) struct Durable {
     /// waiting for room in it.
     inflight: HashMap<String, HashSet<u64>>,
     ready: HashMap<String, std::collections::VecDeque<u64>>,
+    /// The ids in `ready` (an entry scheduled again while it waits is not queued twice).
+    in_ready: HashSet<u64>,
 }
 
 /// Durable messages sent to one target and not answered yet, at most: a queue of thousands
@@ -379,16 +394,9 @@ impl Router {
                     .finals
                     .insert((record.expires_unix_ms + FINAL_RETENTION_MS, id));
             }
-            self.durable.outbox.insert(
-                id,
-                Entry {
-                    record,
-                    backoff: Backoff::new(RETRY_BASE_MS, RETRY_MAX_MS),
-                    due_ms: None,
-                    waiter_ms: None,
-                    persisted: true,
-                },
-            );
+            self.durable
+                .outbox
+                .insert(id, Entry::new(record, None, true));
             if open {
                 self.durable.schedule(id, now.ms());
             }
@@ -479,17 +487,11 @@ impl Router {
             durable: true,
             token: Some(token),
         });
-        self.durable.outbox.insert(
-            id,
-            Entry {
-                record,
-                backoff: Backoff::new(RETRY_BASE_MS, RETRY_MAX_MS),
-                due_ms: None,
-                waiter_ms: Some(now.ms() + timeout_ms),
-                persisted: false,
-            },
-        );
-        self.durable.waiters.insert((now.ms() + timeout_ms, id));
+        let deadline = now.ms() + timeout_ms;
+        self.durable
+            .outbox
+            .insert(id, Entry::new(record, Some(deadline), false));
+        self.durable.waiters.insert((deadline, id));
         self.msgs.counters.sent += 1;
         if self.durable.scan_at_ms.is_none() {
             self.durable.scan_at_ms = Some(now.ms() + SCAN_INTERVAL_MS);
@@ -613,7 +615,9 @@ impl Router {
         let window = self.durable.inflight.get(&target);
         let inside = window.is_some_and(|w| w.contains(&id));
         if !inside && window.is_some_and(|w| w.len() >= MAX_IN_FLIGHT_PER_TARGET) {
-            self.durable.ready.entry(target).or_default().push_back(id);
+            if self.durable.in_ready.insert(id) {
+                self.durable.ready.entry(target).or_default().push_back(id);
+            }
             return;
         }
         self.attempt(now, id);
@@ -635,6 +639,7 @@ impl Router {
                 self.durable.ready.remove(target);
                 return;
             };
+            self.durable.in_ready.remove(&id);
             if self
                 .durable
                 .outbox
@@ -1489,28 +1494,15 @@ impl Router {
     }
 
     /// A pending request ended: a custody hand-over of ours, or a `/send`'s.
-    pub(super) fn complete(&mut self, now: Now, id: u64, result: Result<Delivery, SendError>) {
+    pub(super) fn complete(&mut self, id: u64, result: Result<Delivery, SendError>) {
         match self.durable.offers.remove(&id) {
-            Some(offer) => self.custody_answered(Some(now), offer, result),
-            None => self.actions.push_back(Action::Complete { id, result }),
-        }
-    }
-
-    /// [`Router::complete`] where no time is at hand (a failure before sending).
-    pub(super) fn complete_without_time(&mut self, id: u64, result: Result<Delivery, SendError>) {
-        match self.durable.offers.remove(&id) {
-            Some(offer) => self.custody_answered(None, offer, result),
+            Some(offer) => self.custody_answered(offer, result),
             None => self.actions.push_back(Action::Complete { id, result }),
         }
     }
 
     /// The answer to a custody hand-over of ours.
-    fn custody_answered(
-        &mut self,
-        now: Option<Now>,
-        offer: Offer,
-        result: Result<Delivery, SendError>,
-    ) {
+    fn custody_answered(&mut self, offer: Offer, result: Result<Delivery, SendError>) {
         let accepted = matches!(&result, Ok(d) if d.outcome == Outcome::Delivered);
         let why = match &result {
             Ok(Delivery {
@@ -1577,7 +1569,6 @@ impl Router {
             }
             Offer::ReceiptToCarrier => {}
         }
-        let _ = now;
     }
 
     /// Hands on what we carry soon (a path changed, or something new is held).

@@ -383,7 +383,7 @@ impl Router {
                 } else {
                     SendError::Timeout(p.target, p.timeout_ms)
                 };
-                self.complete(now, id, Err(error));
+                self.complete(id, Err(error));
             } else {
                 self.msgs.deadlines.remove(&(deadline, id));
             }
@@ -401,7 +401,7 @@ impl Router {
         if first {
             // As before it was sent: the caller hears at once that the node is busy.
             self.msgs.take(id);
-            self.complete_without_time(id, Err(SendError::Busy));
+            self.complete(id, Err(SendError::Busy));
         } else if let Some(p) = self.msgs.pending.get_mut(&id) {
             // A re-send: wait for the next path change and try again.
             p.first_hop.clear();
@@ -762,7 +762,7 @@ impl Router {
                 return;
             }
             if self.msgs.take(o.id).is_some() {
-                self.complete_without_time(
+                self.complete(
                     o.id,
                     Err(SendError::OverBudget {
                         relay: from.to_string(),
@@ -883,7 +883,6 @@ impl Router {
                 }
                 self.msgs.counters.replies += 1;
                 self.complete(
-                    now,
                     in_reply_to,
                     Ok(Delivery {
                         id: in_reply_to,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{body, note_errors, Ctx, LINK_UP_TIMEOUT};
+use super::{add_rate, body, note_errors, Ctx, LINK_UP_TIMEOUT};
 use crate::load;
 use crate::report::key;
 use crate::stats::Results;
@@ -64,14 +64,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         bound,
     )?;
     note_errors(res, "durable 1 hop HTTP", &online);
-    if online.ok > 0 {
-        res.add(
-            key::DURABLE_ONLINE,
-            online.ok as f64 / online.elapsed.as_secs_f64(),
-        );
-    } else {
-        res.fail(key::DURABLE_ONLINE, "no successful send");
-    }
+    add_rate(res, key::DURABLE_ONLINE, &online, "no successful send");
 
     b.kill();
     let gone = Instant::now();
@@ -83,14 +76,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     }
     let queued = load::concurrent_ttl(port, "b", msg, CONNECTIONS, count, 1, TTL_S, bound)?;
     note_errors(res, "durable queued", &queued);
-    if queued.ok > 0 {
-        res.add(
-            key::DURABLE_QUEUED,
-            queued.ok as f64 / queued.elapsed.as_secs_f64(),
-        );
-    } else {
-        res.fail(key::DURABLE_QUEUED, "no message queued");
-    }
+    add_rate(res, key::DURABLE_QUEUED, &queued, "no message queued");
 
     let waiting = open_outbox(&a).unwrap_or(0);
     b.relaunch()?;

@@ -106,6 +106,15 @@ pub fn check_delivered(res: &mut Results, what: &str, receiver: &Proc, expected:
     }
 }
 
+/// Records a batch's accepted messages per second under `key`, or why there is no figure.
+pub fn add_rate(res: &mut Results, key: &'static str, out: &crate::load::Outcome, none: &str) {
+    if out.ok > 0 {
+        res.add(key, out.ok as f64 / out.elapsed.as_secs_f64());
+    } else {
+        res.fail(key, none);
+    }
+}
+
 /// Records one batch's errors as a note, if it had any.
 pub fn note_errors(res: &mut Results, what: &str, out: &crate::load::Outcome) {
     let e = out.error_summary();

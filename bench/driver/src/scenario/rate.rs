@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{body, check_delivered, note_errors, Ctx, LINK_UP_TIMEOUT};
+use super::{add_rate, body, check_delivered, note_errors, Ctx, LINK_UP_TIMEOUT};
 use crate::load;
 use crate::node::settled_rss_kib;
 use crate::report::key;
@@ -47,11 +47,7 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     note_errors(res, "rate warm-up", &warm);
     let out = load::concurrent(a.http_port(), "b", msg, CONNECTIONS, count, 10_000, bound)?;
     note_errors(res, "rate 1 hop HTTP", &out);
-    if out.ok > 0 {
-        res.add(key::RATE_HTTP, out.ok as f64 / out.elapsed.as_secs_f64());
-    } else {
-        res.fail(key::RATE_HTTP, "no successful send");
-    }
+    add_rate(res, key::RATE_HTTP, &out, "no successful send");
     check_delivered(res, "rate 1 hop HTTP", &b, warm.ok + out.ok);
 
     let settle = Duration::from_secs(3);
