@@ -372,6 +372,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         .map_err(StartError::StoreThread)?
         .start();
 
+    let events = crate::actors::events::EventActor::default().start();
     let script = ScriptActor::new(
         shared.config.scripts.clone(),
         ScriptLimits::from_config(&shared.config),
@@ -429,6 +430,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         dial: discovery.clone().recipient(),
         udp: punch_sockets,
         store: store.clone(),
+        events: events.clone().recipient(),
     };
     relay_ctx.run(RelayActor::new(shared.clone(), relay_peers, restored));
     discovery_ctx.run(DiscoveryActor::new(shared.clone(), ports, udp));
@@ -451,6 +453,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
                 relay: relay.clone(),
                 script: script.clone(),
                 store: store.clone(),
+                events: events.clone(),
             };
             let (server, bound) = api::serve(state, addr).map_err(|source| StartError::Http {
                 file: file.clone(),

@@ -796,3 +796,54 @@ fn a_carrier_refuses_an_envelope_not_signed_by_its_origin() {
     );
     assert_eq!(net.report(k).messages.forged, 1);
 }
+
+/// Route events: a node that becomes reachable is reported once with its next hop and hops, a
+/// partition reports it unreachable, and the heal reports it again (coalesced, not per advert).
+#[test]
+fn route_events_follow_reachability() {
+    use msgtier::proto::event::Event;
+    let mut net = Net::new(43);
+    let n = nodes(&mut net, 3);
+    net.connect(n[0], n[1], 1);
+    net.connect(n[1], n[2], 1);
+    converge(&mut net, "a line of three");
+    net.run_for(500);
+    let routes_to = |net: &Net, to: &str| -> Vec<Event> {
+        net.nodes[n[0]]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Route { node, .. } if node == to))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        routes_to(&net, "n2"),
+        vec![Event::Route {
+            node: "n2".into(),
+            reachable: true,
+            next_hop: Some("n1".into()),
+            hops: Some(2),
+        }]
+    );
+    let link = net.links_between(n[1], n[2])[0];
+    net.disconnect(link);
+    assert!(net.run_until(2_000, |net| routes_to(net, "n2").len() == 2));
+    assert!(matches!(
+        routes_to(&net, "n2")[1],
+        Event::Route {
+            reachable: false,
+            ..
+        }
+    ));
+    net.connect(n[1], n[2], 1);
+    converge(&mut net, "healed");
+    assert!(net.run_until(2_000, |net| routes_to(net, "n2").len() == 3));
+    assert!(matches!(
+        routes_to(&net, "n2")[2],
+        Event::Route {
+            reachable: true,
+            hops: Some(2),
+            ..
+        }
+    ));
+}

@@ -64,11 +64,13 @@ pub struct LinkRtt {
 }
 
 /// An admitted link closed (PeerActor -> discovery and relay).
-#[derive(Message, Clone, Copy)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct LinkDown {
     /// The link.
     pub link_id: u64,
+    /// Why it closed (as `/status` shows it in `last_error`).
+    pub reason: String,
 }
 
 /// The relay's inboxes: where a PeerActor reports its link's life, and where a UDP listener

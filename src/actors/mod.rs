@@ -7,10 +7,12 @@
 //!  ListenerActor --UdpIn--> PeerActor                   PeerActor --Admit/LinkDown--> DiscoveryActor --LinkUp/LinkDown--> RelayActor
 //!  PeerActor --RegisterDial/Unregister--> ListenerActor (UDP)
 //!  CryptoActor: loads the identity; hands the KeyRing to the node at start
+//!  RelayActor --Publish--> EventActor <--Subscribe-- HTTP (/events, /events/ws)
 //! ```
 
 pub mod crypto;
 pub mod discovery;
+pub mod events;
 pub mod listener;
 pub mod messages;
 pub mod peer;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use log::debug;
 use tokio::sync::oneshot;
 
+use crate::actors::events::Publish;
 use crate::actors::messages::{
     Dial, Inbound, LinkDown, LinkRtt, LinkUp, PunchIn, SendFrame, SendPunch,
 };
@@ -27,6 +28,7 @@ use crate::actors::script::{RunScript, ScriptError};
 use crate::actors::store::{Persist, StoreActor, StoreFailure};
 use crate::node::{unix_ms, NodeShared};
 use crate::proto::durable::{Restored, Status};
+use crate::proto::event::Event;
 use crate::proto::router::{
     Action, CarrierLimits, DurableLimits, IncomingLimits, Now, Randomness, Router, ScriptResult,
     Settings,
@@ -127,6 +129,8 @@ pub struct RelayPeers {
     pub udp: Vec<PunchSocket>,
     /// The message store.
     pub store: Addr<StoreActor>,
+    /// The event stream.
+    pub events: Recipient<Publish>,
 }
 
 /// See the module docs.
@@ -137,6 +141,8 @@ pub struct RelayActor {
     router: Router,
     /// Where each Active link's frames go.
     links: HashMap<u64, Recipient<SendFrame>>,
+    /// Each Active link's node and transport, for its `peer_down` event.
+    link_ends: HashMap<u64, (String, crate::addr::Transport)>,
     /// HTTP handlers waiting for their request's outcome, by message id.
     waiting: HashMap<u64, oneshot::Sender<Result<Answer, SendError>>>,
     /// The actors actions go to.
@@ -195,6 +201,7 @@ impl RelayActor {
             router,
             node,
             links: HashMap::new(),
+            link_ends: HashMap::new(),
             waiting: HashMap::new(),
             peers,
             timer: None,
@@ -232,6 +239,7 @@ impl RelayActor {
                         self.router.frame_refused(link, frame);
                     }
                 }
+                Action::Event(e) => self.peers.events.do_send(Publish(e)),
                 Action::RunScript {
                     job,
                     name,
@@ -239,12 +247,15 @@ impl RelayActor {
                     message_id,
                 } => {
                     let run = RunScript {
-                        name,
-                        source,
+                        name: name.clone(),
+                        source: source.clone(),
                         message_id,
                     };
+                    let started = std::time::Instant::now();
                     ctx.spawn(self.peers.script.send(run).into_actor(self).map(
                         move |res, act, ctx| {
+                            let event = script_event(name, source, message_id, started, &res);
+                            act.peers.events.do_send(Publish(event));
                             let result = match res {
                                 Ok(Ok(out)) => ScriptResult::Ran {
                                     exit_code: out.exit_code,
@@ -365,6 +376,30 @@ fn failure(res: Result<Result<(), StoreFailure>, actix::MailboxError>) -> Option
     }
 }
 
+/// The `script` event of a run the ScriptActor answered.
+fn script_event(
+    name: String,
+    source: String,
+    message_id: u64,
+    started: std::time::Instant,
+    res: &Result<Result<crate::actors::script::ScriptOutput, ScriptError>, actix::MailboxError>,
+) -> Event {
+    let (exit_code, timed_out, error) = match res {
+        Ok(Ok(out)) => (out.exit_code, out.timed_out, None),
+        Ok(Err(e)) => (None, false, Some(e.to_string())),
+        Err(e) => (None, false, Some(e.to_string())),
+    };
+    Event::Script {
+        name,
+        source,
+        message_id,
+        exit_code,
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+        error,
+    }
+}
+
 /// The router's clock: the node's monotonic clock and the wall clock.
 fn now(node: &NodeShared) -> Now {
     Now {
@@ -426,6 +461,15 @@ impl Handler<LinkUp> for RelayActor {
 
     fn handle(&mut self, msg: LinkUp, ctx: &mut Self::Context) {
         self.links.insert(msg.link_id, msg.send);
+        let (node, transport) = (msg.info.node_id.clone(), msg.info.transport);
+        self.link_ends
+            .insert(msg.link_id, (node.clone(), transport));
+        self.peers.events.do_send(Publish(Event::PeerUp {
+            node,
+            transport,
+            link_id: msg.link_id,
+            kind: msg.info.kind.name(),
+        }));
         self.router.link_up(now(&self.node), msg.link_id, msg.info);
         self.drive(ctx);
     }
@@ -444,6 +488,14 @@ impl Handler<LinkDown> for RelayActor {
 
     fn handle(&mut self, msg: LinkDown, ctx: &mut Self::Context) {
         if self.links.remove(&msg.link_id).is_some() {
+            if let Some((node, transport)) = self.link_ends.remove(&msg.link_id) {
+                self.peers.events.do_send(Publish(Event::PeerDown {
+                    node,
+                    transport,
+                    link_id: msg.link_id,
+                    reason: msg.reason,
+                }));
+            }
             self.router.link_down(now(&self.node), msg.link_id);
             self.drive(ctx);
         }

@@ -13,6 +13,7 @@ pub(crate) mod cache;
 pub mod cert;
 pub mod durable;
 pub mod e2e;
+pub mod event;
 pub(crate) mod foreign_tables;
 pub mod handshake;
 pub mod handshake_budget;

@@ -129,6 +129,8 @@ pub struct RoutingTable {
     routes: HashMap<String, Route>,
     /// The graph changed since `routes` was computed.
     dirty: bool,
+    /// Bumped whenever the graph changes: lets the router notice route changes cheaply.
+    generation: u64,
     /// How many times routes were computed (lets tests check the cache).
     #[cfg(test)]
     computations: u64,
@@ -152,6 +154,7 @@ impl RoutingTable {
             remote: HashMap::new(),
             routes: HashMap::new(),
             dirty: false,
+            generation: 0,
             #[cfg(test)]
             computations: 0,
         }
@@ -165,6 +168,7 @@ impl RoutingTable {
         let neighbors = normalize(&self.local_id, neighbors);
         if neighbors != self.local.advert.neighbors {
             self.dirty = true;
+            self.generation += 1;
         }
         self.local.advert.seq = self.local.advert.seq.saturating_add(1);
         self.local.advert.neighbors = neighbors;
@@ -215,6 +219,7 @@ impl RoutingTable {
             .is_none_or(|held| held.advert.neighbors != neighbors);
         if changed {
             self.dirty = true;
+            self.generation += 1;
         }
         let stored = Stored {
             advert: Advert {
@@ -242,6 +247,7 @@ impl RoutingTable {
         }
         if !dropped.is_empty() {
             self.dirty = true;
+            self.generation += 1;
         }
         dropped.sort();
         dropped
@@ -269,6 +275,11 @@ impl RoutingTable {
             self.dirty = false;
         }
         &self.routes
+    }
+
+    /// Changes to the graph so far (see [`RoutingTable::routes`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The route to `target`, if it is reachable (never for ourselves).

@@ -385,7 +385,8 @@ impl Node {
         let ns = self.spec.netns.clone();
         let up = std::panic::catch_unwind(|| {
             wait_until(&format!("node {id} API up"), WAIT, || {
-                http_in(ns.as_deref(), port, "GET", "/status", &[], b"").is_ok()
+                http_in(ns.as_deref(), port, "GET", "/health", &[], b"")
+                    .is_ok_and(|(code, _)| code == 200)
             })
         });
         if let Err(e) = up {
@@ -407,7 +408,23 @@ impl Node {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Response> {
-        http_full_in(self.netns(), self.http_port, method, path, headers, body)
+        let bearer;
+        let mut all = headers.to_vec();
+        if let Some(token) = self.spec.extra["api_token"].as_str() {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                bearer = format!("Bearer {token}");
+                all.push(("authorization", bearer.as_str()));
+            }
+        }
+        http_full_in(self.netns(), self.http_port, method, path, &all, body)
+    }
+
+    /// Opens `GET path` (an event stream) on this node's API and reads its response head.
+    pub fn events(&self, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        EventStream::open(self.http_port, path, headers)
     }
 
     /// `POST /send` to `target` with `body` (and extra headers).
@@ -549,5 +566,142 @@ impl Drop for Node {
             unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
         self.kill();
+    }
+}
+
+/// A Server-Sent Events client on a raw socket: reads the chunked body as it arrives.
+pub struct EventStream {
+    pub stream: TcpStream,
+    /// Response status and head (lowercased).
+    pub status: u16,
+    pub head: String,
+    /// Bytes read and not yet parsed (still chunk-encoded).
+    raw: Vec<u8>,
+    /// De-chunked text not yet split into frames.
+    text: String,
+}
+
+impl EventStream {
+    pub fn open(port: u16, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).expect("write request");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut s = EventStream {
+            stream,
+            status: 0,
+            head: String::new(),
+            raw: Vec::new(),
+            text: String::new(),
+        };
+        let start = Instant::now();
+        while !s.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(start.elapsed() < WAIT, "no response head from {path}");
+            s.fill();
+        }
+        let split = s.raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        s.head = String::from_utf8_lossy(&s.raw[..split]).to_ascii_lowercase();
+        s.status = s
+            .head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        s.raw.drain(..split + 4);
+        s
+    }
+
+    /// Reads what is there (waits at most the read timeout). False at the end of the stream.
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 65536];
+        match self.stream.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Moves whole chunks from `raw` to `text`; false once the last chunk was seen.
+    fn dechunk(&mut self) -> bool {
+        loop {
+            let Some(nl) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return true;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&self.raw[..nl]).trim(), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                return false;
+            }
+            if self.raw.len() < nl + 2 + size + 2 {
+                return true;
+            }
+            self.text
+                .push_str(&String::from_utf8_lossy(&self.raw[nl + 2..nl + 2 + size]));
+            self.raw.drain(..nl + 2 + size + 2);
+        }
+    }
+
+    /// The next SSE frame (its `data:` JSON, and the `id:` line if any), waiting up to
+    /// `timeout`; None at the end of the stream or when the wait runs out.
+    pub fn next_frame(&mut self, timeout: Duration) -> Option<(Option<u64>, Value)> {
+        let start = Instant::now();
+        loop {
+            let open = self.dechunk();
+            while let Some(end) = self.text.find("\n\n") {
+                let frame: String = self.text.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = serde_json::from_str(v).ok();
+                    }
+                }
+                if let Some(d) = data {
+                    return Some((id, d));
+                }
+            }
+            if !open || start.elapsed() > timeout {
+                return None;
+            }
+            if !self.fill() {
+                self.dechunk();
+                if !self.text.contains("\n\n") {
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Reads events until one matches `f` (returned), or panics after `timeout`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match self.next_frame(left) {
+                Some((_, v)) if f(&v) => return v,
+                Some((_, v)) => eprintln!("(event skipped: {v})"),
+                None => panic!("no event {what} within {timeout:?}"),
+            }
+        }
     }
 }

@@ -1097,9 +1097,14 @@ impl PeerActor {
             other if was_active => info!("{what}: link down: {other}"),
             other => debug!("{what}: {other}"),
         }
+        {
+            let s = &mut self.status;
+            s.last_error = Some(cause.to_string());
+        }
         if self.admitted {
             self.ports.down.do_send(LinkDown {
                 link_id: self.link_id,
+                reason: self.down_reason(),
             });
             self.admitted = false;
         }
@@ -1133,10 +1138,6 @@ impl PeerActor {
                 ) => backoff.saturate(),
                 _ => {}
             }
-        }
-        {
-            let s = &mut self.status;
-            s.last_error = Some(cause.to_string());
         }
         let stream = self.attempt_ref().is_some();
         // A QUIC connection closes at once unless our `close` frame is on its way.
@@ -1211,6 +1212,7 @@ impl PeerActor {
             if self.admitted {
                 self.ports.down.do_send(LinkDown {
                     link_id: self.link_id,
+                    reason: self.down_reason(),
                 });
                 self.admitted = false;
             }
@@ -1233,6 +1235,14 @@ impl PeerActor {
         }
     }
 
+    /// Why the link went, for [`LinkDown`].
+    fn down_reason(&self) -> String {
+        self.status
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "closed".to_string())
+    }
+
     fn is_dialer(&self) -> bool {
         matches!(self.role, Role::Dialer { .. })
     }
@@ -1252,6 +1262,7 @@ impl PeerActor {
             if self.announced {
                 self.ports.relay.down.do_send(LinkDown {
                     link_id: self.link_id,
+                    reason: self.down_reason(),
                 });
             }
             self.announced = false;

@@ -508,6 +508,8 @@ impl Router {
             (AfterPersist::Accepted(id), Ok(())) => {
                 if let Some(e) = self.durable.outbox.get_mut(&id) {
                     e.persisted = true;
+                    let event = delivery_event(id, &e.record);
+                    self.actions.push_back(Action::Event(event));
                     self.try_attempt(now, id);
                     // A write slower than the `/send`'s timeout: answer it now.
                     if let Some(e) = self.durable.outbox.get_mut(&id) {
@@ -863,6 +865,8 @@ impl Router {
         let target = e.record.target.clone();
         let waiting = waiter.is_some();
         let record = e.record.clone();
+        self.actions
+            .push_back(Action::Event(delivery_event(id, &record)));
         self.durable
             .finals
             .insert((record.expires_unix_ms + FINAL_RETENTION_MS, id));
@@ -1173,6 +1177,10 @@ impl Router {
                     request_hops: hops,
                     state: SeenState::Done(Outcome::Delivered),
                 };
+                self.actions
+                    .push_back(Action::Event(super::messages::message_event(
+                        &source, id, hops, body, true,
+                    )));
                 let inbox = Op::Inbox(InboxRecord::new(id, &source, now.unix_ms, hops, body));
                 let after = AfterPersist::Answer {
                     source: source.clone(),
@@ -1528,6 +1536,8 @@ impl Router {
                     e.record.custody = Some(carrier);
                     e.record.last_error = None;
                     let record = e.record.clone();
+                    self.actions
+                        .push_back(Action::Event(delivery_event(id, &record)));
                     self.actions.push_back(Action::Persist {
                         ops: vec![Op::PutOutbox(id, record)],
                         durable: true,
@@ -1714,4 +1724,19 @@ fn report(id: u64, e: &Entry) -> MessageReport {
     let mut record = e.record.clone();
     record.body = Vec::new();
     MessageReport { id, record }
+}
+
+/// The `delivery` event of an outbox record's status now.
+fn delivery_event(id: u64, r: &OutboxRecord) -> crate::proto::event::Event {
+    let error = match &r.outcome {
+        Some(Outcome::Failed { code, message }) => Some(format!("{code}: {message}")),
+        _ => r.last_error.clone(),
+    };
+    crate::proto::event::Event::Delivery {
+        message_id: id,
+        target: r.target.clone(),
+        status: r.status.as_str(),
+        custody: r.custody.clone(),
+        error,
+    }
 }

@@ -943,6 +943,13 @@ impl Router {
                 body: String::from_utf8_lossy(kept).into_owned(),
                 truncated: kept.len() < body.len(),
             });
+            self.actions.push_back(Action::Event(message_event(
+                &envelope.source,
+                envelope.id,
+                envelope.hops,
+                body,
+                false,
+            )));
             // Into the durable inbox too, behind the answer: a live message promises no more
             // than delivery to this node (a ttl makes it wait for the disk).
             self.actions.push_back(Action::Persist {
@@ -997,5 +1004,25 @@ impl Router {
             }
             Err(e) => warn!("cannot answer {} at {}: {e}", request.id, request.source),
         }
+    }
+}
+
+/// The `message` event of a plain message delivered here.
+pub(super) fn message_event(
+    source: &str,
+    id: u64,
+    hops: u8,
+    body: &[u8],
+    durable: bool,
+) -> crate::proto::event::Event {
+    crate::proto::event::Event::Message {
+        message_id: id,
+        source: source.to_string(),
+        hops,
+        bytes: body.len(),
+        body: bytes::Bytes::copy_from_slice(
+            &body[..body.len().min(crate::proto::event::EVENT_BODY_BYTES)],
+        ),
+        durable,
     }
 }

@@ -40,6 +40,7 @@ use crate::addr::{Endpoint, Transport};
 use crate::keys::KeyRing;
 use crate::proto::advert::{self as signed, AdvertKey, Refusal};
 use crate::proto::e2e::Outcome;
+use crate::proto::event::Event;
 use crate::proto::key_book::{Conflicts, Offer, Source};
 use crate::proto::routing::{Advert, Applied};
 use crate::proto::shaper::Shaper;
@@ -140,6 +141,15 @@ pub enum LinkKind {
 }
 
 impl LinkKind {
+    /// Its name in events: `member`, `upstream` or `foreign`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LinkKind::Member => "member",
+            LinkKind::Upstream => "upstream",
+            LinkKind::Foreign(_) => "foreign",
+        }
+    }
+
     /// What a link to a node of `peer_network` is to a node of `local_network`; `dialed`: we
     /// dialled it (a node of another network we dialled is a public node; one that dialled us
     /// is a member of a network we relay for).
@@ -388,6 +398,8 @@ pub enum Action {
         /// When it expires (unix ms).
         expires_unix_ms: u64,
     },
+    /// Something happened that the event stream reports.
+    Event(crate::proto::event::Event),
     /// A send request ended.
     Complete {
         /// The id [`Router::send`] answered.
@@ -427,7 +439,17 @@ pub struct Router {
     advert_key: AdvertKey,
     /// Keys offered in adverts that contradict the one held (never taken), for `/status`.
     conflicts: Conflicts,
+    /// The home routes the last `route` events described: (next hop, hops) by node.
+    reported_routes: HashMap<String, (String, u32)>,
+    /// The routing generation they were computed at.
+    reported_generation: u64,
+    /// When they were computed (route events are coalesced to one diff per
+    /// [`ROUTE_EVENT_COALESCE_MS`]).
+    reported_at_ms: u64,
 }
+
+/// Longest a `route` event waits for the graph to settle (adverts come in bursts).
+pub const ROUTE_EVENT_COALESCE_MS: u64 = 100;
 
 impl Router {
     /// A router for the node `settings` describe, at time `now`.
@@ -460,8 +482,49 @@ impl Router {
             },
             advert_key: AdvertKey::new(&settings.keys.network_key),
             conflicts: Conflicts::default(),
+            reported_routes: HashMap::new(),
+            reported_generation: 0,
+            reported_at_ms: now.ms(),
             settings,
         }
+    }
+
+    /// Reports the home routes that appeared, went or changed since the last report, as
+    /// `route` events.
+    fn report_routes(&mut self, ms: u64) {
+        self.reported_generation = self.home.routing.generation();
+        self.reported_at_ms = ms;
+        let now: HashMap<String, (String, u32)> = self
+            .home
+            .routing
+            .routes()
+            .iter()
+            .map(|(id, r)| (id.clone(), (r.next_hop.clone(), r.hops)))
+            .collect();
+        let mut events = Vec::new();
+        for (id, (next_hop, hops)) in &now {
+            if self.reported_routes.get(id) != Some(&(next_hop.clone(), *hops)) {
+                events.push(Event::Route {
+                    node: id.clone(),
+                    reachable: true,
+                    next_hop: Some(next_hop.clone()),
+                    hops: Some(*hops),
+                });
+            }
+        }
+        for id in self.reported_routes.keys() {
+            if !now.contains_key(id) {
+                events.push(Event::Route {
+                    node: id.clone(),
+                    reachable: false,
+                    next_hop: None,
+                    hops: None,
+                });
+            }
+        }
+        events.sort_by(|a, b| a.node().cmp(b.node()));
+        self.actions.extend(events.into_iter().map(Action::Event));
+        self.reported_routes = now;
     }
 
     /// Our node id.
@@ -491,6 +554,9 @@ impl Router {
         at(self.durable.next_deadline());
         if self.settings.hole_punching {
             at(Some(self.punch_at_ms));
+        }
+        if self.home.routing.generation() != self.reported_generation {
+            at(Some(self.reported_at_ms + ROUTE_EVENT_COALESCE_MS));
         }
         Some(next)
     }
@@ -535,6 +601,11 @@ impl Router {
         if self.settings.hole_punching && ms >= self.punch_at_ms {
             self.punch_at_ms = ms + PUNCH_TICK_MS;
             self.drive_punching(now);
+        }
+        if self.home.routing.generation() != self.reported_generation
+            && ms >= self.reported_at_ms + ROUTE_EVENT_COALESCE_MS
+        {
+            self.report_routes(ms);
         }
     }
 
@@ -586,6 +657,19 @@ impl Router {
             self.home.relay_nodes.insert(info.node_id.clone());
         }
         let node_id = info.node_id.clone();
+        let transport = info.transport;
+        let punched = dom.is_none()
+            && transport == Transport::Udp
+            && self.punch.entries.get(&node_id).is_some_and(|e| {
+                matches!(e.puncher.state(), crate::proto::punch::State::Open { .. })
+            });
+        if punched {
+            self.actions.push_back(Action::Event(Event::Punch {
+                node: node_id.clone(),
+                outcome: "linked",
+                reason: None,
+            }));
+        }
         let Some(d) = self.domain_mut(dom.as_deref()) else {
             return;
         };

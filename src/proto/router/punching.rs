@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 
 use crate::addr::{Endpoint, Host, Transport};
 use crate::proto::cache::BoundedCache;
+use crate::proto::event::Event;
 use crate::proto::punch::{self, Puncher};
 use crate::wire::frame::{Frame, Punch};
 use crate::wire::udp::PUNCH_TOKEN_BYTES;
@@ -104,7 +105,15 @@ impl Router {
             return;
         };
         let peer = peer.clone();
+        let was_open = matches!(e.puncher.state(), punch::State::Open { .. });
         let action = e.puncher.on_datagram(from, me < peer);
+        if !was_open && matches!(e.puncher.state(), punch::State::Open { .. }) {
+            self.actions.push_back(Action::Event(Event::Punch {
+                node: peer.clone(),
+                outcome: "open",
+                reason: None,
+            }));
+        }
         if !ack {
             self.actions.push_back(Action::Punch {
                 from: Some(local),
@@ -260,7 +269,13 @@ impl Router {
                 }
                 continue;
             }
-            match e.puncher.poll(ms) {
+            let failures = e.puncher.failures();
+            let polled = e.puncher.poll(ms);
+            if e.puncher.failures() != failures {
+                let event = punch_failed(&peer, &e.puncher);
+                self.actions.push_back(Action::Event(event));
+            }
+            match polled {
                 Some(punch::Action::Request) => {
                     let Some(route) = route.filter(|r| r.hops == 2) else {
                         continue; // reached directly or not at all now; the next poll retries
@@ -370,7 +385,12 @@ impl Router {
     /// The relay cannot coordinate our punch toward `target`.
     pub(super) fn on_punch_refused(&mut self, now: Now, target: &str, reason: &str) {
         if let Some(e) = self.punch.entries.get_mut(target) {
+            let failures = e.puncher.failures();
             e.puncher.on_refused(now.ms(), reason);
+            if e.puncher.failures() != failures {
+                let event = punch_failed(target, &e.puncher);
+                self.actions.push_back(Action::Event(event));
+            }
         }
     }
 
@@ -380,5 +400,18 @@ impl Router {
             e.puncher.on_link_lost(now.ms());
             e.token = None;
         }
+    }
+}
+
+/// The `punch` event of a failed attempt (or of giving up).
+fn punch_failed(peer: &str, p: &punch::Puncher) -> Event {
+    Event::Punch {
+        node: peer.to_string(),
+        outcome: if matches!(p.state(), punch::State::GaveUp { .. }) {
+            "gave_up"
+        } else {
+            "failed"
+        },
+        reason: p.last_error().map(String::from),
     }
 }

@@ -125,6 +125,8 @@ pub struct SimNode {
     pub hold_scripts: bool,
     /// Data frames this node sends that are lost (a fault for tests), counting down.
     pub drop_data: u32,
+    /// Every event its router reported, in order.
+    pub events: Vec<crate::proto::event::Event>,
 }
 
 /// A link between two nodes.
@@ -323,6 +325,7 @@ impl Net {
             generation: 0,
             hold_scripts: false,
             drop_data: 0,
+            events: Vec::new(),
         });
         self.by_id.entry(id.to_string()).or_insert(index);
         self.schedule_deadline(index);
@@ -755,6 +758,7 @@ impl Net {
                 Action::Queued { id, status, .. } => {
                     self.nodes[node].queued.insert(id, status);
                 }
+                Action::Event(e) => self.nodes[node].events.push(e),
             }
         }
         self.schedule_deadline(node);

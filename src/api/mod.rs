@@ -9,6 +9,8 @@
 //! a foreign `Origin` 403, so a web page cannot drive the node by DNS rebinding or cross-site
 //! requests (curl and other tools send no `Origin` and are unaffected).
 
+mod events;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub struct ApiState {
     pub relay: Addr<RelayActor>,
     pub script: Addr<ScriptActor>,
     pub store: Addr<StoreActor>,
+    pub events: Addr<crate::actors::events::EventActor>,
 }
 
 /// An API error, rendered as JSON.
@@ -500,6 +503,8 @@ struct Status {
     adverts_refused: std::collections::BTreeMap<&'static str, u64>,
     /// Scripts running and queued now.
     scripts: ScriptStats,
+    /// The event stream.
+    events: crate::actors::events::EventStats,
     counters: crate::metrics::Snapshot,
 }
 
@@ -508,6 +513,11 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let mut report = state.discovery.send(GetReport).timeout(timeout).await?;
     let relay = state.relay.send(GetRoutes).timeout(timeout).await?;
     let scripts = state.script.send(GetScriptStats).timeout(timeout).await?;
+    let events = state
+        .events
+        .send(crate::actors::events::GetEventStats)
+        .timeout(timeout)
+        .await?;
     for peer in &mut report.peers {
         if let Some(r) = relay.routes.get(&peer.id) {
             peer.next_hop = Some(r.next_hop.clone());
@@ -562,6 +572,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         key_conflicts,
         adverts_refused: relay.adverts_refused,
         scripts,
+        events,
         counters: node.metrics.snapshot(),
     }))
 }
@@ -611,6 +622,11 @@ async fn messages(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "messages": list })))
+}
+
+/// `GET /health`: the node is up (its listeners are bound before the API is).
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"ok": true}))
 }
 
 async fn config(state: web::Data<ApiState>) -> HttpResponse {
@@ -780,6 +796,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 web::delete().to(cancel_message),
             )
             .route(&format!("{prefix}/outbox"), web::get().to(outbox))
+            .route(&format!("{prefix}/events"), web::get().to(events::sse))
+            .route(&format!("{prefix}/events/ws"), web::get().to(events::ws))
+            .route(&format!("{prefix}/health"), web::get().to(health))
             .route(&format!("{prefix}/config"), web::get().to(config));
     }
     #[cfg(feature = "fault-injection")]

@@ -1,0 +1,155 @@
+//! For apps and operators, against the real binary: the event stream (SSE and WebSocket),
+//! `/metrics`, the API token, hot reload, `/health`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, Spec, WAIT};
+use serde_json::Value;
+
+fn pair() -> (Node, Node) {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut spec_b = Spec::new("b", "tcp");
+    spec_b.peers = vec![a.spec.url()];
+    let b = Node::start(spec_b);
+    a.wait_peer_state("b", "Active");
+    (a, b)
+}
+
+/// An SSE client sees messages and a peer going down and coming back, as they happen; after a
+/// reconnect with `Last-Event-ID` it gets what it missed, with no gap in the ids.
+#[test]
+fn the_event_stream_reports_messages_and_peers_and_resumes_without_a_gap() {
+    let (a, mut b) = pair();
+    let mut events = a.events("/events", &[]);
+    assert_eq!(events.status, 200);
+    assert!(
+        events.head.contains("content-type: text/event-stream"),
+        "{}",
+        events.head
+    );
+
+    let sent = Instant::now();
+    let r = b.send("a", b"hello events", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = events.wait_for("message", WAIT, |v| v["type"] == "message");
+    eprintln!("message event after {:?}", sent.elapsed());
+    assert_eq!(m["source"], "b");
+    assert_eq!(m["body"], "hello events");
+    assert_eq!(m["bytes"], 12);
+    assert_eq!(m["message_id"], r.json()["id"]);
+    assert!(m["id"].as_u64().is_some() && m["time_unix_ms"].as_u64().is_some());
+
+    let killed = Instant::now();
+    b.kill();
+    let down = events.wait_for("peer_down of b", WAIT, |v| {
+        v["type"] == "peer_down" && v["node"] == "b"
+    });
+    eprintln!("peer_down after {:?}: {down}", killed.elapsed());
+    assert_eq!(down["transport"], "tcp");
+    assert!(down["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    b.restart();
+    let up = events.wait_for("peer_up of b", WAIT, |v| {
+        v["type"] == "peer_up" && v["node"] == "b"
+    });
+    assert_eq!(up["kind"], "member");
+    let last_id = up["id"].as_u64().unwrap();
+    drop(events);
+
+    // Missed while disconnected: a message; then resume.
+    let r = b.send("a", b"while away", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let header = last_id.to_string();
+    let mut resumed = a.events("/events", &[("Last-Event-ID", &header)]);
+    let missed = |v: &Value| v["type"] == "message" && v["body"] == "while away";
+    let (first_id, first) = resumed.next_frame(WAIT).expect("a replayed event");
+    assert_eq!(first_id, Some(last_id + 1), "no gap after resuming");
+    if !missed(&first) {
+        resumed.wait_for("the missed message", WAIT, missed);
+    }
+    // `?since=` with a filter: only messages, from b.
+    let mut filtered = a.events("/events?since=0&types=message&from=b", &[]);
+    let (_, v) = filtered.next_frame(WAIT).expect("a replayed message");
+    assert_eq!(v["type"], "message");
+    let bad = a.http("GET", "/events?types=nonsense", &[], b"").unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("unknown event type"), "{}", bad.text());
+}
+
+/// A client that stops reading is cut off once its queue is full; the node goes on, and the
+/// client finds a final `lagged` event when it reads again.
+#[test]
+fn a_stalled_event_client_is_cut_off_and_the_node_goes_on() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut stalled = a.events("/events?types=message", &[]);
+    assert_eq!(stalled.status, 200);
+    // Binary bodies: each event carries the lossy text and the base64 (~17 KB of JSON).
+    let body = vec![0xffu8; 4096];
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while a.status()["events"]["subscribers_lagged"].as_u64() == Some(0) {
+                    for _ in 0..20 {
+                        let r = a.send("a", &body, &[]);
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    assert!(
+                        sent.load(std::sync::atomic::Ordering::Relaxed) < 20_000,
+                        "the stalled client was never cut off"
+                    );
+                }
+            });
+        }
+    });
+    eprintln!(
+        "cut off after {} messages",
+        sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let status = a.status();
+    assert_eq!(status["events"]["subscribers"], 0, "{:#}", status["events"]);
+    // The node still answers and still delivers.
+    let r = a.send("a", b"still here", &[]);
+    assert_eq!(r.status, 200);
+    // Reading again: what was queued, then `lagged`, then the end.
+    let mut last: Option<Value> = None;
+    while let Some((_, v)) = stalled.next_frame(Duration::from_secs(10)) {
+        last = Some(v);
+    }
+    let last = last.expect("events before the cut");
+    assert_eq!(last["type"], "lagged", "{last}");
+}
+
+/// The WebSocket stream carries the same events, filtered the same way.
+#[test]
+fn the_websocket_stream_delivers_the_same_events() {
+    let (a, b) = pair();
+    let url = format!("ws://127.0.0.1:{}/events/ws?types=message", a.http_port);
+    let (mut ws, _) = tungstenite::connect(url).expect("websocket");
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+    }
+    let r = b.send("a", b"over ws", &[]);
+    assert_eq!(r.status, 200);
+    loop {
+        let msg = ws.read().expect("a websocket message");
+        if let tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["type"], "message", "the filter passes only messages: {v}");
+            assert_eq!(v["body"], "over ws");
+            assert_eq!(v["source"], "b");
+            break;
+        }
+    }
+}
+
+/// `GET /health` answers without anything else.
+#[test]
+fn health_answers_ok() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let r = a.http("GET", "/health", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"ok": true}));
+}
