@@ -141,8 +141,6 @@ pub struct RelayActor {
     router: Router,
     /// Where each Active link's frames go.
     links: HashMap<u64, Recipient<SendFrame>>,
-    /// Each Active link's node and transport, for its `peer_down` event.
-    link_ends: HashMap<u64, (String, crate::addr::Transport)>,
     /// HTTP handlers waiting for their request's outcome, by message id.
     waiting: HashMap<u64, oneshot::Sender<Result<Answer, SendError>>>,
     /// The actors actions go to.
@@ -201,7 +199,6 @@ impl RelayActor {
             router,
             node,
             links: HashMap::new(),
-            link_ends: HashMap::new(),
             waiting: HashMap::new(),
             peers,
             timer: None,
@@ -461,16 +458,16 @@ impl Handler<LinkUp> for RelayActor {
 
     fn handle(&mut self, msg: LinkUp, ctx: &mut Self::Context) {
         self.links.insert(msg.link_id, msg.send);
-        let (node, transport) = (msg.info.node_id.clone(), msg.info.transport);
-        self.link_ends
-            .insert(msg.link_id, (node.clone(), transport));
-        self.peers.events.do_send(Publish(Event::PeerUp {
-            node,
-            transport,
-            link_id: msg.link_id,
-            kind: msg.info.kind.name(),
-        }));
         self.router.link_up(now(&self.node), msg.link_id, msg.info);
+        // Only a link the router took (and so will report down) is announced.
+        if let Some(info) = self.router.link_info(msg.link_id) {
+            self.peers.events.do_send(Publish(Event::PeerUp {
+                node: info.node_id.clone(),
+                transport: info.transport,
+                link_id: msg.link_id,
+                kind: info.kind.name(),
+            }));
+        }
         self.drive(ctx);
     }
 }
@@ -488,10 +485,10 @@ impl Handler<LinkDown> for RelayActor {
 
     fn handle(&mut self, msg: LinkDown, ctx: &mut Self::Context) {
         if self.links.remove(&msg.link_id).is_some() {
-            if let Some((node, transport)) = self.link_ends.remove(&msg.link_id) {
+            if let Some(info) = self.router.link_info(msg.link_id) {
                 self.peers.events.do_send(Publish(Event::PeerDown {
-                    node,
-                    transport,
+                    node: info.node_id.clone(),
+                    transport: info.transport,
                     link_id: msg.link_id,
                     reason: msg.reason,
                 }));

@@ -79,12 +79,6 @@ fn sse_frame(id: Option<u64>, json: &str) -> Bytes {
     }
 }
 
-/// What a stream sends next.
-enum Out {
-    Frame(Bytes),
-    End,
-}
-
 /// The events of a subscription in order: notice, replay, live; a keep-alive when idle.
 struct Source {
     first: VecDeque<(Option<u64>, String)>,
@@ -148,15 +142,11 @@ pub async fn sse(
         if let Some(h) = hello {
             return Some((Ok::<Bytes, Infallible>(h), (src, None)));
         }
-        let out = match src.next().await {
-            Ok(Some((id, json))) => Out::Frame(sse_frame(id, &json)),
-            Ok(None) => Out::Frame(Bytes::from_static(b": keep-alive\n\n")),
-            Err(()) => Out::End,
+        let frame = match src.next().await.ok()? {
+            Some((id, json)) => sse_frame(id, &json),
+            None => Bytes::from_static(b": keep-alive\n\n"),
         };
-        match out {
-            Out::Frame(b) => Some((Ok(b), (src, None))),
-            Out::End => None,
-        }
+        Some((Ok(frame), (src, None)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

@@ -692,6 +692,11 @@ impl Router {
         }
     }
 
+    /// What the router holds about an Active link.
+    pub fn link_info(&self, link: u64) -> Option<&LinkInfo> {
+        self.links.get(&link).map(|l| &l.info)
+    }
+
     /// A link measured a new average RTT.
     pub fn link_rtt(&mut self, link: u64, avg_us: u64) {
         if let Some(l) = self.links.get_mut(&link) {
