@@ -166,6 +166,12 @@ pub const MIN_SEND_TIMEOUT_MAX_MS: u64 = 1_000;
 /// request open longer.
 pub const MAX_SEND_TIMEOUT_MAX_MS: u64 = 600_000;
 
+/// Shortest accepted `api_token`: 16 characters (64 bits even as hex).
+pub const MIN_API_TOKEN_CHARS: usize = 16;
+
+/// Longest accepted `api_token`: 256 characters, well inside any HTTP header limit.
+pub const MAX_API_TOKEN_CHARS: usize = 256;
+
 /// What every output of this module shows in place of the secret.
 pub const REDACTED: &str = "<redacted>";
 
@@ -221,6 +227,21 @@ pub const FIELDS: &[Field] = &[
         },
         "extra host names the HTTP API answers to (DNS rebinding guard)",
     ),
+    Field::new(
+        "api_token",
+        Rule::Custom {
+            default: "none (no token: whoever reaches web_api may use it)",
+        },
+        "bearer token every HTTP API call but GET /health must carry",
+    )
+    .mark_secret()
+    .mark_reloadable(),
+    Field::new(
+        "api_token_file",
+        Rule::Custom { default: "none" },
+        "file holding api_token (first line), instead of the config",
+    )
+    .mark_reloadable(),
     Field::new(
         "scripts",
         Rule::Custom { default: "none" },
@@ -727,6 +748,13 @@ pub struct Config {
     /// header (and as the host of an `Origin`), lowercase. Anything else is refused, so a web
     /// page whose name rebinds to this machine cannot drive the node.
     pub api_hosts: Vec<String>,
+    /// The bearer token of the HTTP API (from `api_token` or read from `api_token_file`):
+    /// when set, every call but `GET /health` must carry `Authorization: Bearer <token>`.
+    /// Shown as [`REDACTED`] (or null when unset).
+    pub api_token: Option<Secret>,
+    /// Where `api_token` was read from, when it came from a file (absolute).
+    #[serde(serialize_with = "opt_lossy_path")]
+    pub api_token_file: Option<PathBuf>,
     /// Script name -> shell command, run when a peer sends a `script` message with that name.
     pub scripts: BTreeMap<String, String>,
     /// Script name -> the only node ids that may run it (`scripts` entries given as
@@ -847,8 +875,11 @@ impl Config {
             }
         }
         if let Value::Object(fields) = &mut json {
+            // An unset secret stays null: whether a token is set is not a secret.
             for field in FIELDS.iter().filter(|f| f.secret) {
-                fields.insert(field.name.to_string(), Value::from(REDACTED));
+                if fields.get(field.name).is_some_and(|v| !v.is_null()) {
+                    fields.insert(field.name.to_string(), Value::from(REDACTED));
+                }
             }
         }
         json
@@ -860,6 +891,7 @@ impl Config {
             peers: self.peers.clone(),
             scripts: self.scripts.clone(),
             script_allow: self.script_allow.clone(),
+            api_token: self.api_token.clone(),
             relay_network_whitelist: self.relay_network_whitelist.clone(),
             relay_all_peer_rpc: self.relay_all_peer_rpc,
             foreign_relay_bps_limit: self.foreign_relay_bps_limit,
@@ -877,20 +909,30 @@ impl Config {
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         // One comparison for every field: its JSON form, which is complete and canonical
         // (sorted maps, URLs, lowercase level names). Secret fields are redacted there, so
-        // they are compared directly; `secret` is the only one (a unit test checks).
+        // they are compared directly (a unit test checks that these are all of them).
         let (old_json, new_json) = (self.redacted_json(), new.redacted_json());
         FIELDS
             .iter()
             .filter(|field| !field.reloadable)
             .filter(|field| {
                 if field.secret {
-                    self.secret != new.secret
+                    self.secret_changed(new, field.name)
                 } else {
                     old_json.get(field.name) != new_json.get(field.name)
                 }
             })
             .map(|field| field.name)
             .collect()
+    }
+
+    /// Whether the [`Field::secret`] field `name` differs between this config and `new`
+    /// (their JSON forms are both [`REDACTED`]).
+    fn secret_changed(&self, new: &Config, name: &str) -> bool {
+        match name {
+            "secret" => self.secret != new.secret,
+            "api_token" => self.api_token != new.api_token,
+            other => unreachable!("secret field {other} has no comparison"),
+        }
     }
 }
 
@@ -913,6 +955,8 @@ pub struct Reloadable {
     pub scripts: BTreeMap<String, String>,
     /// [`Config::script_allow`]: who may run which script.
     pub script_allow: BTreeMap<String, Vec<String>>,
+    /// [`Config::api_token`] (from the config or its file): applies to the next request.
+    pub api_token: Option<Secret>,
     /// [`Config::relay_network_whitelist`]: foreign networks allowed to relay through us.
     pub relay_network_whitelist: Vec<String>,
     /// [`Config::relay_all_peer_rpc`]: admit other foreign networks for control traffic.
@@ -944,6 +988,13 @@ fn level_name<S: Serializer>(
 /// Serializes a path as a string, replacing what is not UTF-8 (so it cannot fail).
 fn lossy_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&path.to_string_lossy())
+}
+
+/// Serializes an optional path as a string, or null.
+fn opt_lossy_path<S: Serializer>(path: &Option<PathBuf>, serializer: S) -> Result<S::Ok, S::Error> {
+    path.as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .serialize(serializer)
 }
 
 /// Serializes an optional key as lowercase hex.
@@ -1299,6 +1350,16 @@ impl Checker<'_> {
         };
 
         let api_hosts = self.api_hosts(get("api_hosts"))?;
+        let (api_token, api_token_file) =
+            self.api_token(get("api_token"), get("api_token_file"), base_dir)?;
+        if let Some(addr) = web_api.filter(|a| !a.ip().is_loopback()) {
+            if api_token.is_none() {
+                self.warn(format!(
+                    "web_api: {addr} is reachable from other machines and no api_token is set: \
+                     whoever reaches it can send messages and run scripts as this node"
+                ));
+            }
+        }
         let (scripts, script_allow) = self.scripts(get("scripts"))?;
         let relay_network_whitelist = self.whitelist(get("relay_network_whitelist"))?;
         let relay_all_peer_rpc = self.flag(root, "relay_all_peer_rpc")?;
@@ -1447,6 +1508,8 @@ impl Checker<'_> {
             peers,
             web_api,
             api_hosts,
+            api_token,
+            api_token_file,
             scripts,
             script_allow,
             relay_network_whitelist,
@@ -1859,6 +1922,71 @@ impl Checker<'_> {
             .collect()
     }
 
+    /// `api_token` or the first line of `api_token_file` (not both): 16 to 256 visible ASCII
+    /// characters, so it fits an `Authorization` header and is not guessable by length alone.
+    fn api_token(
+        &mut self,
+        inline: Option<&Value>,
+        file: Option<&Value>,
+        base_dir: &Path,
+    ) -> Result<(Option<Secret>, Option<PathBuf>), ConfigError> {
+        let check = |this: &Self, field: &str, token: &str| -> Result<Secret, ConfigError> {
+            let len = token.chars().count();
+            if !(MIN_API_TOKEN_CHARS..=MAX_API_TOKEN_CHARS).contains(&len) {
+                return Err(this.err(
+                    field,
+                    format!(
+                        "a token of {len} characters (expected {MIN_API_TOKEN_CHARS} to \
+                         {MAX_API_TOKEN_CHARS}; e.g. openssl rand -hex 32)"
+                    ),
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(this.err(
+                    field,
+                    "the token must be visible ASCII characters only (no spaces)",
+                ));
+            }
+            Ok(Secret::new(token))
+        };
+        match (inline, file) {
+            (None, None) => Ok((None, None)),
+            (Some(_), Some(_)) => Err(self.err(
+                "api_token_file",
+                "set either api_token or api_token_file, not both",
+            )),
+            (Some(v), None) => {
+                let s = self.string("api_token", v)?;
+                Ok((Some(check(self, "api_token", &s)?), None))
+            }
+            (None, Some(v)) => {
+                let raw = self.string("api_token_file", v)?;
+                let path = resolve_dir(&raw, base_dir);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        "api_token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let line = text.lines().next().unwrap_or("").trim();
+                let token = check(self, "api_token_file", line)?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(meta) = std::fs::metadata(&path) {
+                        if meta.permissions().mode() & 0o077 != 0 {
+                            self.warn(format!(
+                                "api_token_file: {} can be read by other users (chmod 600 it)",
+                                path.display()
+                            ));
+                        }
+                    }
+                }
+                Ok((Some(token), Some(path)))
+            }
+        }
+    }
+
     /// `"*"`, a space-separated pattern string, or an array of patterns.
     fn whitelist(&self, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
         const FIELD: &str = "relay_network_whitelist";
@@ -2216,6 +2344,74 @@ mod tests {
         let hosts = ok(&with(r#""api_hosts": ["Node.LAN"]"#)).config.api_hosts;
         assert_eq!(hosts, ["node.lan"]);
         assert!(ok(&with("")).config.api_hosts.is_empty());
+    }
+
+    #[test]
+    fn api_token_rules() {
+        let token = "s3cr3t-t0ken-0123456789";
+        let config = ok(&with(&format!(r#""api_token": "{token}""#))).config;
+        assert_eq!(config.api_token.as_ref().map(Secret::expose), Some(token));
+        let json = config.redacted_json();
+        assert_eq!(json["api_token"], REDACTED);
+        assert!(!json.to_string().contains(token));
+        assert!(!format!("{config:?}").contains(token));
+        assert!(ok(&with("")).config.redacted_json()["api_token"].is_null());
+        assert_eq!(
+            err(&with(r#""api_token": "short""#)),
+            "node.json: api_token: a token of 5 characters (expected 16 to 256; e.g. openssl rand -hex 32)"
+        );
+        assert_eq!(
+            err(&with(r#""api_token": "with a space in it 0123""#)),
+            "node.json: api_token: the token must be visible ASCII characters only (no spaces)"
+        );
+        assert_eq!(
+            err(&with(
+                r#""api_token": "0123456789abcdef", "api_token_file": "t""#
+            )),
+            "node.json: api_token_file: set either api_token or api_token_file, not both"
+        );
+        let missing = err(&with(r#""api_token_file": "/nonexistent/token""#));
+        assert!(
+            missing.starts_with("node.json: api_token_file: cannot read /nonexistent/token: "),
+            "{missing}"
+        );
+        // From a file: the first line, trimmed; a readable-by-others file is a warning.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{token}\nignored\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loaded = ok(&with(&format!(
+            r#""api_token_file": {:?}"#,
+            file.path().display().to_string()
+        )));
+        assert_eq!(
+            loaded.config.api_token.as_ref().map(Secret::expose),
+            Some(token)
+        );
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("can be read by other users")),
+            "{:?}",
+            loaded.warnings
+        );
+        // A web API open to other machines without a token is a warning, with one it is not.
+        let open = ok(&with(r#""web_api": "0.0.0.0:9000""#));
+        assert!(
+            open.warnings
+                .iter()
+                .any(|w| w.starts_with("node.json: web_api: 0.0.0.0:9000 is reachable")),
+            "{:?}",
+            open.warnings
+        );
+        let guarded = ok(&with(&format!(
+            r#""web_api": "0.0.0.0:9000", "api_token": "{token}""#
+        )));
+        assert!(guarded.warnings.is_empty(), "{:?}", guarded.warnings);
+        assert!(ok(&with(r#""web_api": "127.0.0.1:9000""#))
+            .warnings
+            .is_empty());
     }
 
     #[test]
@@ -2944,7 +3140,7 @@ mod tests {
     #[test]
     fn secret_is_redacted_by_the_table() {
         let secret: Vec<&str> = FIELDS.iter().filter(|f| f.secret).map(|f| f.name).collect();
-        assert_eq!(secret, ["secret"]);
+        assert_eq!(secret, ["secret", "api_token"]);
         let config = ok(&with("")).config;
         let json = config.redacted_json();
         assert_eq!(json["secret"], REDACTED);
@@ -3019,6 +3215,9 @@ mod tests {
         let ca_hex =
             |i: &crate::identity::Identity| format!("{:?}", hex_encode(&i.signing_public()));
         let ca_sample = ca_hex(&ca_b);
+        let token_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token_file.path(), "fedcba9876543210\n").unwrap();
+        let token_file_sample = format!("{:?}", token_file.path().display().to_string());
         let cert_sample = cert(&ca, 20);
         let samples: &[(&str, &str)] = &[
             ("id", r#""n2""#),
@@ -3028,6 +3227,8 @@ mod tests {
             ("peers", r#"["tcp://127.0.0.1:2"]"#),
             ("web_api", r#""127.0.0.1:9000""#),
             ("api_hosts", r#"["node.lan"]"#),
+            ("api_token", r#""0123456789abcdef""#),
+            ("api_token_file", token_file_sample.as_str()),
             ("scripts", r#"{"a": "true"}"#),
             ("relay_network_whitelist", r#""*""#),
             ("relay_all_peer_rpc", "true"),

@@ -153,3 +153,85 @@ fn health_answers_ok() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), serde_json::json!({"ok": true}));
 }
+
+/// With `api_token` set, every endpoint but `GET /health` needs it; a missing or wrong token
+/// gets 401 JSON (and the node does the work only with the right one); `/config` never shows
+/// it; the event WebSocket takes it as `?token=`.
+#[test]
+fn the_api_token_guards_every_endpoint_but_health() {
+    const TOKEN: &str = "operators-test-token-0123456789";
+    let mut spec = Spec::new("a", "tcp");
+    spec.extra = serde_json::json!({ "api_token": TOKEN, "scripts": {"hello": "echo hi"} });
+    let a = Node::start(spec);
+    let port = a.http_port;
+    let health = common::http_full(port, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(health.status, 200, "no token needed for /health");
+
+    let wrong = "Bearer operators-test-token-012345678x";
+    for (method, path) in [
+        ("GET", "/status"),
+        ("GET", "/config"),
+        ("GET", "/messages"),
+        ("GET", "/outbox"),
+        ("GET", "/api/status"),
+        ("POST", "/send"),
+        ("GET", "/events"),
+        ("GET", "/nonexistent"),
+        ("POST", "/health"),
+    ] {
+        for auth in [None, Some(wrong), Some(TOKEN)] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|v| ("authorization", v)).into_iter().collect();
+            let r = common::http_full(port, method, path, &headers, b"x").unwrap();
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.text());
+            assert_eq!(r.json()["error"], "unauthorized", "{method} {path}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Bearer realm=\"msgtier\"")
+            );
+        }
+    }
+    // A refused /send ran nothing: the script counter did not move.
+    let r = common::http_full(
+        port,
+        "POST",
+        "/send",
+        &[("target", "a"), ("authorization", wrong)],
+        b"hello",
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(a.status()["messages"]["scripts_run"], 0);
+
+    // The right token: everything works (Node::http sends it).
+    let r = a.send("a", b"hello", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "hi\n");
+    let config = a.http("GET", "/config", &[], b"").unwrap();
+    assert_eq!(config.status, 200);
+    assert_eq!(config.json()["api_token"], "<redacted>");
+    assert!(!config.text().contains(TOKEN));
+    assert!(
+        !a.log_all().contains(TOKEN),
+        "the token never reaches the log"
+    );
+
+    // The event stream: with the header, or with ?token= (browsers cannot set headers there).
+    let bearer = format!("Bearer {TOKEN}");
+    let sse = a.events("/events", &[("Authorization", &bearer)]);
+    assert_eq!(sse.status, 200);
+    let sse = a.events(&format!("/events?token={TOKEN}"), &[]);
+    assert_eq!(sse.status, 200);
+    let refused = a.events("/events?token=nope-nope-nope-nope", &[]);
+    assert_eq!(refused.status, 401);
+    let url = format!("ws://127.0.0.1:{port}/events/ws?token={TOKEN}");
+    assert!(tungstenite::connect(url).is_ok(), "websocket with ?token=");
+    let url = format!("ws://127.0.0.1:{port}/events/ws");
+    match tungstenite::connect(url) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a websocket without the token: {:?}", other.map(|_| ())),
+    }
+    // ?token= is for the event stream only.
+    let r = common::http_full(port, "GET", &format!("/status?token={TOKEN}"), &[], b"").unwrap();
+    assert_eq!(r.status, 401);
+}

@@ -7,7 +7,9 @@
 //!
 //! Every request first passes [`check_caller`]: a `Host` this API does not answer to gets 421,
 //! a foreign `Origin` 403, so a web page cannot drive the node by DNS rebinding or cross-site
-//! requests (curl and other tools send no `Origin` and are unaffected).
+//! requests (curl and other tools send no `Origin` and are unaffected). Then, when config
+//! `api_token` is set, [`check_token`]: every endpoint but `GET /health` needs
+//! `Authorization: Bearer <token>` (the event stream may take `?token=`), else 401.
 
 mod events;
 
@@ -94,6 +96,9 @@ pub enum ApiError {
     /// The request carries the `Origin` of another site (a browser sent it cross-site).
     #[error("{0}")]
     ForeignOrigin(String),
+    /// `api_token` is set and the request did not carry it.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The `ttl` header is not a number of seconds in range.
     #[error("{0}")]
     BadTtl(String),
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::NotMember(_) => "not_a_member",
             ApiError::MisdirectedHost(_) => "misdirected_host",
             ApiError::ForeignOrigin(_) => "foreign_origin",
+            ApiError::Unauthorized(_) => "unauthorized",
             ApiError::OverBudget { .. } => "relay_over_budget",
             ApiError::BadTtl(_) => "bad_ttl",
             ApiError::OutboxFull(_) => "outbox_full",
@@ -172,6 +178,7 @@ impl ResponseError for ApiError {
             ApiError::NotMember(_) => StatusCode::FORBIDDEN,
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadTtl(_) => StatusCode::BAD_REQUEST,
             ApiError::OutboxFull(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -186,8 +193,14 @@ impl ResponseError for ApiError {
             other => other.code(),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::OverBudget { retry_after_s, .. } = self {
-            response.insert_header(("retry-after", retry_after_s.to_string()));
+        match self {
+            ApiError::OverBudget { retry_after_s, .. } => {
+                response.insert_header(("retry-after", retry_after_s.to_string()));
+            }
+            ApiError::Unauthorized(_) => {
+                response.insert_header(("www-authenticate", "Bearer realm=\"msgtier\""));
+            }
+            _ => {}
         }
         response.json(json!({"error": code, "message": self.to_string()}))
     }
@@ -496,6 +509,8 @@ struct Status {
     punch: std::collections::BTreeMap<String, crate::actors::relay::PunchReport>,
     /// `punch` frames dropped because this node had not asked for them.
     punches_refused: u64,
+    /// Punch attempts by outcome (`open`, `linked`, `failed`, `gave_up`).
+    punch_outcomes: std::collections::BTreeMap<&'static str, u64>,
     /// Identity keys offered for a node that contradict the key held for it (refused, never
     /// taken): by a link's handshake or in an advert.
     key_conflicts: Vec<crate::proto::key_book::Conflict>,
@@ -569,6 +584,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         public_relays: relay.public_relays,
         punch: relay.punch,
         punches_refused: relay.punches_refused,
+        punch_outcomes: relay.punch_outcomes,
         key_conflicts,
         adverts_refused: relay.adverts_refused,
         scripts,
@@ -760,7 +776,55 @@ pub fn check_caller(
     }
 }
 
-/// Runs [`check_caller`] before every handler.
+/// Whether a request may skip the token: only `GET /health` (so a supervisor or load balancer
+/// can probe the node without holding the token; it says nothing but `{"ok": true}`).
+fn token_exempt(method: &actix_web::http::Method, path: &str) -> bool {
+    method == actix_web::http::Method::GET && matches!(path, "/health" | "/api/health")
+}
+
+/// Whether the token may come as `?token=` (browsers cannot set headers on an `EventSource`
+/// or a WebSocket): the event stream's two endpoints only.
+fn token_in_query(path: &str) -> bool {
+    matches!(
+        path,
+        "/events" | "/events/ws" | "/api/events" | "/api/events/ws"
+    )
+}
+
+/// The `api_token` check: `authorization` is the request's `Authorization` header, `query`
+/// the `token` query parameter where [`token_in_query`] allows one. The comparison runs in
+/// constant time over SHA-256 digests, so neither the token's bytes nor its length leak
+/// through timing.
+pub fn check_token(
+    expected: &str,
+    authorization: Option<&str>,
+    query: Option<&str>,
+) -> Result<(), ApiError> {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let given = authorization
+        .and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .or(query);
+    let Some(given) = given else {
+        return Err(ApiError::Unauthorized(
+            "this API needs its token: send `Authorization: Bearer <api_token>`".into(),
+        ));
+    };
+    let (a, b) = (
+        Sha256::digest(expected.as_bytes()),
+        Sha256::digest(given.as_bytes()),
+    );
+    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong API token".into()))
+    }
+}
+
+/// Runs [`check_caller`] and, when `api_token` is set, [`check_token`] before every handler.
 async fn guard_caller(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -779,6 +843,27 @@ async fn guard_caller(
         header(actix_web::http::header::ORIGIN),
         &api_hosts,
     )?;
+    let token = req
+        .app_data::<web::Data<ApiState>>()
+        .and_then(|s| s.node.config.api_token.clone());
+    if let Some(token) = token {
+        if !token_exempt(req.method(), req.path()) {
+            let query = token_in_query(req.path())
+                .then(|| {
+                    web::Query::<std::collections::HashMap<String, String>>::from_query(
+                        req.query_string(),
+                    )
+                    .ok()
+                    .and_then(|q| q.get("token").cloned())
+                })
+                .flatten();
+            check_token(
+                token.expose(),
+                header(actix_web::http::header::AUTHORIZATION),
+                query.as_deref(),
+            )?;
+        }
+    }
     next.call(req).await
 }
 
@@ -831,6 +916,32 @@ mod tests {
     fn ok(host: Option<&str>, origin: Option<&str>, hosts: &[&str]) -> bool {
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         check_caller(host, origin, &hosts).is_ok()
+    }
+
+    #[test]
+    fn the_token_is_checked_exactly() {
+        let token = "0123456789abcdef-token";
+        assert!(check_token(token, Some("Bearer 0123456789abcdef-token"), None).is_ok());
+        assert!(check_token(token, Some("bearer  0123456789abcdef-token "), None).is_ok());
+        assert!(check_token(token, None, Some(token)).is_ok());
+        for wrong in [
+            Some("Bearer 0123456789abcdef-toke"),
+            Some("Bearer 0123456789abcdef-tokenx"),
+            Some("Basic 0123456789abcdef-token"),
+            Some(token),
+            Some("Bearer"),
+            Some(""),
+            None,
+        ] {
+            let e = check_token(token, wrong, None).unwrap_err();
+            assert_eq!(e.status_code(), StatusCode::UNAUTHORIZED, "{wrong:?}");
+        }
+        // A wrong header is not rescued by a right query (the header is what was offered).
+        assert!(check_token(token, Some("Bearer nope"), Some(token)).is_err());
+        assert!(token_exempt(&actix_web::http::Method::GET, "/health"));
+        assert!(!token_exempt(&actix_web::http::Method::POST, "/health"));
+        assert!(!token_exempt(&actix_web::http::Method::GET, "/status"));
+        assert!(token_in_query("/events/ws") && !token_in_query("/send"));
     }
 
     #[test]

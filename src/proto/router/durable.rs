@@ -1036,7 +1036,7 @@ impl Router {
         let source = envelope.source.clone();
         let Some(identity) = self.home.keys.get(&source).copied() else {
             debug!("dropping {}: unknown source", describe(envelope));
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("unknown_source");
             return refused("unknown_source", format!("{source} is not known here"));
         };
         if !e2e::verify_signature(envelope, &identity) {
@@ -1044,7 +1044,7 @@ impl Router {
                 "dropping {}: its signature is not its source's",
                 describe(envelope)
             );
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("forged");
             self.msgs.counters.forged += 1;
             return refused("forged", "the signature is not its source's".into());
         }
@@ -1054,14 +1054,14 @@ impl Router {
                 "dropping {}: expired or dated in the future",
                 describe(envelope)
             );
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("expired");
             return refused("expired", "expired or dated in the future".into());
         }
         let key = match self.pair_key(&source) {
             Ok(k) => k,
             Err(e) => {
                 debug!("dropping {}: {e}", describe(envelope));
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("unopenable");
                 return refused("crypto", e.to_string());
             }
         };
@@ -1083,12 +1083,12 @@ impl Router {
             }
             (_, Err(e)) => {
                 warn!("dropping {}: {e}", describe(envelope));
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("undecodable");
                 refused("undecodable", e.to_string())
             }
             _ => {
                 warn!("dropping {}: kind and payload disagree", describe(envelope));
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("undecodable");
                 refused("undecodable", "kind and payload disagree".into())
             }
         }
@@ -1121,7 +1121,7 @@ impl Router {
         }
         if self.durable.seen.len() >= MAX_SEEN || self.durable.seen_bytes >= MAX_SEEN_BYTES {
             warn!("not taking message {id} from {source}: {MAX_SEEN} durable messages remembered already");
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("store_full");
             return Taken::Refused(Outcome::Failed {
                 code: "busy".into(),
                 message: "too many durable messages remembered; retry later".into(),

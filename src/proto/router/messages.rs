@@ -571,7 +571,7 @@ impl Router {
             if let Some(d) = self.domain_mut(dom) {
                 d.dropped.messages += 1;
             }
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("not_direct");
             return;
         }
         if mine {
@@ -590,7 +590,7 @@ impl Router {
                     d.dropped.bytes += bytes;
                 }
                 if dom.is_none() {
-                    self.msgs.counters.dropped += 1;
+                    self.msgs.counters.drop(drop_reason(why));
                 }
             }
         }
@@ -790,7 +790,7 @@ impl Router {
             Ok(k) => k,
             Err(e) => {
                 debug!("dropping envelope from {source}: {e}");
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("unknown_source");
                 return;
             }
         };
@@ -805,7 +805,7 @@ impl Router {
             Ok(p) => p,
             Err(e) => {
                 warn!("dropping envelope {} from {source}: {e}", envelope.id);
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("unopenable");
                 return;
             }
         };
@@ -823,7 +823,7 @@ impl Router {
                     .is_some_and(|t| ms < t + REANSWER_INTERVAL_MS)
                 {
                     debug!("duplicate {} from {source} answered just now", envelope.id);
-                    self.msgs.counters.dropped += 1;
+                    self.msgs.counters.drop("duplicate");
                     return;
                 }
                 let reply = reply.clone();
@@ -838,7 +838,7 @@ impl Router {
                 return;
             }
             debug!("dropping envelope {} from {source}: {e}", envelope.id);
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("replayed");
             return;
         }
         if envelope.kind == MessageKind::Request {
@@ -852,7 +852,7 @@ impl Router {
             Ok(p) => p,
             Err(e) => {
                 warn!("dropping envelope {} from {source}: {e}", envelope.id);
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("undecodable");
                 return;
             }
         };
@@ -899,7 +899,7 @@ impl Router {
                     "dropping envelope {} from {source}: kind and payload disagree",
                     envelope.id
                 );
-                self.msgs.counters.dropped += 1;
+                self.msgs.counters.drop("undecodable");
             }
         }
     }
@@ -1024,5 +1024,18 @@ pub(super) fn message_event(
             &body[..body.len().min(crate::proto::event::EVENT_BODY_BYTES)],
         ),
         durable,
+    }
+}
+
+/// The [`super::report::DROP_REASONS`] label of a `forward` error.
+fn drop_reason(why: &str) -> &'static str {
+    match why {
+        "no route" => "no_route",
+        "hop limit" => "hop_limit",
+        "seen (loop)" => "loop",
+        "unknown network" => "unknown_network",
+        "addressed to us, not a member" => "not_a_member",
+        "network admitted for control traffic only" => "control_only",
+        _ => "other",
     }
 }

@@ -664,11 +664,13 @@ impl Router {
                 matches!(e.puncher.state(), crate::proto::punch::State::Open { .. })
             });
         if punched {
-            self.actions.push_back(Action::Event(Event::Punch {
+            let event = Event::Punch {
                 node: node_id.clone(),
                 outcome: "linked",
                 reason: None,
-            }));
+            };
+            punching::count_outcome(&mut self.punch.outcomes, &event);
+            self.actions.push_back(Action::Event(event));
         }
         let Some(d) = self.domain_mut(dom.as_deref()) else {
             return;
@@ -797,7 +799,7 @@ impl Router {
             d.dropped.bytes += bytes;
         }
         if dom.is_none() {
-            self.msgs.counters.dropped += 1;
+            self.msgs.counters.drop("queue_full");
         }
     }
 

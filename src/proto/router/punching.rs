@@ -16,7 +16,7 @@
 //!   member or upstream can make us send datagrams to an address of its choice, and attempts
 //!   toward peers we have no route to any more are forgotten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use log::{debug, info, warn};
@@ -72,6 +72,9 @@ pub(super) struct Punching {
     coordinated: BoundedCache<(Option<String>, String, String), u64>,
     /// `punch` frames dropped because we did not expect them.
     pub refused: u64,
+    /// Punch events by outcome (`open`, `linked`, `failed`, `gave_up`): what the `punch`
+    /// events said, counted.
+    pub outcomes: BTreeMap<&'static str, u64>,
 }
 
 impl Default for Punching {
@@ -80,6 +83,7 @@ impl Default for Punching {
             entries: HashMap::new(),
             coordinated: BoundedCache::with_entries(MAX_PUNCH_COORDINATIONS),
             refused: 0,
+            outcomes: BTreeMap::new(),
         }
     }
 }
@@ -108,11 +112,13 @@ impl Router {
         let was_open = matches!(e.puncher.state(), punch::State::Open { .. });
         let action = e.puncher.on_datagram(from, me < peer);
         if !was_open && matches!(e.puncher.state(), punch::State::Open { .. }) {
-            self.actions.push_back(Action::Event(Event::Punch {
+            let event = Event::Punch {
                 node: peer.clone(),
                 outcome: "open",
                 reason: None,
-            }));
+            };
+            count_outcome(&mut self.punch.outcomes, &event);
+            self.actions.push_back(Action::Event(event));
         }
         if !ack {
             self.actions.push_back(Action::Punch {
@@ -273,6 +279,7 @@ impl Router {
             let polled = e.puncher.poll(ms);
             if e.puncher.failures() != failures {
                 let event = punch_failed(&peer, &e.puncher);
+                count_outcome(&mut self.punch.outcomes, &event);
                 self.actions.push_back(Action::Event(event));
             }
             match polled {
@@ -389,6 +396,7 @@ impl Router {
             e.puncher.on_refused(now.ms(), reason);
             if e.puncher.failures() != failures {
                 let event = punch_failed(target, &e.puncher);
+                count_outcome(&mut self.punch.outcomes, &event);
                 self.actions.push_back(Action::Event(event));
             }
         }
@@ -400,6 +408,13 @@ impl Router {
             e.puncher.on_link_lost(now.ms());
             e.token = None;
         }
+    }
+}
+
+/// Counts a `punch` event by its outcome.
+pub(super) fn count_outcome(outcomes: &mut BTreeMap<&'static str, u64>, event: &Event) {
+    if let Event::Punch { outcome, .. } = event {
+        *outcomes.entry(outcome).or_default() += 1;
     }
 }
 

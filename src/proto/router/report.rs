@@ -60,6 +60,8 @@ pub struct MessageCounters {
     pub replies: u64,
     /// Envelopes dropped: replayed, expired, unopenable, unknown source, no route, hop limit, loop.
     pub dropped: u64,
+    /// `dropped` by reason ([`DROP_REASONS`]; one counter per reason ever seen).
+    pub dropped_by_reason: BTreeMap<&'static str, u64>,
     /// Requests that got no answer in time.
     pub timed_out: u64,
     /// Requests re-sent on another path after their first hop's link was lost.
@@ -68,6 +70,37 @@ pub struct MessageCounters {
     pub forged: u64,
     /// Requests refused by this node's limits or a script's allow list (answered with why).
     pub refused: u64,
+}
+
+/// Every reason [`MessageCounters::drop`] is called with, for `/status` and the
+/// `msgtier_messages_dropped_total{reason}` metric (a fixed set: bounded label values).
+pub const DROP_REASONS: &[&str] = &[
+    "not_direct",
+    "no_route",
+    "hop_limit",
+    "loop",
+    "unknown_network",
+    "not_a_member",
+    "control_only",
+    "unknown_source",
+    "unopenable",
+    "duplicate",
+    "replayed",
+    "undecodable",
+    "forged",
+    "expired",
+    "store_full",
+    "queue_full",
+    "other",
+];
+
+impl MessageCounters {
+    /// Counts one dropped envelope, for `reason` (one of [`DROP_REASONS`]).
+    pub fn drop(&mut self, reason: &'static str) {
+        debug_assert!(DROP_REASONS.contains(&reason), "{reason}");
+        self.dropped += 1;
+        *self.dropped_by_reason.entry(reason).or_default() += 1;
+    }
 }
 
 /// What the durable path holds, for `/status`.
@@ -111,6 +144,9 @@ pub struct RelayReport {
     pub punch: BTreeMap<String, PunchReport>,
     /// `punch` frames dropped because we had not asked for them (see `punching`).
     pub punches_refused: u64,
+    /// Punch attempts by outcome: `open` (a path answered), `linked` (a link came up on it),
+    /// `failed`, `gave_up`.
+    pub punch_outcomes: BTreeMap<&'static str, u64>,
     /// Identity keys offered in adverts that contradict the key held (refused).
     pub key_conflicts: Vec<Conflict>,
     /// Adverts refused in our network, by reason (`bad_mac`, `bad_signature`, ...).
@@ -278,6 +314,7 @@ impl Router {
             public_relays,
             punch,
             punches_refused: self.punch.refused,
+            punch_outcomes: self.punch.outcomes.clone(),
             key_conflicts: self.conflicts.list(),
             adverts_refused: by_name(&self.home.refused),
         }
