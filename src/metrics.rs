@@ -1,7 +1,9 @@
-//! Node-wide counters, shown on `GET /status`.
+//! Node-wide counters and histograms, shown on `GET /status` and `GET /metrics`.
 //!
 //! Every actor that moves bytes or refuses a link bumps a counter here. They are plain relaxed
 //! atomics behind one `Arc`: counting must never cost a message hop or a lock on the data path.
+//! The two histograms (script run time, `/send` latency) are atomics too: fixed buckets, one
+//! relaxed add per observation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,8 +55,93 @@ pub struct Refused {
     pub overload: Counter,
 }
 
-/// All counters of one node.
+/// A histogram of durations over fixed bucket bounds (seconds), lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds, ascending; the `+Inf` bucket is implicit.
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); one more than `bounds` (`+Inf`).
+    buckets: Box<[AtomicU64]>,
+    /// Sum of observations, microseconds.
+    sum_us: AtomicU64,
+}
+
+/// Bucket bounds of [`Metrics::send_duration`]: 0.5 ms to a minute (a relayed round trip is
+/// well under a millisecond on a LAN, a remote script may run for its whole timeout).
+pub const SEND_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Bucket bounds of [`Metrics::script_duration`]: 5 ms (an `echo`) to 5 minutes.
+pub const SCRIPT_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending, in seconds).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = self.bounds.partition_point(|&b| b < s);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            d.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sum (seconds), count, and the buckets `(upper bound, observations in it)` (not
+    /// cumulative: the encoder sums them) ending with the `+Inf` one, as `prometheus-client`
+    /// takes them.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            total += n;
+            buckets.push((self.bounds.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, total, buckets)
+    }
+}
+
+/// Script runs by outcome.
 #[derive(Debug, Default)]
+pub struct ScriptRuns {
+    /// Exited with status 0.
+    pub success: Counter,
+    /// Exited with another status (or a signal).
+    pub failure: Counter,
+    /// Killed at `script_timeout_ms`.
+    pub timed_out: Counter,
+    /// Not run: refused (busy, not allowed) or could not start.
+    pub error: Counter,
+}
+
+impl ScriptRuns {
+    /// `(outcome label, count)` for each outcome.
+    pub fn by_outcome(&self) -> [(&'static str, u64); 4] {
+        [
+            ("success", self.success.get()),
+            ("failure", self.failure.get()),
+            ("timed_out", self.timed_out.get()),
+            ("error", self.error.get()),
+        ]
+    }
+}
+
+/// All counters of one node.
+#[derive(Debug)]
 pub struct Metrics {
     /// Authenticated frames received on links.
     pub frames_in: Counter,
@@ -79,6 +166,33 @@ pub struct Metrics {
     pub refused: Refused,
     /// Links the remote side refused, by the reason it gave (we learn it from its `close`).
     pub refused_by_peer: Refused,
+    /// Scripts this node ran for others (and itself), by outcome.
+    pub script_runs: ScriptRuns,
+    /// How long scripts ran, start to exit (or kill).
+    pub script_duration: Histogram,
+    /// How long `POST /send` took to answer, whatever the answer.
+    pub send_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            links_established: Counter::default(),
+            links_closed: Counter::default(),
+            datagrams_dropped: Counter::default(),
+            frames_dropped: Counter::default(),
+            cookies_sent: Counter::default(),
+            refused: Refused::default(),
+            refused_by_peer: Refused::default(),
+            script_runs: ScriptRuns::default(),
+            script_duration: Histogram::new(SCRIPT_DURATION_BUCKETS),
+            send_duration: Histogram::new(SEND_DURATION_BUCKETS),
+        }
+    }
 }
 
 /// A point-in-time copy of [`Metrics`] for the status endpoint.
@@ -95,6 +209,8 @@ pub struct Snapshot {
     pub cookies_sent: u64,
     pub links_refused: RefusedSnapshot,
     pub links_refused_by_peer: RefusedSnapshot,
+    /// Script runs by outcome (`success`, `failure`, `timed_out`, `error`).
+    pub script_runs: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Copy of [`Refused`].
@@ -110,6 +226,24 @@ pub struct RefusedSnapshot {
     pub duplicate: u64,
     pub uncertified: u64,
     pub overload: u64,
+}
+
+impl RefusedSnapshot {
+    /// `(reason label, count)` for each reason.
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
+        [
+            ("wrong_secret", self.wrong_secret),
+            ("foreign", self.foreign),
+            ("bad_frame", self.bad_frame),
+            ("oversize", self.oversize),
+            ("handshake", self.handshake),
+            ("key_mismatch", self.key_mismatch),
+            ("protocol", self.protocol),
+            ("duplicate", self.duplicate),
+            ("uncertified", self.uncertified),
+            ("overload", self.overload),
+        ]
+    }
 }
 
 impl Refused {
@@ -144,6 +278,26 @@ impl Metrics {
             cookies_sent: self.cookies_sent.get(),
             links_refused: self.refused.snapshot(),
             links_refused_by_peer: self.refused_by_peer.snapshot(),
+            script_runs: self.script_runs.by_outcome().into_iter().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_count_per_bucket_and_end_at_inf() {
+        let h = Histogram::new(&[0.01, 0.1]);
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(10)); // on a bound: that bucket (le)
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_secs(3));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 4);
+        assert!((sum - 3.065).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets, vec![(0.01, 2), (0.1, 1), (f64::INFINITY, 1)]);
     }
 }

@@ -176,6 +176,7 @@ fn the_api_token_guards_every_endpoint_but_health() {
         ("GET", "/api/status"),
         ("POST", "/send"),
         ("GET", "/events"),
+        ("GET", "/metrics"),
         ("GET", "/nonexistent"),
         ("POST", "/health"),
     ] {
@@ -234,4 +235,147 @@ fn the_api_token_guards_every_endpoint_but_health() {
     // ?token= is for the event stream only.
     let r = common::http_full(port, "GET", &format!("/status?token={TOKEN}"), &[], b"").unwrap();
     assert_eq!(r.status, 401);
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// `GET /metrics` is valid Prometheus text (checked by `promtool check metrics` when it is
+/// installed, always under CI), follows the naming rules, and says what `/status` says.
+#[test]
+fn metrics_are_valid_prometheus_text_and_agree_with_status() {
+    let mut spec_a = Spec::new("a", "tcp");
+    spec_a.extra = serde_json::json!({ "scripts": {"ok": "echo fine", "bad": "exit 3"} });
+    let a = Node::start(spec_a);
+    let mut spec_b = Spec::new("b", "tcp");
+    spec_b.peers = vec![a.spec.url()];
+    let b = Node::start(spec_b);
+    a.wait_peer_state("b", "Active");
+    b.wait_peer_state("a", "Active");
+    assert_eq!(b.send("a", b"ok", &[]).status, 200);
+    let bad = b.send("a", b"bad", &[]);
+    assert_eq!(bad.header("x-exit-code"), Some("3"));
+    assert_eq!(b.send("a", b"a plain message", &[]).status, 200);
+    assert_eq!(b.send("nobody", b"x", &[]).status, 404);
+    // One link RTT sample at least (the first heartbeat answer).
+    a.wait("an RTT for b", || {
+        a.peer("b")
+            .is_some_and(|p| !p["links"][0]["rtt_ms"].is_null())
+    });
+
+    let r = a.http("GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = r.text();
+    let status = a.status();
+
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have promtool (apt-get install prometheus): {e}"
+            );
+            eprintln!("SKIPPED promtool check: {e}");
+        }
+    }
+    // Our own naming rules, on every family.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split(' ').skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(name.starts_with("msgtier_"), "{line}");
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{line}");
+        }
+        assert!(
+            !name.contains("_ms") && !name.contains("millis"),
+            "base units: {line}"
+        );
+    }
+
+    let version = env!("CARGO_PKG_VERSION");
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("msgtier_build_info{"))
+        .expect("build info");
+    assert!(
+        info.contains(&format!("version=\"{version}\"")) && info.contains("id=\"a\""),
+        "{info}"
+    );
+    assert_eq!(sample(&text, "msgtier_peers{state=\"Active\"}"), Some(1.0));
+    assert_eq!(
+        sample(&text, "msgtier_links{transport=\"tcp\",state=\"Active\"}"),
+        Some(1.0)
+    );
+    let rtt = sample(
+        &text,
+        "msgtier_link_rtt_seconds{peer=\"b\",transport=\"tcp\",direction=\"inbound\"}",
+    )
+    .expect("an RTT gauge for b");
+    assert!(rtt > 0.0 && rtt < 5.0, "seconds, not ms: {rtt}");
+    let run = |o: &str| {
+        sample(
+            &text,
+            &format!("msgtier_script_runs_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!((run("success"), run("failure")), (Some(1.0), Some(1.0)));
+    assert_eq!(
+        sample(&text, "msgtier_script_duration_seconds_count"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "msgtier_messages_delivered_total"),
+        status["messages"]["delivered"].as_f64()
+    );
+    assert_eq!(
+        sample(&text, "msgtier_messages_scripts_run_total"),
+        status["messages"]["scripts_run"].as_f64()
+    );
+    assert_eq!(
+        sample(&text, "msgtier_links_established_total"),
+        status["counters"]["links_established"].as_f64()
+    );
+    assert!(sample(
+        &text,
+        "msgtier_links_refused_total{reason=\"wrong_secret\"}"
+    )
+    .is_some());
+    assert!(sample(&text, "msgtier_messages_dropped_total{reason=\"no_route\"}").is_some());
+    // The sender's side: four /send answers timed, one of them a 404.
+    let text_b = b.http("GET", "/metrics", &[], b"").unwrap().text();
+    assert_eq!(
+        sample(&text_b, "msgtier_send_duration_seconds_count"),
+        Some(4.0)
+    );
+    assert_eq!(sample(&text_b, "msgtier_messages_sent_total"), Some(3.0));
 }

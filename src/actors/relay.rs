@@ -251,6 +251,7 @@ impl RelayActor {
                     let started = std::time::Instant::now();
                     ctx.spawn(self.peers.script.send(run).into_actor(self).map(
                         move |res, act, ctx| {
+                            count_script_run(&act.node.metrics, started, &res);
                             let event = script_event(name, source, message_id, started, &res);
                             act.peers.events.do_send(Publish(event));
                             let result = match res {
@@ -370,6 +371,28 @@ fn failure(res: Result<Result<(), StoreFailure>, actix::MailboxError>) -> Option
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
         Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Counts a run the ScriptActor answered by outcome, and its duration when it ran.
+fn count_script_run(
+    metrics: &crate::metrics::Metrics,
+    started: std::time::Instant,
+    res: &Result<Result<crate::actors::script::ScriptOutput, ScriptError>, actix::MailboxError>,
+) {
+    let runs = &metrics.script_runs;
+    match res {
+        Ok(Ok(out)) => {
+            metrics.script_duration.observe(started.elapsed());
+            if out.timed_out {
+                runs.timed_out.inc();
+            } else if out.exit_code == Some(0) {
+                runs.success.inc();
+            } else {
+                runs.failure.inc();
+            }
+        }
+        _ => runs.error.inc(),
     }
 }
 

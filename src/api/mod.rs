@@ -12,6 +12,7 @@
 //! `Authorization: Bearer <token>` (the event stream may take `?token=`), else 401.
 
 mod events;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -234,6 +235,18 @@ pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 10_000;
 /// A script's stdout comes back as the body with `x-exit-code`, `x-message-id`, `x-hops`,
 /// `x-timed-out`, `x-truncated`; a plain message gets a JSON receipt.
 async fn send(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let metrics = state.node.metrics.clone();
+    let answer = send_inner(state, req, payload).await;
+    metrics.send_duration.observe(started.elapsed());
+    answer
+}
+
+async fn send_inner(
     state: web::Data<ApiState>,
     req: HttpRequest,
     mut payload: web::Payload,
@@ -479,8 +492,8 @@ fn delivery_response(d: Delivery) -> Result<HttpResponse, ApiError> {
     }
 }
 
-/// The `/status` document.
-#[derive(Serialize)]
+/// The `/status` document (and what `/metrics` renders).
+#[derive(Debug, Serialize)]
 struct Status {
     id: String,
     network: String,
@@ -511,6 +524,8 @@ struct Status {
     punches_refused: u64,
     /// Punch attempts by outcome (`open`, `linked`, `failed`, `gave_up`).
     punch_outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// Requests of ours waiting for their answer.
+    pending_requests: usize,
     /// Identity keys offered for a node that contradict the key held for it (refused, never
     /// taken): by a link's handshake or in an advert.
     key_conflicts: Vec<crate::proto::key_book::Conflict>,
@@ -524,6 +539,11 @@ struct Status {
 }
 
 async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(gather_status(&state).await?))
+}
+
+/// Asks every actor for its part of `/status`.
+async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
     let timeout = Duration::from_millis(ACTOR_TIMEOUT_MS);
     let mut report = state.discovery.send(GetReport).timeout(timeout).await?;
     let relay = state.relay.send(GetRoutes).timeout(timeout).await?;
@@ -567,7 +587,7 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     key_conflicts.extend(relay.key_conflicts);
     key_conflicts.sort_by(|a, b| (&a.node_id, a.first_unix_ms).cmp(&(&b.node_id, b.first_unix_ms)));
     let node = &state.node;
-    Ok(HttpResponse::Ok().json(Status {
+    Ok(Status {
         id: node.local.node_id.clone(),
         network: node.local.network.clone(),
         version: VERSION,
@@ -585,12 +605,13 @@ async fn status(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         punch: relay.punch,
         punches_refused: relay.punches_refused,
         punch_outcomes: relay.punch_outcomes,
+        pending_requests: relay.pending,
         key_conflicts,
         adverts_refused: relay.adverts_refused,
         scripts,
         events,
         counters: node.metrics.snapshot(),
-    }))
+    })
 }
 
 /// Default and largest `limit` of `GET /messages`.
@@ -884,6 +905,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route(&format!("{prefix}/events"), web::get().to(events::sse))
             .route(&format!("{prefix}/events/ws"), web::get().to(events::ws))
             .route(&format!("{prefix}/health"), web::get().to(health))
+            .route(
+                &format!("{prefix}/metrics"),
+                web::get().to(metrics::metrics),
+            )
             .route(&format!("{prefix}/config"), web::get().to(config));
     }
     #[cfg(feature = "fault-injection")]

@@ -110,6 +110,11 @@ impl Messages {
         }
     }
 
+    /// Requests waiting for their answer.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The earliest pending deadline.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         self.deadlines.first().map(|(t, _)| *t)

@@ -144,6 +144,8 @@ pub struct RelayReport {
     pub punch: BTreeMap<String, PunchReport>,
     /// `punch` frames dropped because we had not asked for them (see `punching`).
     pub punches_refused: u64,
+    /// Requests of ours waiting for their answer now.
+    pub pending: usize,
     /// Punch attempts by outcome: `open` (a path answered), `linked` (a link came up on it),
     /// `failed`, `gave_up`.
     pub punch_outcomes: BTreeMap<&'static str, u64>,
@@ -315,6 +317,7 @@ impl Router {
             punch,
             punches_refused: self.punch.refused,
             punch_outcomes: self.punch.outcomes.clone(),
+            pending: self.msgs.pending_count(),
             key_conflicts: self.conflicts.list(),
             adverts_refused: by_name(&self.home.refused),
         }
