@@ -1,5 +1,10 @@
-//! `msgtier <config.json>`: load the config, set up logging, run the node until SIGINT/SIGTERM.
+//! `msgtier <config.json>` (or `msgtier run <config.json>`): load the config, set up logging,
+//! run the node until SIGINT/SIGTERM.
+//! `msgtier send | status | peers | events`: a client of a running node's HTTP API (`cli.rs`).
+//! `msgtier init | check | id`: a starter config, a config's effective values, a node's keys.
 //! `msgtier ca init` / `msgtier ca sign ...`: a network CA's key and member certificates.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +25,80 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Runs a node (the same as `msgtier CONFIG`).
+    Run {
+        /// The node's config file.
+        config: PathBuf,
+    },
+    /// Sends a message (or runs a script) on TARGET; prints a script's stdout and stderr and
+    /// exits with its exit code, or prints the receipt.
+    Send {
+        /// The target node's id.
+        target: String,
+        /// The message, `-` for stdin (none: an empty message).
+        body: Option<String>,
+        /// Send this file's contents.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Keep trying for this many seconds if the target is away (store and forward).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// How long to wait for the answer, in milliseconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Shows this node: id, keys, listeners, counters and its peers.
+    Status {
+        /// The raw /status JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Lists the known nodes: state, path, transport, RTT, last heard.
+    Peers {
+        /// The raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Follows the event stream, one line per event.
+    Events {
+        /// Only these types (comma-separated: message, script, peer_up, peer_down, route,
+        /// punch, delivery).
+        #[arg(long)]
+        types: Option<String>,
+        /// Only events about this node id.
+        #[arg(long)]
+        from: Option<String>,
+        /// The events' JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// Writes a commented starter config with a fresh secret and free ports.
+    Init {
+        /// The node's id (default: this machine's host name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Where to write it (never overwrites).
+        #[arg(default_value = "node.json")]
+        path: PathBuf,
+    },
+    /// Validates a config and prints its effective values (secrets redacted).
+    Check {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Prints the node's public keys, creating its identity if it has none yet.
+    Id {
+        /// The config file.
+        config: PathBuf,
+    },
     /// A network CA (optional): its key, and certificates for the members' identity keys.
     Ca {
         #[command(subcommand)]
@@ -57,18 +136,67 @@ enum CaAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Ca { action }) = cli.command {
-        return match ca(action) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
+    let client = |r: Result<ExitCode, String>| match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("msgtier: {e}");
+            ExitCode::from(cli::EXIT_FAILED)
+        }
+    };
+    let config = match cli.command {
+        Some(Command::Ca { action }) => {
+            return match ca(action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Send {
+            target,
+            body,
+            file,
+            ttl,
+            timeout,
+            api,
+        }) => {
+            let args = cli::SendArgs {
+                target,
+                body,
+                file,
+                ttl,
+                timeout_ms: timeout,
+            };
+            return client(cli::send(&api, args));
+        }
+        Some(Command::Status { json, api }) => return client(cli::status(&api, json)),
+        Some(Command::Peers { json, api }) => return client(cli::peers(&api, json)),
+        Some(Command::Events {
+            types,
+            from,
+            json,
+            api,
+        }) => return client(cli::events(&api, types, from, json)),
+        Some(Command::Init { id, path }) => return client(cli::init(id, &path)),
+        Some(Command::Check { config }) => {
+            return match cli::check(&config) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
             }
-        };
-    }
-    let Some(config) = cli.config else {
-        eprintln!("usage: msgtier <config.json> (or msgtier ca --help)");
-        return ExitCode::from(2);
+        }
+        Some(Command::Id { config }) => return client(cli::id(&config)),
+        Some(Command::Run { config }) => config,
+        None => match cli.config {
+            Some(config) => config,
+            None => {
+                eprintln!("usage: msgtier <config.json> (or msgtier --help)");
+                return ExitCode::from(2);
+            }
+        },
     };
     let loaded = match msgtier::config::load(&config) {
         Ok(l) => l,

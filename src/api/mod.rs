@@ -319,7 +319,7 @@ async fn send_inner(
         .timeout(Duration::from_millis(timeout_ms + 1_000))
         .await??;
     match answer {
-        Answer::Done(delivery) => delivery_response(delivery),
+        Answer::Done(delivery) => delivery_response(delivery, wants_json(&req)),
         // The contract's shape: "queued" says "accepted, delivery goes on"; where it stands
         // in detail (in flight, in a carrier's custody) is `GET /messages/{id}`'s.
         Answer::Queued {
@@ -459,7 +459,50 @@ async fn outbox(
     Ok(HttpResponse::Ok().json(json!({ "messages": list, "next_after": next })))
 }
 
-fn delivery_response(d: Delivery) -> Result<HttpResponse, ApiError> {
+/// Whether the caller asked for a script's result as JSON (`Accept: application/json`), with
+/// its stderr, rather than stdout as the body.
+fn wants_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// Output bytes as JSON: `<name>` as lossy text and, when they are not UTF-8, `<name>_b64`
+/// with the exact bytes.
+fn bytes_json(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+    obj.insert(name.into(), String::from_utf8_lossy(bytes).into());
+    if std::str::from_utf8(bytes).is_err() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        obj.insert(format!("{name}_b64"), b64.into());
+    }
+}
+
+fn delivery_response(d: Delivery, json: bool) -> Result<HttpResponse, ApiError> {
+    if let (
+        true,
+        Outcome::Script {
+            exit_code,
+            stdout,
+            stderr,
+            timed_out,
+            truncated,
+            interrupted,
+        },
+    ) = (json, &d.outcome)
+    {
+        let mut obj = serde_json::Map::new();
+        obj.insert("id".into(), d.id.to_string().into());
+        obj.insert("hops".into(), d.hops.into());
+        obj.insert("exit_code".into(), (*exit_code).into());
+        obj.insert("timed_out".into(), (*timed_out).into());
+        obj.insert("truncated".into(), (*truncated).into());
+        obj.insert("interrupted".into(), (*interrupted).into());
+        bytes_json(&mut obj, "stdout", stdout);
+        bytes_json(&mut obj, "stderr", stderr);
+        return Ok(HttpResponse::Ok().json(obj));
+    }
     match d.outcome {
         Outcome::Delivered => Ok(HttpResponse::Ok().json(json!({
             "id": d.id.to_string(),
