@@ -925,6 +925,24 @@ impl Config {
             .collect()
     }
 
+    /// The [`Field::reloadable`] fields, by name and in [`FIELDS`] order, that differ between
+    /// this config and `new`.
+    pub fn reloadable_changes(&self, new: &Config) -> Vec<&'static str> {
+        let (old_json, new_json) = (self.redacted_json(), new.redacted_json());
+        FIELDS
+            .iter()
+            .filter(|field| field.reloadable)
+            .filter(|field| {
+                if field.secret {
+                    self.secret_changed(new, field.name)
+                } else {
+                    old_json.get(field.name) != new_json.get(field.name)
+                }
+            })
+            .map(|field| field.name)
+            .collect()
+    }
+
     /// Whether the [`Field::secret`] field `name` differs between this config and `new`
     /// (their JSON forms are both [`REDACTED`]).
     fn secret_changed(&self, new: &Config, name: &str) -> bool {
@@ -940,13 +958,10 @@ impl Config {
 /// [`Field::reloadable`] in [`FIELDS`], with the same names, types and meaning as in
 /// [`Config`].
 ///
-/// This is what a hot reload would hand over: load the file again, check that
+/// This is what a hot reload hands over (`node::Reloader`): load the file again, check that
 /// [`Config::restart_needed`] is empty, and give the new `Reloadable` to the actors that read
 /// these fields. Each value is meant for what comes next (new links and dials, data relayed
-/// from then on, scripts started later) without cutting short what is running. Nothing
-/// consumes it yet; `node.rs` also derives from `relay_network_whitelist` and
-/// `relay_all_peer_rpc`, once at start, whether foreign hellos are accepted at all, so a
-/// reload will have to refresh that too.
+/// from then on, scripts started later) without cutting short what is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloadable {
     /// [`Config::peers`]: seed peers to dial.

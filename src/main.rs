@@ -206,17 +206,38 @@ fn main() -> ExitCode {
         }
     };
     let mut logger = env_logger::Builder::new();
-    logger.filter_level(loaded.config.log.unwrap_or(log::LevelFilter::Info));
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        logger.parse_filters(&spec);
+    let level = loaded.config.log.unwrap_or(log::LevelFilter::Info);
+    match std::env::var("RUST_LOG") {
+        Ok(spec) => {
+            logger.parse_filters(&spec);
+            logger.init();
+        }
+        Err(_) => {
+            // The logger passes everything; the global maximum is the config's level, which a
+            // reload can raise or lower (log::set_max_level).
+            logger.filter_level(log::LevelFilter::Trace);
+            logger.init();
+            log::set_max_level(level);
+        }
     }
-    logger.init();
     for w in &loaded.warnings {
         warn!("{w}");
     }
     let system = actix::System::new();
     let result = system.block_on(async move {
         let node = msgtier::node::start(loaded.config).await?;
+        let reloader = node.reloader.clone();
+        // SIGHUP (what `systemctl reload` sends) re-reads the config; it never stops the node.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            actix::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading the config");
+                    // A refusal is logged by the reloader; the node goes on.
+                    let _ = reloader.reload().await;
+                }
+            });
+        }
         wait_for_signal().await;
         info!("shutting down");
         node.stop().await;

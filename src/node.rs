@@ -44,8 +44,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What every actor of the node reads: config, identity, counters, clock. Immutable after start
 /// except for the counters and the id/random sources.
 pub struct NodeShared {
-    /// The loaded config.
+    /// The config loaded at start. Its restart-needed fields are the running node's for good;
+    /// for the reloadable ones read [`NodeShared::live`].
     pub config: Arc<Config>,
+    /// The config in force now: the one loaded at start, or the last successful reload.
+    pub live: arc_swap::ArcSwap<Config>,
+    /// When and from what file contents the live config was loaded.
+    pub loaded: arc_swap::ArcSwap<ConfigInfo>,
     /// What the node says about itself in hello/welcome.
     pub local: Arc<LocalInfo>,
     /// Identity and network key.
@@ -126,9 +131,10 @@ impl NodeShared {
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS.min(self.config.peer_timeout_ms),
             max_frame_bytes: self.config.max_frame_bytes,
             channel,
-            accept_foreign: dialed
-                || !self.config.relay_network_whitelist.is_empty()
-                || self.config.relay_all_peer_rpc,
+            accept_foreign: dialed || {
+                let live = self.live.load();
+                !live.relay_network_whitelist.is_empty() || live.relay_all_peer_rpc
+            },
         }
     }
 
@@ -205,6 +211,153 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
 }
 
 /// A started node.
+/// Where the live config came from, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigInfo {
+    /// The config file.
+    pub source: String,
+    /// SHA-256 of the file's bytes when it was loaded, hex (null if it could not be read).
+    pub sha256: Option<String>,
+    /// When it was loaded (unix ms).
+    pub loaded_unix_ms: u64,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Why the last reload was refused, if the last attempt was.
+    pub last_reload_error: Option<String>,
+}
+
+impl ConfigInfo {
+    fn of(source: &std::path::Path, reloads: u64, last_reload_error: Option<String>) -> Self {
+        use sha2::{Digest, Sha256};
+        ConfigInfo {
+            source: source.display().to_string(),
+            sha256: std::fs::read(source)
+                .ok()
+                .map(|bytes| hex::encode(Sha256::digest(&bytes))),
+            loaded_unix_ms: unix_ms(),
+            reloads,
+            last_reload_error,
+        }
+    }
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The file does not load: the same one-line error as at start.
+    #[error("{0}")]
+    Invalid(String),
+    /// Fields changed that only a restart can apply.
+    #[error("{} cannot change while the node runs (restart it to apply); the running config stays", .0.join(", "))]
+    RestartNeeded(Vec<&'static str>),
+    /// An actor is gone (the node is stopping).
+    #[error("the node is shutting down")]
+    Unavailable,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// The reloadable fields whose value changed (in [`crate::config::FIELDS`] order).
+    pub changed: Vec<&'static str>,
+    /// The new file's warnings (unknown fields and the like).
+    pub warnings: Vec<String>,
+}
+
+/// Re-reads the config file and hands what changed to the actors: `SIGHUP` and
+/// `POST /config/reload` both end here.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<NodeShared>,
+    discovery: Addr<DiscoveryActor>,
+    relay: Addr<RelayActor>,
+    script: Addr<ScriptActor>,
+}
+
+impl Reloader {
+    /// Loads the file again; refuses (changing nothing) when it does not load or changes a
+    /// field that needs a restart; else applies the reloadable fields: scripts and their
+    /// limits (for scripts started from now on), the relay policy and budget, the log level
+    /// (unless `RUST_LOG` set it), the API token, and the configured peers (new ones dialled,
+    /// removed ones no longer). Links stay up.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let result = self.try_reload().await;
+        let refused = match &result {
+            Err(e @ (ReloadError::Invalid(_) | ReloadError::RestartNeeded(_))) => {
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            warn!("config reload refused: {why}");
+            let mut info = (**self.shared.loaded.load()).clone();
+            info.last_reload_error = Some(why);
+            self.shared.loaded.store(Arc::new(info));
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Reloaded, ReloadError> {
+        let running = self.shared.live.load_full();
+        let loaded = crate::config::load(&running.source)
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let new = loaded.config;
+        let fixed = running.restart_needed(&new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::RestartNeeded(fixed));
+        }
+        let changed = running.reloadable_changes(&new);
+        let r = new.reloadable();
+        let timeout = Duration::from_millis(api::ACTOR_TIMEOUT_MS);
+        let gone = |_| ReloadError::Unavailable;
+        self.script
+            .send(crate::actors::script::Reconfigure {
+                scripts: r.scripts.clone(),
+                limits: ScriptLimits::from_config(&new),
+            })
+            .timeout(timeout)
+            .await
+            .map_err(gone)?;
+        self.relay
+            .send(crate::actors::relay::Reconfigure(r.clone()))
+            .timeout(timeout)
+            .await
+            .map_err(gone)?;
+        self.discovery
+            .send(crate::actors::discovery::Reconfigure {
+                peers: r.peers.clone(),
+                relay_network_whitelist: r.relay_network_whitelist.clone(),
+                relay_all_peer_rpc: r.relay_all_peer_rpc,
+            })
+            .timeout(timeout)
+            .await
+            .map_err(gone)?;
+        if std::env::var_os("RUST_LOG").is_none() {
+            log::set_max_level(new.log.unwrap_or(log::LevelFilter::Info));
+        }
+        let reloads = self.shared.loaded.load().reloads + 1;
+        self.shared.live.store(Arc::new(new));
+        let info = ConfigInfo::of(&running.source, reloads, None);
+        self.shared.loaded.store(Arc::new(info));
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
+        info!(
+            "config reloaded from {}: {}",
+            running.source.display(),
+            if changed.is_empty() {
+                "nothing changed".to_string()
+            } else {
+                format!("changed {}", changed.join(", "))
+            }
+        );
+        Ok(Reloaded {
+            changed,
+            warnings: loaded.warnings,
+        })
+    }
+}
+
 pub struct RunningNode {
     /// Shared state (counters, config).
     pub shared: Arc<NodeShared>,
@@ -216,6 +369,8 @@ pub struct RunningNode {
     pub discovery: Addr<DiscoveryActor>,
     /// The relay actor: `Send` messages go here (what `POST /send` does, without HTTP).
     pub relay: Addr<RelayActor>,
+    /// Reloads the config (what SIGHUP does).
+    pub reloader: Reloader,
 }
 
 impl RunningNode {
@@ -348,8 +503,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         listen_addrs,
         certificate,
     });
+    let loaded = ConfigInfo::of(&config.source, 0, None);
+    let config = Arc::new(config);
     let shared = Arc::new(NodeShared {
-        config: Arc::new(config),
+        live: arc_swap::ArcSwap::new(config.clone()),
+        loaded: arc_swap::ArcSwap::from_pointee(loaded),
+        config,
         local,
         keys,
         metrics: Arc::new(Metrics::default()),
@@ -445,9 +604,16 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         }
     );
 
+    let reloader = Reloader {
+        shared: shared.clone(),
+        discovery: discovery.clone(),
+        relay: relay.clone(),
+        script: script.clone(),
+    };
     let (http_addr, http) = match shared.config.web_api {
         Some(addr) => {
             let state = api::ApiState {
+                reloader: reloader.clone(),
                 node: shared.clone(),
                 discovery: discovery.clone(),
                 relay: relay.clone(),
@@ -473,5 +639,6 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         http,
         discovery,
         relay,
+        reloader,
     })
 }

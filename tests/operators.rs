@@ -379,3 +379,118 @@ fn metrics_are_valid_prometheus_text_and_agree_with_status() {
     );
     assert_eq!(sample(&text_b, "msgtier_messages_sent_total"), Some(3.0));
 }
+
+/// Rewrites a node's config file with `change` applied to its JSON.
+fn edit_config(node: &Node, change: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let path = node.config_path();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    change(config.as_object_mut().unwrap());
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+/// SIGHUP and `POST /config/reload` apply scripts, limits, peers and the token without
+/// dropping links; a change that needs a restart, or a broken file, is refused naming why,
+/// and the running config stays.
+#[test]
+fn hot_reload_applies_what_it_can_and_refuses_the_rest() {
+    let (mut a, b) = pair();
+    let c = Node::start(Spec::new("c", "tcp"));
+    let before = a.status();
+    let established = before["counters"]["links_established"].clone();
+    assert_eq!(before["config"]["reloads"], 0);
+    let first_hash = before["config"]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(
+        a.send("a", b"two", &[]).json()["delivered"],
+        true,
+        "no script two yet"
+    );
+
+    // SIGHUP: a new script, a new peer (c), a lower script limit.
+    let c_url = c.spec.url();
+    edit_config(&a, |cfg| {
+        cfg.insert("scripts".into(), serde_json::json!({"two": "echo two"}));
+        cfg.insert("max_concurrent_scripts".into(), 2.into());
+        cfg["peers"]
+            .as_array_mut()
+            .unwrap()
+            .push(c_url.clone().into());
+    });
+    a.signal(libc::SIGHUP);
+    a.wait("the reload", || a.status()["config"]["reloads"] == 1);
+    let after = a.status();
+    assert_ne!(after["config"]["sha256"], first_hash.as_str());
+    assert!(after["config"]["last_reload_error"].is_null());
+    let r = a.send("a", b"two", &[]);
+    assert_eq!(r.text(), "two\n", "the new script runs");
+    a.wait_peer_state("c", "Active");
+    assert_eq!(a.peer_state("b"), "Active");
+    let links = a.status()["counters"]["links_established"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        links,
+        established.as_u64().unwrap() + 1,
+        "only c's link is new: b's stayed up"
+    );
+    assert_eq!(
+        a.http("GET", "/config", &[], b"").unwrap().json()["max_concurrent_scripts"],
+        2
+    );
+    let good = std::fs::read_to_string(a.config_path()).unwrap();
+
+    // A field only a restart can change: refused by name, nothing applied.
+    edit_config(&a, |cfg| {
+        cfg.insert("network".into(), "elsewhere".into());
+        cfg.insert("scripts".into(), serde_json::json!({"three": "echo three"}));
+    });
+    let r = a.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "restart_needed");
+    assert_eq!(r.json()["fields"], serde_json::json!(["network"]));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("network cannot change"));
+    assert_eq!(
+        a.send("a", b"two", &[]).text(),
+        "two\n",
+        "the running config stays"
+    );
+    let status = a.status();
+    assert_eq!(status["network"], "test");
+    assert!(status["config"]["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("network"));
+
+    // A broken file: the one-line load error, the node goes on.
+    std::fs::write(a.config_path(), "{\"id\": \"a\",").unwrap();
+    let r = a.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "config_invalid");
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("node.json") && !message.contains('\n'),
+        "{message}"
+    );
+    a.signal(libc::SIGHUP);
+    a.wait("the refused SIGHUP reload", || {
+        a.log_all().matches("config reload refused").count() >= 3
+    });
+    assert_eq!(a.peer_state("b"), "Active", "SIGHUP never stops the node");
+
+    // Back to the good file, with a token now: the API wants it from the next request on.
+    let mut config: Value = serde_json::from_str(&good).unwrap();
+    let token = "reload-test-token-0123456789";
+    config["api_token"] = token.into();
+    std::fs::write(a.config_path(), config.to_string()).unwrap();
+    let r = a.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["changed"], serde_json::json!(["api_token"]));
+    let plain = common::http_full(a.http_port, "GET", "/status", &[], b"").unwrap();
+    assert_eq!(plain.status, 401, "the reloaded token is in force");
+    a.spec.extra["api_token"] = token.into();
+    assert_eq!(a.status()["config"]["reloads"], 2);
+    assert_eq!(a.peer_state("b"), "Active");
+    drop(b);
+}

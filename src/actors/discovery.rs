@@ -579,6 +579,48 @@ impl Handler<GetReport> for DiscoveryActor {
     }
 }
 
+/// A config reload: the configured peers and the foreign-network policy.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    pub peers: Vec<Endpoint>,
+    pub relay_network_whitelist: Vec<String>,
+    pub relay_all_peer_rpc: bool,
+}
+
+impl Handler<Reconfigure> for DiscoveryActor {
+    type Result = ();
+
+    /// New configured peers get a dialer; a configured peer no longer listed loses its dialer
+    /// (and with it the link that dialer carries); every other link stays.
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Self::Context) {
+        self.foreign
+            .set_policy(msg.relay_network_whitelist, msg.relay_all_peer_rpc);
+        let removed: Vec<usize> = self
+            .dialers
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.configured && !msg.peers.contains(&d.target))
+            .map(|(i, _)| i)
+            .collect();
+        for i in removed.into_iter().rev() {
+            let d = self.dialers.remove(i);
+            info!("config reload: no longer dialling {}", d.target);
+            d.addr.do_send(CloseLink {
+                reason: CloseReason::Shutdown,
+            });
+        }
+        for target in msg.peers {
+            if !self.dialers.iter().any(|d| d.target == target) {
+                info!("config reload: dialling {target}");
+                self.spawn_dialer(target, true, ctx);
+            } else if let Some(d) = self.dialers.iter_mut().find(|d| d.target == target) {
+                d.configured = true;
+            }
+        }
+    }
+}
+
 impl Handler<Shutdown> for DiscoveryActor {
     type Result = ();
 

@@ -575,6 +575,29 @@ impl Handler<GetMessages> for RelayActor {
     }
 }
 
+/// A config reload: what the router takes on (see `Router::reconfigure`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub crate::config::Reloadable);
+
+impl Handler<Reconfigure> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(r): Reconfigure, ctx: &mut Self::Context) {
+        self.router.reconfigure(
+            now(&self.node),
+            r.scripts.keys().cloned().collect(),
+            r.script_allow
+                .iter()
+                .map(|(name, ids)| (name.clone(), ids.iter().cloned().collect()))
+                .collect(),
+            r.relay_network_whitelist,
+            r.foreign_relay_bps_limit,
+        );
+        self.drive(ctx);
+    }
+}
+
 impl Handler<GetRoutes> for RelayActor {
     type Result = MessageResult<GetRoutes>;
 

@@ -297,6 +297,27 @@ impl Handler<RunScript> for ScriptActor {
     }
 }
 
+/// A config reload: new scripts and limits, for requests admitted from now on (running and
+/// queued ones keep what they were admitted with).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    pub scripts: BTreeMap<String, String>,
+    pub limits: ScriptLimits,
+}
+
+impl Handler<Reconfigure> for ScriptActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Self::Context) {
+        let fresh = ScriptActor::new(msg.scripts, msg.limits);
+        self.scripts = fresh.scripts;
+        self.limits = fresh.limits;
+        // More slots may start waiting requests at once.
+        self.start_queued(ctx);
+    }
+}
+
 impl Handler<GetScriptStats> for ScriptActor {
     type Result = ScriptStats;
 

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub script: Addr<ScriptActor>,
     pub store: Addr<StoreActor>,
     pub events: Addr<crate::actors::events::EventActor>,
+    /// Re-reads the config (`POST /config/reload`).
+    pub reloader: crate::node::Reloader,
 }
 
 /// An API error, rendered as JSON.
@@ -578,6 +580,8 @@ struct Status {
     scripts: ScriptStats,
     /// The event stream.
     events: crate::actors::events::EventStats,
+    /// Where the config in force came from: file, its SHA-256, when loaded, reloads.
+    config: crate::node::ConfigInfo,
     counters: crate::metrics::Snapshot,
 }
 
@@ -653,6 +657,7 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         adverts_refused: relay.adverts_refused,
         scripts,
         events,
+        config: (**node.loaded.load()).clone(),
         counters: node.metrics.snapshot(),
     })
 }
@@ -710,7 +715,38 @@ async fn health() -> HttpResponse {
 }
 
 async fn config(state: web::Data<ApiState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.node.config.redacted_json())
+    HttpResponse::Ok().json(state.node.live.load().redacted_json())
+}
+
+/// `POST /config/reload`: re-reads the config file (what SIGHUP does). 200 with the changed
+/// fields; 400 `config_invalid` when the file does not load, 409 `restart_needed` naming the
+/// fields that only a restart can change; either way the running config stays.
+async fn reload(state: web::Data<ApiState>) -> HttpResponse {
+    use crate::node::ReloadError;
+    match state.reloader.reload().await {
+        Ok(r) => HttpResponse::Ok().json(json!({
+            "reloaded": true,
+            "changed": r.changed,
+            "warnings": r.warnings,
+            "config": *state.node.loaded.load_full(),
+        })),
+        Err(e) => {
+            let (status, code, fields) = match &e {
+                ReloadError::Invalid(_) => (StatusCode::BAD_REQUEST, "config_invalid", vec![]),
+                ReloadError::RestartNeeded(f) => {
+                    (StatusCode::CONFLICT, "restart_needed", f.clone())
+                }
+                ReloadError::Unavailable => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable", vec![])
+                }
+            };
+            let mut body = json!({"error": code, "message": e.to_string()});
+            if !fields.is_empty() {
+                body["fields"] = json!(fields);
+            }
+            HttpResponse::build(status).json(body)
+        }
+    }
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -909,7 +945,7 @@ async fn guard_caller(
     )?;
     let token = req
         .app_data::<web::Data<ApiState>>()
-        .and_then(|s| s.node.config.api_token.clone());
+        .and_then(|s| s.node.live.load().api_token.clone());
     if let Some(token) = token {
         if !token_exempt(req.method(), req.path()) {
             let query = token_in_query(req.path())
@@ -952,7 +988,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 &format!("{prefix}/metrics"),
                 web::get().to(metrics::metrics),
             )
-            .route(&format!("{prefix}/config"), web::get().to(config));
+            .route(&format!("{prefix}/config"), web::get().to(config))
+            .route(&format!("{prefix}/config/reload"), web::post().to(reload));
     }
     #[cfg(feature = "fault-injection")]
     cfg.route("/debug/fault", web::post().to(fault));

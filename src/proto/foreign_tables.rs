@@ -79,6 +79,13 @@ impl ForeignTables {
         }
     }
 
+    /// Takes on a new relay policy (a config reload): it decides the hellos from now on; links
+    /// admitted before stay until they close.
+    pub fn set_policy(&mut self, whitelist: Vec<String>, relay_all_peer_rpc: bool) {
+        self.whitelist = whitelist;
+        self.relay_all_peer_rpc = relay_all_peer_rpc;
+    }
+
     /// Decides on a node of another network that dialled us, and records it when admitted.
     pub fn admit(
         &mut self,

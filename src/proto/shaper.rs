@@ -48,6 +48,15 @@ impl<T> Shaper<T> {
         }
     }
 
+    /// Takes on a new rate (a config reload): a full bucket at the new rate, a queue of one
+    /// second of it; what waits stays queued (released by the next [`Shaper::release`]).
+    pub fn set_rate(&mut self, rate: u64, now_us: u64) {
+        if rate != self.bucket.rate() {
+            self.bucket = TokenBucket::new(rate, now_us);
+            self.max_queued_bytes = rate;
+        }
+    }
+
     /// The rate, bytes per second (0 = unlimited).
     pub fn rate(&self) -> u64 {
         self.bucket.rate()

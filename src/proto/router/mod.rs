@@ -609,6 +609,36 @@ impl Router {
         }
     }
 
+    /// Takes on what a config reload changed: the scripts (names and allow lists), which
+    /// foreign networks get data relayed and at what budget. Foreign domains already here
+    /// switch at once (their queued data is kept); nothing else moves.
+    pub fn reconfigure(
+        &mut self,
+        now: Now,
+        scripts: BTreeSet<String>,
+        script_allow: BTreeMap<String, BTreeSet<String>>,
+        relay_network_whitelist: Vec<String>,
+        foreign_relay_bps_limit: u64,
+    ) {
+        self.settings.scripts = scripts;
+        self.settings.script_allow = script_allow;
+        self.settings.relay_network_whitelist = relay_network_whitelist;
+        self.settings.foreign_relay_bps_limit = foreign_relay_bps_limit;
+        for (network, d) in self.foreign.iter_mut() {
+            if let Policy::Foreign {
+                control_only,
+                shaper,
+            } = &mut d.policy
+            {
+                *control_only = !crate::proto::whitelist::admits(
+                    &self.settings.relay_network_whitelist,
+                    network,
+                );
+                shaper.set_rate(foreign_relay_bps_limit, now.us);
+            }
+        }
+    }
+
     // ---- links ----
 
     /// A link became Active (authenticated and admitted by discovery).
