@@ -332,7 +332,8 @@ pub const FIELDS: &[Field] = &[
         "pinned_keys",
         Rule::Custom { default: "none" },
         "node id -> the only public key accepted for it",
-    ),
+    )
+    .mark_reloadable(),
     Field::new(
         "network_ca",
         Rule::Custom {
@@ -900,6 +901,7 @@ impl Config {
             max_concurrent_scripts: self.max_concurrent_scripts,
             max_script_queue: self.max_script_queue,
             max_script_output_bytes: self.max_script_output_bytes,
+            pinned_keys: self.pinned_keys.clone(),
         }
     }
 
@@ -988,6 +990,8 @@ pub struct Reloadable {
     pub max_script_queue: usize,
     /// [`Config::max_script_output_bytes`]: applies to scripts started after the change.
     pub max_script_output_bytes: usize,
+    /// [`Config::pinned_keys`]: decides keys from now on; links up keep what they proved.
+    pub pinned_keys: BTreeMap<String, [u8; 32]>,
 }
 
 /// Serializes [`Config::log`] as a lowercase level name, or null.

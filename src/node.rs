@@ -328,6 +328,7 @@ impl Reloader {
                 peers: r.peers.clone(),
                 relay_network_whitelist: r.relay_network_whitelist.clone(),
                 relay_all_peer_rpc: r.relay_all_peer_rpc,
+                pinned_keys: r.pinned_keys.clone(),
             })
             .timeout(timeout)
             .await

@@ -494,3 +494,29 @@ fn hot_reload_applies_what_it_can_and_refuses_the_rest() {
     assert_eq!(a.peer_state("b"), "Active");
     drop(b);
 }
+
+/// A key pinned by a reload is the only one taken from then on: the node whose real key it is
+/// not is refused when it links again (the link it had stays until it closes).
+#[test]
+fn a_reloaded_pin_refuses_the_next_link_with_another_key() {
+    let (a, mut b) = pair();
+    let wrong = "11".repeat(32);
+    edit_config(&a, |cfg| {
+        cfg.insert("pinned_keys".into(), serde_json::json!({ "b": wrong }));
+    });
+    let r = a.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["changed"], serde_json::json!(["pinned_keys"]));
+    assert_eq!(a.peer_state("b"), "Active", "the proven link stays");
+    b.kill();
+    b.restart();
+    a.wait("b's new link refused for its key", || {
+        a.counter("links_refused", "key_mismatch") >= 1
+    });
+    let peer = a.peer("b").unwrap();
+    assert_eq!(
+        (peer["key"].as_str(), peer["public_key"].as_str()),
+        (Some("pinned"), Some(wrong.as_str())),
+        "{peer}"
+    );
+}

@@ -354,12 +354,15 @@ impl DiscoveryActor {
             } else {
                 PeerState::Init
             };
+            // The key the book holds is the one links are checked against (after a reload
+            // that pinned another, the node's record still has the old one).
+            let held = self.table.held_key(&n.id);
             peers.push(PeerReport {
                 id: n.id.clone(),
                 state,
-                public_key: hex::encode(n.public_key),
+                public_key: hex::encode(held.map_or(n.public_key, |(k, _)| k)),
                 key_verified: n.key_verified,
-                key: self.table.held_key(&n.id).map(|(_, s)| s.as_str()),
+                key: held.map(|(_, s)| s.as_str()),
                 version: n.version.clone(),
                 addrs: n.addrs.iter().map(|a| a.to_string()).collect(),
                 learned_from: n.learned_from.clone(),
@@ -586,6 +589,7 @@ pub struct Reconfigure {
     pub peers: Vec<Endpoint>,
     pub relay_network_whitelist: Vec<String>,
     pub relay_all_peer_rpc: bool,
+    pub pinned_keys: std::collections::BTreeMap<String, [u8; 32]>,
 }
 
 impl Handler<Reconfigure> for DiscoveryActor {
@@ -596,6 +600,7 @@ impl Handler<Reconfigure> for DiscoveryActor {
     fn handle(&mut self, msg: Reconfigure, ctx: &mut Self::Context) {
         self.foreign
             .set_policy(msg.relay_network_whitelist, msg.relay_all_peer_rpc);
+        self.table.repin(&msg.pinned_keys);
         let removed: Vec<usize> = self
             .dialers
             .iter()

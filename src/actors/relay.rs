@@ -593,6 +593,7 @@ impl Handler<Reconfigure> for RelayActor {
                 .collect(),
             r.relay_network_whitelist,
             r.foreign_relay_bps_limit,
+            r.pinned_keys,
         );
         self.drive(ctx);
     }

@@ -81,6 +81,21 @@ impl KeyBook {
         }
     }
 
+    /// Takes on a new set of pinned keys (a config reload): a pin no longer listed is
+    /// forgotten (the id's key is learned again, from a link or an advert), a new pin replaces
+    /// whatever was held for its id. Links up now keep the key they proved until they close.
+    pub fn repin(&mut self, pinned: &BTreeMap<String, [u8; 32]>) {
+        self.keys
+            .retain(|id, (_, source)| *source != Source::Pinned || pinned.contains_key(id));
+        for (id, key) in pinned {
+            if let Some((_, Source::Gossiped)) =
+                self.keys.insert(id.clone(), (*key, Source::Pinned))
+            {
+                self.gossiped -= 1;
+            }
+        }
+    }
+
     /// Offers `key` for `id` from `source`; see [`Offer`].
     pub fn offer(&mut self, id: &str, key: [u8; 32], source: Source) -> Offer {
         match self.keys.get_mut(id) {
@@ -281,6 +296,23 @@ mod tests {
         k.offer("b", A, Source::Gossiped);
         assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Refused);
         assert_eq!(k.get("b"), Some(&A));
+    }
+
+    #[test]
+    fn repinning_replaces_and_forgets_pins() {
+        let mut k = KeyBook::new(&BTreeMap::from([("b".to_string(), A)]), 16);
+        assert_eq!(k.offer("c", B, Source::Gossiped), Offer::Changed);
+        // Pin c to another key, unpin b.
+        k.repin(&BTreeMap::from([("c".to_string(), A)]));
+        assert_eq!(k.entry("c"), Some((A, Source::Pinned)));
+        assert_eq!(
+            k.offer("c", B, Source::Proven),
+            Offer::Refused,
+            "the new pin holds"
+        );
+        assert!(!k.contains("b"), "the old pin is gone");
+        assert_eq!(k.offer("b", B, Source::Gossiped), Offer::Changed);
+        assert_eq!(k.gossiped, 1, "c's gossiped entry became a pin");
     }
 
     #[test]

@@ -117,6 +117,11 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
+    /// Takes on new pinned keys (a config reload; see [`KeyBook::repin`]).
+    pub fn repin(&mut self, pinned: &BTreeMap<String, [u8; 32]>) {
+        self.keys.repin(pinned);
+    }
+
     /// An empty table for the node `local_id`, with the operator's pinned keys.
     pub fn new(local_id: &str, pinned: BTreeMap<String, [u8; 32]>) -> PeerTable {
         PeerTable {

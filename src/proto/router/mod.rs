@@ -619,7 +619,10 @@ impl Router {
         script_allow: BTreeMap<String, BTreeSet<String>>,
         relay_network_whitelist: Vec<String>,
         foreign_relay_bps_limit: u64,
+        pinned_keys: BTreeMap<String, [u8; 32]>,
     ) {
+        self.home.keys.repin(&pinned_keys);
+        self.settings.pinned_keys = pinned_keys;
         self.settings.scripts = scripts;
         self.settings.script_allow = script_allow;
         self.settings.relay_network_whitelist = relay_network_whitelist;
