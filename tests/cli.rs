@@ -1,4 +1,5 @@
-//! The binary as a user runs it: bad configs fail with one clear line; the identity persists.
+//! The binary as a user runs it: bad configs fail with one clear line; the identity persists;
+//! the client subcommands (send, status, peers, events, init, check, id) against real nodes.
 
 mod common;
 
@@ -174,7 +175,7 @@ fn the_client_sends_runs_scripts_and_shows_peers_and_events() {
     let mut spec_a = Spec::new("a", "tcp");
     spec_a.extra = serde_json::json!({ "scripts": {
         "mixed": "echo to-stdout; echo to-stderr >&2; exit 7",
-        "cat": "cat",
+        "binary": "printf '\\377\\000x'",
     }});
     let a = Node::start(spec_a);
     let mut spec_b = Spec::new("b", "tcp");
@@ -188,6 +189,19 @@ fn the_client_sends_runs_scripts_and_shows_peers_and_events() {
     let (code, out, err) = client(&["send", "a", "mixed"], &env, None);
     assert_eq!((code, out.as_str()), (7, "to-stdout\n"), "{err}");
     assert!(err.contains("to-stderr"), "{err}");
+
+    // Output that is not UTF-8 comes through byte for byte.
+    let raw = Command::new(env!("CARGO_BIN_EXE_msgtier"))
+        .args(["send", "a", "binary"])
+        .env("MSGTIER_API", &api_b)
+        .output()
+        .unwrap();
+    assert_eq!(
+        raw.stdout,
+        b"\xff\x00x",
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
 
     let (code, out, err) = client(&["send", "a", "a plain message"], &env, None);
     assert_eq!(code, 0, "{err}");

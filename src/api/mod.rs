@@ -336,7 +336,9 @@ async fn send_inner(
     }
 }
 
-/// The JSON of an outcome (`GET /messages/{id}`): text fields as lossy UTF-8.
+/// The JSON of an outcome (`GET /messages/{id}`, and a script's answer to `/send` with
+/// `Accept: application/json`): output as lossy UTF-8, plus `stdout_b64` / `stderr_b64` with
+/// the exact bytes when they are not UTF-8.
 fn outcome_json(outcome: &Outcome) -> serde_json::Value {
     match outcome {
         Outcome::Delivered => json!({"type": "delivered"}),
@@ -347,15 +349,17 @@ fn outcome_json(outcome: &Outcome) -> serde_json::Value {
             timed_out,
             truncated,
             interrupted,
-        } => json!({
-            "type": "script",
-            "exit_code": exit_code,
-            "stdout": String::from_utf8_lossy(stdout),
-            "stderr": String::from_utf8_lossy(stderr),
-            "timed_out": timed_out,
-            "truncated": truncated,
-            "interrupted": interrupted,
-        }),
+        } => {
+            let mut obj = serde_json::Map::new();
+            obj.insert("type".into(), "script".into());
+            obj.insert("exit_code".into(), (*exit_code).into());
+            bytes_json(&mut obj, "stdout", stdout);
+            bytes_json(&mut obj, "stderr", stderr);
+            obj.insert("timed_out".into(), (*timed_out).into());
+            obj.insert("truncated".into(), (*truncated).into());
+            obj.insert("interrupted".into(), (*interrupted).into());
+            obj.into()
+        }
         Outcome::Failed { code, message } => {
             json!({"type": "failed", "code": code, "message": message})
         }
@@ -482,28 +486,11 @@ fn bytes_json(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, 
 }
 
 fn delivery_response(d: Delivery, json: bool) -> Result<HttpResponse, ApiError> {
-    if let (
-        true,
-        Outcome::Script {
-            exit_code,
-            stdout,
-            stderr,
-            timed_out,
-            truncated,
-            interrupted,
-        },
-    ) = (json, &d.outcome)
-    {
-        let mut obj = serde_json::Map::new();
-        obj.insert("id".into(), d.id.to_string().into());
-        obj.insert("hops".into(), d.hops.into());
-        obj.insert("exit_code".into(), (*exit_code).into());
-        obj.insert("timed_out".into(), (*timed_out).into());
-        obj.insert("truncated".into(), (*truncated).into());
-        obj.insert("interrupted".into(), (*interrupted).into());
-        bytes_json(&mut obj, "stdout", stdout);
-        bytes_json(&mut obj, "stderr", stderr);
-        return Ok(HttpResponse::Ok().json(obj));
+    if json && matches!(d.outcome, Outcome::Script { .. }) {
+        let mut v = outcome_json(&d.outcome);
+        v["id"] = d.id.to_string().into();
+        v["hops"] = d.hops.into();
+        return Ok(HttpResponse::Ok().json(v));
     }
     match d.outcome {
         Outcome::Delivered => Ok(HttpResponse::Ok().json(json!({
