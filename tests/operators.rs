@@ -520,3 +520,19 @@ fn a_reloaded_pin_refuses_the_next_link_with_another_key() {
         "{peer}"
     );
 }
+
+/// A client cannot hold more than the subscriber limit (64) of event streams: the next one is
+/// refused with 503 (the WebSocket stream shares the limit) and the node keeps serving.
+#[test]
+fn event_streams_beyond_the_limit_are_refused() {
+    let a = Node::start(Spec::new("a", "tcp"));
+    let mut streams: Vec<_> = (0..64).map(|_| a.events("/events", &[])).collect();
+    assert!(streams.iter().all(|s| s.status == 200));
+    let over = a.events("/events", &[]);
+    assert_eq!(over.status, 503, "{}", over.head);
+    let ws = tungstenite::connect(format!("ws://127.0.0.1:{}/events/ws", a.http_port));
+    assert!(ws.is_err(), "the WebSocket stream shares the limit");
+    assert_eq!(a.status()["events"]["subscribers"], 64);
+    assert_eq!(a.http("GET", "/health", &[], b"").unwrap().status, 200);
+    drop(streams);
+}
