@@ -526,7 +526,7 @@ fn a_reloaded_pin_refuses_the_next_link_with_another_key() {
 #[test]
 fn event_streams_beyond_the_limit_are_refused() {
     let a = Node::start(Spec::new("a", "tcp"));
-    let mut streams: Vec<_> = (0..64).map(|_| a.events("/events", &[])).collect();
+    let streams: Vec<_> = (0..64).map(|_| a.events("/events", &[])).collect();
     assert!(streams.iter().all(|s| s.status == 200));
     let over = a.events("/events", &[]);
     assert_eq!(over.status, 503, "{}", over.head);
