@@ -854,6 +854,10 @@ pub struct Config {
     /// the file, so not in [`FIELDS`].
     #[serde(serialize_with = "lossy_path")]
     pub source: PathBuf,
+    /// SHA-256 of the text this config was parsed from, hex (what `/status` shows as the
+    /// loaded file's hash). Not a field of the file.
+    #[serde(skip)]
+    pub source_sha256: String,
 }
 
 impl Config {
@@ -909,31 +913,24 @@ impl Config {
     /// (running) config and `new` and that only a restart can apply. Empty when `new` can be
     /// applied at run time through [`Config::reloadable`]. `source` is not compared.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        self.changed_fields(new, false)
+    }
+
+    /// The [`Field::reloadable`] fields, by name and in [`FIELDS`] order, that differ between
+    /// this config and `new`.
+    pub fn reloadable_changes(&self, new: &Config) -> Vec<&'static str> {
+        self.changed_fields(new, true)
+    }
+
+    /// The fields with [`Field::reloadable`] equal to `reloadable` that differ from `new`.
+    fn changed_fields(&self, new: &Config, reloadable: bool) -> Vec<&'static str> {
         // One comparison for every field: its JSON form, which is complete and canonical
         // (sorted maps, URLs, lowercase level names). Secret fields are redacted there, so
         // they are compared directly (a unit test checks that these are all of them).
         let (old_json, new_json) = (self.redacted_json(), new.redacted_json());
         FIELDS
             .iter()
-            .filter(|field| !field.reloadable)
-            .filter(|field| {
-                if field.secret {
-                    self.secret_changed(new, field.name)
-                } else {
-                    old_json.get(field.name) != new_json.get(field.name)
-                }
-            })
-            .map(|field| field.name)
-            .collect()
-    }
-
-    /// The [`Field::reloadable`] fields, by name and in [`FIELDS`] order, that differ between
-    /// this config and `new`.
-    pub fn reloadable_changes(&self, new: &Config) -> Vec<&'static str> {
-        let (old_json, new_json) = (self.redacted_json(), new.redacted_json());
-        FIELDS
-            .iter()
-            .filter(|field| field.reloadable)
+            .filter(|field| field.reloadable == reloadable)
             .filter(|field| {
                 if field.secret {
                     self.secret_changed(new, field.name)
@@ -1081,7 +1078,11 @@ pub fn parse(source_name: &str, text: &str, base_dir: &Path) -> Result<Loaded, C
         file: source_name,
         warnings: Vec::new(),
     };
-    let config = checker.config(&root, base_dir)?;
+    let mut config = checker.config(&root, base_dir)?;
+    config.source_sha256 = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(text.as_bytes()))
+    };
     Ok(Loaded {
         config,
         warnings: checker.warnings,
@@ -1563,6 +1564,7 @@ impl Checker<'_> {
             inbox_max_bytes,
             inbox_max_age_s,
             source: PathBuf::from(self.file),
+            source_sha256: String::new(),
         })
     }
 
@@ -2994,7 +2996,11 @@ mod tests {
             .map(|f| format!(r#""{f}": null"#))
             .collect::<Vec<_>>()
             .join(", ");
-        assert_eq!(ok(&with(&nulls)).config, ok(&with("")).config);
+        // Equal but for the hash of their (different) texts.
+        let (mut nulled, plain) = (ok(&with(&nulls)).config, ok(&with("")).config);
+        assert_ne!(nulled.source_sha256, plain.source_sha256);
+        nulled.source_sha256.clone_from(&plain.source_sha256);
+        assert_eq!(nulled, plain);
     }
 
     #[test]

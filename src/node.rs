@@ -210,14 +210,13 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
-/// A started node.
 /// Where the live config came from, for `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConfigInfo {
     /// The config file.
     pub source: String,
-    /// SHA-256 of the file's bytes when it was loaded, hex (null if it could not be read).
-    pub sha256: Option<String>,
+    /// SHA-256 of the file's text as loaded, hex.
+    pub sha256: String,
     /// When it was loaded (unix ms).
     pub loaded_unix_ms: u64,
     /// Successful reloads since start.
@@ -227,16 +226,13 @@ pub struct ConfigInfo {
 }
 
 impl ConfigInfo {
-    fn of(source: &std::path::Path, reloads: u64, last_reload_error: Option<String>) -> Self {
-        use sha2::{Digest, Sha256};
+    fn of(config: &Config, reloads: u64) -> Self {
         ConfigInfo {
-            source: source.display().to_string(),
-            sha256: std::fs::read(source)
-                .ok()
-                .map(|bytes| hex::encode(Sha256::digest(&bytes))),
+            source: config.source.display().to_string(),
+            sha256: config.source_sha256.clone(),
             loaded_unix_ms: unix_ms(),
             reloads,
-            last_reload_error,
+            last_reload_error: None,
         }
     }
 }
@@ -337,9 +333,10 @@ impl Reloader {
             log::set_max_level(new.log.unwrap_or(log::LevelFilter::Info));
         }
         let reloads = self.shared.loaded.load().reloads + 1;
+        self.shared
+            .loaded
+            .store(Arc::new(ConfigInfo::of(&new, reloads)));
         self.shared.live.store(Arc::new(new));
-        let info = ConfigInfo::of(&running.source, reloads, None);
-        self.shared.loaded.store(Arc::new(info));
         for w in &loaded.warnings {
             warn!("{w}");
         }
@@ -359,6 +356,7 @@ impl Reloader {
     }
 }
 
+/// A started node.
 pub struct RunningNode {
     /// Shared state (counters, config).
     pub shared: Arc<NodeShared>,
@@ -504,7 +502,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         listen_addrs,
         certificate,
     });
-    let loaded = ConfigInfo::of(&config.source, 0, None);
+    let loaded = ConfigInfo::of(&config, 0);
     let config = Arc::new(config);
     let shared = Arc::new(NodeShared {
         live: arc_swap::ArcSwap::new(config.clone()),

@@ -616,11 +616,13 @@ impl Handler<Reconfigure> for DiscoveryActor {
             });
         }
         for target in msg.peers {
-            if !self.dialers.iter().any(|d| d.target == target) {
-                info!("config reload: dialling {target}");
-                self.spawn_dialer(target, true, ctx);
-            } else if let Some(d) = self.dialers.iter_mut().find(|d| d.target == target) {
-                d.configured = true;
+            match self.dialers.iter().position(|d| d.target == target) {
+                // A learned address now configured: the same dialer, kept for good.
+                Some(i) => self.dialers[i].configured = true,
+                None => {
+                    info!("config reload: dialling {target}");
+                    self.spawn_dialer(target, true, ctx);
+                }
             }
         }
     }
