@@ -166,6 +166,13 @@ fn the_api_token_guards_every_endpoint_but_health() {
     let port = a.http_port;
     let health = common::http_full(port, "GET", "/health", &[], b"").unwrap();
     assert_eq!(health.status, 200, "no token needed for /health");
+    for path in ["/", "/ui/app.js", "/ui/style.css", "/ui/d3-force.min.js"] {
+        let r = common::http_full(port, "GET", path, &[], b"").unwrap();
+        assert_eq!(
+            r.status, 200,
+            "the dashboard's {path} loads without the token"
+        );
+    }
 
     let wrong = "Bearer operators-test-token-012345678x";
     for (method, path) in [
@@ -174,6 +181,9 @@ fn the_api_token_guards_every_endpoint_but_health() {
         ("GET", "/messages"),
         ("GET", "/outbox"),
         ("GET", "/api/status"),
+        ("GET", "/topology"),
+        ("GET", "/ui/other.js"),
+        ("POST", "/"),
         ("POST", "/send"),
         ("GET", "/events"),
         ("GET", "/metrics"),
@@ -534,5 +544,15 @@ fn event_streams_beyond_the_limit_are_refused() {
     assert!(ws.is_err(), "the WebSocket stream shares the limit");
     assert_eq!(a.status()["events"]["subscribers"], 64);
     assert_eq!(a.http("GET", "/health", &[], b"").unwrap().status, 200);
+
+    // A client that goes away frees its slot when its connection closes, not at the next
+    // keep-alive write that fails (two of them, 30 s, for a socket the peer has closed).
+    let mut streams = streams;
+    streams.truncate(60);
+    a.wait("the 4 closed streams to free their slots", || {
+        a.status()["events"]["subscribers"] == 60
+    });
+    let again = a.events("/events", &[]);
+    assert_eq!(again.status, 200, "{}", again.head);
     drop(streams);
 }

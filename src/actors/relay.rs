@@ -36,7 +36,7 @@ use crate::proto::router::{
 
 pub use crate::proto::router::{
     CancelError, Delivery, DurableReport, ForeignReport, MessageCounters, MessageReport,
-    PunchReport, ReceivedMessage, RelayReport, RelayedCount, RouteReport, SendError,
+    PunchReport, ReceivedMessage, RelayReport, RelayedCount, RouteReport, SendError, Topology,
 };
 
 /// Inbound frames from links queued for the relay; beyond it they are dropped and counted.
@@ -104,6 +104,11 @@ pub struct GetOutbox {
 #[derive(Message)]
 #[rtype(result = "RelayReport")]
 pub struct GetRoutes;
+
+/// The link-state graph of every network we route in (`GET /topology`).
+#[derive(Message)]
+#[rtype(result = "Topology")]
+pub struct GetTopology;
 
 /// The plain messages this node received most recently (newest last).
 #[derive(Message)]
@@ -596,6 +601,14 @@ impl Handler<Reconfigure> for RelayActor {
             r.pinned_keys,
         );
         self.drive(ctx);
+    }
+}
+
+impl Handler<GetTopology> for RelayActor {
+    type Result = MessageResult<GetTopology>;
+
+    fn handle(&mut self, _: GetTopology, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.router.topology())
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Query: `types=message,peer_up` (only those types), `from=<node id>`, `since=<id>` (resume:
 //! replay the newer events the node still keeps first; SSE clients may send `Last-Event-ID`
-//! instead). SSE frames carry `id:` (so a browser's `EventSource` resumes by itself) and the
+//! instead, which wins over `since`). SSE frames carry `id:` (so a browser's `EventSource` resumes by itself) and the
 //! JSON object in `data:`; there is no `event:` line, so `onmessage` sees every type. A comment
 //! line goes out every [`KEEPALIVE_S`] seconds.
 
@@ -46,14 +46,16 @@ fn parse(req: &HttpRequest, q: &HashMap<String, String>) -> Result<Subscribe, Ap
             ApiError::BadRequest(format!("{name} must be an event id (a number), got {v:?}"))
         })
     };
+    // The header wins: a browser's EventSource reconnects to the same URL (with the `since`
+    // it first asked for) and sends the last id it saw in the header.
     let since = match (q.get("since"), req.headers().get("last-event-id")) {
-        (Some(s), _) => Some(number("since", s)?),
-        (None, Some(h)) => {
+        (_, Some(h)) => {
             let h = h
                 .to_str()
                 .map_err(|_| ApiError::BadRequest("header Last-Event-ID is not text".into()))?;
             Some(number("header Last-Event-ID", h)?)
         }
+        (Some(s), None) => Some(number("since", s)?),
         (None, None) => None,
     };
     Ok(Subscribe {

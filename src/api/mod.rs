@@ -1,5 +1,5 @@
-//! The HTTP API (actix-web): `POST /send`, `GET /status`, `GET /messages`, `GET /config`, also
-//! under `/api/`.
+//! The HTTP API (actix-web): `POST /send`, `GET /status`, `GET /topology`, `GET /messages`,
+//! `GET /config` and the rest, also under `/api/`; and the dashboard at `GET /` (`dashboard`).
 //!
 //! Handlers never touch node state directly: they ask the actors by message with a timeout and
 //! map a mailbox failure to 503 and a timeout to 504. Every error is JSON
@@ -8,9 +8,10 @@
 //! Every request first passes [`check_caller`]: a `Host` this API does not answer to gets 421,
 //! a foreign `Origin` 403, so a web page cannot drive the node by DNS rebinding or cross-site
 //! requests (curl and other tools send no `Origin` and are unaffected). Then, when config
-//! `api_token` is set, [`check_token`]: every endpoint but `GET /health` needs
-//! `Authorization: Bearer <token>` (the event stream may take `?token=`), else 401.
+//! `api_token` is set, [`check_token`]: every endpoint but `GET /health` and the dashboard's
+//! files needs `Authorization: Bearer <token>` (the event stream may take `?token=`), else 401.
 
+mod dashboard;
 mod events;
 mod metrics;
 
@@ -29,7 +30,7 @@ use crate::actors::discovery::{DiscoveryActor, GetReport, PeerReport};
 use crate::actors::peer::PeerState;
 use crate::actors::relay::{
     Answer, CancelError, CancelMessage, Delivery, GetMessageStatus, GetOutbox, GetRoutes,
-    MessageReport, RelayActor, Send, SendError,
+    GetTopology, MessageReport, RelayActor, Send, SendError,
 };
 use crate::actors::script::{GetScriptStats, ScriptActor, ScriptStats};
 use crate::actors::store::{QueryInbox, StoreActor, StoreFailure};
@@ -649,6 +650,18 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
     })
 }
 
+/// `GET /topology`: the link-state graph of every network this node routes in (its own, and
+/// each foreign network it relays for), with what it knows of its own links: RTT, transports,
+/// whether a path was punched.
+async fn topology(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let t = state
+        .relay
+        .send(GetTopology)
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?;
+    Ok(HttpResponse::Ok().json(t))
+}
+
 /// Default and largest `limit` of `GET /messages`.
 pub const DEFAULT_INBOX_LIMIT: usize = 256;
 /// See [`DEFAULT_INBOX_LIMIT`].
@@ -863,10 +876,12 @@ pub fn check_caller(
     }
 }
 
-/// Whether a request may skip the token: only `GET /health` (so a supervisor or load balancer
-/// can probe the node without holding the token; it says nothing but `{"ok": true}`).
+/// Whether a request may skip the token: `GET /health` (so a supervisor or load balancer can
+/// probe the node without holding the token; it says nothing but `{"ok": true}`) and the
+/// dashboard's own files (the same for every node; the page asks for the token itself).
 fn token_exempt(method: &actix_web::http::Method, path: &str) -> bool {
-    method == actix_web::http::Method::GET && matches!(path, "/health" | "/api/health")
+    method == actix_web::http::Method::GET
+        && (matches!(path, "/health" | "/api/health") || dashboard::is_asset(path))
 }
 
 /// Whether the token may come as `?token=` (browsers cannot set headers on an `EventSource`
@@ -958,6 +973,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
             .route(&format!("{prefix}/status"), web::get().to(status))
+            .route(&format!("{prefix}/topology"), web::get().to(topology))
             .route(&format!("{prefix}/messages"), web::get().to(messages))
             .route(
                 &format!("{prefix}/messages/{{id}}"),
@@ -978,6 +994,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route(&format!("{prefix}/config"), web::get().to(config))
             .route(&format!("{prefix}/config/reload"), web::post().to(reload));
     }
+    dashboard::routes(cfg);
     #[cfg(feature = "fault-injection")]
     cfg.route("/debug/fault", web::post().to(fault));
 }
@@ -995,6 +1012,9 @@ pub fn serve(
             .wrap(actix_web::middleware::from_fn(guard_caller))
     })
     .workers(2)
+    // A client that closes its side is gone: end the response at once. Without this a closed
+    // event stream held its subscriber slot until two keep-alive writes failed.
+    .h1_allow_half_closed(false)
     .disable_signals()
     .bind(addr)?;
     let bound = server.addrs().first().copied().unwrap_or(addr);
@@ -1033,6 +1053,11 @@ mod tests {
         assert!(token_exempt(&actix_web::http::Method::GET, "/health"));
         assert!(!token_exempt(&actix_web::http::Method::POST, "/health"));
         assert!(!token_exempt(&actix_web::http::Method::GET, "/status"));
+        assert!(token_exempt(&actix_web::http::Method::GET, "/"));
+        assert!(token_exempt(&actix_web::http::Method::GET, "/ui/app.js"));
+        assert!(!token_exempt(&actix_web::http::Method::GET, "/ui/other"));
+        assert!(!token_exempt(&actix_web::http::Method::POST, "/"));
+        assert!(!token_exempt(&actix_web::http::Method::GET, "/topology"));
         assert!(token_in_query("/events/ws") && !token_in_query("/send"));
     }
 

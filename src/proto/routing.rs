@@ -296,6 +296,35 @@ impl RoutingTable {
         ids
     }
 
+    /// The graph as routing sees it: every origin we hold an advert for (ours included) and
+    /// every edge both ends list, each once as `(lower id, higher id, cost_us)` with the cost
+    /// routing uses (the larger of the two measurements). Sorted, for the topology view.
+    pub fn graph(&self) -> (Vec<String>, Vec<(String, String, u64)>) {
+        let mut adverts: Vec<&Advert> = self.remote.values().map(|s| &s.advert).collect();
+        adverts.push(&self.local.advert);
+        adverts.sort_by(|a, b| a.origin.cmp(&b.origin));
+        let by_id: HashMap<&str, &Advert> =
+            adverts.iter().map(|a| (a.origin.as_str(), *a)).collect();
+        let mut edges = Vec::new();
+        for a in &adverts {
+            for (id, cost) in &a.neighbors {
+                if a.origin.as_str() >= id.as_str() {
+                    continue;
+                }
+                let Some(back) = by_id
+                    .get(id.as_str())
+                    .and_then(|b| listed_cost(b, &a.origin))
+                else {
+                    continue;
+                };
+                edges.push((a.origin.clone(), id.clone(), u64::from((*cost).max(back))));
+            }
+        }
+        edges.sort();
+        let nodes = adverts.iter().map(|a| a.origin.clone()).collect();
+        (nodes, edges)
+    }
+
     /// Dijkstra over the edges both ends list; see the module docs for the order and the limit.
     fn compute(&self) -> HashMap<String, Route> {
         // Nodes are numbered in id order, so comparing numbers compares ids (the tie-break).
@@ -467,6 +496,21 @@ mod tests {
         assert_eq!((b.next_hop.as_str(), b.hops, b.cost_us), ("b", 1, 10));
         assert_eq!(t.route("a"), None, "no route to ourselves");
         assert_eq!(t.routes().len(), 2);
+    }
+
+    #[test]
+    fn the_graph_shows_edges_both_ends_list_once_with_the_larger_cost() {
+        let mut t = table("a", &[("a", "b", 10), ("b", "c", 20)]);
+        // c claims a link to d, which d does not list: no edge. b measures b-c at 20, c at 25.
+        t.apply(ad("c", 2, &[("b", 25), ("d", 5)]), 0);
+        t.apply(ad("d", 1, &[("e", 5)]), 0);
+        let (nodes, edges) = t.graph();
+        assert_eq!(nodes, ["a", "b", "c", "d"]);
+        let edges: Vec<(&str, &str, u64)> = edges
+            .iter()
+            .map(|(x, y, c)| (x.as_str(), y.as_str(), *c))
+            .collect();
+        assert_eq!(edges, [("a", "b", 10), ("b", "c", 25)]);
     }
 
     #[test]

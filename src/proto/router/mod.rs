@@ -51,8 +51,8 @@ use domain::{Domain, Policy};
 pub use durable::{CancelError, CarrierLimits, DurableLimits, MessageReport};
 
 pub use report::{
-    DurableReport, ForeignReport, MessageCounters, PunchReport, ReceivedMessage, RelayReport,
-    RelayedCount, RouteReport,
+    DurableReport, ForeignReport, GraphEdge, GraphNode, MessageCounters, NetworkGraph, PunchReport,
+    ReceivedMessage, RelayReport, RelayedCount, RouteReport, Topology,
 };
 
 /// Hop limit for envelopes and routes (EasyTier's and RIP's order of magnitude).

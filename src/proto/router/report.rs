@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{Router, DEFAULT_LINK_COST_US};
+use crate::addr::Transport;
 use crate::proto::advert::Refusal;
 use crate::proto::key_book::{Conflict, KeyBook};
 use crate::proto::punch;
@@ -200,6 +201,53 @@ pub struct PunchReport {
     pub last_error: Option<String>,
 }
 
+/// The link-state graph for `GET /topology`: each network we route in, as routing sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Topology {
+    /// Our node id (a node of every graph).
+    pub id: String,
+    /// Our own network first, then each foreign network we relay for as a public node.
+    pub networks: Vec<NetworkGraph>,
+}
+
+/// One network's nodes and links.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkGraph {
+    pub network: String,
+    /// Our own network (false: a foreign one we relay for).
+    pub home: bool,
+    /// Sorted by id; we are one of them.
+    pub nodes: Vec<GraphNode>,
+    /// Sorted by `(a, b)`.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A node of a [`NetworkGraph`].
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphNode {
+    pub id: String,
+    /// A public node of another network relaying for us, not a member.
+    pub relay: bool,
+    /// Links on our best path to it: 0 for us, `None` when it is unreachable.
+    pub hops: Option<u32>,
+}
+
+/// A link of a [`NetworkGraph`], once per pair (`a` < `b`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphEdge {
+    pub a: String,
+    pub b: String,
+    /// What routing counts for it: the larger RTT its two ends advertise, microseconds, with
+    /// the penalty for a link to a public node.
+    pub cost_us: u64,
+    /// One of our own links: its measured RTT (the best of its links), microseconds.
+    pub rtt_us: Option<u64>,
+    /// One of our own links: the transports of its links up now, sorted. Empty for others.
+    pub transports: Vec<Transport>,
+    /// One of our own links, on a UDP path hole punching opened.
+    pub punched: bool,
+}
+
 /// A plain message this node received.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceivedMessage {
@@ -321,6 +369,104 @@ impl Router {
             key_conflicts: self.conflicts.list(),
             adverts_refused: by_name(&self.home.refused),
         }
+    }
+
+    /// The link-state graph of every domain, with what we know of our own links on top.
+    pub fn topology(&mut self) -> Topology {
+        let networks = self
+            .domain_names()
+            .into_iter()
+            .filter_map(|dom| self.network_graph(dom.as_deref()))
+            .collect();
+        Topology {
+            id: self.settings.node_id.clone(),
+            networks,
+        }
+    }
+
+    fn network_graph(&mut self, dom: Option<&str>) -> Option<NetworkGraph> {
+        let me = self.settings.node_id.clone();
+        let (ids, advertised, hops, relays) = {
+            let d = self.domain_mut(dom)?;
+            let (ids, edges) = d.routing.graph();
+            let hops: HashMap<String, u32> = d
+                .routing
+                .routes()
+                .iter()
+                .map(|(id, r)| (id.clone(), r.hops))
+                .collect();
+            (ids, edges, hops, d.relay_nodes.clone())
+        };
+        let mut edges: BTreeMap<(String, String), GraphEdge> = advertised
+            .into_iter()
+            .map(|(a, b, cost_us)| {
+                let edge = GraphEdge {
+                    a: a.clone(),
+                    b: b.clone(),
+                    cost_us,
+                    rtt_us: None,
+                    transports: Vec::new(),
+                    punched: false,
+                };
+                ((a, b), edge)
+            })
+            .collect();
+        let mut nodes: BTreeMap<String, GraphNode> = ids
+            .into_iter()
+            .map(|id| {
+                let node = GraphNode {
+                    hops: if id == me {
+                        Some(0)
+                    } else {
+                        hops.get(&id).copied()
+                    },
+                    relay: relays.contains(&id),
+                    id: id.clone(),
+                };
+                (id, node)
+            })
+            .collect();
+        // Our links count before the neighbour's advert arrives (a direct link is used at once).
+        for peer in self.neighbours(dom) {
+            let links: Vec<&super::Link> = self.node_links(dom, peer).map(|(_, l)| l).collect();
+            let rtt_us = links.iter().filter_map(|l| l.rtt_us).min();
+            let mut transports: Vec<Transport> = links.iter().map(|l| l.info.transport).collect();
+            transports.sort();
+            transports.dedup();
+            let punched = dom.is_none()
+                && transports.contains(&Transport::Udp)
+                && self.punch.entries.get(peer).is_some_and(|e| {
+                    matches!(e.puncher.state(), crate::proto::punch::State::Open { .. })
+                });
+            let key = if me.as_str() < peer {
+                (me.clone(), peer.to_string())
+            } else {
+                (peer.to_string(), me.clone())
+            };
+            let edge = edges.entry(key.clone()).or_insert_with(|| GraphEdge {
+                a: key.0,
+                b: key.1,
+                cost_us: rtt_us.unwrap_or(DEFAULT_LINK_COST_US as u64),
+                rtt_us: None,
+                transports: Vec::new(),
+                punched: false,
+            });
+            edge.rtt_us = rtt_us;
+            edge.transports = transports;
+            edge.punched = punched;
+            let node = nodes.entry(peer.to_string()).or_insert_with(|| GraphNode {
+                id: peer.to_string(),
+                relay: relays.contains(peer),
+                hops: None,
+            });
+            node.hops = Some(1);
+        }
+        Some(NetworkGraph {
+            network: dom.map_or_else(|| self.settings.network.clone(), str::to_string),
+            home: dom.is_none(),
+            nodes: nodes.into_values().collect(),
+            edges: edges.into_values().collect(),
+        })
     }
 
     /// The plain messages received most recently, newest last.
