@@ -81,6 +81,71 @@ fn public_node_relays_for_a_whitelisted_network_and_keeps_it_apart() {
         p.status()
     );
 
+    // GET /topology keeps the networks apart the same way: p draws its own network and home
+    // separately; a's graph is home's, with p as a relay and no trace of q.
+    let ids = |g: &Value| -> Vec<String> {
+        g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let edges = |g: &Value| -> Vec<(String, String)> {
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["a"].as_str().unwrap().into(),
+                    e["b"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let tp = p.http("GET", "/topology", &[], b"").unwrap().json();
+    let nets = tp["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 2, "{tp}");
+    assert_eq!(
+        (&nets[0]["network"], &nets[0]["home"]),
+        (&json!("public"), &json!(true))
+    );
+    assert_eq!(ids(&nets[0]), ["p", "q"], "{tp}");
+    assert_eq!(
+        (&nets[1]["network"], &nets[1]["home"]),
+        (&json!("home"), &json!(false))
+    );
+    assert_eq!(ids(&nets[1]), ["a", "b", "p"], "{tp}");
+    assert_eq!(edges(&nets[1]), [pair("a", "p"), pair("b", "p")], "{tp}");
+    let topology = || a.http("GET", "/topology", &[], b"").unwrap().json();
+    a.wait("a's RTT to p in its topology", || {
+        topology()["networks"][0]["edges"][0]["rtt_us"].is_u64()
+    });
+    let ta = topology();
+    let nets = ta["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 1, "{ta}");
+    assert_eq!(ids(&nets[0]), ["a", "b", "p"], "{ta}");
+    assert_eq!(edges(&nets[0]), [pair("a", "p"), pair("b", "p")], "{ta}");
+    let relay: Vec<bool> = nets[0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["relay"].as_bool().unwrap())
+        .collect();
+    assert_eq!(relay, [false, false, true], "{ta}");
+    assert!(
+        !ta.to_string().contains("\"q\""),
+        "a's topology shows p's member q: {ta}"
+    );
+    let ap = &nets[0]["edges"][0];
+    assert_eq!(ap["transports"], json!(["udp"]), "{ta}");
+    assert!(
+        nets[0]["edges"][1]["transports"] == json!([]),
+        "b-p is not a's link: {ta}"
+    );
+
     // A foreign member cannot use p's scripts nor address p's members.
     let r = a.send("p", b"own", &[]);
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));

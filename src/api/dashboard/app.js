@@ -539,7 +539,7 @@ function drawTopology(nodes, links) {
     (n) => n.key,
     (n) => {
       const g = svg("g", { tabindex: "0", role: "button", "data-node": n.id });
-      g.append(svg("circle", {}), svg("text", { "text-anchor": "middle" }));
+      g.append(svg("circle", { class: "halo", r: "17" }), svg("circle", {}), svg("text", { "text-anchor": "middle" }));
       g.addEventListener("click", () => select(g._node.key));
       g.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter" || ev.key === " ") {
@@ -558,7 +558,7 @@ function drawTopology(nodes, links) {
         `${n.id}${n.home === false ? ` (network ${n.network})` : ""}: ${kindName(n)}`,
       );
       const want = n.kind === "relay" ? "rect" : "circle";
-      let mark = g.firstChild;
+      let mark = g.children[1];
       if (mark.tagName !== want) {
         const fresh = svg(want, {});
         mark.replaceWith(fresh);
@@ -571,6 +571,7 @@ function drawTopology(nodes, links) {
         setAttr(mark, "r", n.kind === "self" ? "13" : "10");
       }
       setAttr(mark, "class", `shape n-${n.kind}`);
+      setAttr(g.firstChild, "r", n.kind === "self" ? "19" : "16");
       const label = g.lastChild;
       setAttr(label, "y", n.kind === "self" ? "28" : "24");
       const text = n.home === false ? `${n.id} · ${n.network}` : n.id;
@@ -603,7 +604,7 @@ function positionTopology(area) {
   }
   const w = Math.max(maxX - minX, 1);
   const h = Math.max(maxY - minY, 1);
-  const scale = Math.min((area.w - 2 * pad) / w, (area.h - 2 * pad) / h, 1.4);
+  const scale = Math.min((area.w - 2 * pad) / w, (area.h - 2 * pad) / h, 2.2);
   const ox = area.w / 2 - ((minX + maxX) / 2) * scale;
   const oy = area.h / 2 - ((minY + maxY) / 2) * scale;
   const X = (v) => (v * scale + ox).toFixed(1);
@@ -836,7 +837,7 @@ function renderForeign() {
         { "data-network": name },
         el("th", { scope: "row", text: name }),
         el("td", { class: "wrap mono", text: f.members.join(", ") || "none linked" }),
-        el("td", { text: f.control_only ? "control only" : "data too" }),
+        el("td", { text: f.control_only ? "control only" : "control and data" }),
         el("td", { class: "num", text: f.bps_limit ? `${bytes(f.bps_limit)}/s` : "unlimited" }),
         el("td", { class: "num", text: `${f.messages_relayed} (${bytes(f.bytes_relayed)})` }),
         el("td", { class: "num", text: `${f.messages_queued} (${bytes(f.bytes_queued)})` }),
