@@ -16,6 +16,7 @@ import urllib.request
 from playwright.sync_api import expect, sync_playwright
 
 WAIT_MS = 20_000
+FIFTY_PORT = None
 
 
 def api(port, method, path, headers=None, body=None):
@@ -67,7 +68,9 @@ def main():
 
 
 def run(page, context, info, shots):
+    global FIFTY_PORT
     a, b, d = info["a_port"], info["b_port"], info["d_port"]
+    FIFTY_PORT = a
 
     step("the page lists b and c as Active")
     page.goto(f"http://127.0.0.1:{a}/")
@@ -145,6 +148,9 @@ def run(page, context, info, shots):
     page.wait_for_timeout(300)
     page.screenshot(path=os.path.join(shots, "dashboard-narrow.png"), full_page=True)
 
+    step("fifty nodes stay readable: no two overlap")
+    fifty(context, shots)
+
     step("with a token: the page asks for it, refuses a wrong one, works with the right one")
     token = info["d_token"]
     tab = context.new_page()
@@ -174,6 +180,96 @@ def run(page, context, info, shots):
     status, _ = api(d, "GET", "/status", {"authorization": f"Bearer {token}"})
     assert status == 200, status
     print("ok", flush=True)
+
+
+def fifty(context, shots):
+    """The page against a made-up 50-node mesh (the API answered by the browser itself): every
+    node drawn, none on top of another, the layout settled inside the drawing."""
+    import random
+
+    rng = random.Random(7)
+    ids = [f"n{i:02}" for i in range(50)]
+    edges = set()
+    for i in range(50):
+        edges.add((ids[i], ids[(i + 1) % 50]))
+    while len(edges) < 80:
+        a, b = rng.sample(ids, 2)
+        edges.add((min(a, b), max(a, b)))
+    edges = sorted((min(a, b), max(a, b)) for a, b in edges)
+    me = ids[0]
+    mine = {b if a == me else a for a, b in edges if me in (a, b)}
+    topology = {
+        "id": me,
+        "networks": [{
+            "network": "big",
+            "home": True,
+            "nodes": [{"id": i, "relay": i == "n49", "hops": 0 if i == me else 2} for i in ids],
+            "edges": [
+                {
+                    "a": a, "b": b, "cost_us": rng.randint(200, 80_000),
+                    "rtt_us": 500 if me in (a, b) else None,
+                    "transports": ["udp"] if me in (a, b) else [],
+                    "punched": False,
+                }
+                for a, b in edges
+            ],
+        }],
+    }
+    link = {"transport": "udp", "state": "Active", "rtt_ms": {"last": 0.5, "avg": 0.5},
+            "last_heard_ms_ago": 100}
+    status = {
+        "id": me, "network": "big", "version": "0", "uptime_ms": 1000, "public_key": "00",
+        "listeners": [], "observed_addrs": [], "foreign": {}, "punch": {}, "durable": {},
+        "peers": [
+            {"id": i, "state": "Active", "public_relay": i == "n49",
+             "links": [link] if i in mine else [], "next_hop": None if i in mine else "n01",
+             "hops": 1 if i in mine else 2}
+            for i in ids[1:]
+        ],
+    }
+    answers = {"/status": status, "/topology": topology, "/config": {},
+               "/messages": {"messages": []}, "/outbox": {"messages": []}}
+    page = context.new_page()
+
+    def answer(route):
+        path = route.request.url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+        body = answers.get("/" + path)
+        if body is None:
+            route.fulfill(status=404, body="{}")
+        else:
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    for path in ["status", "topology", "config", "messages*", "outbox*", "events*"]:
+        page.route(f"**/{path}", answer)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"http://127.0.0.1:{FIFTY_PORT}/")
+    graph = page.get_by_role("group", name="Network topology")
+    expect(graph.locator("[data-node]")).to_have_count(50, timeout=WAIT_MS)
+    expect(graph.locator("[data-edge]")).to_have_count(len(edges))
+    # Let the force layout cool down (bounded), then measure the drawn marks.
+    page.wait_for_function(
+        "() => { const s = window.__msgtier_sim; return s && s.alpha() < s.alphaMin() * 1.5; }",
+        timeout=WAIT_MS,
+    )
+    boxes = page.evaluate(
+        """() => [...document.querySelectorAll('#nodes .shape')].map(e => {
+             const r = e.getBoundingClientRect();
+             return [r.x + r.width / 2, r.y + r.height / 2, r.width];
+           })"""
+    )
+    area = page.locator("#topology").bounding_box()
+    closest = min(
+        ((x1 - x2) ** 2 + (y1 - y2) ** 2) ** 0.5
+        for i, (x1, y1, _) in enumerate(boxes)
+        for (x2, y2, _) in boxes[i + 1:]
+    )
+    widest = max(w for _, _, w in boxes)
+    assert closest >= widest, f"two nodes overlap: centres {closest:.1f} px apart, marks {widest:.1f} px"
+    for x, y, _ in boxes:
+        assert area["x"] <= x <= area["x"] + area["width"], "a node outside the drawing"
+        assert area["y"] <= y <= area["y"] + area["height"], "a node outside the drawing"
+    page.locator("#topology-card").screenshot(path=os.path.join(shots, "dashboard-50-nodes.png"))
+    page.close()
 
 
 if __name__ == "__main__":

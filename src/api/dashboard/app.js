@@ -462,6 +462,8 @@ function renderTopology() {
       .force("x", d3.forceX(0).strength(0.06))
       .force("y", d3.forceY(0).strength(0.1))
       .force("collide", d3.forceCollide(26));
+    // For tests and the curious: the layout's state (alpha says whether it has settled).
+    window.__msgtier_sim = ui.sim;
   }
   ui.sim.on("tick", () => positionTopology(area));
   ui.sim.nodes([...simNodes.values()]);
