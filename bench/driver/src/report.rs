@@ -17,6 +17,7 @@ pub mod key {
     pub const RTT2_P90: &str = "rtt2.p90_us";
     pub const RTT2_P99: &str = "rtt2.p99_us";
     pub const RATE_HTTP: &str = "rate.http_msgs";
+    pub const RATE_HTTP_EVENTS: &str = "rate.http_events_msgs";
     pub const RATE_INPROC: &str = "rate.inproc_msgs";
     pub const DURABLE_ONLINE: &str = "durable.online_msgs";
     pub const DURABLE_QUEUED: &str = "durable.queued_msgs";
@@ -179,6 +180,13 @@ fn rows() -> Vec<Row> {
             ceiling: aead64,
             target: Some(Target::RateVsLibp2p),
             ..row("rate 1 hop, HTTP, 64 connections (msg/s)", RATE_HTTP)
+        },
+        Row {
+            lp: Some(LP_RATE),
+            ..row(
+                "rate as above, 4 event-stream clients reading on the receiver (msg/s)",
+                RATE_HTTP_EVENTS,
+            )
         },
         Row {
             lp: Some(LP_RATE),

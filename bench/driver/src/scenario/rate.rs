@@ -3,12 +3,18 @@
 //! 1. idle RSS of A once linked to B and settled;
 //! 2. plain 64-byte messages per second through 64 concurrent keep-alive HTTP connections to A
 //!    (100k messages after a warm-up), every one answered with a receipt from B;
-//! 3. RSS of A (sender) and B (receiver) right after, once settled.
+//! 3. the same rate again with [`SUBSCRIBERS`] event-stream clients (`GET /events`) reading
+//!    on B, which then renders and queues a `message` event per delivery for each: the cost of
+//!    the event stream, side by side with step 2 in one run;
+//! 4. RSS of A (sender) and B (receiver) right after, once settled.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{add_rate, body, check_delivered, note_errors, Ctx, LINK_UP_TIMEOUT};
 use crate::load;
@@ -20,6 +26,41 @@ use crate::stats::Results;
 const BODY_BYTES: usize = 64;
 /// Concurrent keep-alive connections to A's API.
 const CONNECTIONS: usize = 64;
+/// Event-stream clients on B in step 3.
+const SUBSCRIBERS: usize = 4;
+
+/// An SSE client that reads and discards everything, counting bytes.
+struct Subscriber {
+    stream: TcpStream,
+    reader: JoinHandle<u64>,
+}
+
+impl Subscriber {
+    fn open(port: u16) -> Result<Subscriber> {
+        let mut stream = TcpStream::connect(crate::http::loopback(port))
+            .context("connecting to the event stream")?;
+        stream.write_all(b"GET /events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")?;
+        let mut read = stream.try_clone()?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            while let Ok(n) = read.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            total
+        });
+        Ok(Subscriber { stream, reader })
+    }
+
+    /// Closes the stream; the bytes it read.
+    fn close(self) -> u64 {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.reader.join().unwrap_or(0)
+    }
+}
 
 /// Runs the idle RSS, rate and RSS-after measurements.
 pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
@@ -48,7 +89,23 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let out = load::concurrent(a.http_port(), "b", msg, CONNECTIONS, count, 10_000, bound)?;
     note_errors(res, "rate 1 hop HTTP", &out);
     add_rate(res, key::RATE_HTTP, &out, "no successful send");
-    check_delivered(res, "rate 1 hop HTTP", &b, warm.ok + out.ok);
+
+    let subscribers = (0..SUBSCRIBERS)
+        .map(|_| Subscriber::open(b.http_port()))
+        .collect::<Result<Vec<_>>>()?;
+    let msg = Arc::new(body(BODY_BYTES));
+    let watched = load::concurrent(a.http_port(), "b", msg, CONNECTIONS, count, 10_000, bound)?;
+    note_errors(res, "rate 1 hop HTTP with event streams", &watched);
+    let read: Vec<u64> = subscribers.into_iter().map(Subscriber::close).collect();
+    if read.iter().all(|&n| n >= watched.ok * BODY_BYTES as u64) {
+        add_rate(res, key::RATE_HTTP_EVENTS, &watched, "no successful send");
+    } else {
+        res.fail(
+            key::RATE_HTTP_EVENTS,
+            format!("a subscriber missed events: bytes read {read:?}"),
+        );
+    }
+    check_delivered(res, "rate 1 hop HTTP", &b, warm.ok + out.ok + watched.ok);
 
     let settle = Duration::from_secs(3);
     for (k, node) in [(key::RSS_AFTER_A, &a), (key::RSS_AFTER_B, &b)] {
