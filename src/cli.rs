@@ -330,6 +330,9 @@ pub fn send(api: &ApiArgs, args: SendArgs) -> Result<ExitCode, String> {
         return Err(line);
     }
     let v = answer.json()?;
+    if let Some(results) = v["results"].as_array() {
+        return print_fanout(results);
+    }
     if v.get("stdout").is_some() {
         // A script ran: its output, its exit code.
         let out = output_bytes(&v, "stdout")?;
@@ -379,6 +382,64 @@ pub fn send(api: &ApiArgs, args: SendArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fan-out's answer: one block per node, a heading then its output. The exit code is the
+/// worst: [`EXIT_FAILED`] if a node did not answer or refused, else 124 if a script gave
+/// no code, else the highest script exit code (0 when every node succeeded).
+fn print_fanout(results: &[Value]) -> Result<ExitCode, String> {
+    let mut worst: u8 = 0;
+    let mut unavailable = false;
+    let mut out = std::io::stdout().lock();
+    for (i, r) in results.iter().enumerate() {
+        let node = r["node"].as_str().unwrap_or("?");
+        let status = r["status"].as_str().unwrap_or("?");
+        let heading = match status {
+            "ran" => match r["exit_code"].as_i64() {
+                Some(code) => {
+                    worst = worst.max((code & 0xff) as u8);
+                    format!("exit {code}")
+                }
+                None => {
+                    worst = worst.max(EXIT_NO_CODE);
+                    if r["timed_out"] == true {
+                        "timed out".to_string()
+                    } else {
+                        "killed".to_string()
+                    }
+                }
+            },
+            "delivered" => format!("delivered ({} hops)", r["hops"]),
+            "queued" => format!("queued as {}", r["id"].as_str().unwrap_or("?")),
+            _ => {
+                unavailable = true;
+                format!("{status}: {}", r["message"].as_str().unwrap_or("no answer"))
+            }
+        };
+        let sep = if i == 0 { "" } else { "\n" };
+        let cut = if r["truncated"] == true {
+            ", output cut"
+        } else {
+            ""
+        };
+        writeln!(out, "{sep}== {node}: {heading}{cut}").map_err(|e| e.to_string())?;
+        let stdout = output_bytes(r, "stdout")?;
+        let stderr = output_bytes(r, "stderr")?;
+        out.write_all(&stdout).map_err(|e| e.to_string())?;
+        if !stderr.is_empty() {
+            writeln!(out, "-- stderr").map_err(|e| e.to_string())?;
+            out.write_all(&stderr).map_err(|e| e.to_string())?;
+        }
+        if !stdout.is_empty() && !stdout.ends_with(b"\n") {
+            writeln!(out).map_err(|e| e.to_string())?;
+        }
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(ExitCode::from(if unavailable {
+        EXIT_FAILED
+    } else {
+        worst
+    }))
 }
 
 fn output_bytes(v: &Value, name: &str) -> Result<Vec<u8>, String> {

@@ -276,6 +276,18 @@ pub const FIELDS: &[Field] = &[
         "open direct UDP paths to members reached through a relay",
     ),
     Field::new(
+        "lan_discovery",
+        Rule::Bool { default: true },
+        "announce this node on the LAN and dial the members heard there",
+    ),
+    Field::new(
+        "lan_discovery_group",
+        Rule::Custom {
+            default: "239.255.77.1:17771 and [ff12::6d74]:17771",
+        },
+        "the multicast groups (IP:port, one or a list) LAN beacons go to",
+    ),
+    Field::new(
         "log",
         Rule::Custom {
             default: "none (info unless the command line says otherwise)",
@@ -774,6 +786,11 @@ pub struct Config {
     pub foreign_relay_bps_limit: u64,
     /// Try to open a direct UDP path (hole punching) to members reached only through a relay.
     pub hole_punching: bool,
+    /// Announce this node to the LAN's multicast group and dial the members heard there
+    /// (`proto::lan`).
+    pub lan_discovery: bool,
+    /// The multicast groups beacons go to and are heard on (IPv4 and IPv6, any number).
+    pub lan_discovery_group: Vec<SocketAddr>,
     /// Log level from the config, if any (the command line / environment may override it).
     #[serde(serialize_with = "level_name")]
     pub log: Option<log::LevelFilter>,
@@ -1385,6 +1402,45 @@ impl Checker<'_> {
         let relay_all_peer_rpc = self.flag(root, "relay_all_peer_rpc")?;
         let foreign_relay_bps_limit = self.int(root, "foreign_relay_bps_limit")?;
         let hole_punching = self.flag(root, "hole_punching")?;
+        let lan_discovery = self.flag(root, "lan_discovery")?;
+        let lan_discovery_group = match get("lan_discovery_group") {
+            None => [
+                crate::proto::lan::DEFAULT_GROUP_V4,
+                crate::proto::lan::DEFAULT_GROUP_V6,
+            ]
+            .iter()
+            .map(|g| g.parse().expect("the default groups parse"))
+            .collect(),
+            Some(v) => {
+                let list = match v {
+                    Value::Array(items) => items.clone(),
+                    other => vec![other.clone()],
+                };
+                let mut groups = Vec::new();
+                for (i, item) in list.iter().enumerate() {
+                    let field = if matches!(v, Value::Array(_)) {
+                        format!("lan_discovery_group[{i}]")
+                    } else {
+                        "lan_discovery_group".to_string()
+                    };
+                    let s = self.string(&field, item)?;
+                    let addr: SocketAddr = s.parse().map_err(|_| {
+                        self.err(
+                            &field,
+                            format!("{s:?} is not IP:port (e.g. \"239.255.77.1:17771\")"),
+                        )
+                    })?;
+                    if !addr.ip().is_multicast() || addr.port() == 0 {
+                        return Err(self.err(
+                            &field,
+                            format!("{s:?} is not a multicast group with a port"),
+                        ));
+                    }
+                    groups.push(addr);
+                }
+                groups
+            }
+        };
 
         let log = match get("log") {
             None => None,
@@ -1536,6 +1592,8 @@ impl Checker<'_> {
             relay_all_peer_rpc,
             foreign_relay_bps_limit,
             hole_punching,
+            lan_discovery,
+            lan_discovery_group,
             log,
             data_dir,
             heartbeat_interval_ms,
@@ -2550,6 +2608,38 @@ mod tests {
     }
 
     #[test]
+    fn lan_discovery_fields() {
+        let c = ok(&with("")).config;
+        assert!(c.lan_discovery);
+        let groups: Vec<String> = c
+            .lan_discovery_group
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(groups, ["239.255.77.1:17771", "[ff12::6d74]:17771"]);
+        let c = ok(&with(
+            r#""lan_discovery": false, "lan_discovery_group": "239.1.2.3:9""#,
+        ))
+        .config;
+        assert!(!c.lan_discovery);
+        assert_eq!(c.lan_discovery_group, ["239.1.2.3:9".parse().unwrap()]);
+        assert_eq!(
+            err(&with(
+                r#""lan_discovery_group": ["239.1.2.3:9", "10.0.0.1:9"]"#
+            )),
+            r#"node.json: lan_discovery_group[1]: "10.0.0.1:9" is not a multicast group with a port"#
+        );
+        assert_eq!(
+            err(&with(r#""lan_discovery_group": "239.1.2.3""#)),
+            r#"node.json: lan_discovery_group: "239.1.2.3" is not IP:port (e.g. "239.255.77.1:17771")"#
+        );
+        assert_eq!(
+            err(&with(r#""lan_discovery_group": 5"#)),
+            "node.json: lan_discovery_group: expected a string, found number"
+        );
+    }
+
+    #[test]
     fn whitelist_forms() {
         let list = |v: &str| {
             ok(&with(&format!(r#""relay_network_whitelist": {v}"#)))
@@ -3259,6 +3349,8 @@ mod tests {
             ("relay_all_peer_rpc", "true"),
             ("foreign_relay_bps_limit", "1000"),
             ("hole_punching", "false"),
+            ("lan_discovery", "false"),
+            ("lan_discovery_group", r#""239.1.2.3:4000""#),
             ("log", r#""debug""#),
             ("data_dir", r#""elsewhere""#),
             ("heartbeat_interval_ms", "5000"),

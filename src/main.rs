@@ -31,9 +31,10 @@ enum Command {
         config: PathBuf,
     },
     /// Sends a message (or runs a script) on TARGET; prints a script's stdout and stderr and
-    /// exits with its exit code, or prints the receipt.
+    /// exits with its exit code, or prints the receipt. TARGET `*` (every member node, this one
+    /// included) or `id1,id2,...` fans out: one block per node, the worst exit code.
     Send {
-        /// The target node's id.
+        /// The target node's id; `*` for every node, or ids separated by commas.
         target: String,
         /// The message, `-` for stdin (none: an empty message).
         body: Option<String>,

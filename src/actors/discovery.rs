@@ -10,6 +10,8 @@
 //!   relay for it.
 //! - When a link goes ([`LinkDown`]) it wakes dialers that stood by for it and makes sure the
 //!   lost node's known addresses are dialled again (the dialers back off on their own).
+//! - With `lan_discovery`, it announces this node to the LAN's multicast groups and dials the
+//!   members it hears there (`actors::lan` holds the sockets, `proto::lan` the beacon rules).
 //! - A watchdog respawns dialers whose actor died outside the supervisor's reach (a panic that
 //!   escaped the handler guard).
 //! - It answers `/status` for peers, links and dialers, asking each PeerActor for the status
@@ -28,6 +30,7 @@ use actix::prelude::*;
 use log::{debug, info, warn};
 use serde::Serialize;
 
+use crate::actors::lan::{LanDatagram, LanSocket};
 use crate::actors::messages::{
     Admit, CloseLink, Dial, GetLinkStatus, LinkDown, LinkStatus, PeerHandle, PeerPorts, UdpEndpoint,
 };
@@ -35,6 +38,7 @@ use crate::actors::peer::{DialNow, PeerActor, PeerState, Redial};
 use crate::addr::{Endpoint, Transport};
 use crate::node::NodeShared;
 use crate::proto::foreign_tables::{ForeignTables, Refusal, MAX_FOREIGN_NETWORKS};
+use crate::proto::lan::{self, Beacon, BeaconKey};
 use crate::proto::peer_table::{Admission, PeerTable};
 use crate::wire::frame::{CloseReason, NodeInfo};
 
@@ -43,6 +47,8 @@ use crate::wire::frame::{CloseReason, NodeInfo};
 pub const MAX_DIALERS: usize = 512;
 /// Most reflexive (observed) addresses remembered.
 pub const MAX_OBSERVED_ADDRS: usize = 16;
+/// The actor's mailbox bound, for [`LanDatagram`]s from the LAN readers (they `try_send`).
+const LAN_MAILBOX: usize = 256;
 /// How often the watchdog checks dialers.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long `/status` waits for one PeerActor's status before leaving it out.
@@ -78,6 +84,40 @@ pub struct DiscoveryReport {
     pub observed_addrs: Vec<String>,
     pub peers: Vec<PeerReport>,
     pub dialers: Vec<DialerReport>,
+    /// LAN discovery (null when `lan_discovery` is off).
+    pub lan: Option<LanReport>,
+}
+
+/// LAN discovery on `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LanReport {
+    /// The groups joined.
+    pub groups: Vec<String>,
+    /// What our beacons carry: our listeners reachable from the LAN (none: we only listen).
+    pub announced: Vec<String>,
+    pub beacons_sent: u64,
+    /// Beacons of our network taken.
+    pub beacons_heard: u64,
+    /// Dialers started for members heard on the LAN.
+    pub dials: u64,
+    /// Datagrams refused, by reason (`foreign`: another network's beacon or a forgery).
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Datagrams dropped unread because the node was busy (a flood).
+    pub dropped: u64,
+}
+
+/// LAN discovery state.
+struct Lan {
+    key: BeaconKey,
+    listener: lan::Listener,
+    sockets: Vec<LanSocket>,
+    /// Random per start: lets others tell a restart from a replay.
+    instance: u64,
+    /// (transport, port) of our listeners not bound to loopback.
+    ports: Vec<(String, u16)>,
+    /// A beacon is scheduled soon (answering a new node).
+    answer_due: bool,
+    report: LanReport,
 }
 
 /// One known node.
@@ -174,6 +214,8 @@ pub struct DiscoveryActor {
     foreign: ForeignTables,
     /// Links refused because they proved another key than the one held for their id.
     conflicts: crate::proto::key_book::Conflicts,
+    /// LAN discovery, when on.
+    lan: Option<Lan>,
 }
 
 impl DiscoveryActor {
@@ -197,7 +239,98 @@ impl DiscoveryActor {
             next_dialer: 0,
             shut_down: false,
             observed: BTreeSet::new(),
+            lan: None,
         }
+    }
+
+    /// Joins the LAN groups and starts announcing (at once, then every
+    /// [`lan::ANNOUNCE_INTERVAL_MS`]).
+    fn start_lan(&mut self, ctx: &mut Context<Self>) {
+        let config = &self.node.config;
+        if !config.lan_discovery || config.lan_discovery_group.is_empty() {
+            return;
+        }
+        let sockets: Vec<LanSocket> = config
+            .lan_discovery_group
+            .iter()
+            .filter_map(|g| LanSocket::open(*g, ctx.address()))
+            .collect();
+        if sockets.is_empty() {
+            return;
+        }
+        let ports: Vec<(String, u16)> = self
+            .node
+            .local
+            .listen_addrs
+            .iter()
+            .filter_map(|url| url.parse::<Endpoint>().ok())
+            .filter(|e| match &e.host {
+                crate::addr::Host::Ip(ip) => !ip.is_loopback(),
+                crate::addr::Host::Name(n) => n != "localhost",
+            })
+            .map(|e| (e.transport.as_str().to_string(), e.port))
+            .take(lan::MAX_PORTS)
+            .collect();
+        let mut instance = [0u8; 8];
+        if getrandom::fill(&mut instance).is_err() {
+            warn!("LAN discovery is off: no randomness for the instance id");
+            return;
+        }
+        let key = BeaconKey::new(&self.node.keys.network_key);
+        let report = LanReport {
+            groups: sockets.iter().map(|s| s.group.to_string()).collect(),
+            announced: ports.iter().map(|(t, p)| format!("{t}:{p}")).collect(),
+            ..Default::default()
+        };
+        if ports.is_empty() {
+            info!(
+                "LAN discovery: listening only (every listener is on loopback, so there is \
+                 nothing to announce)"
+            );
+        }
+        self.lan = Some(Lan {
+            listener: lan::Listener::new(key.clone(), &self.node.local.node_id),
+            key,
+            sockets,
+            instance: u64::from_le_bytes(instance),
+            ports,
+            answer_due: false,
+            report,
+        });
+        self.announce();
+        ctx.run_interval(
+            Duration::from_millis(lan::ANNOUNCE_INTERVAL_MS),
+            |act, _| act.announce(),
+        );
+    }
+
+    /// Sends our beacon to every group (nothing when we have no LAN listener).
+    fn announce(&mut self) {
+        let now = self.node.now_unix_ms();
+        let Some(lan) = self.lan.as_mut() else {
+            return;
+        };
+        lan.answer_due = false;
+        if lan.ports.is_empty() || self.shut_down {
+            return;
+        }
+        let beacon = Beacon {
+            id: self.node.local.node_id.clone(),
+            instance: lan.instance,
+            sent_unix_ms: now,
+            ports: lan.ports.clone(),
+        };
+        let mut nonce = [0u8; 24];
+        if getrandom::fill(&mut nonce).is_err() {
+            return;
+        }
+        let Some(datagram) = lan.key.seal(&beacon, nonce) else {
+            return;
+        };
+        for socket in &mut lan.sockets {
+            socket.send(&datagram);
+        }
+        lan.report.beacons_sent += 1;
     }
 
     /// A node of another network dialled us: admit it as a member of that network's domain
@@ -394,6 +527,10 @@ impl DiscoveryActor {
             observed_addrs: self.observed.iter().cloned().collect(),
             peers,
             dialers,
+            lan: self.lan.as_ref().map(|l| LanReport {
+                dropped: l.sockets.iter().map(LanSocket::dropped).sum(),
+                ..l.report.clone()
+            }),
         }
     }
 }
@@ -405,6 +542,9 @@ impl Actor for DiscoveryActor {
         for target in self.node.config.peers.clone() {
             self.spawn_dialer(target, true, ctx);
         }
+        // Room for a burst of LAN datagrams (the LAN reader drops what does not fit).
+        ctx.set_mailbox_capacity(LAN_MAILBOX);
+        self.start_lan(ctx);
         ctx.run_interval(WATCHDOG_INTERVAL, |act, ctx| {
             let dead: Vec<usize> = act
                 .dialers
@@ -546,6 +686,73 @@ impl Handler<Dial> for DiscoveryActor {
         }
         info!("dialling {} (opened by a hole punch)", msg.target);
         self.spawn_dialer(msg.target, false, ctx);
+    }
+}
+
+impl Handler<LanDatagram> for DiscoveryActor {
+    type Result = ();
+
+    /// A datagram on a LAN group: a member's beacon makes us dial it (once per address; a
+    /// restarted member's dialer skips its backoff), and a member we had not heard makes us
+    /// answer with our own beacon soon, so it learns us without waiting for the interval.
+    fn handle(&mut self, msg: LanDatagram, ctx: &mut Self::Context) {
+        let (now_unix, now) = (self.node.now_unix_ms(), self.node.now_ms());
+        let Some(lan) = self.lan.as_mut() else {
+            return;
+        };
+        let heard = match lan.listener.on_datagram(msg.src, &msg.data, now_unix, now) {
+            Ok(Some(heard)) => heard,
+            Ok(None) => return,
+            Err(refusal) => {
+                debug!("LAN datagram from {} refused: {refusal}", msg.src);
+                *lan.report.refused.entry(refusal.as_str()).or_default() += 1;
+                return;
+            }
+        };
+        lan.report.beacons_heard += 1;
+        if heard.new && !lan.answer_due {
+            lan.answer_due = true;
+            ctx.run_later(Duration::from_millis(lan::ANSWER_DELAY_MS), |act, _| {
+                if act.lan.as_ref().is_some_and(|l| l.answer_due) {
+                    act.announce();
+                }
+            });
+        }
+        if !self.node.config.auto_connect || self.shut_down {
+            return;
+        }
+        let targets: Vec<Endpoint> = heard.urls.iter().filter_map(|u| u.parse().ok()).collect();
+        let dialing: Vec<&Dialer> = self
+            .dialers
+            .iter()
+            .filter(|d| targets.contains(&d.target))
+            .collect();
+        if !dialing.is_empty() {
+            if heard.restarted {
+                for d in dialing {
+                    d.addr.do_send(DialNow);
+                }
+            }
+            return;
+        }
+        let linked = [Transport::Udp, Transport::Tcp, Transport::Ws]
+            .iter()
+            .any(|t| self.table.has_link(&heard.id, *t));
+        if linked {
+            return;
+        }
+        // The best transport first; the others come from its welcome once linked.
+        let Some(target) = targets
+            .into_iter()
+            .find(|t| t.transport != Transport::Udp || !self.udp.is_empty())
+        else {
+            return;
+        };
+        info!("heard {} on the LAN; dialling {target}", heard.id);
+        if let Some(lan) = self.lan.as_mut() {
+            lan.report.dials += 1;
+        }
+        self.spawn_dialer(target, false, ctx);
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod crypto;
 pub mod discovery;
 pub mod events;
+pub mod lan;
 pub mod listener;
 pub mod messages;
 pub mod peer;

@@ -13,6 +13,7 @@
 
 mod dashboard;
 mod events;
+mod fanout;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -72,6 +73,9 @@ pub enum ApiError {
     /// `POST /send` without a usable `target` header.
     #[error("{0}")]
     MissingTarget(String),
+    /// A fan-out names more targets than it may reach.
+    #[error("too many targets: {0}")]
+    TooManyTargets(String),
     /// The `timeout` header is not a number of milliseconds.
     #[error("{0}")]
     BadTimeout(String),
@@ -132,6 +136,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::MissingTarget(_) => "missing_target",
+            ApiError::TooManyTargets(_) => "too_many_targets",
             ApiError::BadTimeout(_) => "bad_timeout",
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::PeerNotFound(_) => "peer_not_found",
@@ -166,9 +171,10 @@ impl ResponseError for ApiError {
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) | ApiError::MissingTarget(_) | ApiError::BadTimeout(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::MissingTarget(_)
+            | ApiError::TooManyTargets(_)
+            | ApiError::BadTimeout(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PeerNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -308,6 +314,9 @@ async fn send_inner(
             return Err(ApiError::BodyTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
+    }
+    if fanout::is_fanout(&target) {
+        return fanout::fanout(state, &target, body.freeze(), timeout_ms, ttl_ms).await;
     }
     let msg = Send {
         target,

@@ -18,6 +18,7 @@ pub(crate) mod foreign_tables;
 pub mod handshake;
 pub mod handshake_budget;
 pub(crate) mod key_book;
+pub mod lan;
 pub mod link;
 pub mod peer_state;
 pub(crate) mod peer_table;

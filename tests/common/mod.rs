@@ -340,6 +340,8 @@ impl Node {
             "heartbeat_interval_ms": s.heartbeat_ms,
             "peer_timeout_ms": s.timeout_ms,
             "auto_connect": s.auto_connect,
+            // Off unless a test asks for it: nodes of parallel tests must not meet on the LAN.
+            "lan_discovery": false,
             "max_frame_bytes": s.max_frame_bytes,
             "log": "debug",
             "scripts": s

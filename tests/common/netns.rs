@@ -348,6 +348,101 @@ impl Drop for Wire {
     }
 }
 
+/// A LAN: `n` host namespaces, each with one veth (`eth0`, 10.77.0.<i+1>/24) into a bridge that
+/// lives in a namespace of its own, multicast flooded to every port (snooping off) and a
+/// default route on each host (to an on-link gateway that does not exist), so that sending to
+/// a multicast group has a route. Removed on drop like a [`Lab`].
+pub struct Bridge {
+    /// The host namespaces, in order.
+    pub hosts: Vec<String>,
+    /// Their addresses.
+    pub ips: Vec<String>,
+    created: Vec<String>,
+}
+
+impl Bridge {
+    pub fn new(n: usize) -> Bridge {
+        remove_stale();
+        let prefix = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut bridge = Bridge {
+            hosts: Vec::new(),
+            ips: Vec::new(),
+            created: Vec::new(),
+        };
+        let sw = format!("{prefix}-sw");
+        run(&["ip", "netns", "add", &sw]);
+        bridge.created.push(sw.clone());
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let ns = format!("{prefix}-h{i}");
+            run(&["ip", "netns", "add", &ns]);
+            bridge.created.push(ns.clone());
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            let port = format!("p{i}");
+            veth(&sw, &port, &ns, "eth0");
+            run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0"]);
+            run(&["ip", "-n", &sw, "link", "set", &port, "up"]);
+            let ip = format!("10.77.0.{}", i + 1);
+            addr_up(&ns, "eth0", &format!("{ip}/24"));
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.77.0.254",
+                "dev",
+                "eth0",
+            ]);
+            bridge.hosts.push(ns);
+            bridge.ips.push(ip);
+        }
+        bridge
+    }
+
+    /// A node spec on host `i`, listening on all addresses (so its beacon carries its ports)
+    /// with one listener per transport, LAN discovery on and no configured peers.
+    pub fn spec(&self, id: &str, i: usize, transports: &[&str]) -> Spec {
+        let mut s = spec_in(id, &self.hosts[i], "0.0.0.0", transports);
+        s.extra = serde_json::json!({ "lan_discovery": true });
+        s
+    }
+
+    /// Runs `args` inside host namespace `i`, unchecked.
+    pub fn exec(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i]])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {}: {e}", self.hosts[i]))
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        remove_all(&self.created, "LAN lab");
+    }
+}
+
 /// A node spec in namespace `ns` listening on `ip`, one listener per transport.
 fn spec_in(id: &str, ns: &str, ip: &str, transports: &[&str]) -> Spec {
     let mut s = Spec::new(id, transports[0]);

@@ -118,6 +118,7 @@ impl Spec {
             "peers": self.peers,
             "data_dir": dir.join("data"),
             "log": log,
+            "lan_discovery": false,
         });
         if let (Some(obj), Some(port)) = (c.as_object_mut(), self.http_port) {
             obj.insert("web_api".into(), json!(format!("127.0.0.1:{port}")));
