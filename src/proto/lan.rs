@@ -281,14 +281,21 @@ impl Listener {
         // UDP (QUIC) first, then TCP, then WebSocket, as the router ranks links.
         ports.sort();
         ports.dedup();
+        // An IPv6 link-local source needs its interface scope to be dialled, which a URL
+        // cannot carry: such a beacon is heard (and answered) but gives nothing to dial; the
+        // node's IPv4 beacon or a routable IPv6 address does.
         let host = match src.ip() {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => Some(ip.to_string()),
+            IpAddr::V6(ip) if ip.is_unicast_link_local() => None,
+            IpAddr::V6(ip) => Some(format!("[{ip}]")),
         };
-        let urls = ports
-            .iter()
-            .map(|(t, p)| format!("{t}://{host}:{p}"))
-            .collect();
+        let urls = match host {
+            Some(host) => ports
+                .iter()
+                .map(|(t, p)| format!("{t}://{host}:{p}"))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Some(Heard {
             id: beacon.id,
             urls,
@@ -418,6 +425,11 @@ mod tests {
         let v6: SocketAddr = "[fd00::5]:17771".parse().unwrap();
         let heard = l.on_datagram(v6, &d, NOW, 31_000).unwrap().unwrap();
         assert_eq!(heard.urls[1], "tcp://[fd00::5]:7000");
+        // A link-local source: heard, nothing to dial.
+        let d = k.seal(&beacon("e", 1, NOW), [8; 24]).unwrap();
+        let ll: SocketAddr = "[fe80::5]:17771".parse().unwrap();
+        let heard = l.on_datagram(ll, &d, NOW, 31_000).unwrap().unwrap();
+        assert!(heard.new && heard.urls.is_empty());
     }
 
     #[test]

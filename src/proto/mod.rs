@@ -27,4 +27,5 @@ pub mod router;
 pub(crate) mod routing;
 pub(crate) mod shaper;
 pub(crate) mod token_bucket;
+pub mod topic;
 pub(crate) mod whitelist;
