@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::netns::{lab_available, Bridge};
 use common::Node;
@@ -69,7 +70,9 @@ fn lab_lan_members_find_each_other_and_strangers_learn_nothing() {
         );
     }
     // x heard them all and learned nothing: no peer, no dial, no link.
-    x.wait("x to hear the members", || {
+    // x started last: the members' first beacons went out before it listened, and they do
+    // not answer a beacon they cannot open, so x hears their periodic ones (every 30 s).
+    common::wait_until("x to hear the members", Duration::from_secs(45), || {
         lan(&x)["refused"]["foreign"].as_u64().unwrap_or(0) >= MEMBERS as u64
     });
     let sx = x.status();
