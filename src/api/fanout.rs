@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 
-use super::{bytes_json, ApiError, ApiState, ACTOR_TIMEOUT_MS};
+use super::{ApiError, ApiState, ACTOR_TIMEOUT_MS};
 use crate::actors::discovery::GetReport;
 use crate::actors::relay::{Answer, GetRoutes, Send};
 use crate::proto::e2e::Outcome;
@@ -114,13 +114,19 @@ fn result_json(node: &str, answer: Result<Answer, ApiError>, share: usize) -> Va
                 } => {
                     let (out, cut_out) = cut(&stdout, share);
                     let (err, cut_err) = cut(&stderr, share - out.len());
+                    // The fields of a single send's JSON answer, with the output cut.
+                    let shown = Outcome::Script {
+                        exit_code,
+                        stdout: out.to_vec(),
+                        stderr: err.to_vec(),
+                        timed_out,
+                        truncated: truncated || cut_out || cut_err,
+                        interrupted,
+                    };
+                    if let Value::Object(fields) = super::outcome_json(&shown) {
+                        r.extend(fields.into_iter().filter(|(k, _)| k != "type"));
+                    }
                     r.insert("status".into(), "ran".into());
-                    r.insert("exit_code".into(), exit_code.into());
-                    bytes_json(&mut r, "stdout", out);
-                    bytes_json(&mut r, "stderr", err);
-                    r.insert("timed_out".into(), timed_out.into());
-                    r.insert("interrupted".into(), interrupted.into());
-                    r.insert("truncated".into(), (truncated || cut_out || cut_err).into());
                 }
                 Outcome::Failed { code, message } => {
                     r.insert("status".into(), "failed".into());
