@@ -172,6 +172,26 @@ fn the_api_token_guards_every_endpoint_but_health() {
             r.status, 200,
             "the dashboard's {path} loads without the token"
         );
+        // No framing by other pages (clickjacking), no script or connection from elsewhere.
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        for rule in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(rule), "{path}: CSP {csp:?} lacks {rule}");
+        }
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        // A browser revalidates with the ETag and gets a 304 without the body.
+        let etag = r.header("etag").expect("an ETag").to_string();
+        let again = common::http_full(port, "GET", path, &[("if-none-match", &etag)], b"").unwrap();
+        assert_eq!(again.status, 304, "{path}");
+        assert!(again.body.is_empty(), "{path}");
     }
 
     let wrong = "Bearer operators-test-token-012345678x";

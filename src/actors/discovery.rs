@@ -60,6 +60,12 @@ const STATUS_WAIT: Duration = Duration::from_millis(1_000);
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// The ids of every node this node knows of (linked or heard of), unsorted: what a fan-out to
+/// `*` reaches, without asking each link for its status as [`GetReport`] does.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct GetKnownIds;
+
 /// Everything `/status` shows except routes and counters.
 #[derive(Message)]
 #[rtype(result = "DiscoveryReport")]
@@ -108,7 +114,7 @@ pub struct LanReport {
 
 /// LAN discovery state.
 struct Lan {
-    key: BeaconKey,
+    /// Opens what we hear; its key seals what we send.
     listener: lan::Listener,
     sockets: Vec<LanSocket>,
     /// Random per start: lets others tell a restart from a replay.
@@ -279,7 +285,6 @@ impl DiscoveryActor {
         let key = BeaconKey::new(&self.node.keys.network_key);
         let report = LanReport {
             groups: sockets.iter().map(|s| s.group.to_string()).collect(),
-            announced: ports.iter().map(|(t, p)| format!("{t}:{p}")).collect(),
             ..Default::default()
         };
         if ports.is_empty() {
@@ -289,8 +294,7 @@ impl DiscoveryActor {
             );
         }
         self.lan = Some(Lan {
-            listener: lan::Listener::new(key.clone(), &self.node.local.node_id),
-            key,
+            listener: lan::Listener::new(key, &self.node.local.node_id),
             sockets,
             instance: u64::from_le_bytes(instance),
             ports,
@@ -324,7 +328,7 @@ impl DiscoveryActor {
         if getrandom::fill(&mut nonce).is_err() {
             return;
         }
-        let Some(datagram) = lan.key.seal(&beacon, nonce) else {
+        let Some(datagram) = lan.listener.key().seal(&beacon, nonce) else {
             return;
         };
         for socket in &mut lan.sockets {
@@ -528,6 +532,7 @@ impl DiscoveryActor {
             peers,
             dialers,
             lan: self.lan.as_ref().map(|l| LanReport {
+                announced: l.ports.iter().map(|(t, p)| format!("{t}:{p}")).collect(),
                 dropped: l.sockets.iter().map(LanSocket::dropped).sum(),
                 ..l.report.clone()
             }),
@@ -735,10 +740,7 @@ impl Handler<LanDatagram> for DiscoveryActor {
             }
             return;
         }
-        let linked = [Transport::Udp, Transport::Tcp, Transport::Ws]
-            .iter()
-            .any(|t| self.table.has_link(&heard.id, *t));
-        if linked {
+        if self.table.is_linked(&heard.id) {
             return;
         }
         // The best transport first; the others come from its welcome once linked.
@@ -753,6 +755,14 @@ impl Handler<LanDatagram> for DiscoveryActor {
             lan.report.dials += 1;
         }
         self.spawn_dialer(target, false, ctx);
+    }
+}
+
+impl Handler<GetKnownIds> for DiscoveryActor {
+    type Result = MessageResult<GetKnownIds>;
+
+    fn handle(&mut self, _: GetKnownIds, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.table.ids())
     }
 }
 

@@ -29,7 +29,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, ApiState, ACTOR_TIMEOUT_MS};
-use crate::actors::discovery::GetReport;
+use crate::actors::discovery::GetKnownIds;
 use crate::actors::relay::{Answer, GetRoutes, Send};
 use crate::proto::e2e::Outcome;
 
@@ -51,12 +51,10 @@ pub fn is_fanout(target: &str) -> bool {
 async fn targets(state: &ApiState, header: &str) -> Result<Vec<String>, ApiError> {
     let ids: BTreeSet<String> = if header == "*" {
         let timeout = Duration::from_millis(ACTOR_TIMEOUT_MS);
-        let report = state.discovery.send(GetReport).timeout(timeout).await?;
+        let known = state.discovery.send(GetKnownIds).timeout(timeout).await?;
         let relay = state.relay.send(GetRoutes).timeout(timeout).await?;
-        report
-            .peers
+        known
             .into_iter()
-            .map(|p| p.id)
             .chain(relay.routes.into_keys())
             .filter(|id| !relay.public_relays.contains(id))
             .chain(std::iter::once(state.node.local.node_id.clone()))

@@ -237,6 +237,11 @@ impl Listener {
         }
     }
 
+    /// The network's beacon key (to seal our own beacons).
+    pub fn key(&self) -> &BeaconKey {
+        &self.key
+    }
+
     /// A datagram from `src` at `now_unix_ms` (wall clock, compared with the beacon's) and
     /// `now_ms` (monotonic, for the rate limit). `Ok(None)`: our own beacon, looped back.
     pub fn on_datagram(

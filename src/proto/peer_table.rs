@@ -294,6 +294,16 @@ impl PeerTable {
             .collect()
     }
 
+    /// Whether any admitted link to `node_id` exists.
+    pub fn is_linked(&self, node_id: &str) -> bool {
+        self.links.values().any(|l| l.node_id == node_id)
+    }
+
+    /// Ids of every known node.
+    pub fn ids(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
     /// Whether an admitted link to `node_id` on `transport` exists.
     pub fn has_link(&self, node_id: &str, transport: Transport) -> bool {
         self.links

@@ -30,6 +30,14 @@ def api(port, method, path, headers=None, body=None):
         return e.code, e.read()
 
 
+def settled(page):
+    """Waits (bounded) until the force layout has cooled down, so a screenshot is still."""
+    page.wait_for_function(
+        "() => { const s = window.__msgtier_sim; return s && s.alpha() < s.alphaMin() * 1.5; }",
+        timeout=WAIT_MS,
+    )
+
+
 def step(name):
     print(f"-- {name}", flush=True)
 
@@ -114,7 +122,7 @@ def run(page, context, info, shots):
     assert status == 200, (status, body)
     expect(page.locator("#feed")).to_contain_text("a note from b, sent with curl", timeout=WAIT_MS)
     expect(page.locator("#inbox")).to_contain_text("a note from b, sent with curl", timeout=WAIT_MS)
-    page.wait_for_timeout(300)  # let the force layout settle for the picture
+    settled(page)
     page.screenshot(path=os.path.join(shots, "dashboard-desktop.png"), full_page=True)
 
     step("an error answer shows as JSON in the status element")
@@ -123,7 +131,9 @@ def run(page, context, info, shots):
     page.get_by_role("button", name="Send", exact=True).click()
     expect(result).to_contain_text("peer_not_found", timeout=WAIT_MS)
 
-    step("c killed turns Disconnected without a reload")
+    step("c killed turns Disconnected without a reload, and nothing on the page moves")
+    cards = ["#node", "#topology-card", "#peers-card", "#send-card", "#events-card"]
+    before = [page.locator(c).bounding_box() for c in cards]
     os.kill(info["c_pid"], signal.SIGKILL)
     expect(peers.locator('tr[data-peer="c"] .state')).to_have_text(
         "Disconnected", timeout=WAIT_MS
@@ -131,6 +141,9 @@ def run(page, context, info, shots):
     expect(page.locator("#feed")).to_contain_text("peer down")
     expect(graph.locator('[data-node="c"]')).to_have_attribute("data-kind", "down")
     assert page.evaluate("window.__not_reloaded === true"), "the page was reloaded"
+    after = [page.locator(c).bounding_box() for c in cards]
+    for card, b, a in zip(cards, before, after):
+        assert b == a, f"{card} moved or resized on an update: {b} -> {a}"
 
     step("sorting the table by state puts the Disconnected row last, then first")
     page.get_by_role("button", name="State", exact=True).click()
@@ -145,7 +158,7 @@ def run(page, context, info, shots):
 
     step("a narrow screen")
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_timeout(300)
+    settled(page)
     page.screenshot(path=os.path.join(shots, "dashboard-narrow.png"), full_page=True)
 
     step("fifty nodes stay readable: no two overlap")
@@ -247,10 +260,7 @@ def fifty(context, shots):
     expect(graph.locator("[data-node]")).to_have_count(50, timeout=WAIT_MS)
     expect(graph.locator("[data-edge]")).to_have_count(len(edges))
     # Let the force layout cool down (bounded), then measure the drawn marks.
-    page.wait_for_function(
-        "() => { const s = window.__msgtier_sim; return s && s.alpha() < s.alphaMin() * 1.5; }",
-        timeout=WAIT_MS,
-    )
+    settled(page)
     boxes = page.evaluate(
         """() => [...document.querySelectorAll('#nodes .shape')].map(e => {
              const r = e.getBoundingClientRect();

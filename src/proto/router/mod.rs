@@ -691,11 +691,7 @@ impl Router {
         }
         let node_id = info.node_id.clone();
         let transport = info.transport;
-        let punched = dom.is_none()
-            && transport == Transport::Udp
-            && self.punch.entries.get(&node_id).is_some_and(|e| {
-                matches!(e.puncher.state(), crate::proto::punch::State::Open { .. })
-            });
+        let punched = dom.is_none() && transport == Transport::Udp && self.punched_to(&node_id);
         if punched {
             let event = Event::Punch {
                 node: node_id.clone(),
@@ -1193,6 +1189,14 @@ impl Router {
                 )
             })
             .map(|(id, _)| id)
+    }
+
+    /// Whether hole punching opened a path to `node_id` (its UDP link runs on it).
+    fn punched_to(&self, node_id: &str) -> bool {
+        self.punch
+            .entries
+            .get(node_id)
+            .is_some_and(|e| matches!(e.puncher.state(), crate::proto::punch::State::Open { .. }))
     }
 
     /// Our Active links to one node in a domain.

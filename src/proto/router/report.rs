@@ -248,6 +248,20 @@ pub struct GraphEdge {
     pub punched: bool,
 }
 
+impl GraphEdge {
+    /// An edge as the adverts show it, before what we know of our own links.
+    fn new(a: String, b: String, cost_us: u64) -> GraphEdge {
+        GraphEdge {
+            a,
+            b,
+            cost_us,
+            rtt_us: None,
+            transports: Vec::new(),
+            punched: false,
+        }
+    }
+}
+
 /// A plain message this node received.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceivedMessage {
@@ -399,17 +413,7 @@ impl Router {
         };
         let mut edges: BTreeMap<(String, String), GraphEdge> = advertised
             .into_iter()
-            .map(|(a, b, cost_us)| {
-                let edge = GraphEdge {
-                    a: a.clone(),
-                    b: b.clone(),
-                    cost_us,
-                    rtt_us: None,
-                    transports: Vec::new(),
-                    punched: false,
-                };
-                ((a, b), edge)
-            })
+            .map(|(a, b, cost_us)| ((a.clone(), b.clone()), GraphEdge::new(a, b, cost_us)))
             .collect();
         let mut nodes: BTreeMap<String, GraphNode> = ids
             .into_iter()
@@ -433,24 +437,17 @@ impl Router {
             let mut transports: Vec<Transport> = links.iter().map(|l| l.info.transport).collect();
             transports.sort();
             transports.dedup();
-            let punched = dom.is_none()
-                && transports.contains(&Transport::Udp)
-                && self.punch.entries.get(peer).is_some_and(|e| {
-                    matches!(e.puncher.state(), crate::proto::punch::State::Open { .. })
-                });
+            let punched =
+                dom.is_none() && transports.contains(&Transport::Udp) && self.punched_to(peer);
             let key = if me.as_str() < peer {
                 (me.clone(), peer.to_string())
             } else {
                 (peer.to_string(), me.clone())
             };
-            let edge = edges.entry(key.clone()).or_insert_with(|| GraphEdge {
-                a: key.0,
-                b: key.1,
-                cost_us: rtt_us.unwrap_or(DEFAULT_LINK_COST_US as u64),
-                rtt_us: None,
-                transports: Vec::new(),
-                punched: false,
-            });
+            let cost = rtt_us.unwrap_or(DEFAULT_LINK_COST_US as u64);
+            let edge = edges
+                .entry(key.clone())
+                .or_insert_with(|| GraphEdge::new(key.0, key.1, cost));
             edge.rtt_us = rtt_us;
             edge.transports = transports;
             edge.punched = punched;
