@@ -240,8 +240,17 @@ def fifty(context, shots):
             for i in ids[1:]
         ],
     }
+    # n00 is also a public node relaying for network "home", and has a message in its outbox.
+    status["foreign"] = {"home": {
+        "members": ["h1", "h2"], "control_only": False, "bps_limit": 1_000_000,
+        "messages_relayed": 12, "bytes_relayed": 4096, "messages_queued": 1,
+        "bytes_queued": 100, "messages_dropped": 3, "bytes_dropped": 300,
+        "messages_over_budget": 2,
+    }}
+    outbox = {"messages": [{"id": "42", "target": "n07", "status": "in_custody",
+                            "custody": "n01", "expires_unix_ms": 1_900_000_000_000}]}
     answers = {"/status": status, "/topology": topology, "/config": {},
-               "/messages": {"messages": []}, "/outbox": {"messages": []}}
+               "/messages": {"messages": []}, "/outbox": outbox}
     page = context.new_page()
 
     def answer(route):
@@ -279,6 +288,13 @@ def fifty(context, shots):
         assert area["x"] <= x <= area["x"] + area["width"], "a node outside the drawing"
         assert area["y"] <= y <= area["y"] + area["height"], "a node outside the drawing"
     page.locator("#topology-card").screenshot(path=os.path.join(shots, "dashboard-50-nodes.png"))
+    # The outbox shows each message's status; the foreign relay view each network's figures.
+    expect(page.locator('#outbox tr[data-message="42"]')).to_contain_text("in_custody (n01)")
+    foreign = page.locator('#foreign tr[data-network="home"]')
+    expect(page.locator("#foreign-card")).to_be_visible()
+    expect(foreign).to_contain_text("h1, h2")
+    expect(foreign).to_contain_text("12 (4.0 KiB)")
+    expect(foreign).to_contain_text("3 (300 B)")
     page.close()
 
 
