@@ -288,6 +288,30 @@ pub const FIELDS: &[Field] = &[
         "the multicast groups (IP:port, one or a list) LAN beacons go to",
     ),
     Field::new(
+        "subscriptions",
+        Rule::Custom { default: "none" },
+        "topic filters this node subscribes to (e.g. [\"alerts.>\", \"build.*.done\"])",
+    )
+    .mark_reloadable(),
+    Field::new(
+        "publish_max_bytes",
+        Rule::Int {
+            default: 262_144,
+            min: 1,
+            max: Some(4_194_304),
+        },
+        "largest POST /publish body, in bytes (also bounded by max_body_bytes)",
+    ),
+    Field::new(
+        "publish_rate_per_topic",
+        Rule::Int {
+            default: 100,
+            min: 0,
+            max: Some(1_000_000),
+        },
+        "publishes per second to one topic from this node, with a second of burst (0: no limit)",
+    ),
+    Field::new(
         "log",
         Rule::Custom {
             default: "none (info unless the command line says otherwise)",
@@ -791,6 +815,13 @@ pub struct Config {
     pub lan_discovery: bool,
     /// The multicast groups beacons go to and are heard on (IPv4 and IPv6, any number).
     pub lan_discovery_group: Vec<SocketAddr>,
+    /// Topic filters this node subscribes to (checked, without duplicates, at most
+    /// [`crate::proto::topic::MAX_SUBSCRIPTIONS`]).
+    pub subscriptions: Vec<String>,
+    /// Largest `POST /publish` body.
+    pub publish_max_bytes: usize,
+    /// Publishes per second to one topic (0: no limit).
+    pub publish_rate_per_topic: u64,
     /// Log level from the config, if any (the command line / environment may override it).
     #[serde(serialize_with = "level_name")]
     pub log: Option<log::LevelFilter>,
@@ -923,6 +954,7 @@ impl Config {
             max_script_queue: self.max_script_queue,
             max_script_output_bytes: self.max_script_output_bytes,
             pinned_keys: self.pinned_keys.clone(),
+            subscriptions: self.subscriptions.clone(),
         }
     }
 
@@ -1006,6 +1038,8 @@ pub struct Reloadable {
     pub max_script_output_bytes: usize,
     /// [`Config::pinned_keys`]: decides keys from now on; links up keep what they proved.
     pub pinned_keys: BTreeMap<String, [u8; 32]>,
+    /// [`Config::subscriptions`]: advertised at once.
+    pub subscriptions: Vec<String>,
 }
 
 /// Serializes [`Config::log`] as a lowercase level name, or null.
@@ -1403,6 +1437,7 @@ impl Checker<'_> {
         let foreign_relay_bps_limit = self.int(root, "foreign_relay_bps_limit")?;
         let hole_punching = self.flag(root, "hole_punching")?;
         let lan_discovery = self.flag(root, "lan_discovery")?;
+        let subscriptions = self.subscriptions(get("subscriptions"))?;
         let lan_discovery_group = match get("lan_discovery_group") {
             None => [
                 crate::proto::lan::DEFAULT_GROUP_V4,
@@ -1555,6 +1590,8 @@ impl Checker<'_> {
         let max_script_queue = self.size(root, "max_script_queue")?;
         let max_script_output_bytes = self.size(root, "max_script_output_bytes")?;
         let max_body_bytes = self.max_body_bytes(get("max_body_bytes"), max_frame_bytes)?;
+        let publish_max_bytes = self.int(root, "publish_max_bytes")? as usize;
+        let publish_rate_per_topic = self.int(root, "publish_rate_per_topic")?;
         let send_timeout_max_ms = self.int(root, "send_timeout_max_ms")?;
         let default_ttl_s = self.int(root, "default_ttl_s")?;
         let max_ttl_s = self.int(root, "max_ttl_s")?;
@@ -1594,6 +1631,9 @@ impl Checker<'_> {
             hole_punching,
             lan_discovery,
             lan_discovery_group,
+            subscriptions,
+            publish_max_bytes,
+            publish_rate_per_topic,
             log,
             data_dir,
             heartbeat_interval_ms,
@@ -2064,6 +2104,48 @@ impl Checker<'_> {
                 Ok((Some(token), Some(path)))
             }
         }
+    }
+
+    /// `subscriptions`: absent, one filter, or an array of filters (NATS syntax, checked);
+    /// duplicates are dropped, more than [`crate::proto::topic::MAX_SUBSCRIPTIONS`] refused.
+    fn subscriptions(&self, value: Option<&Value>) -> Result<Vec<String>, ConfigError> {
+        const FIELD: &str = "subscriptions";
+        let max = crate::proto::topic::MAX_SUBSCRIPTIONS;
+        let items: Vec<(String, &Value)> = match value {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(v @ Value::String(_)) => vec![(FIELD.to_string(), v)],
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{FIELD}[{i}]"), v))
+                .collect(),
+            Some(other) => {
+                return Err(self.err(
+                    FIELD,
+                    format!(
+                        "expected a topic filter or an array of them, found {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        if items.len() > max {
+            return Err(self.err(
+                FIELD,
+                format!("at most {max} filters, found {}", items.len()),
+            ));
+        }
+        let mut filters: Vec<String> = Vec::new();
+        for (path, item) in items {
+            let filter = self.string(&path, item)?;
+            crate::proto::topic::check_filter(&filter).map_err(|e| {
+                self.err(&path, format!("topic filter {filter:?} {e}"))
+            })?;
+            if !filters.contains(&filter) {
+                filters.push(filter);
+            }
+        }
+        Ok(filters)
     }
 
     /// `"*"`, a space-separated pattern string, or an array of patterns.
@@ -3351,6 +3433,9 @@ mod tests {
             ("hole_punching", "false"),
             ("lan_discovery", "false"),
             ("lan_discovery_group", r#""239.1.2.3:4000""#),
+            ("subscriptions", r#"["alerts.>"]"#),
+            ("publish_max_bytes", "1000"),
+            ("publish_rate_per_topic", "5"),
             ("log", r#""debug""#),
             ("data_dir", r#""elsewhere""#),
             ("heartbeat_interval_ms", "5000"),

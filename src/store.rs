@@ -60,6 +60,8 @@ pub struct InboxQuery {
     pub since_unix_ms: Option<u64>,
     /// Only messages from this node.
     pub from: Option<String>,
+    /// Only messages published to a topic this filter (checked) matches.
+    pub topic: Option<String>,
 }
 
 /// Failures of the store. Each names the file.
@@ -329,6 +331,15 @@ impl Store {
             if q.from.as_ref().is_some_and(|f| *f != record.source) {
                 continue;
             }
+            if let Some(f) = &q.topic {
+                if !record
+                    .topic
+                    .as_ref()
+                    .is_some_and(|t| crate::proto::topic::matches(f, t))
+                {
+                    continue;
+                }
+            }
             out.push(record);
         }
         out.reverse();
@@ -393,6 +404,7 @@ mod tests {
             custody: None,
             outcome: None,
             hops: 0,
+            publication: None,
         }
     }
 
@@ -404,6 +416,7 @@ mod tests {
             hops: 1,
             bytes: n,
             body: vec![b'x'; n as usize],
+            topic: None,
         }
     }
 
@@ -462,6 +475,7 @@ mod tests {
             limit,
             since_unix_ms: since,
             from: from.map(String::from),
+            topic: None,
         };
         let ids = |v: Vec<InboxRecord>| v.iter().map(|r| r.message_id).collect::<Vec<_>>();
         assert_eq!(ids(store.inbox(&q(10, None, None)).unwrap()), vec![3, 4, 5]);

@@ -42,6 +42,8 @@ pub struct Rendered {
     pub kind: &'static str,
     /// The node it is from or about (for `?from=`).
     pub node: String,
+    /// A `publish` event's topic (for `?topics=`).
+    pub topic: Option<String>,
     /// The whole event as one JSON object.
     pub json: String,
 }
@@ -53,12 +55,19 @@ pub struct Filter {
     pub types: Option<HashSet<String>>,
     /// Only events from or about this node.
     pub from: Option<String>,
+    /// Only `publish` events whose topic one of these filters matches (checked filters).
+    pub topics: Option<Vec<String>>,
 }
 
 impl Filter {
     fn admits(&self, e: &Rendered) -> bool {
         self.types.as_ref().is_none_or(|t| t.contains(e.kind))
             && self.from.as_ref().is_none_or(|f| *f == e.node)
+            && match (&self.topics, &e.topic) {
+                (Some(filters), Some(t)) => filters.iter().any(|f| crate::proto::topic::matches(f, t)),
+                (Some(_), None) => e.kind != "publish",
+                (None, _) => true,
+            }
     }
 }
 
@@ -309,6 +318,15 @@ pub fn render(id: u64, time_unix_ms: u64, e: &Event) -> Rendered {
             bytes,
             body,
             durable,
+        }
+        | Event::Publish {
+            message_id,
+            source,
+            hops,
+            bytes,
+            body,
+            durable,
+            ..
         } => {
             let text = std::str::from_utf8(body);
             let mut f = json!({
@@ -320,6 +338,9 @@ pub fn render(id: u64, time_unix_ms: u64, e: &Event) -> Rendered {
                 "truncated": body.len() < *bytes,
                 "durable": durable,
             });
+            if let Event::Publish { topic, .. } = e {
+                f["topic"] = topic.as_str().into();
+            }
             // Binary (or cut inside a character): the bytes themselves too.
             if text.is_err() {
                 f["body_b64"] = base64::engine::general_purpose::STANDARD
@@ -404,6 +425,10 @@ pub fn render(id: u64, time_unix_ms: u64, e: &Event) -> Rendered {
         id,
         kind: e.kind(),
         node: e.node().to_string(),
+        topic: match e {
+            Event::Publish { topic, .. } => Some(topic.clone()),
+            _ => None,
+        },
         json: v.to_string(),
     }
 }
@@ -467,6 +492,7 @@ mod tests {
                 filter: Filter {
                     types: None,
                     from: Some("n3".into()),
+                    topics: None,
                 },
             })
             .await

@@ -30,10 +30,13 @@ use crate::node::{unix_ms, NodeShared};
 use crate::proto::durable::{Restored, Status};
 use crate::proto::event::Event;
 use crate::proto::router::{
-    Action, CarrierLimits, DurableLimits, IncomingLimits, Now, Randomness, Router, ScriptResult,
-    Settings,
+    Action, CarrierLimits, DurableLimits, IncomingLimits, Now, PublishLimits, Randomness, Router,
+    ScriptResult, Settings,
 };
 
+pub use crate::proto::router::{
+    PublishError, Published, SubscribeError, TopicCounters,
+};
 pub use crate::proto::router::{
     CancelError, Delivery, DurableReport, ForeignReport, MessageCounters, MessageReport,
     PunchReport, ReceivedMessage, RelayReport, RelayedCount, RouteReport, SendError, Topology,
@@ -79,6 +82,29 @@ pub enum Answer {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DropData(pub u32);
+
+/// `POST /publish`: publish `body` to `topic` (live copies with `ttl_ms` 0, else durable ones).
+#[derive(Message)]
+#[rtype(result = "Result<Published, PublishError>")]
+pub struct PublishTopic {
+    /// The topic.
+    pub topic: String,
+    /// The message.
+    pub body: Bytes,
+    /// 0: live copies; otherwise each copy's lifetime, and the answer waits until every copy
+    /// is on disk.
+    pub ttl_ms: u64,
+}
+
+/// An event stream subscribes this node to `filters` while it is open.
+#[derive(Message)]
+#[rtype(result = "Result<(), SubscribeError>")]
+pub struct SubscribeTopics(pub Vec<String>);
+
+/// An event stream with `filters` closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeTopics(pub Vec<String>);
 
 /// What `GET /messages/{id}` asks: a message this node sent with a ttl.
 #[derive(Message)]
@@ -191,6 +217,11 @@ impl RelayActor {
                 .iter()
                 .map(|(name, ids)| (name.clone(), ids.iter().cloned().collect()))
                 .collect(),
+            subscriptions: config.subscriptions.clone(),
+            publish: PublishLimits {
+                max_bytes: config.publish_max_bytes.min(config.max_body_bytes),
+                per_topic_per_s: config.publish_rate_per_topic,
+            },
             durable: DurableLimits {
                 outbox_max_messages: config.outbox_max_messages,
                 outbox_max_bytes: config.outbox_max_bytes,
@@ -471,6 +502,59 @@ impl Handler<Send> for RelayActor {
     }
 }
 
+impl Handler<PublishTopic> for RelayActor {
+    type Result = ResponseFuture<Result<Published, PublishError>>;
+
+    fn handle(&mut self, msg: PublishTopic, ctx: &mut Self::Context) -> Self::Result {
+        let now = now(&self.node);
+        let published = self.router.publish(now, &msg.topic, &msg.body, msg.ttl_ms);
+        // With a ttl, answer once every copy is on disk (each is answered as queued then).
+        let mut copies = Vec::new();
+        if let Ok(p) = &published {
+            for (_, id) in &p.durable {
+                let (tx, rx) = oneshot::channel();
+                self.waiting.insert(*id, tx);
+                copies.push(rx);
+            }
+        }
+        self.drive(ctx);
+        Box::pin(async move {
+            let mut published = published?;
+            let mut stored = Vec::new();
+            for ((node, id), rx) in std::mem::take(&mut published.durable).into_iter().zip(copies) {
+                match rx.await {
+                    Ok(Err(e)) => published.failed.push((node, e.to_string())),
+                    Err(_) => published
+                        .failed
+                        .push((node, "the node is shutting down".to_string())),
+                    Ok(Ok(_)) => stored.push((node, id)),
+                }
+            }
+            published.durable = stored;
+            Ok(published)
+        })
+    }
+}
+
+impl Handler<SubscribeTopics> for RelayActor {
+    type Result = Result<(), SubscribeError>;
+
+    fn handle(&mut self, msg: SubscribeTopics, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.router.subscribe(now(&self.node), &msg.0);
+        self.drive(ctx);
+        result
+    }
+}
+
+impl Handler<UnsubscribeTopics> for RelayActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeTopics, ctx: &mut Self::Context) {
+        self.router.unsubscribe(now(&self.node), &msg.0);
+        self.drive(ctx);
+    }
+}
+
 impl Handler<Inbound> for RelayActor {
     type Result = ();
 
@@ -599,6 +683,7 @@ impl Handler<Reconfigure> for RelayActor {
             r.relay_network_whitelist,
             r.foreign_relay_bps_limit,
             r.pinned_keys,
+            r.subscriptions,
         );
         self.drive(ctx);
     }

@@ -1,7 +1,10 @@
 //! The event stream: `GET /events` (Server-Sent Events) and `GET /events/ws` (WebSocket), the
 //! same events either way, from the EventActor (`actors::events`).
 //!
-//! Query: `types=message,peer_up` (only those types), `from=<node id>`, `since=<id>` (resume:
+//! Query: `types=message,peer_up` (only those types), `from=<node id>`,
+//! `topics=alerts.>,build.*.done` (subscribes this node to those topic filters while the stream
+//! is open, and passes only the `publish` events they match; other types only with `types`),
+//! `since=<id>` (resume:
 //! replay the newer events the node still keeps first; SSE clients may send `Last-Event-ID`
 //! instead, which wins over `since`). SSE frames carry `id:` (so a browser's `EventSource` resumes by itself) and the
 //! JSON object in `data:`; there is no `event:` line, so `onmessage` sees every type. A comment
@@ -58,10 +61,74 @@ fn parse(req: &HttpRequest, q: &HashMap<String, String>) -> Result<Subscribe, Ap
         (Some(s), None) => Some(number("since", s)?),
         (None, None) => None,
     };
+    let topics = match q.get("topics") {
+        None => None,
+        Some(list) => {
+            let mut filters: Vec<String> = Vec::new();
+            for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                crate::proto::topic::check_filter(f).map_err(|e| {
+                    ApiError::BadRequest(format!("topic filter {f:?} in topics {e}"))
+                })?;
+                if !filters.iter().any(|g| g == f) {
+                    filters.push(f.to_string());
+                }
+            }
+            if filters.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "topics names no filter (e.g. topics=alerts.>,build.*.done)".into(),
+                ));
+            }
+            Some(filters)
+        }
+    };
+    // A topic subscriber wants its publishes; other types only when it asks for them.
+    let types = match (&topics, types) {
+        (Some(_), None) => Some(HashSet::from(["publish".to_string()])),
+        (_, types) => types,
+    };
     Ok(Subscribe {
         since,
-        filter: Filter { types, from },
+        filter: Filter {
+            types,
+            from,
+            topics,
+        },
     })
+}
+
+/// Keeps this node subscribed to a stream's topics while the stream lives.
+struct TopicGuard {
+    relay: actix::Addr<crate::actors::relay::RelayActor>,
+    filters: Vec<String>,
+}
+
+impl Drop for TopicGuard {
+    fn drop(&mut self) {
+        self.relay.do_send(crate::actors::relay::UnsubscribeTopics(std::mem::take(
+            &mut self.filters,
+        )));
+    }
+}
+
+/// Subscribes this node to the stream's topics (if it names any) for as long as the returned
+/// guard lives.
+async fn subscribe_topics(
+    state: &ApiState,
+    sub: &Subscribe,
+) -> Result<Option<TopicGuard>, ApiError> {
+    let Some(filters) = sub.filter.topics.clone() else {
+        return Ok(None);
+    };
+    state
+        .relay
+        .send(crate::actors::relay::SubscribeTopics(filters.clone()))
+        .timeout(Duration::from_millis(ACTOR_TIMEOUT_MS))
+        .await?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Some(TopicGuard {
+        relay: state.relay.clone(),
+        filters,
+    }))
 }
 
 async fn subscribe(state: &ApiState, sub: Subscribe) -> Result<Subscription, ApiError> {
@@ -88,10 +155,12 @@ struct Source {
     sub: crate::actors::events::Feed,
     keepalive: tokio::time::Interval,
     done: bool,
+    /// Unsubscribes this node from the stream's topics when the stream goes.
+    _topics: Option<TopicGuard>,
 }
 
 impl Source {
-    fn new(s: Subscription) -> Source {
+    fn new(s: Subscription, topics: Option<TopicGuard>) -> Source {
         let period = Duration::from_secs(KEEPALIVE_S);
         Source {
             first: s.notice.into_iter().map(|n| (None, n)).collect(),
@@ -99,6 +168,7 @@ impl Source {
             sub: s.live,
             keepalive: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
             done: false,
+            _topics: topics,
         }
     }
 
@@ -136,8 +206,10 @@ pub async fn sse(
     req: HttpRequest,
     q: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let sub = subscribe(&state, parse(&req, &q)?).await?;
-    let source = Source::new(sub);
+    let parsed = parse(&req, &q)?;
+    let topics = subscribe_topics(&state, &parsed).await?;
+    let sub = subscribe(&state, parsed).await?;
+    let source = Source::new(sub, topics);
     // A first frame at once, so a client sees the stream open before any event.
     let hello = Some(Bytes::from_static(b"retry: 2000\n\n"));
     let stream = futures_util::stream::unfold((source, hello), |(mut src, hello)| async move {
@@ -164,9 +236,11 @@ pub async fn ws(
     body: web::Payload,
     q: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let sub = subscribe(&state, parse(&req, &q)?).await?;
+    let parsed = parse(&req, &q)?;
+    let topics = subscribe_topics(&state, &parsed).await?;
+    let sub = subscribe(&state, parsed).await?;
     let (response, mut session, mut incoming) = actix_ws::handle(&req, body)?;
-    let mut source = Source::new(sub);
+    let mut source = Source::new(sub, topics);
     actix_web::rt::spawn(async move {
         loop {
             tokio::select! {

@@ -15,6 +15,7 @@ mod dashboard;
 mod events;
 mod fanout;
 mod metrics;
+mod publish;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +120,22 @@ pub enum ApiError {
     /// The message is final already (cannot be cancelled).
     #[error("{0}")]
     Conflict(String),
+    /// `POST /publish` without a `topic` header.
+    #[error("{0}")]
+    MissingTopic(String),
+    /// The topic is not a valid topic name.
+    #[error("{0}")]
+    BadTopic(String),
+    /// The publish body is over `publish_max_bytes`.
+    #[error("{0}")]
+    PublishTooLarge(String),
+    /// The topic's publish rate is used up: retry later.
+    #[error("{message}")]
+    TopicRateLimited {
+        message: String,
+        /// Seconds for the `retry-after` header (rounded up, at least 1).
+        retry_after_s: u64,
+    },
     /// A public node on the path is over this network's relay budget: retry later.
     #[error("{message}")]
     OverBudget {
@@ -148,6 +165,10 @@ impl ApiError {
             ApiError::ForeignOrigin(_) => "foreign_origin",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::OverBudget { .. } => "relay_over_budget",
+            ApiError::MissingTopic(_) => "missing_topic",
+            ApiError::BadTopic(_) => "bad_topic",
+            ApiError::PublishTooLarge(_) => "too_large",
+            ApiError::TopicRateLimited { .. } => "rate_limited",
             ApiError::BadTtl(_) => "bad_ttl",
             ApiError::OutboxFull(_) => "outbox_full",
             ApiError::StoreUnavailable(_) => "store_unavailable",
@@ -189,7 +210,11 @@ impl ResponseError for ApiError {
             ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::OverBudget { .. } | ApiError::TopicRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::MissingTopic(_) | ApiError::BadTopic(_) => StatusCode::BAD_REQUEST,
+            ApiError::PublishTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadTtl(_) => StatusCode::BAD_REQUEST,
             ApiError::OutboxFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -204,7 +229,8 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::OverBudget { retry_after_s, .. } => {
+            ApiError::OverBudget { retry_after_s, .. }
+            | ApiError::TopicRateLimited { retry_after_s, .. } => {
                 response.insert_header(("retry-after", retry_after_s.to_string()));
             }
             ApiError::Unauthorized(_) => {
@@ -573,6 +599,8 @@ struct Status {
     key_conflicts: Vec<crate::proto::key_book::Conflict>,
     /// Adverts refused in our network, by reason.
     adverts_refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Topic subscriptions (ours and the members') and publish counters.
+    topics: crate::proto::router::report::TopicReport,
     /// Scripts running and queued now.
     scripts: ScriptStats,
     /// The event stream.
@@ -652,6 +680,7 @@ async fn gather_status(state: &ApiState) -> Result<Status, ApiError> {
         pending_requests: relay.pending,
         key_conflicts,
         adverts_refused: relay.adverts_refused,
+        topics: relay.topics,
         scripts,
         events,
         config: (**node.loaded.load()).clone(),
@@ -690,6 +719,14 @@ async fn messages(
         limit,
         since_unix_ms: query_number(&q, "since")?,
         from: q.get("from").cloned(),
+        topic: match q.get("topic") {
+            None => None,
+            Some(f) => {
+                crate::proto::topic::check_filter(f)
+                    .map_err(|e| ApiError::BadRequest(format!("topic filter {f:?} {e}")))?;
+                Some(f.clone())
+            }
+        },
     };
     let list = state
         .store
@@ -712,6 +749,7 @@ async fn messages(
                 "bytes": r.bytes,
                 "body": String::from_utf8_lossy(shown),
                 "truncated": (shown.len() as u64) < r.bytes,
+                "topic": r.topic,
             })
         })
         .collect();
@@ -981,6 +1019,7 @@ async fn guard_caller(
 fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
+            .route(&format!("{prefix}/publish"), web::post().to(publish::publish))
             .route(&format!("{prefix}/status"), web::get().to(status))
             .route(&format!("{prefix}/topology"), web::get().to(topology))
             .route(&format!("{prefix}/messages"), web::get().to(messages))

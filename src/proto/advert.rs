@@ -146,6 +146,7 @@ mod tests {
             relay: false,
             certificate: None,
             carrier: false,
+            topics: Vec::new(),
         }
     }
 

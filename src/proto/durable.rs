@@ -84,6 +84,10 @@ pub struct OutboxRecord {
     pub outcome: Option<Outcome>,
     /// Links the request crossed to its target, once delivered.
     pub hops: u8,
+    /// Set when this is one subscriber's copy of a message published to a topic: what the
+    /// origin (this node) signed, sent with `body` in every attempt.
+    #[serde(default)]
+    pub publication: Option<crate::proto::publication::Publication>,
 }
 
 /// What a target did with a durable message it took.
@@ -124,6 +128,9 @@ pub struct InboxRecord {
     /// The body, or its first [`INBOX_BODY_BYTES`] when longer.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// The topic it was published to, for a message published to a topic.
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// Most body bytes the inbox keeps of a message (the rest is cut, and the record says how long
@@ -146,7 +153,14 @@ impl InboxRecord {
             hops,
             bytes: body.len() as u64,
             body: body[..body.len().min(INBOX_BODY_BYTES)].to_vec(),
+            topic: None,
         }
+    }
+
+    /// The same record for a message published to `topic`.
+    pub fn with_topic(mut self, topic: &str) -> Self {
+        self.topic = Some(topic.to_string());
+        self
     }
 }
 

@@ -659,6 +659,14 @@ pub enum Payload {
         /// The envelope in custody.
         envelope: Envelope,
     },
+    /// A copy of a message published to a topic, for one subscriber (`crate::proto::publication`).
+    Publish {
+        /// What the origin signed.
+        publication: crate::proto::publication::Publication,
+        /// The message content.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
     /// The answer to request `in_reply_to`.
     Reply {
         /// The [`Envelope::id`] of the request being answered.
@@ -758,6 +766,9 @@ impl Payload {
         match self {
             Payload::Message { body } => body.len(),
             Payload::Custody { envelope } => envelope.sealed.len() + 512,
+            Payload::Publish { publication, body } => {
+                body.len().saturating_add(publication.topic.len() + 128)
+            }
             Payload::Reply { outcome, .. } => match outcome {
                 Outcome::Delivered => 0,
                 Outcome::Script { stdout, stderr, .. } => stdout.len().saturating_add(stderr.len()),

@@ -31,6 +31,23 @@ pub enum Event {
         /// Sent with a ttl (on this node's disk before it was acknowledged).
         durable: bool,
     },
+    /// A message published to a topic this node subscribes to was delivered here.
+    Publish {
+        /// The publication's id (the same at every subscriber).
+        message_id: u64,
+        /// Its origin.
+        source: String,
+        /// The topic it was published to.
+        topic: String,
+        /// Relays it passed.
+        hops: u8,
+        /// Its whole size.
+        bytes: usize,
+        /// Its first [`EVENT_BODY_BYTES`].
+        body: Bytes,
+        /// Published with a ttl (on this node's disk before it was acknowledged).
+        durable: bool,
+    },
     /// A script ran here for a request.
     Script {
         /// The script's name.
@@ -112,6 +129,7 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Message { .. } => "message",
+            Event::Publish { .. } => "publish",
             Event::Script { .. } => "script",
             Event::PeerUp { .. } => "peer_up",
             Event::PeerDown { .. } => "peer_down",
@@ -124,7 +142,9 @@ impl Event {
     /// The node the event is from or about (what `?from=` matches).
     pub fn node(&self) -> &str {
         match self {
-            Event::Message { source, .. } | Event::Script { source, .. } => source,
+            Event::Message { source, .. }
+            | Event::Publish { source, .. }
+            | Event::Script { source, .. } => source,
             Event::PeerUp { node, .. }
             | Event::PeerDown { node, .. }
             | Event::Route { node, .. }
@@ -135,8 +155,9 @@ impl Event {
 }
 
 /// Every `type` there is, for validating `?types=`.
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     "message",
+    "publish",
     "script",
     "peer_up",
     "peer_down",

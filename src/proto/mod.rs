@@ -27,5 +27,6 @@ pub mod router;
 pub(crate) mod routing;
 pub(crate) mod shaper;
 pub(crate) mod token_bucket;
+pub mod publication;
 pub mod topic;
 pub(crate) mod whitelist;

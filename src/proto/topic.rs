@@ -13,6 +13,9 @@
 pub const MAX_TOPIC_BYTES: usize = 255;
 /// Most tokens of a topic or filter.
 pub const MAX_TOKENS: usize = 16;
+/// Most subscription filters one node holds (config and event streams together) and
+/// advertises.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
 
 /// Why a topic or filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,7 +29,7 @@ use super::{
 ///
 /// Bump it when a change is not backwards compatible; peers refuse a link whose version
 /// they do not speak (with [`CloseReason::Protocol`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// `{"chunk": [`: a one-entry map keyed by the variant name, then a two-element array.
 const CHUNK_PREFIX: [u8; 8] = [0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0x92];
@@ -314,6 +314,12 @@ pub struct Advert {
     /// The origin carries durable messages for others (its config has `carrier`).
     #[serde(default)]
     pub carrier: bool,
+    /// The topic filters the origin subscribes to (`crate::proto::topic`), so publishers send
+    /// only towards nodes that want a topic; at most
+    /// [`crate::proto::topic::MAX_SUBSCRIPTIONS`] valid filters. Taken from members' adverts
+    /// only.
+    #[serde(default, deserialize_with = "de_topics")]
+    pub topics: Vec<String>,
 }
 
 /// One direct link of a [`LinkState`]'s origin.
@@ -603,7 +609,18 @@ impl Advert {
         }
         self.neighbors
             .iter()
-            .try_for_each(|n| check_id(&n.id, "link_state.neighbor.id"))
+            .try_for_each(|n| check_id(&n.id, "link_state.neighbor.id"))?;
+        if self.topics.len() > crate::proto::topic::MAX_SUBSCRIPTIONS {
+            return Err(WireError::Limit {
+                what: "link_state.topics",
+            });
+        }
+        if self.topics.iter().any(|t| crate::proto::topic::check_filter(t).is_err()) {
+            return Err(WireError::Limit {
+                what: "link_state.topic",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -661,6 +678,12 @@ fn check_addrs(
 /// Deserializes an address list, storing at most one entry past [`MAX_ADDRS_PER_NODE`].
 fn de_addrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     bounded_seq(deserializer, MAX_ADDRS_PER_NODE)
+}
+
+/// Deserializes `Advert::topics`, storing at most one entry past
+/// [`crate::proto::topic::MAX_SUBSCRIPTIONS`].
+fn de_topics<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    bounded_seq(deserializer, crate::proto::topic::MAX_SUBSCRIPTIONS)
 }
 
 /// Deserializes `Welcome::known`, storing at most one entry past [`MAX_KNOWN_NODES`].
@@ -863,6 +886,7 @@ pub(crate) mod tests {
                         relay,
                         certificate: None,
                         carrier: false,
+                        topics: Vec::new(),
                     }
                 },
             )
@@ -974,6 +998,7 @@ pub(crate) mod tests {
             relay: false,
             certificate: None,
             carrier: false,
+            topics: Vec::new(),
         }
     }
 
@@ -1158,16 +1183,16 @@ pub(crate) mod tests {
 
         // {"link_state": [bin(body), bin8(64 x 0x13), bin8(32 x 0x14)]}, the body being
         // ["home", "o", 7, bin8(32 x 0x11), bin8(32 x 0x12), ["x"], [["n", uint16(300)]], false,
-        // nil, false]
+        // nil, false, []]
         let link_state = Frame::LinkState(sample_link_state()).encode();
-        let mut body = vec![0x9a, 0xa4];
+        let mut body = vec![0x9b, 0xa4];
         body.extend_from_slice(b"home");
         body.extend_from_slice(&[0xa1, b'o', 0x07, 0xc4, 0x20]);
         body.extend_from_slice(&[0x11; 32]);
         body.extend_from_slice(&[0xc4, 0x20]);
         body.extend_from_slice(&[0x12; 32]);
         body.extend_from_slice(&[0x91, 0xa1, b'x', 0x91, 0x92, 0xa1, b'n', 0xcd, 0x01, 0x2c]);
-        body.extend_from_slice(&[0xc2, 0xc0, 0xc2]);
+        body.extend_from_slice(&[0xc2, 0xc0, 0xc2, 0x90]);
         let mut want = vec![0x81, 0xaa];
         want.extend_from_slice(b"link_state");
         want.extend_from_slice(&[0x93, 0xc4, body.len() as u8]);

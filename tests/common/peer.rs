@@ -247,6 +247,7 @@ impl Peer {
             relay,
             certificate,
             carrier: false,
+            topics: Vec::new(),
         };
         let key = msgtier::proto::advert::AdvertKey::new(&self.keys.network_key);
         Frame::LinkState(msgtier::proto::advert::seal(

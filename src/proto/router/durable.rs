@@ -453,6 +453,20 @@ impl Router {
         timeout_ms: u64,
         ttl_ms: u64,
     ) -> Result<u64, SendError> {
+        self.send_durable_record(now, target, body, timeout_ms, ttl_ms, None)
+    }
+
+    /// [`Router::send_durable`] of a plain message (`publication` `None`) or of one
+    /// subscriber's copy of a publish.
+    pub(super) fn send_durable_record(
+        &mut self,
+        now: Now,
+        target: &str,
+        body: &[u8],
+        timeout_ms: u64,
+        ttl_ms: u64,
+        publication: Option<crate::proto::publication::Publication>,
+    ) -> Result<u64, SendError> {
         if self.home.relay_nodes.contains(target) {
             return Err(SendError::NotMember(target.to_string()));
         }
@@ -475,6 +489,7 @@ impl Router {
             custody: None,
             outcome: None,
             hops: 0,
+            publication,
         };
         if !self.home.keys.contains(target) {
             record.last_error = Some(format!("no node {target:?} is known yet"));
@@ -717,7 +732,14 @@ impl Router {
             e.record.created_unix_ms,
             e.record.expires_unix_ms,
         );
-        let plaintext = Payload::encode_message(&e.record.body);
+        let plaintext = match &e.record.publication {
+            None => Payload::encode_message(&e.record.body),
+            Some(p) => Payload::Publish {
+                publication: p.clone(),
+                body: e.record.body.clone(),
+            }
+            .encode(),
+        };
         let key = self.pair_key(&target)?;
         let mut envelope = Envelope {
             id,
@@ -1070,6 +1092,9 @@ impl Router {
             (MessageKind::Request, Ok(Payload::Message { body })) => {
                 self.on_durable_request(now, envelope, &body, expires)
             }
+            (MessageKind::Request, Ok(Payload::Publish { publication, body })) => {
+                self.on_durable_publish(now, envelope, &publication, &body, expires)
+            }
             (
                 MessageKind::Response,
                 Ok(Payload::Reply {
@@ -1094,6 +1119,75 @@ impl Router {
         }
     }
 
+    /// What became of durable message `id` from `source` if it was taken (or is being) before,
+    /// or why none can be taken now; `None` to take it.
+    fn durable_taken_before(&mut self, now: Now, source: &str, id: u64) -> Option<Taken> {
+        let key = (source.to_string(), id);
+        if self.durable.unpersisted.contains(&key) {
+            return Some(Taken::Pending); // being recorded: its receipt follows
+        }
+        if let Some(seen) = self.durable.seen.get(&key) {
+            if let SeenState::Done(_) = seen.state {
+                let ms = now.ms();
+                let last = self.durable.answered_at.get(&key).copied();
+                if last.is_none_or(|t| ms >= t + super::REANSWER_INTERVAL_MS) {
+                    debug!("answering re-delivered message {id} from {source} from its record");
+                    self.durable.answered_at.insert(key, ms);
+                    self.send_receipt(now, source, id);
+                }
+            }
+            return Some(Taken::Recorded);
+        }
+        if self.durable.seen.len() >= MAX_SEEN || self.durable.seen_bytes >= MAX_SEEN_BYTES {
+            warn!("not taking message {id} from {source}: {MAX_SEEN} durable messages remembered already");
+            self.msgs.counters.drop("store_full");
+            return Some(Taken::Refused(Outcome::Failed {
+                code: "busy".into(),
+                message: "too many durable messages remembered; retry later".into(),
+            }));
+        }
+        None
+    }
+
+    /// A durable publish copy for us, authentic and in date: delivered like a durable plain
+    /// message (recorded, then answered), as a `publish` event with its topic.
+    fn on_durable_publish(
+        &mut self,
+        now: Now,
+        envelope: &Envelope,
+        publication: &crate::proto::publication::Publication,
+        body: &[u8],
+        expires: u64,
+    ) -> Taken {
+        let (source, id) = (envelope.source.clone(), envelope.id);
+        if let Some(taken) = self.durable_taken_before(now, &source, id) {
+            return taken;
+        }
+        let hops = envelope.hops;
+        let (outcome, inbox) = match self.take_publication(now, &source, hops, publication, body, true) {
+            Ok(inbox) => (Outcome::Delivered, inbox),
+            Err((outcome, true)) => {
+                self.msgs.counters.refused += 1;
+                return Taken::Refused(outcome); // worth a retry: not recorded
+            }
+            Err((outcome, false)) => {
+                self.msgs.counters.refused += 1;
+                (outcome, None)
+            }
+        };
+        let record = SeenRecord {
+            expires_unix_ms: expires,
+            request_hops: hops,
+            state: SeenState::Done(outcome),
+        };
+        let after = AfterPersist::Answer {
+            source: source.clone(),
+            id,
+        };
+        self.record_seen(&source, id, record, inbox.into_iter().collect(), after);
+        Taken::Pending
+    }
+
     /// A durable request for us, authentic and in date.
     fn on_durable_request(
         &mut self,
@@ -1103,29 +1197,8 @@ impl Router {
         expires: u64,
     ) -> Taken {
         let (source, id) = (envelope.source.clone(), envelope.id);
-        let key = (source.clone(), id);
-        if self.durable.unpersisted.contains(&key) {
-            return Taken::Pending; // being recorded: its receipt follows
-        }
-        if let Some(seen) = self.durable.seen.get(&key) {
-            if let SeenState::Done(_) = seen.state {
-                let ms = now.ms();
-                let last = self.durable.answered_at.get(&key).copied();
-                if last.is_none_or(|t| ms >= t + super::REANSWER_INTERVAL_MS) {
-                    debug!("answering re-delivered message {id} from {source} from its record");
-                    self.durable.answered_at.insert(key, ms);
-                    self.send_receipt(now, &source, id);
-                }
-            }
-            return Taken::Recorded;
-        }
-        if self.durable.seen.len() >= MAX_SEEN || self.durable.seen_bytes >= MAX_SEEN_BYTES {
-            warn!("not taking message {id} from {source}: {MAX_SEEN} durable messages remembered already");
-            self.msgs.counters.drop("store_full");
-            return Taken::Refused(Outcome::Failed {
-                code: "busy".into(),
-                message: "too many durable messages remembered; retry later".into(),
-            });
+        if let Some(taken) = self.durable_taken_before(now, &source, id) {
+            return taken;
         }
         let name = self.script_name(body).map(String::from);
         let hops = envelope.hops;
@@ -1503,6 +1576,10 @@ impl Router {
 
     /// A pending request ended: a custody hand-over of ours, or a `/send`'s.
     pub(super) fn complete(&mut self, id: u64, result: Result<Delivery, SendError>) {
+        let delivered = matches!(&result, Ok(d) if d.outcome == Outcome::Delivered);
+        if self.topics.copy_answered(id, delivered) {
+            return;
+        }
         match self.durable.offers.remove(&id) {
             Some(offer) => self.custody_answered(offer, result),
             None => self.actions.push_back(Action::Complete { id, result }),

@@ -899,6 +899,9 @@ impl Router {
             (MessageKind::Request, Payload::Custody { envelope: inner }) => {
                 self.on_custody(now, envelope, inner)
             }
+            (MessageKind::Request, Payload::Publish { publication, body }) => {
+                self.on_publish(now, envelope, &publication, &body)
+            }
             _ => {
                 warn!(
                     "dropping envelope {} from {source}: kind and payload disagree",
@@ -947,6 +950,7 @@ impl Router {
                 bytes: body.len(),
                 body: String::from_utf8_lossy(kept).into_owned(),
                 truncated: kept.len() < body.len(),
+                topic: None,
             });
             self.actions.push_back(Action::Event(message_event(
                 &envelope.source,

@@ -27,6 +27,7 @@ mod domain;
 mod durable;
 mod messages;
 mod punching;
+mod topics;
 pub mod report;
 pub mod sim;
 
@@ -49,6 +50,7 @@ use crate::wire::udp::PUNCH_TOKEN_BYTES;
 
 use domain::{Domain, Policy};
 pub use durable::{CancelError, CarrierLimits, DurableLimits, MessageReport};
+pub use topics::{PublishError, PublishLimits, Published, SubscribeError, TopicCounters};
 
 pub use report::{
     DurableReport, ForeignReport, GraphEdge, GraphNode, MessageCounters, NetworkGraph, PunchReport,
@@ -238,6 +240,10 @@ pub struct Settings {
     pub carrier: Option<CarrierLimits>,
     /// Script name -> the only senders that may run it (absent: every member).
     pub script_allow: BTreeMap<String, BTreeSet<String>>,
+    /// Topic filters from the config.
+    pub subscriptions: Vec<String>,
+    /// What this node may publish.
+    pub publish: PublishLimits,
 }
 
 /// What a node takes from others (its own messages to itself pass too: one code path).
@@ -427,6 +433,8 @@ pub struct Router {
     durable: durable::Durable,
     /// Punch attempts and coordinations.
     punch: punching::Punching,
+    /// Subscriptions and publishing.
+    topics: topics::Topics,
     /// Actions for the driver, in order.
     actions: VecDeque<Action>,
     /// When every domain re-advertises and expires old adverts.
@@ -469,6 +477,7 @@ impl Router {
             msgs: messages::Messages::new(now.unix_ms),
             durable: durable::Durable::new(settings.durable),
             punch: punching::Punching::default(),
+            topics: topics::Topics::new(settings.subscriptions.clone(), settings.publish),
             home,
             foreign: HashMap::new(),
             relayed: HashMap::new(),
@@ -620,7 +629,9 @@ impl Router {
         relay_network_whitelist: Vec<String>,
         foreign_relay_bps_limit: u64,
         pinned_keys: BTreeMap<String, [u8; 32]>,
+        subscriptions: Vec<String>,
     ) {
+        self.set_config_subscriptions(now, subscriptions);
         self.home.keys.repin(&pinned_keys);
         self.settings.pinned_keys = pinned_keys;
         self.settings.scripts = scripts;
@@ -843,7 +854,7 @@ impl Router {
         from: &str,
         state: LinkState,
     ) {
-        let (advert, member) = match self.check_advert(now, dom, kind, from, &state) {
+        let (mut advert, member) = match self.check_advert(now, dom, kind, from, &state) {
             Ok(Some(checked)) => checked,
             Ok(None) => return, // stale: nothing new, nothing to check
             Err(refusal) => {
@@ -881,6 +892,7 @@ impl Router {
         }
         // Only a relay's own advert comes without the network's MAC.
         let relay = !member && origin != me;
+        let topics = std::mem::take(&mut advert.topics);
         let carrier = advert.carrier && member && dom.is_none() && origin != me;
         let routed = Advert {
             origin: origin.clone(),
@@ -897,6 +909,14 @@ impl Router {
         match d.routing.apply(routed, now.ms()) {
             Applied::Newer => {
                 d.signed.insert(origin.clone(), state.clone());
+                if d.policy.is_home() && origin != me {
+                    // Subscriptions count from members only.
+                    let filters = if member { topics } else { Vec::new() };
+                    self.topics.set_remote(&origin, filters);
+                }
+                let Some(d) = self.domain_mut(dom) else {
+                    return;
+                };
                 if d.policy.is_home() {
                     // The flag follows the origin's newest advert, except for a public node we
                     // dialled ourselves: we know what it is.
@@ -1048,6 +1068,7 @@ impl Router {
         }
         if dom.is_none() {
             self.durable.carriers.remove(origin);
+            self.topics.forget(origin);
         }
     }
 
@@ -1118,6 +1139,11 @@ impl Router {
         let certificate = self.settings.certificate.clone();
         let network = dom.unwrap_or(&self.settings.network).to_string();
         let advert_key = &self.advert_key;
+        let topics = if dom.is_none() {
+            self.topics.local()
+        } else {
+            Vec::new()
+        };
         let d = match dom {
             None => &mut self.home,
             Some(n) => self.foreign.get_mut(n)?,
@@ -1146,6 +1172,7 @@ impl Router {
             relay: !home,
             certificate: if home { certificate } else { None },
             carrier: home && self.settings.carrier.is_some(),
+            topics,
         };
         let state = signed::seal(&keys.identity, home.then_some(advert_key), &body);
         d.own = Some((advert.seq, state.clone()));

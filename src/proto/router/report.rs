@@ -154,6 +154,20 @@ pub struct RelayReport {
     pub key_conflicts: Vec<Conflict>,
     /// Adverts refused in our network, by reason (`bad_mac`, `bad_signature`, ...).
     pub adverts_refused: BTreeMap<&'static str, u64>,
+    /// Subscriptions and publishing.
+    pub topics: TopicReport,
+}
+
+/// Topics on `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicReport {
+    /// The filters this node subscribes to (config and open event streams).
+    pub subscriptions: Vec<String>,
+    /// The filters of the members that subscribe to any, by node (from their adverts).
+    pub subscribers: BTreeMap<String, Vec<String>>,
+    /// Counters.
+    #[serde(flatten)]
+    pub counters: super::TopicCounters,
 }
 
 /// One foreign network on a public node's `/status`.
@@ -279,6 +293,9 @@ pub struct ReceivedMessage {
     pub body: String,
     /// Whether `body` was cut.
     pub truncated: bool,
+    /// The topic it was published to, for a message published to a topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 impl Router {
@@ -382,6 +399,11 @@ impl Router {
             pending: self.msgs.pending_count(),
             key_conflicts: self.conflicts.list(),
             adverts_refused: by_name(&self.home.refused),
+            topics: TopicReport {
+                subscriptions: self.subscriptions(),
+                subscribers: self.remote_subscriptions(),
+                counters: self.topic_counters(),
+            },
         }
     }
 

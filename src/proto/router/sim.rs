@@ -305,6 +305,8 @@ impl Net {
             incoming: super::IncomingLimits::default(),
             carrier: None,
             script_allow: BTreeMap::new(),
+            subscriptions: Vec::new(),
+            publish: super::PublishLimits::default(),
         };
         tweak(&mut settings);
         let router = Router::new(settings.clone(), self.now());
@@ -383,6 +385,7 @@ impl Net {
             relay: false,
             certificate: None,
             carrier: false,
+            topics: Vec::new(),
         }
     }
 
