@@ -2138,9 +2138,8 @@ impl Checker<'_> {
         let mut filters: Vec<String> = Vec::new();
         for (path, item) in items {
             let filter = self.string(&path, item)?;
-            crate::proto::topic::check_filter(&filter).map_err(|e| {
-                self.err(&path, format!("topic filter {filter:?} {e}"))
-            })?;
+            crate::proto::topic::check_filter(&filter)
+                .map_err(|e| self.err(&path, format!("topic filter {filter:?} {e}")))?;
             if !filters.contains(&filter) {
                 filters.push(filter);
             }

@@ -64,7 +64,9 @@ impl Filter {
         self.types.as_ref().is_none_or(|t| t.contains(e.kind))
             && self.from.as_ref().is_none_or(|f| *f == e.node)
             && match (&self.topics, &e.topic) {
-                (Some(filters), Some(t)) => filters.iter().any(|f| crate::proto::topic::matches(f, t)),
+                (Some(filters), Some(t)) => {
+                    filters.iter().any(|f| crate::proto::topic::matches(f, t))
+                }
                 (Some(_), None) => e.kind != "publish",
                 (None, _) => true,
             }

@@ -35,12 +35,10 @@ use crate::proto::router::{
 };
 
 pub use crate::proto::router::{
-    PublishError, Published, SubscribeError, TopicCounters,
-};
-pub use crate::proto::router::{
     CancelError, Delivery, DurableReport, ForeignReport, MessageCounters, MessageReport,
     PunchReport, ReceivedMessage, RelayReport, RelayedCount, RouteReport, SendError, Topology,
 };
+pub use crate::proto::router::{PublishError, Published, SubscribeError, TopicCounters};
 
 /// Inbound frames from links queued for the relay; beyond it they are dropped and counted.
 pub const RELAY_MAILBOX: usize = 16_384;
@@ -521,7 +519,10 @@ impl Handler<PublishTopic> for RelayActor {
         Box::pin(async move {
             let mut published = published?;
             let mut stored = Vec::new();
-            for ((node, id), rx) in std::mem::take(&mut published.durable).into_iter().zip(copies) {
+            for ((node, id), rx) in std::mem::take(&mut published.durable)
+                .into_iter()
+                .zip(copies)
+            {
                 match rx.await {
                     Ok(Err(e)) => published.failed.push((node, e.to_string())),
                     Err(_) => published

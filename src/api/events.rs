@@ -104,9 +104,10 @@ struct TopicGuard {
 
 impl Drop for TopicGuard {
     fn drop(&mut self) {
-        self.relay.do_send(crate::actors::relay::UnsubscribeTopics(std::mem::take(
-            &mut self.filters,
-        )));
+        self.relay
+            .do_send(crate::actors::relay::UnsubscribeTopics(std::mem::take(
+                &mut self.filters,
+            )));
     }
 }
 

@@ -1019,7 +1019,10 @@ async fn guard_caller(
 fn routes(cfg: &mut web::ServiceConfig) {
     for prefix in ["", "/api"] {
         cfg.route(&format!("{prefix}/send"), web::post().to(send))
-            .route(&format!("{prefix}/publish"), web::post().to(publish::publish))
+            .route(
+                &format!("{prefix}/publish"),
+                web::post().to(publish::publish),
+            )
             .route(&format!("{prefix}/status"), web::get().to(status))
             .route(&format!("{prefix}/topology"), web::get().to(topology))
             .route(&format!("{prefix}/messages"), web::get().to(messages))

@@ -615,7 +615,11 @@ impl Advert {
                 what: "link_state.topics",
             });
         }
-        if self.topics.iter().any(|t| crate::proto::topic::check_filter(t).is_err()) {
+        if self
+            .topics
+            .iter()
+            .any(|t| crate::proto::topic::check_filter(t).is_err())
+        {
             return Err(WireError::Limit {
                 what: "link_state.topic",
             });

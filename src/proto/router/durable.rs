@@ -1164,17 +1164,18 @@ impl Router {
             return taken;
         }
         let hops = envelope.hops;
-        let (outcome, inbox) = match self.take_publication(now, &source, hops, publication, body, true) {
-            Ok(inbox) => (Outcome::Delivered, inbox),
-            Err((outcome, true)) => {
-                self.msgs.counters.refused += 1;
-                return Taken::Refused(outcome); // worth a retry: not recorded
-            }
-            Err((outcome, false)) => {
-                self.msgs.counters.refused += 1;
-                (outcome, None)
-            }
-        };
+        let (outcome, inbox) =
+            match self.take_publication(now, &source, hops, publication, body, true) {
+                Ok(inbox) => (Outcome::Delivered, inbox),
+                Err((outcome, true)) => {
+                    self.msgs.counters.refused += 1;
+                    return Taken::Refused(outcome); // worth a retry: not recorded
+                }
+                Err((outcome, false)) => {
+                    self.msgs.counters.refused += 1;
+                    (outcome, None)
+                }
+            };
         let record = SeenRecord {
             expires_unix_ms: expires,
             request_hops: hops,

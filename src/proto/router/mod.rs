@@ -27,9 +27,9 @@ mod domain;
 mod durable;
 mod messages;
 mod punching;
-mod topics;
 pub mod report;
 pub mod sim;
+mod topics;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -344,14 +344,8 @@ impl Router {
         }
         let me = self.settings.node_id.clone();
         let id = self.random_u64();
-        let publication = Publication::sign(
-            &self.settings.keys.identity,
-            &me,
-            id,
-            now.unix_ms,
-            t,
-            body,
-        );
+        let publication =
+            Publication::sign(&self.settings.keys.identity, &me, id, now.unix_ms, t, body);
         self.topics.counters.published += 1;
         let mut published = Published {
             id,
@@ -454,23 +448,29 @@ impl Router {
         publication: &Publication,
         body: &[u8],
     ) {
-        let outcome =
-            match self.take_publication(now, &envelope.source, envelope.hops, publication, body, false) {
-                Ok(op) => {
-                    if let Some(op) = op {
-                        self.actions.push_back(Action::Persist {
-                            ops: vec![op],
-                            durable: false,
-                            token: None,
-                        });
-                    }
-                    Outcome::Delivered
+        let outcome = match self.take_publication(
+            now,
+            &envelope.source,
+            envelope.hops,
+            publication,
+            body,
+            false,
+        ) {
+            Ok(op) => {
+                if let Some(op) = op {
+                    self.actions.push_back(Action::Persist {
+                        ops: vec![op],
+                        durable: false,
+                        token: None,
+                    });
                 }
-                Err((outcome, _)) => {
-                    self.msgs.counters.refused += 1;
-                    outcome
-                }
-            };
+                Outcome::Delivered
+            }
+            Err((outcome, _)) => {
+                self.msgs.counters.refused += 1;
+                outcome
+            }
+        };
         self.reply(now, &envelope, outcome);
     }
 
@@ -511,11 +511,17 @@ impl Router {
             );
             self.topics.counters.refused += 1;
             self.msgs.counters.forged += 1;
-            return refuse("forged", "the publication is not signed by its source".into());
+            return refuse(
+                "forged",
+                "the publication is not signed by its source".into(),
+            );
         }
         if topic::check_topic(&publication.topic).is_err() {
             self.topics.counters.refused += 1;
-            return refuse("bad_topic", format!("{:?} is not a topic", publication.topic));
+            return refuse(
+                "bad_topic",
+                format!("{:?} is not a topic", publication.topic),
+            );
         }
         if !self.topics.local_matches(&publication.topic) {
             debug!(
