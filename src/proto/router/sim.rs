@@ -481,6 +481,33 @@ impl Net {
         r
     }
 
+    /// Node `from` publishes `body` to `topic` (live copies with `ttl_ms` 0).
+    pub fn publish(
+        &mut self,
+        from: usize,
+        topic: &str,
+        body: &str,
+        ttl_ms: u64,
+    ) -> Result<super::Published, super::PublishError> {
+        let now = self.now();
+        let r = self.nodes[from]
+            .router
+            .publish(now, topic, body.as_bytes(), ttl_ms);
+        self.drain(from);
+        r
+    }
+
+    /// Node `at` subscribes to `filters` (as an event stream would).
+    pub fn subscribe(&mut self, at: usize, filters: &[&str]) {
+        let now = self.now();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        self.nodes[at]
+            .router
+            .subscribe(now, &filters)
+            .expect("valid filters");
+        self.drain(at);
+    }
+
     /// Node `from` sends `body` to `target` with a ttl (a durable message).
     pub fn send_durable(
         &mut self,
