@@ -28,9 +28,9 @@ use scenario::Ctx;
 use stats::Results;
 
 /// The measurement groups, in the order a run executes them (`--only` names).
-const GROUPS: [&str; 11] = [
+const GROUPS: [&str; 12] = [
     "ceiling", "rtt", "rate", "durable", "inproc", "bulk", "lossy", "relay", "libp2p", "recovery",
-    "mesh",
+    "mesh", "topics",
 ];
 
 const USAGE: &str = "\
@@ -39,7 +39,7 @@ usage: cargo run --release -p msgtier-bench -- [options]
   --runs N          runs of every measurement (default 3; medians and min-max are shown)
   --quick           short smoke run: 1 run, small counts, a 10-node mesh
   --only G[,G..]    only these groups: ceiling, rtt, rate (also: rss), durable, inproc, bulk, lossy
-                    (root only), relay, libp2p, recovery, mesh (ceiling always runs; the
+                    (root only), relay, libp2p, recovery, mesh, topics (ceiling always runs; the
                     libp2p modes a group compares with run with it)
   --no-build        do not run cargo build first (use the binaries as they are)
   --node-log LEVEL  log level in node configs (default warn; info adds a line per message)
@@ -351,6 +351,7 @@ fn real_main() -> Result<()> {
                 "libp2p" => scenario::libp2p::run(&ctx, &mut res, modes),
                 "recovery" => scenario::recovery::run(&ctx, &mut res),
                 "mesh" => scenario::mesh::run(&ctx, &mut res),
+                "topics" => scenario::topics::run(&ctx, &mut res),
                 _ => Ok(()),
             };
             eprintln!("{:.1} s", t0.elapsed().as_secs_f64());

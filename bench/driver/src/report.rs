@@ -35,6 +35,10 @@ pub mod key {
     pub const MESH_RSS_MED: &str = "mesh.rss_median_mib";
     pub const MESH_RSS_MAX: &str = "mesh.rss_max_mib";
     pub const MESH_CONVERGE: &str = "mesh.converge_s";
+    pub const PUBLISH_P50: &str = "topics.publish_p50_us";
+    pub const PUBLISH_P99: &str = "topics.publish_p99_us";
+    pub const FANOUT_P50: &str = "topics.fanout_p50_us";
+    pub const FANOUT_P99: &str = "topics.fanout_p99_us";
     pub const RESTART_ACTIVE: &str = "recovery.restart_ms";
     pub const STOP_DISCONNECTED: &str = "recovery.sigstop_ms";
     pub const LP_RTT_P50: &str = "libp2p.rtt_p50_us";
@@ -286,6 +290,16 @@ fn rows() -> Vec<Row> {
             target: Some(Target::Converge),
             ..row("50-node mesh: start to all routes (s)", MESH_CONVERGE)
         },
+        row(
+            "publish to all 19 subscribers, 20-node mesh, p50 (us)",
+            PUBLISH_P50,
+        ),
+        row(
+            "publish to all 19 subscribers, 20-node mesh, p99 (us)",
+            PUBLISH_P99,
+        ),
+        row("fan-out `target: *` to 20 nodes, answered, p50 (us)", FANOUT_P50),
+        row("fan-out `target: *` to 20 nodes, answered, p99 (us)", FANOUT_P99),
         row("peer restart to Active (ms)", RESTART_ACTIVE),
         row(
             "peer SIGSTOP to Disconnected (ms; peer_timeout_ms 3000, heartbeat 500)",

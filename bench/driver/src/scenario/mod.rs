@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod rate;
 pub mod recovery;
 pub mod relay;
+pub mod topics;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
