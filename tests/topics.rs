@@ -330,3 +330,26 @@ fn a_subscriber_that_was_offline_gets_a_publish_with_a_ttl() {
     });
     assert_eq!(received(&b), 1);
 }
+
+#[test]
+fn a_config_reload_changes_what_a_node_subscribes_to() {
+    let a = Node::start(spec("a", &[], &[]));
+    let b = Node::start(spec("b", &[&a], &["old.*"]));
+    wait_subscriptions(&a, &[("b", &["old.*"])]);
+    let path = b.config_path();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["subscriptions"] = json!(["new.>"]);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let r = b.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_subscriptions(&a, &[("b", &["new.>"])]);
+    assert_eq!(publish(&a, "old.x", b"x", &[]).json()["subscribers"], 0);
+    assert_eq!(nodes_of(&publish(&a, "new.x.y", b"x", &[]).json()), ["b"]);
+    // A bad filter in the file is refused by name, and the running set stays.
+    config["subscriptions"] = json!(["bad..filter"]);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let r = b.http("POST", "/config/reload", &[], b"").unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("subscriptions[0]"), "{}", r.text());
+    assert_eq!(b.status()["topics"]["subscriptions"], json!(["new.>"]));
+}

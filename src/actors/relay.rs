@@ -684,8 +684,9 @@ impl Handler<Reconfigure> for RelayActor {
             r.relay_network_whitelist,
             r.foreign_relay_bps_limit,
             r.pinned_keys,
-            r.subscriptions,
         );
+        self.router
+            .set_config_subscriptions(now(&self.node), r.subscriptions);
         self.drive(ctx);
     }
 }

@@ -298,8 +298,14 @@ fn rows() -> Vec<Row> {
             "publish to all 19 subscribers, 20-node mesh, p99 (us)",
             PUBLISH_P99,
         ),
-        row("fan-out `target: *` to 20 nodes, answered, p50 (us)", FANOUT_P50),
-        row("fan-out `target: *` to 20 nodes, answered, p99 (us)", FANOUT_P99),
+        row(
+            "fan-out `target: *` to 20 nodes, answered, p50 (us)",
+            FANOUT_P50,
+        ),
+        row(
+            "fan-out `target: *` to 20 nodes, answered, p99 (us)",
+            FANOUT_P99,
+        ),
         row("peer restart to Active (ms)", RESTART_ACTIVE),
         row(
             "peer SIGSTOP to Disconnected (ms; peer_timeout_ms 3000, heartbeat 500)",

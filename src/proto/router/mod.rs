@@ -629,9 +629,7 @@ impl Router {
         relay_network_whitelist: Vec<String>,
         foreign_relay_bps_limit: u64,
         pinned_keys: BTreeMap<String, [u8; 32]>,
-        subscriptions: Vec<String>,
     ) {
-        self.set_config_subscriptions(now, subscriptions);
         self.home.keys.repin(&pinned_keys);
         self.settings.pinned_keys = pinned_keys;
         self.settings.scripts = scripts;

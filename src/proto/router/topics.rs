@@ -285,8 +285,8 @@ impl Router {
         }
     }
 
-    /// A config reload changed the configured filters.
-    pub(super) fn set_config_subscriptions(&mut self, now: Now, filters: Vec<String>) {
+    /// A config reload changed the configured filters (re-advertised if the set changed).
+    pub fn set_config_subscriptions(&mut self, now: Now, filters: Vec<String>) {
         let before = self.topics.local();
         let limits = self.topics.limits;
         let fresh = Topics::new(filters, limits);

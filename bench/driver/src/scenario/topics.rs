@@ -124,7 +124,10 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let sent = Instant::now();
         let code = conn.request(head.as_bytes(), body.as_bytes())?;
         if code != 200 {
-            bail!("publish answered {code}: {}", String::from_utf8_lossy(conn.body()));
+            bail!(
+                "publish answered {code}: {}",
+                String::from_utf8_lossy(conn.body())
+            );
         }
         let answer: Value = serde_json::from_slice(conn.body()).context("publish answer")?;
         let id = answer["id"].as_str().unwrap_or_default().to_string();
@@ -164,9 +167,9 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let code = conn.request(&head, body)?;
         let took = sent.elapsed();
         let answer: Value = serde_json::from_slice(conn.body()).context("fan-out answer")?;
-        let delivered = answer["results"]
-            .as_array()
-            .map_or(0, |r| r.iter().filter(|r| r["status"] == "delivered").count());
+        let delivered = answer["results"].as_array().map_or(0, |r| {
+            r.iter().filter(|r| r["status"] == "delivered").count()
+        });
         if code != 200 || delivered != NODES {
             bail!("fan-out answered {code} with {delivered} of {NODES} delivered");
         }
