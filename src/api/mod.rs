@@ -263,6 +263,20 @@ impl From<SendError> for ApiError {
     }
 }
 
+/// The `ttl` header (seconds, 1 to `max_ttl_s`) in milliseconds; `default_ttl_s` without one.
+fn ttl_ms(header: Option<&str>, config: &crate::config::Config) -> Result<u64, ApiError> {
+    match header {
+        None => Ok(config.default_ttl_s * 1000),
+        Some(t) => match t.trim().parse::<u64>() {
+            Ok(s) if (1..=config.max_ttl_s).contains(&s) => Ok(s * 1000),
+            _ => Err(ApiError::BadTtl(format!(
+                "header `ttl` must be a number of seconds from 1 to {} (this node's max_ttl_s), got {t:?}",
+                config.max_ttl_s
+            ))),
+        },
+    }
+}
+
 /// Default wait for an answer to `/send` (MsgTier's default).
 pub const DEFAULT_SEND_TIMEOUT_MS: u64 = 10_000;
 
@@ -320,18 +334,7 @@ async fn send_inner(
             }
         },
     };
-    let ttl_ms = match header("ttl")? {
-        None => config.default_ttl_s * 1000,
-        Some(t) => match t.trim().parse::<u64>() {
-            Ok(s) if (1..=config.max_ttl_s).contains(&s) => s * 1000,
-            _ => {
-                return Err(ApiError::BadTtl(format!(
-                    "header `ttl` must be a number of seconds from 1 to {} (this node's max_ttl_s), got {t:?}",
-                    config.max_ttl_s
-                )))
-            }
-        },
-    };
+    let ttl_ms = ttl_ms(header("ttl")?, config)?;
     let limit = config.max_body_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {

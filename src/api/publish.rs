@@ -41,18 +41,7 @@ pub async fn publish(
     crate::proto::topic::check_topic(&topic)
         .map_err(|e| ApiError::BadTopic(format!("topic {topic:?} {e}")))?;
     let config = &state.node.config;
-    let ttl_ms = match header("ttl")? {
-        None => config.default_ttl_s * 1000,
-        Some(t) => match t.trim().parse::<u64>() {
-            Ok(s) if (1..=config.max_ttl_s).contains(&s) => s * 1000,
-            _ => {
-                return Err(ApiError::BadTtl(format!(
-                    "header `ttl` must be a number of seconds from 1 to {} (this node's max_ttl_s), got {t:?}",
-                    config.max_ttl_s
-                )))
-            }
-        },
-    };
+    let ttl_ms = super::ttl_ms(header("ttl")?, config)?;
     let limit = config.publish_max_bytes.min(config.max_body_bytes);
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {

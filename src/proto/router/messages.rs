@@ -110,6 +110,33 @@ impl Messages {
         }
     }
 
+    /// Keeps a delivered message in the recent inbox (bounded by [`RECENT_MESSAGES`], bodies
+    /// by [`RECENT_BODY_BYTES`]).
+    pub(super) fn keep(
+        &mut self,
+        id: u64,
+        source: &str,
+        now: Now,
+        hops: u8,
+        body: &[u8],
+        topic: Option<&str>,
+    ) {
+        if self.inbox.len() >= RECENT_MESSAGES {
+            self.inbox.pop_front();
+        }
+        let kept = &body[..body.len().min(RECENT_BODY_BYTES)];
+        self.inbox.push_back(ReceivedMessage {
+            id: id.to_string(),
+            source: source.to_string(),
+            received_unix_ms: now.unix_ms,
+            hops,
+            bytes: body.len(),
+            body: String::from_utf8_lossy(kept).into_owned(),
+            truncated: kept.len() < body.len(),
+            topic: topic.map(String::from),
+        });
+    }
+
     /// Requests waiting for their answer.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -938,20 +965,14 @@ impl Router {
                 envelope.hops
             );
             self.msgs.counters.delivered += 1;
-            if self.msgs.inbox.len() >= RECENT_MESSAGES {
-                self.msgs.inbox.pop_front();
-            }
-            let kept = &body[..body.len().min(RECENT_BODY_BYTES)];
-            self.msgs.inbox.push_back(ReceivedMessage {
-                id: envelope.id.to_string(),
-                source: envelope.source.clone(),
-                received_unix_ms: now.unix_ms,
-                hops: envelope.hops,
-                bytes: body.len(),
-                body: String::from_utf8_lossy(kept).into_owned(),
-                truncated: kept.len() < body.len(),
-                topic: None,
-            });
+            self.msgs.keep(
+                envelope.id,
+                &envelope.source,
+                now,
+                envelope.hops,
+                body,
+                None,
+            );
             self.actions.push_back(Action::Event(message_event(
                 &envelope.source,
                 envelope.id,

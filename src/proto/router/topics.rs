@@ -26,8 +26,7 @@ use crate::proto::publication::Publication;
 use crate::proto::token_bucket::TokenBucket;
 use crate::proto::topic::{self, TopicError, MAX_SUBSCRIPTIONS};
 
-use super::report::ReceivedMessage;
-use super::{Action, Now, Router, SendError, MAX_PENDING, RECENT_BODY_BYTES, RECENT_MESSAGES};
+use super::{Action, Now, Router, SendError, MAX_PENDING};
 
 /// Publications remembered per (origin, id) against duplicates.
 pub const PUBLISH_SEEN: usize = 16_384;
@@ -548,20 +547,14 @@ impl Router {
             body.len()
         );
         self.topics.counters.received += 1;
-        if self.msgs.inbox.len() >= RECENT_MESSAGES {
-            self.msgs.inbox.pop_front();
-        }
-        let kept = &body[..body.len().min(RECENT_BODY_BYTES)];
-        self.msgs.inbox.push_back(ReceivedMessage {
-            id: publication.id.to_string(),
-            source: source.to_string(),
-            received_unix_ms: now.unix_ms,
+        self.msgs.keep(
+            publication.id,
+            source,
+            now,
             hops,
-            bytes: body.len(),
-            body: String::from_utf8_lossy(kept).into_owned(),
-            truncated: kept.len() < body.len(),
-            topic: Some(publication.topic.clone()),
-        });
+            body,
+            Some(&publication.topic),
+        );
         self.actions
             .push_back(Action::Event(crate::proto::event::Event::Publish {
                 message_id: publication.id,
