@@ -970,8 +970,9 @@ fn subscriptions_spread_and_publishes_reach_exactly_the_subscribers_on_random_gr
     }
 }
 
-/// A copy captured on the wire and replayed to its subscriber is not delivered again, and a
-/// copy for a node that stopped subscribing is refused, never delivered.
+/// A copy captured on the wire and replayed to its subscriber is not delivered again; a relay
+/// member cannot pass off another node's publication as its own copy; a copy for a node that
+/// stopped subscribing is refused, never delivered.
 #[test]
 fn a_replayed_publish_is_delivered_once_and_an_unsubscribed_node_refuses_copies() {
     let mut net = Net::new(41);
@@ -999,6 +1000,64 @@ fn a_replayed_publish_is_delivered_once_and_an_unsubscribed_node_refuses_copies(
         publishes(&net, n[2]).len(),
         1,
         "replayed: not delivered again"
+    );
+
+    // n1, a member relaying between them, passes off a publication n0 signed (captured, or
+    // one it claims n0 made) as a copy sealed by itself: the signature is not its source's.
+    let forge = |net: &mut Net, signer: usize| {
+        use msgtier::proto::e2e::{self, PairKey, Payload};
+        use msgtier::proto::publication::Publication;
+        let now = net.now();
+        let body = b"fake news";
+        let publication = Publication::sign(
+            &net.nodes[signer].keys.identity,
+            "n0",
+            77 + signer as u64,
+            now.unix_ms,
+            "news.today",
+            body,
+        );
+        let keys = net.nodes[n[1]].keys.clone();
+        let key = PairKey::derive(
+            &keys.identity,
+            &net.nodes[n[2]].public_key,
+            &keys.network_key,
+            "n1",
+            "n2",
+        )
+        .unwrap();
+        let mut envelope = msgtier::wire::frame::Envelope {
+            id: 4242 + signer as u64,
+            source: "n1".into(),
+            target: "n2".into(),
+            kind: msgtier::wire::frame::MessageKind::Request,
+            timestamp_ms: now.unix_ms,
+            ttl_ms: 30_000,
+            hops: 0,
+            clear: false,
+            sealed: Vec::new(),
+            signature: None,
+        };
+        let plaintext = Payload::Publish {
+            publication,
+            body: body.to_vec(),
+        }
+        .encode();
+        e2e::seal(&key, &mut envelope, &plaintext).unwrap();
+        net.inject(n[2], link, msgtier::wire::frame::Frame::Data(envelope));
+        net.run_for(500);
+    };
+    let forged_before = net.nodes[n[2]].router.topic_counters().refused;
+    forge(&mut net, n[0]);
+    forge(&mut net, n[1]);
+    assert_eq!(
+        publishes(&net, n[2]).len(),
+        1,
+        "a forged publication is never delivered"
+    );
+    assert_eq!(
+        net.nodes[n[2]].router.topic_counters().refused,
+        forged_before + 2
     );
 
     // n2 stops subscribing; a publisher with a stale view sends anyway (forced here by
