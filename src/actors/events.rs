@@ -2,9 +2,11 @@
 //! hands them to the event-stream subscribers (`GET /events`, `GET /events/ws`).
 //!
 //! Every event gets the next id (+1 each, starting at 1 when the node starts: a gap a client
-//! sees is an event it lost) and is rendered to its JSON once. The ring keeps the newest
-//! [`EVENT_RING`] events (at most [`EVENT_RING_BYTES`] of JSON); a subscriber that resumes from
-//! an id the ring no longer has first gets a `missed` event saying how many it lost.
+//! sees is an event it lost) and is rendered to its JSON at most once, by this actor, the
+//! first time a subscriber takes it (live or replayed): with nobody listening an event costs
+//! no JSON at all. The ring keeps the newest [`EVENT_RING`] events (at most
+//! [`EVENT_RING_BYTES`] of event bodies and rendered JSON); a subscriber that resumes from an
+//! id the ring no longer has first gets a `missed` event saying how many it lost.
 //!
 //! A slow subscriber never holds the node up: the actor never waits for one. Each subscriber's
 //! queue is bounded in bytes ([`SUBSCRIBER_QUEUE_BYTES`]); when an event does not fit, the
@@ -13,7 +15,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use base64::Engine as _;
@@ -26,14 +28,19 @@ use crate::proto::event::Event;
 
 /// Events kept for resumption (`Last-Event-ID`, `?since=`).
 pub const EVENT_RING: usize = 4096;
-/// JSON bytes the ring holds at most (older events leave first).
+/// Bytes the ring holds at most, counting each event's body, a fixed overhead and its JSON
+/// once rendered (older events leave first).
 pub const EVENT_RING_BYTES: usize = 8 * 1024 * 1024;
 /// JSON bytes queued for one subscriber before it is cut off as lagging.
 pub const SUBSCRIBER_QUEUE_BYTES: usize = 1024 * 1024;
 /// Event-stream clients at once; more are refused (503).
 pub const MAX_SUBSCRIBERS: usize = 64;
 
-/// One event as subscribers get it.
+/// Bytes an event is counted for in the ring besides its body and JSON (ids, names, the
+/// allocation itself).
+const EVENT_OVERHEAD_BYTES: usize = 256;
+
+/// One event as subscribers get it: numbered, and rendered on first use.
 #[derive(Debug)]
 pub struct Rendered {
     /// Its id.
@@ -44,8 +51,45 @@ pub struct Rendered {
     pub node: String,
     /// A `publish` event's topic (for `?topics=`).
     pub topic: Option<String>,
-    /// The whole event as one JSON object.
-    pub json: String,
+    /// When it was published.
+    time_unix_ms: u64,
+    /// What happened.
+    event: Event,
+    /// The whole event as one JSON object, once rendered.
+    json: OnceLock<String>,
+}
+
+impl Rendered {
+    /// Numbers `event`; renders nothing yet.
+    pub fn new(id: u64, time_unix_ms: u64, event: Event) -> Rendered {
+        Rendered {
+            id,
+            kind: event.kind(),
+            node: event.node().to_string(),
+            topic: match &event {
+                Event::Publish { topic, .. } => Some(topic.clone()),
+                _ => None,
+            },
+            time_unix_ms,
+            event,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The event as one JSON object, rendered on the first call.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| render(self.id, self.time_unix_ms, &self.event))
+    }
+
+    /// Bytes the event holds: its body, the fixed overhead, and its JSON if rendered.
+    fn held_bytes(&self) -> usize {
+        let body = match &self.event {
+            Event::Message { body, .. } | Event::Publish { body, .. } => body.len(),
+            _ => 0,
+        };
+        EVENT_OVERHEAD_BYTES + body + self.json.get().map_or(0, String::len)
+    }
 }
 
 /// Which events a subscriber wants.
@@ -135,7 +179,7 @@ impl Feed {
             Some(e) => {
                 self.shared
                     .queued_bytes
-                    .fetch_sub(e.json.len(), Ordering::Relaxed);
+                    .fetch_sub(e.json().len(), Ordering::Relaxed);
                 Next::Event(e)
             }
             None if self.shared.lagged.load(Ordering::Relaxed) => Next::Lagged(
@@ -172,7 +216,7 @@ pub struct EventStats {
     pub subscribers_lagged: u64,
     /// Events in the ring.
     pub ring_events: usize,
-    /// JSON bytes in the ring.
+    /// Bytes the ring holds (bodies, a fixed overhead each, JSON once rendered).
     pub ring_bytes: usize,
     /// The oldest id the ring holds.
     pub ring_oldest_id: Option<u64>,
@@ -208,21 +252,13 @@ impl Handler<Publish> for EventActor {
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) {
         self.last_id += 1;
-        let rendered = Arc::new(render(self.last_id, unix_ms(), &msg.0));
-        self.ring_bytes += rendered.json.len();
-        self.ring.push_back(rendered.clone());
-        while self.ring.len() > EVENT_RING || self.ring_bytes > EVENT_RING_BYTES {
-            match self.ring.pop_front() {
-                Some(old) => self.ring_bytes -= old.json.len(),
-                None => break,
-            }
-        }
-        let size = rendered.json.len();
+        let event = Arc::new(Rendered::new(self.last_id, unix_ms(), msg.0));
         let lagged = &mut self.lagged;
         self.subscribers.retain(|s| {
-            if !s.filter.admits(&rendered) {
+            if !s.filter.admits(&event) {
                 return !s.tx.is_closed();
             }
+            let size = event.json().len();
             let queued = s.shared.queued_bytes.load(Ordering::Relaxed);
             if queued + size > SUBSCRIBER_QUEUE_BYTES {
                 s.shared.lagged.store(true, Ordering::Relaxed);
@@ -231,8 +267,23 @@ impl Handler<Publish> for EventActor {
                 return false; // dropping the sender ends its stream after what is queued
             }
             s.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
-            s.tx.send(rendered.clone()).is_ok()
+            s.tx.send(event.clone()).is_ok()
         });
+        self.ring_bytes += event.held_bytes();
+        self.ring.push_back(event);
+        self.trim_ring();
+    }
+}
+
+impl EventActor {
+    /// Drops the oldest events while the ring is over its bounds.
+    fn trim_ring(&mut self) {
+        while self.ring.len() > EVENT_RING || self.ring_bytes > EVENT_RING_BYTES {
+            match self.ring.pop_front() {
+                Some(old) => self.ring_bytes -= old.held_bytes(),
+                None => break,
+            }
+        }
     }
 }
 
@@ -265,6 +316,13 @@ impl Handler<Subscribe> for EventActor {
                 replay.extend(self.ring.iter().filter(|e| e.id > since).cloned());
             }
             replay.retain(|e| msg.filter.admits(e));
+            // Rendered here, once, so the ring's byte count stays true.
+            for e in &replay {
+                if e.json.get().is_none() {
+                    self.ring_bytes += e.json().len();
+                }
+            }
+            self.trim_ring();
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
@@ -310,7 +368,7 @@ fn missed_notice(missed: Option<u64>, why: &str) -> String {
 }
 
 /// An event's JSON: `id`, `type`, `time_unix_ms`, then its fields.
-pub fn render(id: u64, time_unix_ms: u64, e: &Event) -> Rendered {
+fn render(id: u64, time_unix_ms: u64, e: &Event) -> String {
     let mut v = json!({ "id": id, "type": e.kind(), "time_unix_ms": time_unix_ms });
     let fields = match e {
         Event::Message {
@@ -423,16 +481,7 @@ pub fn render(id: u64, time_unix_ms: u64, e: &Event) -> Rendered {
     if let (Some(v), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
         v.extend(f);
     }
-    Rendered {
-        id,
-        kind: e.kind(),
-        node: e.node().to_string(),
-        topic: match e {
-            Event::Publish { topic, .. } => Some(topic.clone()),
-            _ => None,
-        },
-        json: v.to_string(),
-    }
+    v.to_string()
 }
 
 #[cfg(test)]
@@ -452,16 +501,16 @@ mod tests {
 
     #[test]
     fn an_event_renders_id_type_time_and_its_fields() {
-        let r = render(3, 1000, &message("n2", b"hello"));
-        let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+        let r = Rendered::new(3, 1000, message("n2", b"hello"));
+        let v: serde_json::Value = serde_json::from_str(r.json()).unwrap();
         assert_eq!(v["id"], 3);
         assert_eq!(v["type"], "message");
         assert_eq!(v["time_unix_ms"], 1000);
         assert_eq!(v["message_id"], "7");
         assert_eq!(v["body"], "hello");
         assert!(v.get("body_b64").is_none(), "text needs no base64");
-        let r = render(4, 1000, &message("n2", &[0xff, 0, 1]));
-        let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+        let r = Rendered::new(4, 1000, message("n2", &[0xff, 0, 1]));
+        let v: serde_json::Value = serde_json::from_str(r.json()).unwrap();
         assert_eq!(v["body_b64"], "/wAB");
     }
 
@@ -502,6 +551,39 @@ mod tests {
             .unwrap();
         let ids: Vec<u64> = sub.replay.iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![4]);
+    }
+
+    /// With nobody listening an event is kept unrendered; the JSON is made once, when a
+    /// subscriber first takes it, and the ring's byte count includes it from then on.
+    #[actix::test]
+    async fn events_are_rendered_only_when_taken_and_the_ring_counts_them() {
+        let events = EventActor::default().start();
+        for _ in 0..3 {
+            events.do_send(Publish(message("n2", &[b'a'; 100])));
+        }
+        let stats = events.send(GetEventStats).await.unwrap();
+        assert_eq!(stats.ring_bytes, 3 * (EVENT_OVERHEAD_BYTES + 100));
+        let sub = events
+            .send(Subscribe {
+                since: Some(1),
+                filter: Filter::default(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let rendered: usize = sub.replay.iter().map(|e| e.json().len()).sum();
+        assert!(sub.replay.iter().all(|e| e.json.get().is_some()));
+        let stats = events.send(GetEventStats).await.unwrap();
+        assert_eq!(
+            stats.ring_bytes,
+            3 * (EVENT_OVERHEAD_BYTES + 100) + rendered,
+            "the two replayed events' JSON is counted, the first event is still unrendered"
+        );
+        let v: serde_json::Value = serde_json::from_str(sub.replay[0].json()).unwrap();
+        assert_eq!(
+            (v["id"].as_u64(), v["body"].as_str()),
+            (Some(2), Some(&*"a".repeat(100)))
+        );
     }
 
     #[actix::test]

@@ -182,13 +182,13 @@ impl Source {
             return Ok(Some(n));
         }
         if let Some(e) = self.replay.pop_front() {
-            return Ok(Some((Some(e.id), e.json.clone())));
+            return Ok(Some((Some(e.id), e.json().to_string())));
         }
         tokio::select! {
             next = self.sub.next() => match next {
                 Next::Event(e) => {
                     self.keepalive.reset();
-                    Ok(Some((Some(e.id), e.json.clone())))
+                    Ok(Some((Some(e.id), e.json().to_string())))
                 }
                 Next::Lagged(json) => {
                     self.done = true;

@@ -540,7 +540,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "msgtier_event_ring_bytes",
-                "JSON bytes of the kept events",
+                "Bytes the kept events hold (bodies and rendered JSON)",
                 s.events.ring_bytes as u64,
             ),
             (

@@ -336,20 +336,17 @@ async fn send_inner(
     };
     let ttl_ms = ttl_ms(header("ttl")?, config)?;
     let limit = config.max_body_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_body(&req, &mut payload, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return Err(ApiError::BodyTooLarge(limit)),
+        Err(BodyError::Read(e)) => return Err(e),
+    };
     if fanout::is_fanout(&target) {
-        return fanout::fanout(state, &target, body.freeze(), timeout_ms, ttl_ms).await;
+        return fanout::fanout(state, &target, body, timeout_ms, ttl_ms).await;
     }
     let msg = Send {
         target,
-        body: body.freeze(),
+        body,
         timeout_ms,
         ttl_ms,
     };
@@ -373,6 +370,52 @@ async fn send_inner(
             "expires_unix_ms": expires_unix_ms,
         }))),
     }
+}
+
+/// Why a request body was not read.
+pub(crate) enum BodyError {
+    /// It is over the limit (said by its Content-Length, or found while reading).
+    TooLarge,
+    /// The connection failed while reading it.
+    Read(ApiError),
+}
+
+/// Reads a request body of at most `limit` bytes: one buffer sized from the Content-Length
+/// up front (no copies while it grows), and the very chunk, uncopied, when the body arrives
+/// in one.
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    payload: &mut web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, BodyError> {
+    let announced = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut first: Option<web::Bytes> = None;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| BodyError::Read(ApiError::BadRequest(format!("reading body: {e}"))))?;
+        let have = first.as_ref().map_or(0, |f| f.len()) + body.len();
+        if have + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            Some(f) => {
+                body.reserve(announced.unwrap_or(0).max(f.len() + chunk.len()));
+                body.extend_from_slice(&f);
+                body.extend_from_slice(&chunk);
+            }
+            None => body.extend_from_slice(&chunk),
+        }
+    }
+    Ok(first.unwrap_or_else(|| body.freeze()))
 }
 
 /// The JSON of an outcome (`GET /messages/{id}`, and a script's answer to `/send` with

@@ -43,16 +43,15 @@ pub async fn publish(
     let config = &state.node.config;
     let ttl_ms = super::ttl_ms(header("ttl")?, config)?;
     let limit = config.publish_max_bytes.min(config.max_body_bytes);
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
+    let body = match super::read_body(&req, &mut payload, limit).await {
+        Ok(body) => body,
+        Err(super::BodyError::TooLarge) => {
             return Err(ApiError::PublishTooLarge(format!(
                 "this node publishes messages of at most {limit} bytes (publish_max_bytes)"
-            )));
+            )))
         }
-        body.extend_from_slice(&chunk);
-    }
+        Err(super::BodyError::Read(e)) => return Err(e),
+    };
     let wait = if ttl_ms > 0 {
         PUBLISH_STORE_WAIT_MS
     } else {
@@ -62,7 +61,7 @@ pub async fn publish(
         .relay
         .send(PublishTopic {
             topic: topic.clone(),
-            body: body.freeze(),
+            body,
             ttl_ms,
         })
         .timeout(Duration::from_millis(wait))

@@ -611,12 +611,15 @@ impl Router {
             return;
         }
         let bytes = envelope.sealed.len() as u64;
-        let what = describe(&envelope);
+        // Only for the log line of a drop: not formatted for every relayed message.
+        let what = log::log_enabled!(log::Level::Debug).then(|| describe(&envelope));
         match self.forward(now, dom, envelope) {
             Ok(Forwarded::Sent) => self.count_relayed(dom, bytes),
             Ok(Forwarded::Queued) => {}
             Err(why) => {
-                debug!("dropping {what}{}: {why}", super::in_network(dom));
+                if let Some(what) = what {
+                    debug!("dropping {what}{}: {why}", super::in_network(dom));
+                }
                 if let Some(d) = self.domain_mut(dom) {
                     d.dropped.messages += 1;
                     d.dropped.bytes += bytes;
@@ -630,8 +633,11 @@ impl Router {
 
     /// Counts an envelope relayed for others in a domain.
     fn count_relayed(&mut self, dom: Option<&str>, bytes: u64) {
-        let network = dom.unwrap_or(&self.settings.network).to_string();
-        let c = self.relayed.entry(network).or_default();
+        let network = dom.unwrap_or(&self.settings.network);
+        let c = match self.relayed.get_mut(network) {
+            Some(c) => c,
+            None => self.relayed.entry(network.to_string()).or_default(),
+        };
         c.messages += 1;
         c.bytes += bytes;
         if let Some(d) = self.domain_mut(dom) {
