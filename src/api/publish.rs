@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, ApiState, ACTOR_TIMEOUT_MS};
