@@ -224,6 +224,7 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         warn!("{w}");
     }
+    msgtier::node::tune_allocator();
     let system = actix::System::new();
     let result = system.block_on(async move {
         let node = msgtier::node::start(loaded.config).await?;
