@@ -37,6 +37,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
@@ -442,19 +443,22 @@ pub struct ReplayCache {
     per_source: usize,
     /// Envelopes dated before this (unix ms) are refused.
     floor_ms: u64,
-    /// Expiry and timestamp (ms) of every remembered `(source, id)`.
-    expiry_ms: HashMap<(String, u64), (u64, u64)>,
-    /// The same entries ordered by expiry, to forget expired ones.
-    by_expiry: BTreeSet<(u64, String, u64)>,
-    /// Per source: its entries by timestamp, and its floor.
-    sources: HashMap<String, SourceWindow>,
+    /// Entries remembered, over all sources.
+    len: usize,
+    /// Every remembered `(expiry, source, id)` ordered by expiry, to forget expired ones.
+    by_expiry: BTreeSet<(u64, Arc<str>, u64)>,
+    /// Per source: its entries, and its floor. The source's name is shared with the other
+    /// indexes (no string is copied per message).
+    sources: HashMap<Arc<str>, SourceWindow>,
     /// Sources left with a floor and no entry, by when nothing unexpired can be under the floor.
-    floors: BTreeSet<(u64, String)>,
+    floors: BTreeSet<(u64, Arc<str>)>,
 }
 
 /// One source's part of a [`ReplayCache`].
 #[derive(Debug, Clone, Default)]
 struct SourceWindow {
+    /// Expiry and timestamp (ms) of each remembered id.
+    ids: HashMap<u64, (u64, u64)>,
     /// `(timestamp_ms, id)` of its remembered envelopes.
     by_time: BTreeSet<(u64, u64)>,
     /// Envelopes dated at or before this were (or may have been) forgotten: refused.
@@ -473,7 +477,7 @@ impl ReplayCache {
             capacity: capacity.max(1),
             per_source: per_source.max(1),
             floor_ms,
-            expiry_ms: HashMap::new(),
+            len: 0,
             by_expiry: BTreeSet::new(),
             sources: HashMap::new(),
             floors: BTreeSet::new(),
@@ -482,12 +486,12 @@ impl ReplayCache {
 
     /// Number of remembered messages.
     pub fn len(&self) -> usize {
-        self.expiry_ms.len()
+        self.len
     }
 
     /// Whether no message is remembered.
     pub fn is_empty(&self) -> bool {
-        self.expiry_ms.is_empty()
+        self.len == 0
     }
 
     /// Checks `envelope` without remembering it: cheap, so it may run before [`open`] to
@@ -509,14 +513,13 @@ impl ReplayCache {
         if now_ms > expiry_ms(envelope) {
             return Err(E2eError::Expired);
         }
-        let floor = self.sources.get(&envelope.source).and_then(|s| s.floor_ms);
-        if floor.is_some_and(|f| envelope.timestamp_ms <= f) {
+        let Some(window) = self.sources.get(envelope.source.as_str()) else {
+            return Ok(());
+        };
+        if window.floor_ms.is_some_and(|f| envelope.timestamp_ms <= f) {
             return Err(E2eError::BelowFloor);
         }
-        if self
-            .expiry_ms
-            .contains_key(&(envelope.source.clone(), envelope.id))
-        {
+        if window.ids.contains_key(&envelope.id) {
             return Err(E2eError::Replayed);
         }
         Ok(())
@@ -528,42 +531,36 @@ impl ReplayCache {
         self.check(now_ms, envelope)?;
         self.forget_expired(now_ms);
         let ts = envelope.timestamp_ms;
-        let count =
-            |c: &ReplayCache, source: &str| c.sources.get(source).map_or(0, |s| s.by_time.len());
-        if count(self, &envelope.source) >= self.per_source {
-            self.forget_oldest_before(&envelope.source.clone(), ts)?;
+        let source: Arc<str> = match self.sources.get_key_value(envelope.source.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(envelope.source.as_str()),
+        };
+        let count = self.sources.get(&source).map_or(0, |s| s.by_time.len());
+        if count >= self.per_source {
+            self.forget_oldest_before(&source, ts)?;
         }
-        if self.expiry_ms.len() >= self.capacity {
+        if self.len >= self.capacity {
             let heaviest = self
                 .sources
                 .iter()
                 .max_by_key(|(_, s)| s.by_time.len())
-                .map(|(source, _)| source.clone())
-                .unwrap_or_default();
-            let before = if heaviest == envelope.source {
-                ts
-            } else {
-                u64::MAX
-            };
+                .map(|(name, _)| name.clone())
+                .unwrap_or_else(|| source.clone());
+            let before = if heaviest == source { ts } else { u64::MAX };
             self.forget_oldest_before(&heaviest, before)?;
         }
         let expiry = expiry_ms(envelope);
-        self.expiry_ms
-            .insert((envelope.source.clone(), envelope.id), (expiry, ts));
-        self.by_expiry
-            .insert((expiry, envelope.source.clone(), envelope.id));
-        self.sources
-            .entry(envelope.source.clone())
-            .or_default()
-            .by_time
-            .insert((ts, envelope.id));
+        self.by_expiry.insert((expiry, source.clone(), envelope.id));
+        let window = self.sources.entry(source).or_default();
+        window.ids.insert(envelope.id, (expiry, ts));
+        window.by_time.insert((ts, envelope.id));
+        self.len += 1;
         Ok(())
     }
 
-    /// Forgets `source`'s oldest entry and raises its floor to that entry's timestamp; refuses
-    /// ([`E2eError::BelowFloor`]) when that entry is not older than `before` (the newcomer's
-    /// timestamp: it would fall under the new floor itself).
-    fn forget_oldest_before(&mut self, source: &str, before: u64) -> Result<(), E2eError> {
+    /// Forgets `source`'s oldest entry if it is dated before `before`, raising its floor to
+    /// that entry's timestamp; refuses ([`E2eError::BelowFloor`]) if the oldest is not older.
+    fn forget_oldest_before(&mut self, source: &Arc<str>, before: u64) -> Result<(), E2eError> {
         let Some(window) = self.sources.get_mut(source) else {
             return Ok(());
         };
@@ -575,8 +572,9 @@ impl ReplayCache {
         }
         window.by_time.pop_first();
         window.floor_ms = Some(window.floor_ms.map_or(ts, |f| f.max(ts)));
-        if let Some((expiry, _)) = self.expiry_ms.remove(&(source.to_string(), id)) {
-            self.by_expiry.remove(&(expiry, source.to_string(), id));
+        if let Some((expiry, _)) = window.ids.remove(&id) {
+            self.len -= 1;
+            self.by_expiry.remove(&(expiry, source.clone(), id));
         }
         Ok(())
     }
@@ -591,12 +589,13 @@ impl ReplayCache {
             let Some((_, source, id)) = self.by_expiry.pop_first() else {
                 break;
             };
-            let Some((_, ts)) = self.expiry_ms.remove(&(source.clone(), id)) else {
-                continue;
-            };
             let Some(window) = self.sources.get_mut(&source) else {
                 continue;
             };
+            let Some((_, ts)) = window.ids.remove(&id) else {
+                continue;
+            };
+            self.len -= 1;
             window.by_time.remove(&(ts, id));
             if window.by_time.is_empty() {
                 match window.floor_ms {

@@ -267,6 +267,9 @@ impl Default for IncomingLimits {
     }
 }
 
+/// Random numbers drawn from the OS generator at once (see `Router::random_u64`).
+const RANDOM_BATCH: usize = 32;
+
 /// The router's source of message ids and punch tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Randomness {
@@ -443,6 +446,9 @@ pub struct Router {
     punch_at_ms: u64,
     /// xorshift state for ids and tokens under [`Randomness::Seeded`].
     rng: u64,
+    /// Numbers drawn from the OS generator and not used yet (one system call per
+    /// [`RANDOM_BATCH`], not per message; each is handed out once).
+    random_pool: Vec<u64>,
     /// Our network's advert MAC key.
     advert_key: AdvertKey,
     /// Keys offered in adverts that contradict the one held (never taken), for `/status`.
@@ -489,6 +495,7 @@ impl Router {
                 Randomness::Seeded(seed) => seed | 1,
                 Randomness::Os => 0,
             },
+            random_pool: Vec::new(),
             advert_key: AdvertKey::new(&settings.keys.network_key),
             conflicts: Conflicts::default(),
             reported_routes: HashMap::new(),
@@ -1272,11 +1279,20 @@ impl Router {
     /// A random number for message ids and punch tokens (see [`Randomness`]).
     fn random_u64(&mut self) -> u64 {
         if self.settings.random == Randomness::Os {
-            let mut b = [0u8; 8];
+            if let Some(x) = self.random_pool.pop() {
+                return x;
+            }
+            let mut b = [0u8; 8 * RANDOM_BATCH];
             // The OS generator does not fail on a supported system once the node started
             // (identity creation needed it); should it, fall back to the seeded sequence.
             if getrandom::fill(&mut b).is_ok() {
-                return u64::from_le_bytes(b);
+                self.random_pool.extend(
+                    b.chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                );
+                if let Some(x) = self.random_pool.pop() {
+                    return x;
+                }
             }
         }
         let mut x = self.rng | 1;
