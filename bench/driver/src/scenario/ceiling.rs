@@ -5,9 +5,10 @@
 //!   with the threads where the scheduler puts them (as the nodes run), and both pinned to CPU
 //!   0. On a VM the difference is the cost of waking an idle vCPU, which every cross-thread
 //!   hand-off in a node can pay too;
-//! - ChaCha20-Poly1305 (crate `chacha20poly1305` 0.11, the AEAD of msgtier's link records, same
-//!   default build flags) sealing in place on one core, for 64 B, 1 KiB and 64 KiB buffers:
-//!   MB/s and messages/s, the CPU bound under message rate and bulk throughput.
+//! - ChaCha20-Poly1305 as msgtier's link records use it (`ring` 0.17) sealing in place on one
+//!   core, for 64 B, 1 KiB and 64 KiB buffers: MB/s and messages/s, the CPU bound under message
+//!   rate and bulk throughput; and, for comparison, the `chacha20poly1305` 0.11 crate (same
+//!   default build flags; the end-to-end layer's XChaCha20 comes from it) at 64 B and 64 KiB.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce};
+use ring::aead::{Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 
 use super::Ctx;
 use crate::report::key;
@@ -43,8 +45,15 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         (1024, key::AEAD_1K_MBS, key::AEAD_1K_MSGS),
         (64 * 1024, key::AEAD_64K_MBS, key::AEAD_64K_MSGS),
     ] {
-        let per_sec = aead_rate(size, per_size);
+        let per_sec = aead_rate(size, per_size, Impl::Ring);
         res.add(msgs, per_sec);
+        res.add(mbs, per_sec * size as f64 / 1e6);
+    }
+    for (size, mbs) in [
+        (64, key::AEAD_CRATE_64_MBS),
+        (64 * 1024, key::AEAD_CRATE_64K_MBS),
+    ] {
+        let per_sec = aead_rate(size, per_size, Impl::Crate);
         res.add(mbs, per_sec * size as f64 / 1e6);
     }
     Ok(())
@@ -110,17 +119,40 @@ fn tcp_ping_pong(warmup: usize, count: usize, pin: bool) -> Result<Vec<f64>> {
     Ok(rtts)
 }
 
+/// Which ChaCha20-Poly1305 implementation [`aead_rate`] measures.
+#[derive(Clone, Copy)]
+enum Impl {
+    /// `ring`'s, as the link records use it.
+    Ring,
+    /// The `chacha20poly1305` crate's.
+    Crate,
+}
+
 /// Buffers of `size` bytes sealed per second on this thread, measured for about `time`.
-fn aead_rate(size: usize, time: Duration) -> f64 {
-    let cipher = ChaCha20Poly1305::new(&Key::from([0x42u8; 32]));
+fn aead_rate(size: usize, time: Duration, which: Impl) -> f64 {
+    let rust_crypto = ChaCha20Poly1305::new(&Key::from([0x42u8; 32]));
+    let ring_key =
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[0x42u8; 32]).expect("32-byte key"));
     let mut buf = vec![0x5au8; size];
     let mut counter = 0u64;
     let mut seal = |buf: &mut [u8]| {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&counter.to_le_bytes());
         counter += 1;
-        let tag = cipher.encrypt_inout_detached(&Nonce::from(nonce), &[], buf.into());
-        black_box(tag.ok());
+        match which {
+            Impl::Ring => {
+                let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+                black_box(
+                    ring_key
+                        .seal_in_place_separate_tag(nonce, Aad::empty(), buf)
+                        .ok(),
+                );
+            }
+            Impl::Crate => {
+                let tag = rust_crypto.encrypt_inout_detached(&Nonce::from(nonce), &[], buf.into());
+                black_box(tag.ok());
+            }
+        }
     };
     // Warm-up, then batches until the time is used (the clock read per batch, not per message).
     let batch = (256 * 1024 / size).max(1);
