@@ -214,7 +214,7 @@ mod tests {
 
     use super::*;
     use chacha20poly1305::aead::Aead;
-    use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce};
+    use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce};
     use proptest::prelude::*;
 
     const KEY: [u8; 32] = [0x42; 32];
