@@ -417,30 +417,6 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Keeps glibc's allocator from handing large buffers back to the kernel after every message.
-///
-/// By default glibc serves allocations over a sliding threshold (128 KiB to 32 MiB) with
-/// fresh `mmap`s and trims a thread arena's free top beyond twice that: under 1 MiB messages
-/// every message then faults in and zeroes new pages, and every trim is a TLB shoot-down
-/// (an IPI to the other CPUs). Measured with `perf stat -e page-faults -a` over the bench's
-/// bulk group: 588k faults with the defaults, 41k with these fixed thresholds, and less CPU
-/// for the same work (BENCHMARKS.md). What the allocator keeps is at most the node's peak use,
-/// which the byte bounds on queues and frames limit. Call it once, before the node starts.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        /// Allocations at least this large still get their own mapping.
-        const MMAP_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
-        /// Free memory at an arena's top beyond this goes back to the kernel.
-        const TRIM_THRESHOLD: libc::c_int = 64 * 1024 * 1024;
-        // SAFETY: mallopt only sets two allocator parameters and takes the arena locks itself.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-        }
-    }
-}
-
 /// Starts every actor of a node on the current actix system.
 pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let file = config.source.display().to_string();

@@ -278,6 +278,11 @@ fn header(root: &Path, o: &Options) -> String {
     )
 }
 
+/// The msgtier binary's allocator, so the in-process node (group `inproc`) runs as it does.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,

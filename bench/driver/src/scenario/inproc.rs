@@ -78,8 +78,6 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let loaded = msgtier::config::parse("bench-inproc-a.json", &text, &a_dir)
         .map_err(|e| anyhow!("in-process config: {e}"))?;
 
-    // As the binary does (it is this process's allocator too).
-    msgtier::node::tune_allocator();
     // A thread of its own: the actix System and everything of node A live and die with it.
     let (m, rtt) = std::thread::Builder::new()
         .name("inproc-node-a".into())
