@@ -16,6 +16,10 @@ pub mod key {
     pub const RTT2_P50: &str = "rtt2.p50_us";
     pub const RTT2_P90: &str = "rtt2.p90_us";
     pub const RTT2_P99: &str = "rtt2.p99_us";
+    pub const RTT1_PIN_P50: &str = "rtt1.pinned_p50_us";
+    pub const RTT1_PIN_P99: &str = "rtt1.pinned_p99_us";
+    pub const RTT2_PIN_P50: &str = "rtt2.pinned_p50_us";
+    pub const RTT2_PIN_P99: &str = "rtt2.pinned_p99_us";
     pub const RATE_HTTP: &str = "rate.http_msgs";
     pub const RATE_HTTP_EVENTS: &str = "rate.http_events_msgs";
     pub const RATE_INPROC: &str = "rate.inproc_msgs";
@@ -74,6 +78,8 @@ enum Target {
     RttVsLibp2p,
     /// 2-hop p50 <= 1.5 x 1-hop p50.
     TwoHops,
+    /// The same with every node on CPU 0 and the client on CPU 1.
+    TwoHopsPinned,
     /// msgs/s >= 3 x libp2p rate.
     RateVsLibp2p,
     /// bulk TCP >= half the 64 KiB AEAD rate and >= libp2p bulk.
@@ -93,6 +99,7 @@ impl Target {
         match self {
             Target::RttVsLibp2p => "<= libp2p p50",
             Target::TwoHops => "<= 1.5x 1-hop p50",
+            Target::TwoHopsPinned => "<= 1.5x pinned 1-hop p50",
             Target::RateVsLibp2p => ">= 3x libp2p rate",
             Target::BulkTcp => ">= 1/2 AEAD 64 KiB, >= libp2p",
             Target::IdleRss => "<= 8 MiB",
@@ -108,6 +115,7 @@ impl Target {
         Some(match self {
             Target::RttVsLibp2p => v <= r.median(key::LP_RTT_P50)?,
             Target::TwoHops => v <= 1.5 * r.median(key::RTT1_P50)?,
+            Target::TwoHopsPinned => v <= 1.5 * r.median(key::RTT1_PIN_P50)?,
             Target::RateVsLibp2p => v >= 3.0 * r.median(key::LP_RATE)?,
             Target::BulkTcp => {
                 let aead = v >= 0.5 * r.median(key::AEAD_64K_MBS)?;
@@ -181,6 +189,19 @@ fn rows() -> Vec<Row> {
         },
         row("RTT 2 hops p90 (us)", RTT2_P90),
         row("RTT 2 hops p99 (us)", RTT2_P99),
+        Row {
+            ceiling: Some((TCP_1CORE_P50, "TCP ping-pong 1 CPU p50")),
+            ..row(
+                "RTT 1 hop p50, every node on CPU 0, client on CPU 1 (us)",
+                RTT1_PIN_P50,
+            )
+        },
+        row("RTT 1 hop p99, pinned as above (us)", RTT1_PIN_P99),
+        Row {
+            target: Some(Target::TwoHopsPinned),
+            ..row("RTT 2 hops p50, pinned as above (us)", RTT2_PIN_P50)
+        },
+        row("RTT 2 hops p99, pinned as above (us)", RTT2_PIN_P99),
         Row {
             lp: Some(LP_RATE),
             ceiling: aead64,
