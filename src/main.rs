@@ -138,8 +138,8 @@ enum CaAction {
 /// jemalloc instead of glibc's malloc. A node allocates many small, short-lived objects per
 /// message on one thread and frees buffers that HTTP worker threads allocated; glibc spent
 /// ~9 % of a receiving node's time in `_int_malloc`/`_int_free` (perf). Side by side with wrk
-/// (64 connections, 1 hop): 31.6k -> 37.8k msg/s, 1 MiB bulk unchanged or better, +1.3 MiB idle
-/// RSS (BENCHMARKS.md, 2026-12-06). mimalloc gave the same rate but lost a quarter of the TCP
+/// (64 connections, 1 hop, binaries alternated): 30.7k / 34.6k -> 36.2k / 41.6k msg/s, 1 MiB
+/// bulk unchanged or better, +1.3 MiB idle RSS (BENCHMARKS.md, 2026-12-06). mimalloc gave the same rate but lost a quarter of the TCP
 /// bulk figure. It also replaces glibc's mmap/trim tuning for 1 MiB buffers (jemalloc reuses
 /// them without faulting pages in per message).
 #[cfg(not(target_env = "msvc"))]

@@ -222,9 +222,6 @@ async fn read_frame(
         }
         chunks.push(chunk.bytes);
     }
-    if let [one] = chunks.as_slice() {
-        return Ok(one.to_vec());
-    }
     let mut frame = Vec::with_capacity(total);
     for chunk in &chunks {
         frame.extend_from_slice(chunk);
@@ -272,4 +269,64 @@ pub(super) fn spawn_data_reader(
         }
     };
     ctx.spawn(actix::fut::wrap_future::<_, PeerActor>(fut));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::quic::{bind, configs, open_for_data, Limits, SERVER_NAME};
+
+    /// `read_frame` returns a stream's bytes whole and in order however they were written, an
+    /// empty stream as an empty frame, and refuses a stream one byte over its limit: the bound a
+    /// member's oversized data stream meets.
+    #[tokio::test]
+    async fn a_data_stream_is_read_whole_up_to_its_limit_and_refused_beyond() {
+        const LIMIT: usize = 200_000;
+        let limits = Limits {
+            max_frame_bytes: 1 << 20,
+            peer_timeout_ms: 10_000,
+        };
+        let configs = configs(limits).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let bind_one = || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            bind(s, &configs, metrics.clone()).unwrap()
+        };
+        let (a, b) = (bind_one(), bind_one());
+        let b_addr = b.endpoint.local_addr().unwrap();
+        let accept = tokio::spawn({
+            let e = b.endpoint.clone();
+            async move { e.accept().await.unwrap().await.unwrap() }
+        });
+        let dialed = a
+            .endpoint
+            .connect(b_addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let accepted = accept.await.unwrap();
+        open_for_data(&accepted, limits);
+
+        let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+        for (len, fits) in [(0, true), (LIMIT, true), (LIMIT + 1, false)] {
+            let body = pattern(len);
+            let mut tx = dialed.open_uni().await.unwrap();
+            // Several writes, so the reader sees several chunks.
+            for piece in body.chunks(30_000) {
+                tx.write_all(piece).await.unwrap();
+            }
+            tx.finish().unwrap();
+            let mut rx = accepted.accept_uni().await.unwrap();
+            match (read_frame(&mut rx, LIMIT).await, fits) {
+                (Ok(frame), true) => assert!(frame == body, "{len} bytes came back changed"),
+                (Err(ReadFrameError::TooLong), false) => {}
+                (Ok(frame), false) => panic!("{} bytes over the limit were taken", frame.len()),
+                (Err(_), _) => panic!("a stream of {len} bytes was refused"),
+            }
+        }
+    }
 }

@@ -25,39 +25,46 @@ use crate::stats::{p50_p90_p99, Results};
 /// Size of the message body.
 const BODY_BYTES: usize = 64;
 
+/// The figures of one round-trip measurement; `p90` only where the table shows one.
+struct Keys {
+    p50: &'static str,
+    p90: Option<&'static str>,
+    p99: &'static str,
+}
+
+/// One round trip to measure: `/send` at `from` to `target` (node `to`), `hops` away.
+struct Trip<'a> {
+    from: &'a Proc,
+    to: &'a Proc,
+    target: &'static str,
+    hops: u64,
+}
+
 /// Runs both the 1-hop and the 2-hop measurement.
 pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let dir = ctx.subdir("latency")?;
-    let (warmup, count) = ctx.pick((500, 5_000), (100, 500));
-    let bound = Duration::from_secs(120);
+    let counts = ctx.pick((500, 5_000), (100, 500));
 
     // 1 hop.
     let (a, b) = ctx.start_pair(&dir, "tcp", |s| s)?;
     a.wait_route("b", 1, LINK_UP_TIMEOUT)?;
-    measure(
-        res,
-        &a,
-        &b,
-        "b",
-        1,
-        [key::RTT1_P50, key::RTT1_P90, key::RTT1_P99],
-        warmup,
-        count,
-        bound,
-    )?;
-    pinned(&[&a, &b], || {
-        measure(
-            res,
-            &a,
-            &b,
-            "b",
-            1,
-            [key::RTT1_PIN_P50, "", key::RTT1_PIN_P99],
-            warmup,
-            count,
-            bound,
-        )
-    })?;
+    let trip = Trip {
+        from: &a,
+        to: &b,
+        target: "b",
+        hops: 1,
+    };
+    let keys = Keys {
+        p50: key::RTT1_P50,
+        p90: Some(key::RTT1_P90),
+        p99: key::RTT1_P99,
+    };
+    let pinned_keys = Keys {
+        p50: key::RTT1_PIN_P50,
+        p90: None,
+        p99: key::RTT1_PIN_P99,
+    };
+    unpinned_then_pinned(res, &trip, &[&a, &b], keys, pinned_keys, counts)?;
     drop((a, b));
 
     // 2 hops: a - b - c in a line.
@@ -72,32 +79,39 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let c = ctx.start(&dir, c_spec)?;
     a.wait_route("c2", 2, LINK_UP_TIMEOUT)?;
     c.wait_route("a2", 2, LINK_UP_TIMEOUT)?;
-    measure(
-        res,
-        &a,
-        &c,
-        "c2",
-        2,
-        [key::RTT2_P50, key::RTT2_P90, key::RTT2_P99],
-        warmup,
-        count,
-        bound,
-    )?;
-    pinned(&[&a, &b, &c], || {
-        measure(
-            res,
-            &a,
-            &c,
-            "c2",
-            2,
-            [key::RTT2_PIN_P50, "", key::RTT2_PIN_P99],
-            warmup,
-            count,
-            bound,
-        )
-    })?;
+    let trip = Trip {
+        from: &a,
+        to: &c,
+        target: "c2",
+        hops: 2,
+    };
+    let keys = Keys {
+        p50: key::RTT2_P50,
+        p90: Some(key::RTT2_P90),
+        p99: key::RTT2_P99,
+    };
+    let pinned_keys = Keys {
+        p50: key::RTT2_PIN_P50,
+        p90: None,
+        p99: key::RTT2_PIN_P99,
+    };
+    unpinned_then_pinned(res, &trip, &[&a, &b, &c], keys, pinned_keys, counts)?;
     drop(b);
     Ok(())
+}
+
+/// Measures `trip` where the scheduler puts everything, then with `nodes` pinned (see
+/// [`pinned`]).
+fn unpinned_then_pinned(
+    res: &mut Results,
+    trip: &Trip,
+    nodes: &[&Proc],
+    keys: Keys,
+    pinned_keys: Keys,
+    counts: (usize, usize),
+) -> Result<()> {
+    measure(res, trip, keys, counts)?;
+    pinned(nodes, || measure(res, trip, pinned_keys, counts))
 }
 
 /// Runs `f` on a thread pinned to CPU 1 while every thread of `nodes` is pinned to CPU 0, then
@@ -153,18 +167,14 @@ fn set_affinity(pid: u32, cpus: &[usize]) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Sequential round trips of `trip` (warm-up, then timed), recorded under `keys`.
 fn measure(
     res: &mut Results,
-    from: &Proc,
-    to: &Proc,
-    target: &str,
-    hops: u64,
-    keys: [&'static str; 3],
-    warmup: usize,
-    count: usize,
-    bound: Duration,
+    trip: &Trip,
+    keys: Keys,
+    (warmup, count): (usize, usize),
 ) -> Result<()> {
+    let hops = trip.hops;
     let msg = body(BODY_BYTES);
     let check = |b: &[u8]| -> Result<()> {
         let v: Value = serde_json::from_slice(b)?;
@@ -173,22 +183,33 @@ fn measure(
         }
         Ok(())
     };
-    let (mut rtts, out) =
-        load::sequential(from.http_port(), target, &msg, warmup, count, bound, check)?;
+    let bound = Duration::from_secs(120);
+    let (mut rtts, out) = load::sequential(
+        trip.from.http_port(),
+        trip.target,
+        &msg,
+        warmup,
+        count,
+        bound,
+        check,
+    )?;
     let what = format!("rtt {hops} hop(s)");
     note_errors(res, &what, &out);
     if rtts.is_empty() {
-        for k in keys.into_iter().filter(|k| !k.is_empty()) {
+        for k in [Some(keys.p50), keys.p90, Some(keys.p99)]
+            .into_iter()
+            .flatten()
+        {
             res.fail(k, "no successful send");
         }
         return Ok(());
     }
     let (p50, p90, p99) = p50_p90_p99(&mut rtts);
-    res.add(keys[0], p50);
-    if !keys[1].is_empty() {
-        res.add(keys[1], p90);
+    res.add(keys.p50, p50);
+    if let Some(k) = keys.p90 {
+        res.add(k, p90);
     }
-    res.add(keys[2], p99);
-    check_delivered(res, &what, to, out.ok);
+    res.add(keys.p99, p99);
+    check_delivered(res, &what, trip.to, out.ok);
     Ok(())
 }
