@@ -320,7 +320,7 @@ fn request(id: u64, source: &str, target: &str, clear: bool, sealed: Vec<u8>) ->
         ttl_ms: 10_000,
         hops: 0,
         clear,
-        sealed,
+        sealed: sealed.into(),
         signature: None,
     }
 }

@@ -761,7 +761,7 @@ fn a_carrier_refuses_an_envelope_not_signed_by_its_origin() {
         ttl_ms: 600_000,
         hops: 0,
         clear: false,
-        sealed: vec![0; 64],
+        sealed: vec![0; 64].into(),
         signature: Some(vec![0; 96]),
     };
     let mut field = m_keys.identity.signing_public().to_vec();
@@ -779,7 +779,7 @@ fn a_carrier_refuses_an_envelope_not_signed_by_its_origin() {
         ttl_ms: 30_000,
         hops: 0,
         clear: false,
-        sealed: Vec::new(),
+        sealed: Vec::new().into(),
         signature: None,
     };
     e2e::seal(
@@ -1035,7 +1035,7 @@ fn a_replayed_publish_is_delivered_once_and_an_unsubscribed_node_refuses_copies(
             ttl_ms: 30_000,
             hops: 0,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Vec::new().into(),
             signature: None,
         };
         let plaintext = Payload::Publish {

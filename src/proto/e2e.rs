@@ -381,7 +381,7 @@ fn seal_with_nonce(
             len: plaintext.len(),
         })?;
     sealed.extend_from_slice(tag.as_slice());
-    envelope.sealed = sealed;
+    envelope.sealed = sealed.into();
     envelope.clear = false;
     Ok(())
 }
@@ -801,6 +801,8 @@ mod tests {
         assert_eq!(Payload::message_body(&reply), None);
     }
 
+    use bytes::Bytes;
+
     use super::*;
     use crate::wire::frame::Frame;
     use proptest::collection::vec;
@@ -846,7 +848,7 @@ mod tests {
             ttl_ms: 30_000,
             hops: 0,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Bytes::new(),
             signature: None,
         }
     }
@@ -950,7 +952,9 @@ mod tests {
         for i in 0..env.sealed.len() {
             for bit in 0..8 {
                 let mut bad = env.clone();
-                bad.sealed[i] ^= 1 << bit;
+                let mut flipped = bad.sealed.to_vec();
+                flipped[i] ^= 1 << bit;
+                bad.sealed = flipped.into();
                 assert!(
                     matches!(open(&ba, &bad), Err(E2eError::Decrypt)),
                     "byte {i} bit {bit}"
@@ -1125,7 +1129,7 @@ mod tests {
         env.kind = MessageKind::Response;
         env.ttl_ms = 0x1122_3344;
         env.hops = 9;
-        env.sealed = vec![1, 2, 3];
+        env.sealed = vec![1, 2, 3].into();
         let mut want = b"msgtier e2e ad v3".to_vec();
         want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b']);
@@ -1199,7 +1203,7 @@ mod tests {
             ttl_ms,
             hops: 0,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Bytes::new(),
             signature: None,
         }
     }
@@ -1587,7 +1591,9 @@ mod tests {
             env.hops = hops;
             prop_assert_eq!(open(&ba, &env).ok(), Some(plaintext));
             let i = at.index(env.sealed.len());
-            env.sealed[i] ^= 1 << bit;
+            let mut flipped = env.sealed.to_vec();
+            flipped[i] ^= 1 << bit;
+            env.sealed = flipped.into();
             prop_assert!(matches!(open(&ba, &env), Err(E2eError::Decrypt)));
         }
     }

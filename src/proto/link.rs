@@ -21,6 +21,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::keys::KeyRing;
 use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_MSG_BYTES};
 use crate::wire::frame::{CloseReason, Frame, Hello, NodeInfo, Welcome, PROTOCOL_VERSION};
@@ -486,6 +488,29 @@ impl Link {
         }
     }
 
+    /// One frame from a QUIC link's data stream (inside the bound channel a data stream carries
+    /// exactly one encoded frame), as received: a data frame's message stays a slice of
+    /// `frame` ([`crate::wire::shared`]) instead of being copied out of it.
+    pub fn handle_data_stream(&mut self, now_us: u64, frame: Bytes) {
+        if frame.len() > self.read_limit() {
+            self.close_with_cause(CloseReason::BadFrame, Cause::Oversize);
+            return;
+        }
+        if self.params.channel.is_none() {
+            // Data streams exist only on QUIC, whose links are always bound.
+            self.close_with_cause(
+                CloseReason::Protocol,
+                Cause::BadFrame("a data stream outside a bound channel".into()),
+            );
+            return;
+        }
+        match self.state {
+            State::Proving { .. } | State::Active { .. } => {}
+            State::Handshaking { .. } | State::Closed => return,
+        }
+        crate::wire::shared::within(&frame, || self.on_frame_bytes(now_us, &frame));
+    }
+
     /// The owner admits the peer whose hello was verified: send `welcome`, go Active.
     pub fn admit(&mut self, now_us: u64, observed_addr: String, known: Vec<NodeInfo>) {
         let State::Proving {
@@ -728,8 +753,9 @@ impl Link {
         if !last {
             return;
         }
-        let whole = std::mem::take(&mut self.partial);
-        match Frame::decode(&whole) {
+        // The message is shared with the reassembled bytes, not copied out of them.
+        let whole = Bytes::from(std::mem::take(&mut self.partial));
+        match Frame::decode_shared(&whole) {
             Ok(frame @ Frame::Chunk { .. }) => self.protocol_violation(&frame, "a whole frame"),
             Ok(frame) => self.on_frame(now_us, frame),
             Err(e) => self.close_with_cause(CloseReason::BadFrame, Cause::BadFrame(e.to_string())),
@@ -1329,7 +1355,7 @@ mod tests {
             ttl_ms: 1000,
             hops: 0,
             clear: false,
-            sealed: vec![7; len],
+            sealed: vec![7; len].into(),
             signature: None,
         })
     }

@@ -3,8 +3,8 @@
 //!
 //! A [`Frame`] is encoded with rmp-serde's compact form (structs as arrays, enum variants
 //! as a one-entry map from the snake_case variant name to its fields). The record layer
-//! ([`super::record`]) seals the bytes; on UDP they may first be cut into
-//! [`super::fragment`]s. Peer actors build frames and call [`Frame::encode`]; transports
+//! ([`super::record`]) seals the bytes; on UDP (QUIC) each data frame travels on a stream of
+//! its own. Peer actors build frames and call [`Frame::encode`]; transports
 //! hand received plaintext to [`Frame::decode`], which also enforces the size limits of
 //! [`super`] so that nothing a peer sends makes us store unbounded identities or lists.
 //!
@@ -16,6 +16,8 @@
 use std::fmt;
 use std::io::Cursor;
 use std::marker::PhantomData;
+
+use bytes::Bytes;
 
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -217,9 +219,10 @@ pub struct Envelope {
     /// forwards it. Authenticated as associated data when false.
     pub clear: bool,
     /// `nonce (24) || ciphertext || tag (16)` (XChaCha20-Poly1305), or the plaintext when
-    /// `clear`; at most [`MAX_FRAME_BYTES`].
-    #[serde(with = "serde_bytes")]
-    pub sealed: Vec<u8>,
+    /// `clear`; at most [`MAX_FRAME_BYTES`]. Shared, not copied, with the buffer a frame
+    /// was decoded from by [`Frame::decode_shared`], and cheap to clone.
+    #[serde(with = "super::shared")]
+    pub sealed: Bytes,
     /// Set on a durable (store-and-forward) envelope only: the origin's Ed25519 signing key
     /// (32 bytes, bound to its identity key) and its signature (64 bytes) over
     /// `crate::proto::e2e::signed_bytes`, so a carrier or the target can check offline who
@@ -427,7 +430,8 @@ impl Frame {
     /// one), [`WireError::TrailingBytes`] if bytes follow the frame, [`WireError::Limit`]
     /// if a field is over its limit. Never panics; memory used is bounded by the input
     /// length and the limits (over-long lists stop being stored one entry past their
-    /// limit).
+    /// limit). A data frame's [`Envelope::sealed`] is copied out of `bytes`; see
+    /// [`Frame::decode_shared`].
     pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
         if bytes.len() > MAX_FRAME_BYTES {
             return Err(WireError::Oversize {
@@ -435,16 +439,30 @@ impl Frame {
                 max: MAX_FRAME_BYTES,
             });
         }
-        let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
         de.set_max_depth(MAX_DECODE_DEPTH);
         let frame = Frame::deserialize(&mut de)?;
-        let used = usize::try_from(de.position()).unwrap_or(usize::MAX);
-        let trailing = bytes.len().saturating_sub(used);
-        if trailing != 0 {
-            return Err(WireError::TrailingBytes { trailing });
+        // The borrowing reader does not tell how far it got: nothing may follow, so reading
+        // one more value must fail on its very first byte, for want of it. (A `bool` visitor
+        // stops at the marker of anything else; a skipping one could hit the end of the
+        // input later, inside trailing bytes, and fail the same way.)
+        match bool::deserialize(&mut de) {
+            Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            _ => {
+                return Err(WireError::TrailingBytes {
+                    trailing: trailing_after_frame(bytes),
+                })
+            }
         }
         frame.check_limits()?;
         Ok(frame)
+    }
+
+    /// [`Frame::decode`], with a data frame's [`Envelope::sealed`] a slice of `bytes` (shared,
+    /// not copied; see [`super::shared`]): for frames that carry large messages.
+    pub fn decode_shared(bytes: &Bytes) -> Result<Frame, WireError> {
+        super::shared::within(bytes, || Frame::decode(bytes))
     }
 
     /// Short lowercase name of the variant (`"hello"`, `"ping"`, ...) for logs and
@@ -551,6 +569,19 @@ impl Envelope {
             });
         }
         Ok(())
+    }
+}
+
+/// How many bytes follow the one frame at the start of `bytes` (which [`Frame::decode`] found
+/// to be followed by something): decoded again with a reader that counts. Error path only.
+fn trailing_after_frame(bytes: &[u8]) -> usize {
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_DECODE_DEPTH);
+    match Frame::deserialize(&mut de) {
+        Ok(_) => bytes
+            .len()
+            .saturating_sub(usize::try_from(de.position()).unwrap_or(usize::MAX)),
+        Err(_) => 0,
     }
 }
 
@@ -860,7 +891,7 @@ pub(crate) mod tests {
                     ttl_ms,
                     hops,
                     clear: false,
-                    sealed,
+                    sealed: sealed.into(),
                     signature: None,
                 },
             )
@@ -982,7 +1013,7 @@ pub(crate) mod tests {
             ttl_ms: 3,
             hops: 4,
             clear: false,
-            sealed: vec![0xee],
+            sealed: vec![0xee].into(),
             signature: None,
         }
     }
@@ -1079,6 +1110,44 @@ pub(crate) mod tests {
             Err(WireError::Limit { what }) => Some(what),
             _ => None,
         }
+    }
+
+    /// Trailing bytes that start a value and end inside it (here an array of 15 whose third
+    /// element, a map, is cut short) are trailing bytes, not the end of the input.
+    #[test]
+    fn trailing_bytes_that_end_inside_a_value_are_counted() {
+        for extra in [&[0x9f, 9, 55, 0x87][..], &[0xc4, 9], &[0x81], &[0xc0]] {
+            let mut bytes = Frame::Data(sample_envelope()).encode();
+            bytes.extend_from_slice(extra);
+            assert!(
+                matches!(
+                    Frame::decode(&bytes),
+                    Err(WireError::TrailingBytes { trailing }) if trailing == extra.len()
+                ),
+                "{extra:x?}"
+            );
+        }
+    }
+
+    /// `decode_shared` leaves a data frame's message inside the buffer it decoded (no copy);
+    /// `decode` copies it; both give the same frame.
+    #[test]
+    fn decode_shared_slices_the_message_out_of_the_frame() {
+        let mut envelope = sample_envelope();
+        envelope.sealed = vec![0x5a; 64 * 1024].into();
+        let bytes = Bytes::from(Frame::Data(envelope.clone()).encode());
+        let range = bytes.as_ptr_range();
+        let within = |e: &Envelope| range.contains(&e.sealed.as_ptr());
+        let Ok(Frame::Data(shared)) = Frame::decode_shared(&bytes) else {
+            panic!("a data frame")
+        };
+        let Ok(Frame::Data(copied)) = Frame::decode(&bytes) else {
+            panic!("a data frame")
+        };
+        assert!(within(&shared), "shared with the frame's bytes");
+        assert!(!within(&copied), "copied out of them");
+        assert_eq!(shared, envelope);
+        assert_eq!(copied, envelope);
     }
 
     proptest! {
@@ -1371,13 +1440,13 @@ pub(crate) mod tests {
         // `sealed` at MAX_FRAME_BYTES passes the field check, though the whole frame is
         // then too large to decode; one byte more breaks the field limit.
         let mut e = envelope;
-        e.sealed = vec![0; MAX_FRAME_BYTES];
+        e.sealed = vec![0; MAX_FRAME_BYTES].into();
         assert!(e.check_limits().is_ok());
         assert!(matches!(
             Frame::decode(&Frame::Data(e.clone()).encode()),
             Err(WireError::Oversize { .. })
         ));
-        e.sealed.push(0);
+        e.sealed = vec![0; MAX_FRAME_BYTES + 1].into();
         assert!(matches!(
             Frame::Data(e).check_limits(),
             Err(WireError::Limit {
@@ -1399,11 +1468,11 @@ pub(crate) mod tests {
             ttl_ms: u32::MAX,
             hops: u8::MAX,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Bytes::new(),
             signature: None,
         };
         let header = Frame::Data(envelope.clone()).encode().len() + 3;
-        envelope.sealed = vec![0xab; MAX_FRAME_BYTES - header];
+        envelope.sealed = vec![0xab; MAX_FRAME_BYTES - header].into();
         let bytes = Frame::Data(envelope.clone()).encode();
         assert_eq!(bytes.len(), MAX_FRAME_BYTES);
         assert_eq!(Frame::decode(&bytes).ok(), Some(Frame::Data(envelope)));

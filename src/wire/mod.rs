@@ -55,6 +55,7 @@ pub(crate) fn split_bin(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 pub mod record;
 pub mod replay;
+pub mod shared;
 pub mod udp;
 
 /// Longest node id, network name or software version, in bytes (UTF-8).

@@ -349,7 +349,7 @@ impl Handler<quic::DataIn> for PeerActor {
         }
         self.guarded(ctx, |act, ctx| {
             match msg.frame {
-                Some(mut frame) => act.on_stream_message(&mut frame),
+                Some(frame) => act.on_data_stream(frame),
                 None => act.on_stream_error(Cause::Oversize),
             }
             act.drive(ctx);
@@ -787,6 +787,14 @@ impl PeerActor {
         self.node.metrics.bytes_in.add(bytes.len() as u64);
         if let Some(a) = self.attempt_mut() {
             a.link.handle_stream_message(now, bytes);
+        }
+    }
+
+    fn on_data_stream(&mut self, frame: Bytes) {
+        let now = self.node.now_us();
+        self.node.metrics.bytes_in.add(frame.len() as u64);
+        if let Some(a) = self.attempt_mut() {
+            a.link.handle_data_stream(now, frame);
         }
     }
 

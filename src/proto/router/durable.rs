@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use bytes::Bytes;
 use log::{debug, info, warn};
 
 use super::{describe, Action, Delivery, Now, Router, SendError};
@@ -750,7 +751,7 @@ impl Router {
             ttl_ms: (expires - created).min(u64::from(u32::MAX)) as u32,
             hops: 0,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Bytes::new(),
             signature: None,
         };
         e2e::seal_signed(
@@ -1377,7 +1378,7 @@ impl Router {
             ttl_ms: ttl.min(u64::from(u32::MAX)) as u32,
             hops: 0,
             clear: false,
-            sealed: Vec::new(),
+            sealed: Bytes::new(),
             signature: None,
         };
         if let Err(e) = e2e::seal_signed(
@@ -1785,7 +1786,7 @@ impl Router {
 /// A copy of a hand-over request without its body (only its header is needed to answer it).
 fn stripped(outer: &Envelope) -> Envelope {
     Envelope {
-        sealed: Vec::new(),
+        sealed: Bytes::new(),
         ..outer.clone()
     }
 }

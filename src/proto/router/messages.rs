@@ -16,6 +16,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use log::{debug, info, warn};
 
 use crate::proto::cache::BoundedCache;
@@ -462,7 +463,7 @@ impl Router {
             ttl_ms: ttl_ms.min(e2e::MAX_TTL_MS as u64) as u32,
             hops: 0,
             clear: true,
-            sealed: plaintext,
+            sealed: plaintext.into(),
             signature: None,
         };
         if envelope.sealed.len() > e2e::MAX_PLAINTEXT_BYTES {
@@ -837,7 +838,7 @@ impl Router {
             // from us: the link's session authenticated it.
             Ok(std::mem::take(&mut envelope.sealed))
         } else {
-            e2e::open(&key, &envelope)
+            e2e::open(&key, &envelope).map(Bytes::from)
         };
         let plaintext = match opened {
             Ok(p) => p,
