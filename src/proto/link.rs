@@ -101,6 +101,37 @@ pub enum Transmit {
     Record(Vec<u8>),
     /// A sealed record carrying a `data` frame: it may wait behind control records.
     Data(Vec<u8>),
+    /// Inside a bound channel, a `data` frame as the pieces of [`Frame::encode_data_parts`]
+    /// (its message shared, not copied), for a stream of its own: the concatenation is the
+    /// frame. Like [`Transmit::Data`] it may wait behind control records.
+    DataParts([Bytes; 3]),
+}
+
+impl Transmit {
+    /// The bytes it puts on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) | Transmit::Data(bytes) => {
+                bytes.len()
+            }
+            Transmit::DataParts(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// Whether it carries nothing (never, for what a link queues).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes it puts on the wire, in one buffer (copied, for [`Transmit::DataParts`]).
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) | Transmit::Data(bytes) => {
+                bytes
+            }
+            Transmit::DataParts(parts) => parts.concat(),
+        }
+    }
 }
 
 /// What the welcome told the dialer besides the listener's own hello.
@@ -892,6 +923,9 @@ impl Link {
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
         let data = matches!(frame, Frame::Data(_));
         if self.params.channel.is_some() {
+            if let Frame::Data(envelope) = frame {
+                return self.send_plain_parts(Frame::encode_data_parts(envelope));
+            }
             return self.send_plain(frame.encode(), data);
         }
         // The frame is encoded behind room for the record's counter and sealed in place.
@@ -928,6 +962,19 @@ impl Link {
         } else {
             Transmit::Record(bytes)
         });
+        true
+    }
+
+    /// Inside a bound channel: queues a data frame in pieces (see [`Transmit::DataParts`]).
+    fn send_plain_parts(&mut self, parts: [Bytes; 3]) -> bool {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        if len > self.params.max_frame_bytes
+            || !matches!(self.state, State::Proving { .. } | State::Active { .. })
+        {
+            return false;
+        }
+        self.frames_out += 1;
+        self.outbox.push_back(Transmit::DataParts(parts));
         true
     }
 
@@ -1031,6 +1078,8 @@ mod tests {
                 Transmit::Handshake { mut bytes, .. }
                 | Transmit::Record(mut bytes)
                 | Transmit::Data(mut bytes) => to.handle_stream_message(now, &mut bytes),
+                // A data stream of its own, as QUIC carries it.
+                Transmit::DataParts(parts) => to.handle_data_stream(now, parts.concat().into()),
             }
         }
         n
@@ -1156,6 +1205,25 @@ mod tests {
         let frame = Frame::Ping { nonce: 99 };
         p.a.send_frame(&frame).unwrap();
         assert_eq!(p.a.poll_transmit(), Some(Transmit::Record(frame.encode())));
+
+        // A data frame goes out in pieces around its message, which is not copied, and
+        // arrives whole on its own stream.
+        let data = envelope(100_000);
+        let Frame::Data(sent) = &data else {
+            unreachable!()
+        };
+        p.a.send_frame(&data).unwrap();
+        let Some(Transmit::DataParts(parts)) = p.a.poll_transmit() else {
+            panic!("data in pieces")
+        };
+        assert_eq!(parts[1].as_ptr(), sent.sealed.as_ptr());
+        assert_eq!(parts.concat(), data.encode());
+        p.b.handle_data_stream(p.now, parts.concat().into());
+        let got = std::iter::from_fn(|| p.b.poll_event()).find_map(|e| match e {
+            Event::Frame(f) => Some(*f),
+            _ => None,
+        });
+        assert_eq!(got, Some(data));
     }
 
     /// A handshake relayed between two different channels (a man in the middle terminating

@@ -402,6 +402,31 @@ impl Frame {
         rmp_serde::encode::write(out, self).expect("encoding a Frame into a Vec cannot fail");
     }
 
+    /// The encoding of `Frame::Data(envelope)` in three pieces, the frame up to its message,
+    /// the message ([`Envelope::sealed`] itself, shared) and what follows it, whose
+    /// concatenation is that frame's [`Frame::encode`]: lets a sender hand a large message
+    /// to a stream without copying it into the frame.
+    pub fn encode_data_parts(envelope: &Envelope) -> [Bytes; 3] {
+        // The frame with an empty message ends with that message's `bin` (`c4 00`) and, when
+        // signed, the signature's `bin`; around it, the bytes are the same for any message.
+        let empty = Envelope {
+            sealed: Bytes::new(),
+            ..envelope.clone()
+        };
+        let frame = Frame::Data(empty).encode();
+        let after = envelope.signature.as_ref().map_or(0, |sig| {
+            let mut header = Vec::new();
+            super::write_bin_header(&mut header, sig.len());
+            header.len() + sig.len()
+        });
+        let at = frame.len() - after - 2;
+        debug_assert_eq!(frame[at..at + 2], [0xc4, 0x00], "the empty message's bin");
+        let mut head = frame[..at].to_vec();
+        super::write_bin_header(&mut head, envelope.sealed.len());
+        let tail = Bytes::copy_from_slice(&frame[at + 2..]);
+        [head.into(), envelope.sealed.clone(), tail]
+    }
+
     /// Appends the encoding of `Frame::Chunk { bytes: piece, last }` to `out` without building
     /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`.
     pub fn encode_chunk_into(out: &mut Vec<u8>, piece: &[u8], last: bool) {
@@ -1163,6 +1188,18 @@ pub(crate) mod tests {
             for len in 0..bytes.len() {
                 prop_assert!(Frame::decode(&bytes[..len]).is_err(), "prefix {} accepted", len);
             }
+        }
+
+        #[test]
+        fn data_parts_are_the_data_frame_in_pieces(mut e in envelope(), len in prop_oneof![
+            Just(0usize), 1..300usize, Just(255), Just(256), Just(65_535), Just(65_536), Just(70_000),
+        ], signed in any::<bool>()) {
+            e.sealed = vec![0xab; len].into();
+            e.signature = signed.then(|| vec![0x5c; crate::wire::frame::ENVELOPE_SIGNATURE_BYTES]);
+            let whole = Frame::Data(e.clone()).encode();
+            let parts = Frame::encode_data_parts(&e);
+            prop_assert_eq!(parts.concat(), whole);
+            prop_assert_eq!(parts[1].as_ptr(), e.sealed.as_ptr(), "the message itself, not a copy");
         }
 
         #[test]

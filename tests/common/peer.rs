@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use msgtier::identity::Identity;
 use msgtier::keys::KeyRing;
 use msgtier::proto::handshake::NetworkKey;
-use msgtier::proto::link::{Event, Link, LocalInfo, Params, Phase, Transmit};
+use msgtier::proto::link::{Event, Link, LocalInfo, Params, Phase};
 use msgtier::wire::frame::{Advert, Frame, Neighbor, NodeInfo};
 
 /// Who the peer claims to be.
@@ -117,11 +117,7 @@ impl Peer {
                 }
                 link.handle_timeout(now());
                 while let Some(t) = link.poll_transmit() {
-                    let bytes = match t {
-                        Transmit::Handshake { bytes, .. }
-                        | Transmit::Record(bytes)
-                        | Transmit::Data(bytes) => bytes,
-                    };
+                    let bytes = t.into_bytes();
                     let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
                     out.extend_from_slice(&bytes);
                     if stream.write_all(&out).is_err() {

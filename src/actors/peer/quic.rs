@@ -106,7 +106,8 @@ pub(super) fn close_later(connection: quinn::Connection, linger: bool) {
 
 /// The data lane of a QUIC link: frames waiting for, or being written on, a stream of their own.
 pub(super) struct DataTx {
-    tx: mpsc::Sender<Vec<u8>>,
+    /// One frame each, in pieces written in order.
+    tx: mpsc::Sender<Vec<Bytes>>,
     /// Bytes queued or still being handed to QUIC.
     bytes: Arc<AtomicUsize>,
 }
@@ -122,13 +123,13 @@ pub(super) enum Queued {
 }
 
 impl DataTx {
-    /// Queues one encoded `data` frame for a stream of its own.
-    pub fn send(&self, frame: Vec<u8>) -> Queued {
+    /// Queues one encoded `data` frame, in pieces, for a stream of its own.
+    pub fn send(&self, frame: Vec<Bytes>) -> Queued {
+        let len: usize = frame.iter().map(Bytes::len).sum();
         let queued = self.bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued + frame.len() > DATA_QUEUE_BYTES {
+        if queued > 0 && queued + len > DATA_QUEUE_BYTES {
             return Queued::Dropped;
         }
-        let len = frame.len();
         match self.tx.try_send(frame) {
             Ok(()) => {
                 self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -147,12 +148,12 @@ pub(super) fn spawn_data_writer(
     connection: quinn::Connection,
     ctx: &mut Context<PeerActor>,
 ) -> DataTx {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(DATA_QUEUE_RECORDS);
+    let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(DATA_QUEUE_RECORDS);
     let bytes = Arc::new(AtomicUsize::new(0));
     let held = bytes.clone();
     let fut = async move {
-        while let Some(frame) = rx.recv().await {
-            let len = frame.len();
+        while let Some(mut frame) = rx.recv().await {
+            let len: usize = frame.iter().map(Bytes::len).sum();
             let mut stream = match connection.open_uni().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -162,7 +163,7 @@ pub(super) fn spawn_data_writer(
             };
             let held = held.clone();
             actix::spawn(async move {
-                if let Err(e) = stream.write_chunk(Bytes::from(frame)).await {
+                if let Err(e) = stream.write_all_chunks(&mut frame).await {
                     debug!("quic data stream: {e}");
                 }
                 let _ = stream.finish();

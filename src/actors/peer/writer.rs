@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt};
 use log::debug;
 use tokio::sync::mpsc;
@@ -135,7 +136,9 @@ pub(super) fn transmit(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Resul
                 mpsc::error::TrySendError::Closed(_) => Cause::TransportClosed,
             };
             match t {
-                Transmit::Data(bytes) => {
+                // A stream link is never a bound channel, so no `DataParts`; joined if it were.
+                t @ (Transmit::Data(_) | Transmit::DataParts(_)) => {
+                    let bytes = t.into_bytes();
                     let queued = tx.data_bytes.load(Ordering::Relaxed);
                     if queued > 0 && queued + bytes.len() > DATA_QUEUE_BYTES {
                         // The link is saturated with data: drop this one (the sender times
@@ -164,9 +167,15 @@ pub(super) fn transmit(conn: &mut Conn, t: Transmit, node: &NodeShared) -> Resul
             }
         }
         Conn::Quic { tx, data, .. } => match t {
-            Transmit::Data(bytes) => {
-                let len = bytes.len() as u64;
-                match data.send(bytes) {
+            t @ (Transmit::Data(_) | Transmit::DataParts(_)) => {
+                let len = t.len() as u64;
+                let parts = match t {
+                    Transmit::DataParts(parts) => {
+                        parts.into_iter().filter(|p| !p.is_empty()).collect()
+                    }
+                    t => vec![Bytes::from(t.into_bytes())],
+                };
+                match data.send(parts) {
                     super::quic::Queued::Yes => node.metrics.bytes_out.add(len),
                     super::quic::Queued::Dropped => node.metrics.frames_dropped.inc(),
                     super::quic::Queued::Closed => return Err(Cause::TransportClosed),
