@@ -15,7 +15,11 @@
 //! Streams: the dialer opens one bidirectional *control* stream (handshake, hello/welcome,
 //! pings, adverts, punch coordination, close; length-prefixed like TCP, at a higher priority);
 //! every `data` frame travels on a unidirectional stream of its own, so a 1 MiB message never
-//! holds up a ping or a 100-byte message by more than a packet's worth of sending.
+//! holds up a ping or a 100-byte message by more than a packet's worth of sending. Data streams
+//! are sent smallest size class first, and within a class in the order they were written
+//! (`crate::actors::peer::quic::DataPriorities`), not round-robin: a message finishes as soon as
+//! its own bytes are out instead of when all the messages it shares the link with are, the way
+//! the TCP writer's data lane sends them.
 //!
 //! Sharing the socket: QUIC packets always have the fixed bit (0x40) of their first byte set
 //! (greasing it is turned off), our own datagrams (punch, punch ack: types 5 and 6) never do. The

@@ -31,6 +31,38 @@ use super::{PeerActor, CONNECT_TIMEOUT_MS};
 /// Priority of the control stream's sending over data streams (quinn: higher goes first).
 const CONTROL_PRIORITY: i32 = 1;
 
+/// Upper bounds of the data streams' size classes, smallest first; a frame over the last one is
+/// in the last class.
+const SIZE_CLASSES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
+
+/// Priorities one size class spans: the class's streams in the order they were written.
+const CLASS_SPAN: i32 = 1 << 28;
+
+/// The sending priorities of a link's data streams, all below [`CONTROL_PRIORITY`] (quinn sends
+/// the highest priority with data to send first, and re-chooses for every packet): by size
+/// class, smallest first, and within a class by the order the streams were written. So a
+/// message waits only for messages of its own class or smaller queued before it, and a message
+/// finishes as soon as its own bytes are out instead of when every message it shares the link
+/// with is (round-robin), the way the TCP writer's data lane sends them.
+#[derive(Debug, Default)]
+pub(super) struct DataPriorities {
+    /// Streams written so far in each class.
+    written: [u32; SIZE_CLASSES.len() + 1],
+}
+
+impl DataPriorities {
+    /// The priority of the next data stream, carrying `len` bytes. After 2^28 streams of one
+    /// class the order within it starts over (a newer stream may then overtake older ones of
+    /// its class once).
+    pub fn next(&mut self, len: usize) -> i32 {
+        let class = SIZE_CLASSES.iter().filter(|&&bound| len > bound).count();
+        let n = &mut self.written[class];
+        let within = (*n % CLASS_SPAN as u32) as i32;
+        *n = n.wrapping_add(1);
+        -(class as i32) * CLASS_SPAN - within
+    }
+}
+
 /// A QUIC connection with its control stream.
 pub(super) struct Opened {
     pub connection: quinn::Connection,
@@ -151,6 +183,7 @@ pub(super) fn spawn_data_writer(
     let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(DATA_QUEUE_RECORDS);
     let bytes = Arc::new(AtomicUsize::new(0));
     let held = bytes.clone();
+    let mut priorities = DataPriorities::default();
     let fut = async move {
         while let Some(mut frame) = rx.recv().await {
             let len: usize = frame.iter().map(Bytes::len).sum();
@@ -161,6 +194,7 @@ pub(super) fn spawn_data_writer(
                     return Err(e.to_string());
                 }
             };
+            let _ = stream.set_priority(priorities.next(len));
             let held = held.clone();
             actix::spawn(async move {
                 if let Err(e) = stream.write_all_chunks(&mut frame).await {
@@ -281,16 +315,9 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::quic::{bind, configs, open_for_data, Limits, SERVER_NAME};
 
-    /// `read_frame` returns a stream's bytes whole and in order however they were written, an
-    /// empty stream as an empty frame, and refuses a stream one byte over its limit: the bound a
-    /// member's oversized data stream meets.
-    #[tokio::test]
-    async fn a_data_stream_is_read_whole_up_to_its_limit_and_refused_beyond() {
-        const LIMIT: usize = 200_000;
-        let limits = Limits {
-            max_frame_bytes: 1 << 20,
-            peer_timeout_ms: 10_000,
-        };
+    /// Two endpoints on loopback with a connection between them, opened for data on the
+    /// accepting side: (dialed, accepted).
+    async fn connected(limits: Limits) -> (quinn::Connection, quinn::Connection) {
         let configs = configs(limits).unwrap();
         let metrics = Arc::new(Metrics::default());
         let bind_one = || {
@@ -312,6 +339,20 @@ mod tests {
             .unwrap();
         let accepted = accept.await.unwrap();
         open_for_data(&accepted, limits);
+        (dialed, accepted)
+    }
+
+    /// `read_frame` returns a stream's bytes whole and in order however they were written, an
+    /// empty stream as an empty frame, and refuses a stream one byte over its limit: the bound a
+    /// member's oversized data stream meets.
+    #[tokio::test]
+    async fn a_data_stream_is_read_whole_up_to_its_limit_and_refused_beyond() {
+        const LIMIT: usize = 200_000;
+        let limits = Limits {
+            max_frame_bytes: 1 << 20,
+            peer_timeout_ms: 10_000,
+        };
+        let (dialed, accepted) = connected(limits).await;
 
         let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
         for (len, fits) in [(0, true), (LIMIT, true), (LIMIT + 1, false)] {
@@ -330,5 +371,72 @@ mod tests {
                 (Err(_), _) => panic!("a stream of {len} bytes was refused"),
             }
         }
+    }
+
+    /// Smaller classes above larger ones whatever was written before, earlier above later within
+    /// a class, everything below the control stream.
+    #[test]
+    fn data_priorities_order_by_class_then_by_writing() {
+        let mut p = DataPriorities::default();
+        let large: Vec<i32> = (0..3).map(|_| p.next(1 << 20)).collect();
+        let medium = p.next(100_000);
+        let small = [p.next(0), p.next(1024)];
+        let kb16 = p.next(1025);
+        assert!(large.windows(2).all(|w| w[0] > w[1]), "{large:?}");
+        assert!(small[0] > small[1]);
+        assert!(small[1] > kb16 && kb16 > medium && medium > large[0]);
+        assert!(small[0] < CONTROL_PRIORITY);
+        // The last of a class stays above the first of the next larger one.
+        let mut q = DataPriorities::default();
+        q.written[0] = CLASS_SPAN as u32 - 1;
+        assert!(q.next(10) > q.next(2000));
+    }
+
+    /// Data streams leave in size classes, and in the order written within one: a small message
+    /// written after two large ones arrives first, and the first large one arrives whole before
+    /// the second has half its bytes in (round-robin sending would interleave them to the end).
+    #[tokio::test]
+    async fn data_streams_go_smallest_class_first_then_in_the_order_written() {
+        const LARGE: usize = 1 << 20;
+        let limits = Limits {
+            max_frame_bytes: 2 << 20,
+            peer_timeout_ms: 10_000,
+        };
+        let (dialed, accepted) = connected(limits).await;
+        // Written back to back, before the connection's driver sends anything.
+        let mut priorities = DataPriorities::default();
+        for len in [LARGE, LARGE, 100] {
+            let mut tx = dialed.open_uni().await.unwrap();
+            tx.set_priority(priorities.next(len)).unwrap();
+            tx.write_all(&vec![len as u8; len]).await.unwrap();
+            tx.finish().unwrap();
+        }
+        // Streams are accepted in the order they were opened; each is read on a task that
+        // counts what it got, and the order in which they end is recorded.
+        let received: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        for (i, got) in received.iter().enumerate() {
+            let mut rx = accepted.accept_uni().await.unwrap();
+            let (got, done_tx) = (got.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.read_chunk(usize::MAX, true).await.unwrap() {
+                    got.fetch_add(chunk.bytes.len(), Ordering::SeqCst);
+                }
+                done_tx.send(i).unwrap();
+            });
+        }
+        let first = done_rx.recv().await.unwrap();
+        let second = done_rx.recv().await.unwrap();
+        let of_the_last_large = received[1].load(Ordering::SeqCst);
+        assert_eq!(
+            (first, second),
+            (2, 0),
+            "the small one, then the first large one"
+        );
+        assert!(
+            of_the_last_large < LARGE / 2,
+            "{of_the_last_large} bytes of the second large stream were in before the first ended"
+        );
+        assert_eq!(done_rx.recv().await, Some(1));
     }
 }
