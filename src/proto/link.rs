@@ -928,6 +928,17 @@ impl Link {
             }
             return self.send_plain(frame.encode(), data);
         }
+        // A large message is chunked straight from the frame's pieces, not encoded whole first.
+        if let Frame::Data(envelope) = frame {
+            if envelope.sealed.len() >= CHUNK_BYTES {
+                let parts = Frame::encode_data_parts(envelope);
+                let len = parts.iter().map(Bytes::len).sum::<usize>();
+                if len > self.params.max_frame_bytes {
+                    return false;
+                }
+                return self.send_chunks(&parts, len);
+            }
+        }
         // The frame is encoded behind room for the record's counter and sealed in place.
         let mut buf = vec![0u8; COUNTER_BYTES];
         frame.encode_into(&mut buf);
@@ -938,12 +949,39 @@ impl Link {
         if !data || len <= CHUNK_BYTES {
             return self.send_record(buf, data);
         }
-        let mut pieces = buf[COUNTER_BYTES..].chunks(CHUNK_BYTES).peekable();
+        let whole = [Bytes::from(buf).slice(COUNTER_BYTES..)];
+        self.send_chunks(&whole, len)
+    }
+
+    /// Sends a large data frame, `len` bytes held in `parts` (concatenated), as consecutive
+    /// `chunk` frames of [`CHUNK_BYTES`] in data records; each record is built straight from the
+    /// parts, so the message is copied once, into the records that seal it.
+    fn send_chunks(&mut self, parts: &[Bytes], len: usize) -> bool {
         let mut records = Vec::with_capacity(len.div_ceil(CHUNK_BYTES));
-        while let Some(piece) = pieces.next() {
-            let mut record = Vec::with_capacity(COUNTER_BYTES + 16 + piece.len() + RECORD_OVERHEAD);
+        let (mut part, mut at) = (0, 0);
+        let mut left = len;
+        while left > 0 {
+            let size = left.min(CHUNK_BYTES);
+            left -= size;
+            // The slices of this chunk: the rest of the current part and on into the next.
+            let mut piece: Vec<&[u8]> = Vec::with_capacity(2);
+            let mut need = size;
+            while need > 0 {
+                let avail = &parts[part][at..];
+                let take = avail.len().min(need);
+                if take > 0 {
+                    piece.push(&avail[..take]);
+                }
+                need -= take;
+                at += take;
+                if at == parts[part].len() {
+                    part += 1;
+                    at = 0;
+                }
+            }
+            let mut record = Vec::with_capacity(COUNTER_BYTES + 16 + size + RECORD_OVERHEAD);
             record.resize(COUNTER_BYTES, 0);
-            Frame::encode_chunk_into(&mut record, piece, pieces.peek().is_none());
+            Frame::encode_chunk_of_slices_into(&mut record, &piece, left == 0);
             records.push(record);
         }
         records.into_iter().all(|r| self.send_record(r, true))
@@ -1464,6 +1502,46 @@ mod tests {
             })
             .collect();
         assert_eq!(frames, vec![big]);
+        assert_eq!(p.b.phase(), Phase::Active);
+    }
+
+    /// Data frames of every length around the chunk size, signed or not (a signature follows
+    /// the message, so a chunk may span the message and what follows it), arrive whole.
+    #[test]
+    fn data_frames_around_the_chunk_size_arrive_whole() {
+        let mut p = pair("net", "s3cret");
+        run(&mut p);
+        for len in [
+            CHUNK_BYTES - 200,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            CHUNK_BYTES + 1,
+            2 * CHUNK_BYTES - 40,
+            2 * CHUNK_BYTES,
+            300_001,
+        ] {
+            for signed in [false, true] {
+                let Frame::Data(mut e) = envelope(len) else {
+                    unreachable!()
+                };
+                e.sealed = (0..len)
+                    .map(|i| (i % 251) as u8)
+                    .collect::<Vec<u8>>()
+                    .into();
+                e.signature =
+                    signed.then(|| vec![0x5c; crate::wire::frame::ENVELOPE_SIGNATURE_BYTES]);
+                let frame = Frame::Data(e);
+                p.a.send_frame(&frame).unwrap();
+                deliver(&mut p.a, &mut p.b, 0);
+                let got: Vec<Frame> = std::iter::from_fn(|| p.b.poll_event())
+                    .filter_map(|e| match e {
+                        Event::Frame(f) => Some(*f),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(got == vec![frame], "{len} bytes, signed: {signed}");
+            }
+        }
         assert_eq!(p.b.phase(), Phase::Active);
     }
 

@@ -430,9 +430,17 @@ impl Frame {
     /// Appends the encoding of `Frame::Chunk { bytes: piece, last }` to `out` without building
     /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`.
     pub fn encode_chunk_into(out: &mut Vec<u8>, piece: &[u8], last: bool) {
+        Frame::encode_chunk_of_slices_into(out, &[piece], last);
+    }
+
+    /// [`Frame::encode_chunk_into`] of a piece given as consecutive slices (a chunk of a frame
+    /// held in the pieces of [`Frame::encode_data_parts`] may span two of them).
+    pub fn encode_chunk_of_slices_into(out: &mut Vec<u8>, piece: &[&[u8]], last: bool) {
         out.extend_from_slice(&CHUNK_PREFIX);
-        super::write_bin_header(out, piece.len());
-        out.extend_from_slice(piece);
+        super::write_bin_header(out, piece.iter().map(|s| s.len()).sum());
+        for slice in piece {
+            out.extend_from_slice(slice);
+        }
         out.push(if last { 0xc3 } else { 0xc2 });
     }
 
