@@ -34,6 +34,7 @@ pub mod key {
     pub const BULK_WS_PING_AVG: &str = "bulk.ws_ping_avg_ms";
     pub const BULK_WS_PING_MAX: &str = "bulk.ws_ping_max_ms";
     pub const RSS_IDLE: &str = "rss.idle_mib";
+    pub const RSS_IDLE_ANON: &str = "rss.idle_anon_mib";
     pub const RSS_AFTER_A: &str = "rss.after_sender_mib";
     pub const RSS_AFTER_B: &str = "rss.after_receiver_mib";
     pub const MESH_RSS_MED: &str = "mesh.rss_median_mib";
@@ -305,6 +306,10 @@ fn rows() -> Vec<Row> {
             target: Some(Target::IdleRss),
             ..row("RSS idle, 1 node with 1 peer (MiB)", RSS_IDLE)
         },
+        row(
+            "RSS idle as above, anonymous part (MiB; the rest is the binary's shared code)",
+            RSS_IDLE_ANON,
+        ),
         row("RSS after 100k messages, sender (MiB)", RSS_AFTER_A),
         row("RSS after 100k messages, receiver (MiB)", RSS_AFTER_B),
         row("RSS per node, 50-node mesh, median (MiB)", MESH_RSS_MED),

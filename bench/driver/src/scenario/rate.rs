@@ -73,6 +73,10 @@ pub fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         Some(kib) => res.add(key::RSS_IDLE, kib as f64 / 1024.0),
         None => res.fail(key::RSS_IDLE, "cannot read VmRSS"),
     }
+    match crate::node::rss_anon_kib(a.pid()) {
+        Some(kib) => res.add(key::RSS_IDLE_ANON, kib as f64 / 1024.0),
+        None => res.fail(key::RSS_IDLE_ANON, "cannot read RssAnon"),
+    }
 
     let msg = Arc::new(body(BODY_BYTES));
     let bound = Duration::from_secs(120);
