@@ -10,6 +10,10 @@
 //!
 //! The buffer is registered in a thread-local for the duration of one decode: serde gives a
 //! visitor the borrowed bytes but no way to reach the `Bytes` that owns them.
+//!
+//! A shared field keeps its whole buffer alive, so callers register only buffers that hold the
+//! one frame and little else (a reassembled frame, not a slice of some larger receive buffer):
+//! otherwise a peer's small message could pin far more memory than its length says.
 
 use std::cell::RefCell;
 use std::fmt;

@@ -234,8 +234,11 @@ enum ReadFrameError {
     Read(quinn::ReadError),
 }
 
-/// Reads one data stream to its end, at most `limit` bytes: the one chunk quinn received it in
-/// (no copy), or its chunks copied once into one exactly sized buffer.
+/// Reads one data stream to its end, at most `limit` bytes, into one exactly sized buffer: the
+/// decoded message is a slice of it ([`crate::wire::shared`]) and keeps all of it alive, so it
+/// must hold nothing else. (Not even for a stream that came in one chunk: quinn's chunk is a
+/// view of the whole batch of datagrams it arrived with, up to 64 KiB, which a 100-byte message
+/// kept in a queue would then hold.)
 ///
 /// Not `RecvStream::read_to_end`: that zero-fills its buffer (`vec![0; n]`, a `calloc`), and
 /// jemalloc serves a large `calloc` from fresh zero pages, so every 1 MiB message faulted in
@@ -254,9 +257,6 @@ async fn read_frame(stream: &mut quinn::RecvStream, limit: usize) -> Result<Byte
             return Err(ReadFrameError::TooLong);
         }
         chunks.push(chunk.bytes);
-    }
-    if chunks.len() == 1 {
-        return Ok(chunks.swap_remove(0));
     }
     let mut frame = Vec::with_capacity(total);
     for chunk in &chunks {
@@ -355,7 +355,7 @@ mod tests {
         let (dialed, accepted) = connected(limits).await;
 
         let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
-        for (len, fits) in [(0, true), (LIMIT, true), (LIMIT + 1, false)] {
+        for (len, fits) in [(0, true), (100, true), (LIMIT, true), (LIMIT + 1, false)] {
             let body = pattern(len);
             let mut tx = dialed.open_uni().await.unwrap();
             // Several writes, so the reader sees several chunks.
@@ -365,7 +365,16 @@ mod tests {
             tx.finish().unwrap();
             let mut rx = accepted.accept_uni().await.unwrap();
             match (read_frame(&mut rx, LIMIT).await, fits) {
-                (Ok(frame), true) => assert!(frame == body, "{len} bytes came back changed"),
+                (Ok(frame), true) => {
+                    assert!(frame == body, "{len} bytes came back changed");
+                    // A buffer of its own, exactly sized: a message decoded from it pins no more.
+                    if len > 0 {
+                        let own = frame
+                            .try_into_mut()
+                            .expect("the only reference to its buffer");
+                        assert_eq!(own.capacity(), len);
+                    }
+                }
                 (Err(ReadFrameError::TooLong), false) => {}
                 (Ok(frame), false) => panic!("{} bytes over the limit were taken", frame.len()),
                 (Err(_), _) => panic!("a stream of {len} bytes was refused"),
