@@ -76,6 +76,7 @@ const MAX_UDP_DATAGRAM_BYTES: usize = 65_507;
 
 /// Packets of [`MAX_UDP_PAYLOAD_BYTES`] that fit one offload batch: 10.
 pub const GSO_BATCH_PACKETS: usize = MAX_UDP_DATAGRAM_BYTES / MAX_UDP_PAYLOAD_BYTES as usize;
+const _: () = assert!(GSO_BATCH_PACKETS >= 1);
 
 /// The first byte of every QUIC packet has this bit set (RFC 9000 section 17; we never grease
 /// it); none of our own datagram types do.
@@ -403,6 +404,56 @@ pub fn bind(
     })
 }
 
+/// Loopback endpoints and connections for tests of this module and of the peer actor's QUIC
+/// streams.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The limits tests use, with `max_frame_bytes` as given.
+    pub fn limits(max_frame_bytes: usize) -> Limits {
+        Limits {
+            max_frame_bytes,
+            peer_timeout_ms: 10_000,
+        }
+    }
+
+    /// An endpoint on a fresh loopback socket.
+    pub fn endpoint(limits: Limits) -> Bound {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        bind(s, &configs(limits).unwrap(), Arc::new(Metrics::default())).unwrap()
+    }
+
+    /// A connection from `a` to `b`, opened for data on `b`'s side: (dialed, accepted).
+    pub async fn connect(
+        a: &Bound,
+        b: &Bound,
+        limits: Limits,
+    ) -> (quinn::Connection, quinn::Connection) {
+        let accept = tokio::spawn({
+            let e = b.endpoint.clone();
+            async move { e.accept().await.unwrap().await.unwrap() }
+        });
+        let dialed = a
+            .endpoint
+            .connect(b.endpoint.local_addr().unwrap(), SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let accepted = accept.await.unwrap();
+        open_for_data(&accepted, limits);
+        (dialed, accepted)
+    }
+
+    /// Two endpoints and a connection between them: (dialed, accepted).
+    pub async fn connected(limits: Limits) -> (quinn::Connection, quinn::Connection) {
+        connect(&endpoint(limits), &endpoint(limits), limits).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,18 +470,8 @@ mod tests {
 
     #[tokio::test]
     async fn two_endpoints_connect_and_agree_on_the_binding_and_punches_are_diverted() {
-        let limits = Limits {
-            max_frame_bytes: 1 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let configs = configs(limits).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let bind_one = || {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_nonblocking(true).unwrap();
-            bind(s, &configs, metrics.clone()).unwrap()
-        };
-        let (a, mut b) = (bind_one(), bind_one());
+        let limits = testing::limits(1 << 20);
+        let (a, mut b) = (testing::endpoint(limits), testing::endpoint(limits));
         let b_addr = b.endpoint.local_addr().unwrap();
         // A punch datagram to b's socket arrives as ours, not as QUIC.
         a.socket.send_to(&[5u8; 17], b_addr).await.unwrap();
@@ -438,17 +479,7 @@ mod tests {
         assert_eq!(own.data.len(), 17);
         assert_eq!(own.from, a.endpoint.local_addr().unwrap());
 
-        let accept = tokio::spawn({
-            let e = b.endpoint.clone();
-            async move { e.accept().await.unwrap().await.unwrap() }
-        });
-        let dialed = a
-            .endpoint
-            .connect(b_addr, SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let accepted = accept.await.unwrap();
+        let (dialed, accepted) = testing::connect(&a, &b, limits).await;
         assert_eq!(binding(&dialed), binding(&accepted));
         assert!(binding(&dialed).is_some());
     }
@@ -458,31 +489,7 @@ mod tests {
     /// whole batches, quinn took that for a black hole and fell back to 1200 bytes).
     #[tokio::test]
     async fn loopback_paths_use_the_largest_packets_in_batches_the_kernel_takes() {
-        let limits = Limits {
-            max_frame_bytes: 4 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let configs = configs(limits).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let bind_one = || {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_nonblocking(true).unwrap();
-            bind(s, &configs, metrics.clone()).unwrap()
-        };
-        let (a, b) = (bind_one(), bind_one());
-        let b_addr = b.endpoint.local_addr().unwrap();
-        let accept = tokio::spawn({
-            let e = b.endpoint.clone();
-            async move { e.accept().await.unwrap().await.unwrap() }
-        });
-        let dialed = a
-            .endpoint
-            .connect(b_addr, SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let accepted = accept.await.unwrap();
-        open_for_data(&accepted, limits);
+        let (dialed, accepted) = testing::connected(testing::limits(4 << 20)).await;
         let body = vec![7u8; 1 << 20];
         for _ in 0..8 {
             let mut tx = dialed.open_uni().await.unwrap();
@@ -497,6 +504,5 @@ mod tests {
         let path = dialed.stats().path;
         assert_eq!(path.current_mtu, MAX_UDP_PAYLOAD_BYTES, "{path:?}");
         assert_eq!(path.black_holes_detected, 0, "{path:?}");
-        assert!(GSO_BATCH_PACKETS * usize::from(MAX_UDP_PAYLOAD_BYTES) <= MAX_UDP_DATAGRAM_BYTES);
     }
 }

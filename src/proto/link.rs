@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::keys::KeyRing;
 use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_MSG_BYTES};
@@ -109,18 +109,13 @@ pub enum Transmit {
 
 impl Transmit {
     /// The bytes it puts on the wire.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Transmit::Handshake { bytes, .. } | Transmit::Record(bytes) | Transmit::Data(bytes) => {
                 bytes.len()
             }
             Transmit::DataParts(parts) => parts.iter().map(Bytes::len).sum(),
         }
-    }
-
-    /// Whether it carries nothing (never, for what a link queues).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The bytes it puts on the wire, in one buffer (copied, for [`Transmit::DataParts`]).
@@ -923,20 +918,25 @@ impl Link {
     fn send_frame_internal(&mut self, frame: &Frame) -> bool {
         let data = matches!(frame, Frame::Data(_));
         if self.params.channel.is_some() {
-            if let Frame::Data(envelope) = frame {
-                return self.send_plain_parts(Frame::encode_data_parts(envelope));
-            }
-            return self.send_plain(frame.encode(), data);
+            // A large message goes in pieces around it (not copied into the frame); a small one
+            // is cheaper encoded whole.
+            return self.send_plain(match frame {
+                Frame::Data(envelope) if envelope.sealed.len() >= CHUNK_BYTES => {
+                    Transmit::DataParts(Frame::encode_data_parts(envelope))
+                }
+                Frame::Data(_) => Transmit::Data(frame.encode()),
+                _ => Transmit::Record(frame.encode()),
+            });
         }
         // A large message is chunked straight from the frame's pieces, not encoded whole first.
         if let Frame::Data(envelope) = frame {
             if envelope.sealed.len() >= CHUNK_BYTES {
-                let parts = Frame::encode_data_parts(envelope);
-                let len = parts.iter().map(Bytes::len).sum::<usize>();
-                if len > self.params.max_frame_bytes {
+                let [head, message, tail] = Frame::encode_data_parts(envelope);
+                let whole = head.chain(message).chain(tail);
+                if whole.remaining() > self.params.max_frame_bytes {
                     return false;
                 }
-                return self.send_chunks(&parts, len);
+                return self.send_chunks(whole);
             }
         }
         // The frame is encoded behind room for the record's counter and sealed in place.
@@ -949,70 +949,34 @@ impl Link {
         if !data || len <= CHUNK_BYTES {
             return self.send_record(buf, data);
         }
-        let whole = [Bytes::from(buf).slice(COUNTER_BYTES..)];
-        self.send_chunks(&whole, len)
+        self.send_chunks(&buf[COUNTER_BYTES..])
     }
 
-    /// Sends a large data frame, `len` bytes held in `parts` (concatenated), as consecutive
-    /// `chunk` frames of [`CHUNK_BYTES`] in data records; each record is built straight from the
-    /// parts, so the message is copied once, into the records that seal it.
-    fn send_chunks(&mut self, parts: &[Bytes], len: usize) -> bool {
-        let mut records = Vec::with_capacity(len.div_ceil(CHUNK_BYTES));
-        let (mut part, mut at) = (0, 0);
-        let mut left = len;
-        while left > 0 {
-            let size = left.min(CHUNK_BYTES);
-            left -= size;
-            // The slices of this chunk: the rest of the current part and on into the next.
-            let mut piece: Vec<&[u8]> = Vec::with_capacity(2);
-            let mut need = size;
-            while need > 0 {
-                let avail = &parts[part][at..];
-                let take = avail.len().min(need);
-                if take > 0 {
-                    piece.push(&avail[..take]);
-                }
-                need -= take;
-                at += take;
-                if at == parts[part].len() {
-                    part += 1;
-                    at = 0;
-                }
-            }
+    /// Sends a large data frame, the bytes of `frame` (possibly several parts chained), as
+    /// consecutive `chunk` frames of [`CHUNK_BYTES`] in data records; each record is built
+    /// straight from `frame`, so the message is copied once, into the records that seal it.
+    fn send_chunks(&mut self, mut frame: impl Buf) -> bool {
+        let mut records = Vec::with_capacity(frame.remaining().div_ceil(CHUNK_BYTES));
+        while frame.has_remaining() {
+            let size = frame.remaining().min(CHUNK_BYTES);
+            let last = size == frame.remaining();
             let mut record = Vec::with_capacity(COUNTER_BYTES + 16 + size + RECORD_OVERHEAD);
             record.resize(COUNTER_BYTES, 0);
-            Frame::encode_chunk_of_slices_into(&mut record, &piece, left == 0);
+            Frame::encode_chunk_into(&mut record, (&mut frame).take(size), last);
             records.push(record);
         }
         records.into_iter().all(|r| self.send_record(r, true))
     }
 
     /// Inside a bound channel: queues the encoded frame as it is (see [`Params::channel`]).
-    fn send_plain(&mut self, bytes: Vec<u8>, data: bool) -> bool {
-        if bytes.len() > self.params.max_frame_bytes
+    fn send_plain(&mut self, transmit: Transmit) -> bool {
+        if transmit.len() > self.params.max_frame_bytes
             || !matches!(self.state, State::Proving { .. } | State::Active { .. })
         {
             return false;
         }
         self.frames_out += 1;
-        self.outbox.push_back(if data {
-            Transmit::Data(bytes)
-        } else {
-            Transmit::Record(bytes)
-        });
-        true
-    }
-
-    /// Inside a bound channel: queues a data frame in pieces (see [`Transmit::DataParts`]).
-    fn send_plain_parts(&mut self, parts: [Bytes; 3]) -> bool {
-        let len: usize = parts.iter().map(Bytes::len).sum();
-        if len > self.params.max_frame_bytes
-            || !matches!(self.state, State::Proving { .. } | State::Active { .. })
-        {
-            return false;
-        }
-        self.frames_out += 1;
-        self.outbox.push_back(Transmit::DataParts(parts));
+        self.outbox.push_back(transmit);
         true
     }
 

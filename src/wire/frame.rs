@@ -428,19 +428,12 @@ impl Frame {
     }
 
     /// Appends the encoding of `Frame::Chunk { bytes: piece, last }` to `out` without building
-    /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`.
-    pub fn encode_chunk_into(out: &mut Vec<u8>, piece: &[u8], last: bool) {
-        Frame::encode_chunk_of_slices_into(out, &[piece], last);
-    }
-
-    /// [`Frame::encode_chunk_into`] of a piece given as consecutive slices (a chunk of a frame
-    /// held in the pieces of [`Frame::encode_data_parts`] may span two of them).
-    pub fn encode_chunk_of_slices_into(out: &mut Vec<u8>, piece: &[&[u8]], last: bool) {
+    /// the frame (the same bytes as its [`Frame::encode`]): `{"chunk": [bin, bool]}`. `piece`
+    /// may be in several parts (a chunk of [`Frame::encode_data_parts`]' pieces, chained).
+    pub fn encode_chunk_into(out: &mut Vec<u8>, piece: impl bytes::Buf, last: bool) {
         out.extend_from_slice(&CHUNK_PREFIX);
-        super::write_bin_header(out, piece.iter().map(|s| s.len()).sum());
-        for slice in piece {
-            out.extend_from_slice(slice);
-        }
+        super::write_bin_header(out, piece.remaining());
+        bytes::BufMut::put(out, piece);
         out.push(if last { 0xc3 } else { 0xc2 });
     }
 
@@ -1252,7 +1245,7 @@ pub(crate) mod tests {
             for last in [false, true] {
                 let piece = vec![0x5a; len];
                 let mut out = Vec::new();
-                Frame::encode_chunk_into(&mut out, &piece, last);
+                Frame::encode_chunk_into(&mut out, &piece[..], last);
                 let derived = Frame::Chunk {
                     bytes: piece.clone(),
                     last,

@@ -312,35 +312,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::quic::{bind, configs, open_for_data, Limits, SERVER_NAME};
-
-    /// Two endpoints on loopback with a connection between them, opened for data on the
-    /// accepting side: (dialed, accepted).
-    async fn connected(limits: Limits) -> (quinn::Connection, quinn::Connection) {
-        let configs = configs(limits).unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let bind_one = || {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_nonblocking(true).unwrap();
-            bind(s, &configs, metrics.clone()).unwrap()
-        };
-        let (a, b) = (bind_one(), bind_one());
-        let b_addr = b.endpoint.local_addr().unwrap();
-        let accept = tokio::spawn({
-            let e = b.endpoint.clone();
-            async move { e.accept().await.unwrap().await.unwrap() }
-        });
-        let dialed = a
-            .endpoint
-            .connect(b_addr, SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let accepted = accept.await.unwrap();
-        open_for_data(&accepted, limits);
-        (dialed, accepted)
-    }
+    use crate::quic::testing::{connected, limits};
 
     /// `read_frame` returns a stream's bytes whole and in order however they were written, an
     /// empty stream as an empty frame, and refuses a stream one byte over its limit: the bound a
@@ -348,11 +320,7 @@ mod tests {
     #[tokio::test]
     async fn a_data_stream_is_read_whole_up_to_its_limit_and_refused_beyond() {
         const LIMIT: usize = 200_000;
-        let limits = Limits {
-            max_frame_bytes: 1 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let (dialed, accepted) = connected(limits).await;
+        let (dialed, accepted) = connected(limits(1 << 20)).await;
 
         let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
         for (len, fits) in [(0, true), (100, true), (LIMIT, true), (LIMIT + 1, false)] {
@@ -407,11 +375,7 @@ mod tests {
     #[tokio::test]
     async fn data_streams_go_smallest_class_first_then_in_the_order_written() {
         const LARGE: usize = 1 << 20;
-        let limits = Limits {
-            max_frame_bytes: 2 << 20,
-            peer_timeout_ms: 10_000,
-        };
-        let (dialed, accepted) = connected(limits).await;
+        let (dialed, accepted) = connected(limits(2 << 20)).await;
         // Written back to back, before the connection's driver sends anything.
         let mut priorities = DataPriorities::default();
         for len in [LARGE, LARGE, 100] {
